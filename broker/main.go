@@ -1,0 +1,230 @@
+// Command broker is the cloud MQTT broker of DESIGN.md section 6: mutual TLS
+// for gateways, JWT for clinicians' apps, persistent sessions. It creates a
+// development PKI on first start when the --pki directory has no ca.crt.
+//
+//	broker [--pki DIR] [--listen ADDR] [--apps ADDR] [--ws ADDR] [--data DIR] [--http ADDR] [--config FILE] [--check-config]
+//	broker watch --pki DIR --token JWT --site S [--url ssl://127.0.0.1:8884]
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/vitalgate/vitalgate/internal/cloud"
+	"github.com/vitalgate/vitalgate/internal/pki"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var err error
+	if len(os.Args) > 1 && os.Args[1] == "watch" {
+		err = watch(ctx, os.Args[2:], os.Stdout, os.Stderr)
+	} else {
+		err = run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	}
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "broker: %s\n", oneLine(err))
+		os.Exit(1)
+	}
+}
+
+// oneLine joins a multi-line error (Validate reports every problem).
+func oneLine(err error) string {
+	return strings.ReplaceAll(err.Error(), "\n", "; ")
+}
+
+// run parses flags over the config file over the defaults, then serves until
+// ctx is done.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("broker", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "usage: broker [flags]\n       broker watch --pki DIR --token JWT --site S [--url URL]\n\nflags:")
+		fs.PrintDefaults()
+	}
+	d := cloud.Default()
+	pkiDir := fs.String("pki", d.PKI, "PKI directory (a development PKI is created there if it has no ca.crt)")
+	listen := fs.String("listen", d.Listen, "gateways' mTLS listener")
+	apps := fs.String("apps", d.Apps, "apps' TLS listener (empty: off)")
+	ws := fs.String("ws", d.WS, "apps' WebSocket+TLS listener (empty: off)")
+	data := fs.String("data", d.Data, "directory of the persistent store (empty: nothing survives a restart)")
+	httpAddr := fs.String("http", d.HTTP, "/metrics, /healthz, /readyz listener (empty: off)")
+	config := fs.String("config", "", "YAML config file (flags override it)")
+	check := fs.Bool("check-config", false, "validate the configuration and PKI files, then exit")
+	level := fs.String("log-level", "info", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	cfg := d
+	if *config != "" {
+		var err error
+		if cfg, err = cloud.LoadConfig(*config, d); err != nil {
+			return err
+		}
+	}
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "pki":
+			cfg.PKI = *pkiDir
+		case "listen":
+			cfg.Listen = *listen
+		case "apps":
+			cfg.Apps = *apps
+		case "ws":
+			cfg.WS = *ws
+		case "data":
+			cfg.Data = *data
+		case "http":
+			cfg.HTTP = *httpAddr
+		}
+	})
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(*level)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lv}))
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	if *check {
+		if _, err := cloud.New(cfg, log); err != nil {
+			return err
+		}
+		fmt.Fprintln(stdout, "config ok")
+		return nil
+	}
+	if _, err := os.Stat(filepath.Join(cfg.PKI, pki.FileCA)); errors.Is(err, os.ErrNotExist) {
+		if err := pki.Init(cfg.PKI, pki.InitOptions{}); err != nil {
+			return fmt.Errorf("create development PKI: %w", err)
+		}
+		log.Warn("created a development PKI: not for production", "dir", cfg.PKI)
+	}
+	b, err := cloud.New(cfg, log)
+	if err != nil {
+		return err
+	}
+	if err := b.Start(); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	log.Info("shutting down")
+	return b.Close()
+}
+
+// watch is the reference consumer: it subscribes as an app to
+// telemetry/{site}/#, drops duplicates, checks every record's device
+// signature and prints readable vitals until ctx is done.
+func watch(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("broker watch", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	pkiDir := fs.String("pki", "pki", "PKI directory (ca.crt, device-ca.crt, devices/)")
+	token := fs.String("token", "", "app JWT (see `certs token`); or $VITALGATE_TOKEN")
+	site := fs.String("site", "", "site to watch")
+	url := fs.String("url", "ssl://127.0.0.1:8884", "broker URL: ssl://, mqtts:// or wss://")
+	id := fs.String("client-id", "", "MQTT client ID (default: random; set it with --persistent)")
+	persistent := fs.Bool("persistent", false, "keep the session (and its queue) while away")
+	dedup := fs.Int("dedup", 100000, "message IDs remembered to drop duplicates")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *token == "" {
+		*token = os.Getenv("VITALGATE_TOKEN")
+	}
+	switch {
+	case fs.NArg() > 0:
+		return fmt.Errorf("watch: unexpected argument %q", fs.Arg(0))
+	case *token == "":
+		return errors.New("watch: --token is required")
+	case *site == "" || strings.ContainsAny(*site, "/+#"):
+		return errors.New("watch: --site is required (one site name)")
+	}
+	w, err := cloud.NewWatcher(*pkiDir, *dedup)
+	if err != nil {
+		return err
+	}
+	tc, err := pki.ClientTLS(filepath.Join(*pkiDir, pki.FileCA), "", "")
+	if err != nil {
+		return err
+	}
+	if *id == "" {
+		r := make([]byte, 6)
+		_, _ = rand.Read(r)
+		*id = "watch-" + hex.EncodeToString(r)
+	}
+	brokerURL := strings.Replace(*url, "mqtts://", "ssl://", 1)
+	lines := make(chan string, 1024)
+	handler := func(_ paho.Client, m paho.Message) {
+		s, err := w.Handle(m.Topic(), m.Payload())
+		var line string
+		switch {
+		case err != nil:
+			line = fmt.Sprintf("%s %s: undecodable message: %v", time.Now().Format("15:04:05"), m.Topic(), err)
+		case s.Dup:
+			return
+		default:
+			line = s.Line(nil)
+		}
+		select {
+		case lines <- line:
+		case <-ctx.Done():
+		}
+	}
+	filter := "telemetry/" + *site + "/#"
+	o := paho.NewClientOptions().AddBroker(brokerURL).SetClientID(*id).SetTLSConfig(tc).
+		SetUsername("app").SetPassword(*token).SetCleanSession(!*persistent).SetOrderMatters(true).
+		SetAutoReconnect(true).SetMaxReconnectInterval(10 * time.Second).SetConnectTimeout(10 * time.Second).
+		SetDefaultPublishHandler(handler).
+		SetOnConnectHandler(func(c paho.Client) {
+			// (Re)subscribe on every connect; the SUBACK tells whether the
+			// token allows the site.
+			t := c.Subscribe(filter, 1, handler)
+			if t.WaitTimeout(10*time.Second) && t.Error() == nil {
+				if code := t.(*paho.SubscribeToken).Result()[filter]; code >= 0x80 {
+					fmt.Fprintf(stderr, "watch: subscription to %s refused (is %s in the token's sites?)\n", filter, *site)
+					return
+				}
+				fmt.Fprintf(stderr, "watch: subscribed to %s at %s\n", filter, brokerURL)
+			}
+		}).
+		SetConnectionLostHandler(func(_ paho.Client, err error) {
+			fmt.Fprintf(stderr, "watch: connection lost: %v (reconnecting)\n", err)
+		})
+	c := paho.NewClient(o)
+	t := c.Connect()
+	if !t.WaitTimeout(15 * time.Second) {
+		return errors.New("watch: connect timed out")
+	}
+	if err := t.Error(); err != nil {
+		return fmt.Errorf("watch: connect %s: %w", brokerURL, err)
+	}
+	defer c.Disconnect(250)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case l := <-lines:
+			fmt.Fprintln(stdout, l)
+		}
+	}
+}

@@ -1,0 +1,190 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/vitalgate/vitalgate/internal/cloud"
+	"github.com/vitalgate/vitalgate/internal/envelope"
+	"github.com/vitalgate/vitalgate/internal/pki"
+	"github.com/vitalgate/vitalgate/internal/telemetry"
+)
+
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within the deadline", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestRunCreatesDevPKIAndStops(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "pki")
+	ctx, cancel := context.WithCancel(context.Background())
+	var stderr syncBuf
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"--pki", dir, "--listen", "127.0.0.1:0", "--apps", "127.0.0.1:0", "--ws", "",
+			"--http", "127.0.0.1:0", "--data", t.TempDir()}, &syncBuf{}, &stderr)
+	}()
+	eventually(t, "broker started", func() bool { return strings.Contains(stderr.String(), "cloud broker started") })
+	if _, err := os.Stat(filepath.Join(dir, pki.FileCA)); err != nil {
+		t.Fatalf("no dev PKI: %v", err)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("run did not return after the signal")
+	}
+}
+
+func TestCheckConfig(t *testing.T) {
+	dir := t.TempDir()
+	if err := pki.Init(dir, pki.InitOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var out syncBuf
+	if err := run(context.Background(), []string{"--pki", dir, "--check-config"}, &out, &syncBuf{}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "config ok") {
+		t.Fatalf("output %q", out.String())
+	}
+	cfgFile := filepath.Join(t.TempDir(), "broker.yaml")
+	if err := os.WriteFile(cfgFile, []byte("max_packet: 10\nmax_inflight: 0\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err := run(context.Background(), []string{"--pki", dir, "--config", cfgFile, "--listen", "bad", "--check-config"}, &out, &syncBuf{})
+	if err == nil {
+		t.Fatal("bad config accepted")
+	}
+	for _, f := range []string{"max_packet", "max_inflight", "listen"} {
+		if !strings.Contains(oneLine(err), f) {
+			t.Errorf("error does not name %s: %v", f, err)
+		}
+	}
+	if strings.Contains(oneLine(err), "\n") {
+		t.Error("reason is not one line")
+	}
+	if err := os.WriteFile(cfgFile, []byte("nosuchkey: 1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := run(context.Background(), []string{"--pki", dir, "--config", cfgFile, "--check-config"}, &out, &syncBuf{}); err == nil {
+		t.Fatal("unknown config key accepted")
+	}
+}
+
+func TestWatchPrintsVerifiedVitals(t *testing.T) {
+	dir := t.TempDir()
+	if err := pki.Init(dir, pki.InitOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := pki.IssueDevice(dir, "dev-00001", pki.P256, 0); err != nil {
+		t.Fatal(err)
+	}
+	cfg := cloud.Default()
+	cfg.PKI, cfg.Listen, cfg.Apps, cfg.WS, cfg.HTTP, cfg.Data = dir, "127.0.0.1:0", "127.0.0.1:0", "", "", ""
+	b, err := cloud.New(cfg, slog.New(slog.NewTextHandler(&syncBuf{}, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	tok, err := pki.MintToken(dir, "nurse", []string{"site1"}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var stdout, stderr syncBuf
+	done := make(chan error, 1)
+	go func() {
+		done <- watch(ctx, []string{"--pki", dir, "--token", tok, "--site", "site1", "--url", "ssl://" + b.AppsAddr()}, &stdout, &stderr)
+	}()
+	eventually(t, "watch subscribed", func() bool { return strings.Contains(stderr.String(), "subscribed to telemetry/site1/#") })
+
+	tc, err := pki.ClientTLS(filepath.Join(dir, pki.FileCA), filepath.Join(dir, pki.FileGatewayClient), filepath.Join(dir, pki.FileGatewayClientKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw := paho.NewClient(paho.NewClientOptions().AddBroker("ssl://" + b.GatewayAddr()).SetClientID("gw1").SetTLSConfig(tc).SetAutoReconnect(false))
+	if tk := gw.Connect(); !tk.WaitTimeout(10*time.Second) || tk.Error() != nil {
+		t.Fatalf("gateway connect: %v", tk.Error())
+	}
+	defer gw.Disconnect(100)
+	_, keyFile := pki.DevicePaths(dir, "dev-00001")
+	key, err := pki.LoadKey(keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	publish := func(seq uint64, spo2 float64) {
+		rec := telemetry.Record{V: 1, Dev: "dev-00001", Seq: seq, TS: time.Now().UnixMilli(), Kind: "spo2", Obs: []telemetry.Observation{
+			{Code: "MDC_PULS_OXIM_SAT_O2", Val: telemetry.Scalar(spo2), Unit: "%"},
+			{Code: "MDC_PULS_OXIM_PULS_RATE", Val: telemetry.Scalar(72), Unit: "/min"}}}
+		payload, err := telemetry.Encode(&rec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sig, err := envelope.Sign(key, "dev-00001", payload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg, err := cloud.EncodeMessage(&cloud.Message{V: 1, ID: "dev-00001:" + string(rune('0'+seq)), Site: "site1", GW: "gw1",
+			RX: time.Now().UnixMilli(), Rec: rec, Sig: sig}, "cbor")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tk := gw.Publish("telemetry/site1/dev-00001/spo2", 1, false, msg); !tk.WaitTimeout(10*time.Second) || tk.Error() != nil {
+			t.Fatalf("publish: %v", tk.Error())
+		}
+	}
+	publish(1, 97)
+	publish(1, 97) // a redelivery: dropped
+	publish(2, 95)
+	eventually(t, "two lines", func() bool { return strings.Count(stdout.String(), "[sig ok]") >= 2 })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	out := stdout.String()
+	if strings.Count(out, "\n") != 2 || !strings.Contains(out, "site1 dev-00001 spo2 SpO2 97 % pulse 72 /min  [sig ok]") ||
+		!strings.Contains(out, "SpO2 95 %") {
+		t.Fatalf("watch output:\n%s", out)
+	}
+}

@@ -1,0 +1,271 @@
+// Command certs manages the deployment's PKI directory (DESIGN section 9): the CAs, the gateway and broker
+// certificates, device certificates, the device revocation list and app tokens.
+//
+//	certs init    --dir DIR [--site SITE] [--gateway-id ID] [--hosts h1,h2] [--key p256|ed25519] [--force]
+//	certs device  --dir DIR --id ID [--key p256|ed25519] [--days N]
+//	certs devices --dir DIR --count N [--prefix P] [--key p256|ed25519]
+//	certs revoke  --dir DIR --id ID
+//	certs token   --dir DIR --sub NAME --sites S1,S2 [--ttl 1h]
+//
+// Every subcommand takes --config FILE, a YAML map whose keys are flag names; flags on the command line win.
+// Exit status: 0 on success, 1 on failure, 2 on bad usage, with a one-line reason on stderr.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/vitalgate/vitalgate/internal/pki"
+)
+
+func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
+
+// command is one subcommand: its flags, and the action that runs once they are parsed and checked.
+type command struct {
+	name, args, summary string
+	setup               func(fs *flag.FlagSet) (required []string, action func(stdout io.Writer) error)
+}
+
+var commands = []command{
+	{"init", "--dir DIR [--site SITE] [--gateway-id ID] [--hosts h1,h2] [--key p256|ed25519] [--force]",
+		"write a new PKI directory (refuses to replace an existing CA without --force)", setupInit},
+	{"device", "--dir DIR --id ID [--key p256|ed25519] [--days N]", "issue one device certificate", setupDevice},
+	{"devices", "--dir DIR --count N [--prefix P] [--key p256|ed25519]",
+		"issue a fleet of devices P-00001..P-N, skipping existing ones", setupDevices},
+	{"revoke", "--dir DIR --id ID", "add a device to crl.pem", setupRevoke},
+	{"token", "--dir DIR --sub NAME --sites S1,S2 [--ttl 1h]", "print an app JWT", setupToken},
+}
+
+// usageError marks a bad command line (exit status 2).
+type usageError struct{ error }
+
+func mainUsage(w io.Writer) {
+	fmt.Fprintln(w, "Usage: certs COMMAND [flags]   (certs COMMAND --help for its flags)")
+	fmt.Fprintln(w, "\nCommands:")
+	for _, c := range commands {
+		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
+	}
+}
+
+// run executes the command line args and returns the exit status.
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		mainUsage(stderr)
+		return 2
+	}
+	switch args[0] {
+	case "-h", "-help", "--help", "help":
+		mainUsage(stdout)
+		return 0
+	}
+	for _, c := range commands {
+		if c.name == args[0] {
+			err := c.run(args[1:], stdout)
+			switch {
+			case err == nil:
+				return 0
+			case errors.Is(err, flag.ErrHelp):
+				return 0
+			}
+			fmt.Fprintf(stderr, "certs: %s: %s\n", c.name, oneLine(err))
+			var ue usageError
+			if errors.As(err, &ue) {
+				return 2
+			}
+			return 1
+		}
+	}
+	fmt.Fprintf(stderr, "certs: unknown command %q (want init, device, devices, revoke or token; see certs --help)\n", args[0])
+	return 2
+}
+
+// oneLine keeps an error message on one line.
+func oneLine(err error) string { return strings.Join(strings.Fields(err.Error()), " ") }
+
+// run parses the subcommand's flags (command line, then --config for the flags not given) and runs it.
+func (c command) run(args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("certs "+c.name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	config := fs.String("config", "", "YAML `FILE` whose keys are flag names (command-line flags win)")
+	required, action := c.setup(fs)
+	fs.Usage = func() {}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintf(stdout, "Usage: certs %s %s\n\n%s.\n\nFlags:\n", c.name, c.args, c.summary)
+			fs.SetOutput(stdout)
+			fs.PrintDefaults()
+			return err
+		}
+		return usageError{err}
+	}
+	if fs.NArg() > 0 {
+		return usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
+	}
+	if *config != "" {
+		if err := applyConfig(fs, *config); err != nil {
+			return usageError{err}
+		}
+	}
+	for _, name := range required {
+		if fs.Lookup(name).Value.String() == "" || fs.Lookup(name).Value.String() == "0" {
+			return usageError{fmt.Errorf("--%s is required (see certs %s --help)", name, c.name)}
+		}
+	}
+	return action(stdout)
+}
+
+// applyConfig sets, from the YAML map in path, every flag that the command line did not set.
+func applyConfig(fs *flag.FlagSet, path string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("read config: %w", err)
+	}
+	var m map[string]any
+	if err := yaml.Unmarshal(data, &m); err != nil {
+		return fmt.Errorf("config %s: %s", path, oneLine(err))
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	for key, v := range m {
+		f := fs.Lookup(key)
+		if f == nil || key == "config" {
+			return fmt.Errorf("config %s: unknown key %q", path, key)
+		}
+		if set[key] {
+			continue
+		}
+		var s string
+		switch v := v.(type) {
+		case []any:
+			parts := make([]string, len(v))
+			for i, e := range v {
+				parts[i] = fmt.Sprint(e)
+			}
+			s = strings.Join(parts, ",")
+		case nil:
+			continue
+		case map[string]any:
+			return fmt.Errorf("config %s: key %q: want a value, not a map", path, key)
+		default:
+			s = fmt.Sprint(v)
+		}
+		if err := fs.Set(key, s); err != nil {
+			return fmt.Errorf("config %s: key %q: %s", path, key, oneLine(err))
+		}
+	}
+	return nil
+}
+
+// list splits a comma-separated flag value, dropping empty items.
+func list(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// keyFlag registers --key.
+func keyFlag(fs *flag.FlagSet) *string {
+	return fs.String("key", string(pki.P256), "key algorithm: p256 or ed25519")
+}
+
+func setupInit(fs *flag.FlagSet) ([]string, func(io.Writer) error) {
+	dir := fs.String("dir", "", "PKI `DIR`ectory to write")
+	site := fs.String("site", pki.DefaultSite, "the gateway's `SITE` (OU of gateway-client.crt)")
+	gw := fs.String("gateway-id", pki.DefaultGatewayID, "the gateway's `ID` (CN of gateway-client.crt)")
+	hosts := fs.String("hosts", "", "extra host names or IPs of gateway.crt and broker.crt, comma-separated (localhost, 127.0.0.1 and ::1 are always there)")
+	key := keyFlag(fs)
+	force := fs.Bool("force", false, "replace an existing CA (removes the device certificates it issued)")
+	return []string{"dir"}, func(w io.Writer) error {
+		alg, err := pki.ParseKeyAlg(*key)
+		if err != nil {
+			return usageError{err}
+		}
+		if err := pki.Init(*dir, pki.InitOptions{Site: *site, GatewayID: *gw, Hosts: list(*hosts), Key: alg, Force: *force}); err != nil {
+			return err
+		}
+		fmt.Fprintf(w, "wrote %s (site %s, gateway %s, %s keys)\n", *dir, *site, *gw, alg)
+		return nil
+	}
+}
+
+func setupDevice(fs *flag.FlagSet) ([]string, func(io.Writer) error) {
+	dir := fs.String("dir", "", "PKI `DIR`ectory")
+	id := fs.String("id", "", "device `ID` ([A-Za-z0-9._-]{1,64}), the certificate's CN")
+	key := keyFlag(fs)
+	days := fs.Int("days", 365, "validity in days")
+	return []string{"dir", "id"}, func(w io.Writer) error {
+		alg, err := pki.ParseKeyAlg(*key)
+		if err != nil {
+			return usageError{err}
+		}
+		if *days < 1 {
+			return usageError{fmt.Errorf("--days %d: want at least 1", *days)}
+		}
+		if err := pki.IssueDevice(*dir, *id, alg, *days); err != nil {
+			return err
+		}
+		certFile, keyFile := pki.DevicePaths(*dir, *id)
+		fmt.Fprintf(w, "%s\n%s\n", certFile, keyFile)
+		return nil
+	}
+}
+
+func setupDevices(fs *flag.FlagSet) ([]string, func(io.Writer) error) {
+	dir := fs.String("dir", "", "PKI `DIR`ectory")
+	count := fs.Int("count", 0, "number of devices")
+	prefix := fs.String("prefix", pki.DefaultDevicePrefix, "device ID prefix: IDs are `P`-00001, P-00002, ...")
+	key := keyFlag(fs)
+	return []string{"dir", "count"}, func(w io.Writer) error {
+		alg, err := pki.ParseKeyAlg(*key)
+		if err != nil {
+			return usageError{err}
+		}
+		start := time.Now()
+		res, err := pki.IssueBulk(*dir, pki.BulkOptions{Count: *count, Prefix: *prefix, Key: alg})
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(w, "%d devices %s-%05d..%s: %d issued, %d existed, in %s\n", len(res.IDs), *prefix, 1,
+			res.IDs[len(res.IDs)-1], res.Issued, res.Skipped, time.Since(start).Round(time.Millisecond))
+		return nil
+	}
+}
+
+func setupRevoke(fs *flag.FlagSet) ([]string, func(io.Writer) error) {
+	dir := fs.String("dir", "", "PKI `DIR`ectory")
+	id := fs.String("id", "", "device `ID` to revoke")
+	return []string{"dir", "id"}, func(w io.Writer) error {
+		if err := pki.Revoke(*dir, *id); err != nil {
+			return err
+		}
+		fmt.Fprintf(w, "revoked %s in %s\n", *id, filepath.Join(*dir, pki.FileCRL))
+		return nil
+	}
+}
+
+func setupToken(fs *flag.FlagSet) ([]string, func(io.Writer) error) {
+	dir := fs.String("dir", "", "PKI `DIR`ectory (signs with app-token.key)")
+	sub := fs.String("sub", "", "subject: the app's `NAME`")
+	sites := fs.String("sites", "", "sites the app may read, comma-separated")
+	ttl := fs.Duration("ttl", time.Hour, "lifetime of the token")
+	return []string{"dir", "sub", "sites"}, func(w io.Writer) error {
+		tok, err := pki.MintToken(*dir, *sub, list(*sites), *ttl)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(w, tok)
+		return nil
+	}
+}

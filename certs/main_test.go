@@ -1,0 +1,162 @@
+package main
+
+import (
+	"bytes"
+	"crypto/x509"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/vitalgate/vitalgate/internal/pki"
+)
+
+// TestMain lets the tests run the real command: with CERTS_TEST_MAIN=1 the test binary is certs.
+func TestMain(m *testing.M) {
+	if os.Getenv("CERTS_TEST_MAIN") == "1" {
+		main()
+		return
+	}
+	os.Exit(m.Run())
+}
+
+// certs runs the test binary as the certs command and returns its exit status, stdout and stderr.
+func certs(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], args...)
+	// atexit_sleep_ms: the race runtime otherwise sleeps a second at every successful exit.
+	cmd.Env = append(os.Environ(), "CERTS_TEST_MAIN=1", "GORACE="+strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return code, stdout.String(), stderr.String()
+}
+
+func TestCLI(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "pki")
+	cfg := filepath.Join(t.TempDir(), "devices.yaml")
+	if err := os.WriteFile(cfg, []byte("dir: "+dir+"\ncount: 5\nprefix: cfg\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	initDir := filepath.Join(t.TempDir(), "pki2")
+	initCfg := filepath.Join(t.TempDir(), "init.yaml")
+	if err := os.WriteFile(initCfg, []byte("dir: "+initDir+"\nhosts: [gw.example, 192.0.2.7]\nkey: ed25519\nforce: true\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	badCfg := filepath.Join(t.TempDir(), "bad.yaml")
+	if err := os.WriteFile(badCfg, []byte("dir: "+dir+"\ncolour: blue\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name       string
+		args       []string
+		wantCode   int
+		wantStdout string // substring
+		wantStderr string // exact line ("" = empty stderr)
+	}{
+		{"no command", nil, 2, "", "*"},
+		{"help", []string{"--help"}, 0, "Commands:", ""},
+		{"unknown command", []string{"frobnicate"}, 2, "", `certs: unknown command "frobnicate" (want init, device, devices, revoke or token; see certs --help)`},
+		{"init help", []string{"init", "--help"}, 0, "--force", ""},
+		{"device help", []string{"device", "-h"}, 0, "-days", ""},
+		{"init without dir", []string{"init"}, 2, "", "certs: init: --dir is required (see certs init --help)"},
+		{"init bad flag", []string{"init", "--dir", dir, "--colour", "blue"}, 2, "", "certs: init: flag provided but not defined: -colour"},
+		{"init bad key", []string{"init", "--dir", dir, "--key", "rsa"}, 2, "", `certs: init: unknown key algorithm "rsa" (want p256 or ed25519)`},
+		{"init extra argument", []string{"init", "--dir", dir, "extra"}, 2, "", `certs: init: unexpected argument "extra"`},
+		{"init", []string{"init", "--dir", dir, "--site", "north", "--gateway-id", "gw9", "--hosts", "gw.local,10.1.2.3"}, 0, "site north, gateway gw9", ""},
+		{"init again", []string{"init", "--dir", dir}, 1, "", "certs: init: " + filepath.Join(dir, "ca.crt") + " exists (use --force to replace the CA)"},
+		{"init from config", []string{"init", "--config", initCfg}, 0, "ed25519 keys", ""},
+		{"init force", []string{"init", "--dir", dir, "--force", "--site", "north", "--gateway-id", "gw9"}, 0, "wrote", ""},
+		{"device", []string{"device", "--dir", dir, "--id", "pump-1", "--days", "30"}, 0, "pump-1.crt", ""},
+		{"device ed25519", []string{"device", "--dir", dir, "--id", "pump-2", "--key", "ed25519"}, 0, "pump-2.key", ""},
+		{"device exists", []string{"device", "--dir", dir, "--id", "pump-1"}, 1, "", "*exists"},
+		{"device bad id", []string{"device", "--dir", dir, "--id", "a/b"}, 1, "", `certs: device: invalid device ID "a/b" (want [A-Za-z0-9._-]{1,64})`},
+		{"device bad days", []string{"device", "--dir", dir, "--id", "x", "--days", "0"}, 2, "", "certs: device: --days 0: want at least 1"},
+		{"device without id", []string{"device", "--dir", dir}, 2, "", "certs: device: --id is required (see certs device --help)"},
+		{"devices", []string{"devices", "--dir", dir, "--count", "12", "--prefix", "bed"}, 0, "12 issued, 0 existed", ""},
+		{"devices again", []string{"devices", "--dir", dir, "--count", "13", "--prefix", "bed"}, 0, "1 issued, 12 existed", ""},
+		{"devices from config", []string{"devices", "--config", cfg}, 0, "cfg-00005: 5 issued", ""},
+		{"devices flag beats config", []string{"devices", "--config", cfg, "--count", "6"}, 0, "1 issued, 5 existed", ""},
+		{"devices bad config key", []string{"devices", "--config", badCfg}, 2, "", "certs: devices: config " + badCfg + `: unknown key "colour"`},
+		{"devices missing config", []string{"devices", "--config", "/nonexistent.yaml"}, 2, "", "*no such file"},
+		{"devices bad count", []string{"devices", "--dir", dir, "--count", "many"}, 2, "", "*invalid value"},
+		{"devices no CA", []string{"devices", "--dir", t.TempDir(), "--count", "1"}, 1, "", "*device CA"},
+		{"revoke", []string{"revoke", "--dir", dir, "--id", "pump-1"}, 0, "revoked pump-1", ""},
+		{"revoke unknown", []string{"revoke", "--dir", dir, "--id", "ghost"}, 1, "", "certs: revoke: device ghost: no certificate " + filepath.Join(dir, "devices", "ghost.crt")},
+		{"token", []string{"token", "--dir", dir, "--sub", "nurse", "--sites", "north,south", "--ttl", "5m"}, 0, "eyJ", ""},
+		{"token without sites", []string{"token", "--dir", dir, "--sub", "nurse"}, 2, "", "certs: token: --sites is required (see certs token --help)"},
+		{"token bad ttl", []string{"token", "--dir", dir, "--sub", "n", "--sites", "a", "--ttl", "-1h"}, 1, "", "certs: token: ttl -1h0m0s is not positive"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, stdout, stderr := certs(t, tt.args...)
+			if code != tt.wantCode {
+				t.Fatalf("exit %d, want %d\nstdout: %s\nstderr: %s", code, tt.wantCode, stdout, stderr)
+			}
+			if !strings.Contains(stdout, tt.wantStdout) {
+				t.Errorf("stdout %q does not contain %q", stdout, tt.wantStdout)
+			}
+			switch {
+			case tt.wantStderr == "":
+				if stderr != "" {
+					t.Errorf("stderr %q, want none", stderr)
+				}
+			case tt.wantStderr == "*": // usage text
+				if stderr == "" {
+					t.Error("no usage on stderr")
+				}
+			case strings.HasPrefix(tt.wantStderr, "*"):
+				if strings.Count(stderr, "\n") != 1 || !strings.HasPrefix(stderr, "certs: ") || !strings.Contains(stderr, tt.wantStderr[1:]) {
+					t.Errorf("stderr %q: want one line containing %q", stderr, tt.wantStderr[1:])
+				}
+			default:
+				if stderr != tt.wantStderr+"\n" {
+					t.Errorf("stderr %q, want %q", stderr, tt.wantStderr)
+				}
+			}
+		})
+	}
+
+	// The files the commands wrote are what the library reads.
+	site, id := pki.ParseSiteAndID(mustLoad(t, filepath.Join(dir, pki.FileGatewayClient)))
+	if site != "north" || id != "gw9" {
+		t.Errorf("gateway client site %q id %q", site, id)
+	}
+	if gw := mustLoad(t, filepath.Join(initDir, pki.FileGateway)); gw.VerifyHostname("gw.example") != nil ||
+		gw.VerifyHostname("192.0.2.7") != nil || gw.PublicKeyAlgorithm != x509.Ed25519 {
+		t.Errorf("init --config: SANs %v %v, key %v", gw.DNSNames, gw.IPAddresses, gw.PublicKeyAlgorithm)
+	}
+	rev, err := pki.NewRevocations(filepath.Join(dir, pki.FileCRL), mustLoad(t, filepath.Join(dir, pki.FileDeviceCA)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	crt, _ := pki.DevicePaths(dir, "pump-1")
+	if !rev.IsRevoked(mustLoad(t, crt).SerialNumber) {
+		t.Error("pump-1 not on the CRL after certs revoke")
+	}
+	_, stdout, _ := certs(t, "token", "--dir", dir, "--sub", "nurse", "--sites", "north")
+	pub, err := pki.LoadTokenKey(filepath.Join(dir, pki.FileAppTokenPub))
+	if err != nil {
+		t.Fatal(err)
+	}
+	claims, err := pki.VerifyToken(pub, strings.TrimSpace(stdout))
+	if err != nil || claims.Subject != "nurse" || len(claims.Sites) != 1 {
+		t.Fatalf("token claims %+v, %v", claims, err)
+	}
+}
+
+func mustLoad(t *testing.T, path string) *x509.Certificate {
+	t.Helper()
+	c, err := pki.LoadCert(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}

@@ -1,0 +1,105 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/vitalgate/vitalgate/internal/bench"
+)
+
+// benchCmd is `devicesim bench`: the load harness of DESIGN.md section 8.
+// It starts the cloud broker in this process and the gateway as a child
+// process, measures every figure in one run, shows a one-line progress on
+// stderr and prints the result as one JSON line on stdout (and to --out).
+func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	cfg, out, err := parseBench(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "devicesim bench: %v\n", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	l := newLive(stderr)
+	cfg.Progress = func(line string) { l.line(line) }
+	res, err := bench.Run(ctx, cfg)
+	l.end()
+	b, jerr := json.Marshal(res)
+	if jerr != nil {
+		fmt.Fprintf(stderr, "devicesim bench: %v\n", jerr)
+		return 1
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "devicesim bench: %v\npartial result: %s\n", err, b)
+		return 1
+	}
+	fmt.Fprintf(stdout, "%s\n", b)
+	if out != "" {
+		if err := os.WriteFile(out, append(b, '\n'), 0o644); err != nil {
+			fmt.Fprintf(stderr, "devicesim bench: write result: %v\n", err)
+			return 1
+		}
+	}
+	return 0
+}
+
+func parseBench(args []string, stderr io.Writer) (bench.Config, string, error) {
+	fs := flag.NewFlagSet("devicesim bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: devicesim bench [flags]\n\nMeasures the gateway (DESIGN.md section 8) in one run: cloud broker in this process,\ngateway as a child process, temporary PKI and data. Prints one JSON line.\n\n")
+		fs.PrintDefaults()
+	}
+	var (
+		devices  = fs.Int("devices", 2000, "devices of the throughput phases, 1..10000")
+		duration = fs.Duration("duration", 10*time.Second, "length of each throughput phase (peak, latency, baseline)")
+		rate     = fs.Float64("rate", 0, "total msg/s of the latency phase (0: half the measured peak)")
+		idle     = fs.Int("idle", 10000, "idle mTLS connections held for the memory figure (0: skip)")
+		storm    = fs.Duration("storm", 5*time.Second, "length of each reconnect storm, full and resumed (0: skip)")
+		workers  = fs.Int("workers", 64, "concurrent clients of the reconnect storm")
+		window   = fs.Int("relay-window", 0, "gateway relay.window, QoS 1 messages in flight to the cloud (0: the gateway's default)")
+		kinds    = fs.String("kinds", "", "record kinds, round-robin over the devices (default: all six)")
+		bin      = fs.String("gateway-bin", "", "gateway program (default: go build it into the work directory)")
+		dir      = fs.String("dir", "", "work directory for PKI and data (default: a temporary one, removed after)")
+		seed     = fs.Int64("seed", 1, "physiology seed")
+		out      = fs.String("out", "", "also write the JSON line to `file`")
+	)
+	if err := fs.Parse(args); err != nil {
+		return bench.Config{}, "", err
+	}
+	if fs.NArg() > 0 {
+		return bench.Config{}, "", fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	cfg := bench.Config{Devices: *devices, Duration: *duration, Rate: *rate, Idle: *idle, Storm: *storm,
+		Workers: *workers, GatewayBin: *bin, Dir: *dir, Seed: *seed, RelayWindow: *window}
+	if *kinds != "" {
+		cfg.Kinds = strings.Split(*kinds, ",")
+	}
+	cfg = cfg.Defaults()
+	return cfg, *out, cfg.Validate()
+}
+
+// line shows a progress line: in place on a terminal, every five seconds
+// otherwise.
+func (l *live) line(s string) {
+	if l.tty {
+		fmt.Fprintf(l.w, "\r%s\033[K", s)
+		l.printed = true
+		return
+	}
+	if time.Since(l.last) >= 5*time.Second {
+		l.last = time.Now()
+		fmt.Fprintln(l.w, s)
+	}
+}

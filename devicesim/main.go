@@ -1,0 +1,289 @@
+// Command devicesim runs a fleet of simulated home-care devices against the
+// gateway (DESIGN.md sections 8 and 9): realistic vitals, attack modes, a
+// live one-line summary on stderr and a final report.
+//
+//	devicesim [--pki DIR] [--gateway ADDR] [--devices N] [--rate R] [--duration D]
+//	          [--mqtt 3|5|mix] [--qos 0|1] [--attack MODE] [--report FILE] [--config FILE]
+//
+// Exit status: 0 after a run, 2 on bad flags or configuration, missing
+// certificates or an unreachable gateway, 1 on other errors.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/vitalgate/vitalgate/internal/fleet"
+)
+
+func main() {
+	os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// exitError carries an exit status.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "bench" {
+		return benchCmd(ctx, args[1:], stdout, stderr)
+	}
+	cfg, report, err := parse(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "devicesim: %v\n", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	live := newLive(stderr)
+	rep, err := fleet.Run(ctx, cfg, live.show)
+	live.end()
+	if err != nil {
+		fmt.Fprintf(stderr, "devicesim: %v\n", err)
+		if errors.Is(err, fleet.ErrUnreachable) || errors.Is(err, fleet.ErrCertificates) {
+			return 2
+		}
+		return 1
+	}
+	summary(stderr, rep)
+	if report != "" {
+		if err := writeReport(report, stdout, rep); err != nil {
+			fmt.Fprintf(stderr, "devicesim: %v\n", err)
+			return 1
+		}
+	}
+	return 0
+}
+
+// parse reads --config (YAML with the fields of fleet.Config) and then the
+// flags, which override it.
+func parse(args []string, stderr io.Writer) (fleet.Config, string, error) {
+	d := fleet.Default()
+	fs := flag.NewFlagSet("devicesim", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: devicesim [flags]\n\nA fleet of simulated devices against the gateway. Flags override --config.\n\n")
+		fs.PrintDefaults()
+		fmt.Fprintf(stderr, "\nattack modes: %s\n", strings.Join(fleet.Attacks(), ", "))
+	}
+	var (
+		config    = fs.String("config", "", "YAML `file` with the fields of the simulator's configuration")
+		pkiDir    = fs.String("pki", d.PKI, "PKI `directory` (certs init); device certificates are issued there when missing")
+		gateway   = fs.String("gateway", d.Gateway, "gateway device listener `host:port`")
+		devices   = fs.Int("devices", d.Devices, "number of devices, 1..10000")
+		rate      = fs.Float64("rate", d.Rate, "records per second per device")
+		duration  = fs.Duration("duration", 0, "how long to run (0: until interrupted)")
+		mqtt      = fs.String("mqtt", "5", "MQTT version: 3 (3.1.1), 5, or mix")
+		qos       = fs.Uint("qos", uint(d.QoS), "QoS of telemetry: 0 or 1")
+		attack    = fs.String("attack", "", "attack `mode` (see below)")
+		attackers = fs.Int("attackers", 0, "devices that attack (0: all)")
+		budget    = fs.Int("attack-budget", d.AttackBudget, "attack messages per attacker per minute (keep under the gateway's quarantine threshold)")
+		seed      = fs.Int64("seed", d.Seed, "physiology seed")
+		ramp      = fs.Float64("ramp", d.Ramp, "new connections per second across the fleet")
+		prefix    = fs.String("prefix", d.Prefix, "device ID prefix (IDs are PREFIX-00001...)")
+		key       = fs.String("key", d.Key, "key type of issued device certificates: p256 or ed25519")
+		kinds     = fs.String("kinds", strings.Join(d.Kinds, ","), "kinds, round-robin over the devices (repeat one to weight it)")
+		state     = fs.String("state", "", "seq state `directory` (default PKI/devicesim-state; - for none)")
+		buffer    = fs.Int("buffer", d.Buffer, "records kept per device while the gateway is away")
+		window    = fs.Int("window", d.Window, "QoS 1 messages in flight per device")
+		drain     = fs.Duration("drain", d.Drain, "time after --duration to send the backlog and collect acks")
+		report    = fs.String("report", "", "write the final report as JSON to `file` (- for stdout)")
+		check     = fs.Bool("check-config", false, "validate the configuration and exit")
+		verbose   = fs.Bool("v", false, "log connection problems (debug) on stderr")
+	)
+	if err := fs.Parse(args); err != nil {
+		return fleet.Config{}, "", err
+	}
+	if fs.NArg() > 0 {
+		return fleet.Config{}, "", fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	cfg := d
+	if *config != "" {
+		b, err := os.ReadFile(*config)
+		if err != nil {
+			return cfg, "", fmt.Errorf("read config: %w", err)
+		}
+		dec := yaml.NewDecoder(strings.NewReader(string(b)))
+		dec.KnownFields(true)
+		if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
+			return cfg, "", fmt.Errorf("config %s: %w", *config, err)
+		}
+	}
+	var errs []error
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "pki":
+			cfg.PKI = *pkiDir
+		case "gateway":
+			cfg.Gateway = *gateway
+		case "devices":
+			cfg.Devices = *devices
+		case "rate":
+			cfg.Rate = *rate
+		case "duration":
+			cfg.Duration = *duration
+		case "mqtt":
+			switch *mqtt {
+			case "3", "3.1.1":
+				cfg.MQTT = fleet.MQTT3
+			case "5":
+				cfg.MQTT = fleet.MQTT5
+			case "mix":
+				cfg.MQTT = fleet.MQTTMix
+			default:
+				errs = append(errs, fmt.Errorf("--mqtt %q: want 3, 5 or mix", *mqtt))
+			}
+		case "qos":
+			if *qos > 1 {
+				errs = append(errs, fmt.Errorf("--qos %d: want 0 or 1", *qos))
+			}
+			cfg.QoS = byte(min(*qos, 1))
+		case "attack":
+			cfg.Attack = *attack
+		case "attackers":
+			cfg.Attackers = *attackers
+		case "attack-budget":
+			cfg.AttackBudget = *budget
+		case "seed":
+			cfg.Seed = *seed
+		case "ramp":
+			cfg.Ramp = *ramp
+		case "prefix":
+			cfg.Prefix = *prefix
+		case "key":
+			cfg.Key = *key
+		case "kinds":
+			cfg.Kinds = strings.Split(*kinds, ",")
+		case "state":
+			cfg.State = *state
+		case "buffer":
+			cfg.Buffer = *buffer
+		case "window":
+			cfg.Window = *window
+		case "drain":
+			cfg.Drain = *drain
+		}
+	})
+	if err := errors.Join(append(errs, cfg.Validate())...); err != nil {
+		return cfg, "", err
+	}
+	if *verbose {
+		cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	if *check {
+		fmt.Fprintln(stderr, "devicesim: configuration ok")
+		return cfg, "", flag.ErrHelp
+	}
+	return cfg, *report, nil
+}
+
+// live is the one-line progress display: rewritten in place about four
+// times a second on a terminal, one line every five seconds otherwise.
+type live struct {
+	w       io.Writer
+	tty     bool
+	last    time.Time
+	printed bool
+}
+
+func newLive(w io.Writer) *live {
+	l := &live{w: w}
+	if f, ok := w.(*os.File); ok {
+		if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
+			l.tty = true
+		}
+	}
+	return l
+}
+
+func (l *live) show(s fleet.Stats) {
+	if l.tty {
+		fmt.Fprintf(l.w, "\r%s\033[K", s)
+		l.printed = true
+		return
+	}
+	if time.Since(l.last) >= 5*time.Second {
+		l.last = time.Now()
+		fmt.Fprintln(l.w, s)
+	}
+}
+
+func (l *live) end() {
+	if l.printed {
+		fmt.Fprintln(l.w)
+	}
+}
+
+// summary prints the final figures.
+func summary(w io.Writer, r fleet.Report) {
+	s := r.Stats
+	fmt.Fprintf(w, "devicesim: %d devices, %.1fs: generated %d sent %d (resent %d) acked %d duplicates %d dropped %d errors %d; p50 %.1fms p99 %.1fms\n",
+		s.Devices, s.ElapsedS, s.Generated, s.Sent, s.Resent, s.Acked, s.Duplicates, s.Dropped, s.Errors, s.P50MS, s.P99MS)
+	if len(s.Codes) > 0 {
+		fmt.Fprintf(w, "devicesim: reason codes %s\n", kv(s.Codes))
+	}
+	if a := r.Attack; a != nil {
+		fmt.Fprintf(w, "devicesim: attack %s by %d devices: expected %s", a.Mode, a.Attackers, a.Expected)
+		if a.Code != "" {
+			fmt.Fprintf(w, " (%s)", a.Code)
+		}
+		fmt.Fprintf(w, ": %d of %d", a.Matched, a.Sent)
+		if len(a.Codes) > 0 {
+			fmt.Fprintf(w, "; codes %s", kv(a.Codes))
+		}
+		if a.Connected > 0 {
+			fmt.Fprintf(w, "; %d handshakes accepted", a.Connected)
+		}
+		fmt.Fprintln(w)
+		if a.Note != "" {
+			fmt.Fprintf(w, "devicesim: note: %s\n", a.Note)
+		}
+	}
+}
+
+func kv(m map[string]uint64) string {
+	var parts []string
+	for k, v := range m {
+		parts = append(parts, k+":"+strconv.FormatUint(v, 10))
+	}
+	sort.Strings(parts)
+	return "{" + strings.Join(parts, " ") + "}"
+}
+
+func writeReport(path string, stdout io.Writer, r fleet.Report) error {
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return fmt.Errorf("report: %w", err)
+	}
+	b = append(b, '\n')
+	if path == "-" {
+		_, err = stdout.Write(b)
+		return err
+	}
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		return fmt.Errorf("write report: %w", err)
+	}
+	return nil
+}

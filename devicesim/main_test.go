@@ -1,0 +1,90 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/vitalgate/vitalgate/internal/fleet"
+	"github.com/vitalgate/vitalgate/internal/pki"
+)
+
+func runCLI(args ...string) (code int, stdout, stderr string) {
+	var o, e bytes.Buffer
+	code = run(context.Background(), args, &o, &e)
+	return code, o.String(), e.String()
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func TestHelpAndBadFlags(t *testing.T) {
+	if code, _, e := runCLI("--help"); code != 0 || !strings.Contains(e, "-gateway host:port") || !strings.Contains(e, "bad_signature") {
+		t.Errorf("--help: %d %q", code, e)
+	}
+	for _, args := range [][]string{
+		{"--mqtt", "4"}, {"--qos", "2"}, {"--attack", "nope"}, {"--devices", "10001"}, {"--bogus"}, {"extra"},
+	} {
+		code, _, e := runCLI(args...)
+		if code != 2 || !strings.HasPrefix(e, "devicesim: ") && !strings.Contains(e, "flag provided but not defined") {
+			t.Errorf("%v: exit %d, %q", args, code, e)
+		}
+	}
+}
+
+func TestMissingCertificates(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "nopki")
+	code, _, e := runCLI("--pki", dir, "--gateway", freeAddr(t))
+	if code != 2 || !strings.Contains(e, "devicesim: certificates missing: ") || strings.Count(e, "\n") != 1 {
+		t.Errorf("exit %d, %q", code, e)
+	}
+}
+
+func TestUnreachable(t *testing.T) {
+	dir := t.TempDir()
+	if err := pki.Init(dir, pki.InitOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	addr := freeAddr(t)
+	code, _, e := runCLI("--pki", dir, "--gateway", addr, "--devices", "3")
+	if want := fmt.Sprintf("devicesim: gateway %s unreachable: connection refused\n", addr); code != 2 || e != want {
+		t.Errorf("exit %d, %q, want %q", code, e, want)
+	}
+}
+
+func TestConfigFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "sim.yaml")
+	yaml := "devices: 7\nrate: 2.5\nmqtt: 0\nqos: 0\nattack: replay\nkinds: [ecg, spo2]\nduration: 90s\n"
+	if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, _, err := parse([]string{"--config", path, "--devices", "9"}, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Devices != 9 || cfg.Rate != 2.5 || cfg.MQTT != fleet.MQTTMix || cfg.QoS != 0 || cfg.Attack != "replay" ||
+		len(cfg.Kinds) != 2 || cfg.Duration.Seconds() != 90 {
+		t.Errorf("config %+v", cfg)
+	}
+	if err := os.WriteFile(path, []byte("devcies: 3\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, e := runCLI("--config", path); code != 2 || !strings.Contains(e, "devcies") {
+		t.Errorf("unknown key: exit %d, %q", code, e)
+	}
+	if code, _, e := runCLI("--check-config", "--devices", "5"); code != 0 || !strings.Contains(e, "ok") {
+		t.Errorf("--check-config: exit %d, %q", code, e)
+	}
+}

@@ -1,0 +1,212 @@
+// Package config is the gateway's configuration: one YAML file whose keys
+// match the command-line flags, defaults that run on a laptop, and a
+// validation that reports every problem at once.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is everything the gateway can be told.
+type Config struct {
+	PKI    string   `yaml:"pki"`    // PKI directory as `certs init` writes it
+	Listen string   `yaml:"listen"` // device listener (MQTT over mTLS)
+	Cloud  []string `yaml:"cloud"`  // cloud broker URLs, in failover order; empty: embedded broker
+	Data   string   `yaml:"data"`   // queue, audit log and embedded broker state
+	HTTP   string   `yaml:"http"`   // /metrics, /healthz, /readyz; "" disables
+	Site   string   `yaml:"site"`   // default: OU of gateway-client.crt
+	ID     string   `yaml:"id"`     // default: CN of gateway-client.crt
+	Format string   `yaml:"format"` // cloud payload: cbor or json
+	Log    string   `yaml:"log"`    // debug, info, warn, error
+
+	MaxPayload       int           `yaml:"max_payload"`       // largest COSE message accepted (bytes)
+	MaxPacket        int           `yaml:"max_packet"`        // largest MQTT packet read (bytes); above max_payload
+	MaxConnections   int           `yaml:"max_connections"`   // concurrent device connections
+	HandshakeTimeout time.Duration `yaml:"handshake_timeout"` // TLS handshake and CONNECT must finish within it
+	AcceptRate       float64       `yaml:"accept_rate"`       // new TLS handshakes per second (admission control)
+	MaxInflight      int           `yaml:"max_inflight"`      // QoS 1 messages a device may have unacknowledged
+	Curves           []string      `yaml:"curves"`            // TLS key exchange preference; empty: Go's default (hybrid PQ first)
+	MaxAge           time.Duration `yaml:"max_age"`           // oldest ts accepted
+	Schemas          string        `yaml:"schemas"`           // schema file; empty: built-in
+
+	Rate       RateConfig  `yaml:"rate"`
+	Quarantine Quarantine  `yaml:"quarantine"`
+	Queue      QueueConfig `yaml:"queue"`
+	Relay      RelayConfig `yaml:"relay"`
+	Embedded   Embedded    `yaml:"embedded"`
+}
+
+// Embedded configures the cloud broker the gateway starts in-process when no
+// cloud URL is given: where clinicians' apps connect (JWT over TLS, and
+// WebSocket). Empty addresses turn a listener off.
+type Embedded struct {
+	Apps string `yaml:"apps"`
+	WS   string `yaml:"ws"`
+}
+
+// RateConfig bounds each device's traffic.
+type RateConfig struct {
+	Messages  float64 `yaml:"messages"` // per second
+	Burst     int     `yaml:"burst"`    // messages
+	Bytes     float64 `yaml:"bytes"`    // per second
+	ByteBurst int     `yaml:"byte_burst"`
+}
+
+// Quarantine is how many violations within a window shut a device out, and for how long.
+type Quarantine struct {
+	Violations int           `yaml:"violations"`
+	Window     time.Duration `yaml:"window"`
+	Cooloff    time.Duration `yaml:"cooloff"`
+}
+
+// QueueConfig bounds the store-and-forward queue on disk.
+type QueueConfig struct {
+	MaxRecords int   `yaml:"max_records"`
+	MaxBytes   int64 `yaml:"max_bytes"`
+}
+
+// RelayConfig tunes the cloud relay.
+type RelayConfig struct {
+	Window int `yaml:"window"` // QoS 1 messages in flight to the cloud
+}
+
+// Default returns a configuration that runs on a laptop.
+func Default() Config {
+	return Config{
+		PKI:              "pki",
+		Listen:           "127.0.0.1:8883",
+		Data:             "data",
+		HTTP:             "127.0.0.1:9100",
+		Format:           "cbor",
+		Log:              "info",
+		MaxPayload:       64 << 10,
+		MaxPacket:        72 << 10,
+		MaxConnections:   20000,
+		HandshakeTimeout: 10 * time.Second,
+		AcceptRate:       1000,
+		MaxInflight:      64,
+		MaxAge:           7 * 24 * time.Hour,
+		Rate:             RateConfig{Messages: 20, Burst: 200, Bytes: 256 << 10, ByteBurst: 4 << 20},
+		Quarantine:       Quarantine{Violations: 20, Window: time.Minute, Cooloff: 10 * time.Minute},
+		Queue:            QueueConfig{MaxRecords: 1_000_000, MaxBytes: 1 << 30},
+		Relay:            RelayConfig{Window: 1024},
+		Embedded:         Embedded{Apps: "127.0.0.1:8884"},
+	}
+}
+
+// Load reads a YAML file over the defaults. Unknown keys are errors.
+func Load(path string) (Config, error) {
+	c := Default()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return c, fmt.Errorf("read config: %w", err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		return c, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Curve names accepted in Curves.
+var CurveNames = []string{"X25519MLKEM768", "X25519", "P256", "P384", "P521"}
+
+// Validate reports every problem at once, each naming its key.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
+	}
+	if c.PKI == "" {
+		bad("pki", "required")
+	}
+	if c.Data == "" {
+		bad("data", "required")
+	}
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		bad("listen", "%q is not host:port", c.Listen)
+	}
+	if c.HTTP != "" {
+		if _, _, err := net.SplitHostPort(c.HTTP); err != nil {
+			bad("http", "%q is not host:port", c.HTTP)
+		}
+	}
+	for _, u := range c.Cloud {
+		p, err := url.Parse(u)
+		switch {
+		case err != nil:
+			bad("cloud", "%q: %v", u, err)
+		case p.Scheme != "tcp" && p.Scheme != "ssl" && p.Scheme != "mqtts" && p.Scheme != "tls":
+			bad("cloud", "%q: scheme must be tcp, ssl or mqtts", u)
+		case p.Port() == "":
+			bad("cloud", "%q: port required", u)
+		}
+	}
+	if c.Format != "cbor" && c.Format != "json" {
+		bad("format", "%q is not cbor or json", c.Format)
+	}
+	switch c.Log {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log", "%q is not debug, info, warn or error", c.Log)
+	}
+	if c.MaxPayload < 256 || c.MaxPayload > 16<<20 {
+		bad("max_payload", "%d outside 256..16777216", c.MaxPayload)
+	}
+	if c.MaxPacket < c.MaxPayload+1024 {
+		bad("max_packet", "%d must exceed max_payload (%d) by at least 1024 so oversized payloads get a too_large verdict", c.MaxPacket, c.MaxPayload)
+	}
+	if c.MaxConnections < 1 {
+		bad("max_connections", "must be positive")
+	}
+	if c.HandshakeTimeout <= 0 {
+		bad("handshake_timeout", "must be positive")
+	}
+	if c.AcceptRate <= 0 {
+		bad("accept_rate", "must be positive")
+	}
+	if c.MaxInflight < 1 || c.MaxInflight > 65535 {
+		bad("max_inflight", "%d outside 1..65535", c.MaxInflight)
+	}
+	for _, n := range c.Curves {
+		ok := false
+		for _, k := range CurveNames {
+			ok = ok || n == k
+		}
+		if !ok {
+			bad("curves", "%q is not one of %s", n, strings.Join(CurveNames, ", "))
+		}
+	}
+	if c.MaxAge < time.Minute {
+		bad("max_age", "%v is under a minute", c.MaxAge)
+	}
+	if c.Schemas != "" {
+		if _, err := os.Stat(c.Schemas); err != nil {
+			bad("schemas", "%v", err)
+		}
+	}
+	if c.Rate.Messages <= 0 || c.Rate.Burst < 1 || c.Rate.Bytes <= 0 || c.Rate.ByteBurst < c.MaxPayload {
+		bad("rate", "messages, burst, bytes must be positive and byte_burst at least max_payload")
+	}
+	if c.Quarantine.Violations < 1 || c.Quarantine.Window <= 0 || c.Quarantine.Cooloff <= 0 {
+		bad("quarantine", "violations, window and cooloff must be positive")
+	}
+	if c.Queue.MaxRecords < 1 || c.Queue.MaxBytes < int64(c.MaxPayload) {
+		bad("queue", "max_records must be positive and max_bytes at least max_payload")
+	}
+	if c.Relay.Window < 1 || c.Relay.Window > 65000 {
+		bad("relay.window", "%d outside 1..65000", c.Relay.Window)
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,53 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestDefaultIsValid(t *testing.T) {
+	if err := Default().Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestLoad(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "gw.yaml")
+	os.WriteFile(p, []byte("listen: 0.0.0.0:9883\ncloud: [ssl://a:8883, ssl://b:8883]\nmax_age: 48h\nrate:\n  messages: 5\n"), 0o600)
+	c, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Listen != "0.0.0.0:9883" || len(c.Cloud) != 2 || c.MaxAge != 48*time.Hour || c.Rate.Messages != 5 || c.Rate.Burst != 200 {
+		t.Fatalf("loaded %+v", c)
+	}
+	os.WriteFile(p, []byte("listn: x\n"), 0o600)
+	if _, err := Load(p); err == nil || !strings.Contains(err.Error(), "listn") {
+		t.Fatalf("unknown key: %v", err)
+	}
+	os.WriteFile(p, nil, 0o600)
+	if _, err := Load(p); err != nil {
+		t.Fatalf("empty file: %v", err)
+	}
+}
+
+func TestValidateReportsEverything(t *testing.T) {
+	c := Default()
+	c.Listen = "nope"
+	c.Cloud = []string{"http://x:1", "ssl://host"}
+	c.Format = "xml"
+	c.MaxPacket = c.MaxPayload
+	c.Curves = []string{"X448"}
+	err := c.Validate()
+	if err == nil {
+		t.Fatal("no error")
+	}
+	for _, key := range []string{"listen:", "scheme must be", "port required", "format:", "max_packet:", "curves:"} {
+		if !strings.Contains(err.Error(), key) {
+			t.Errorf("missing %q in:\n%v", key, err)
+		}
+	}
+}

@@ -1,0 +1,361 @@
+// Package demo runs the whole system in one process for `gateway demo`: a
+// throwaway PKI, the gateway with its embedded cloud broker, a simulated
+// fleet with a few attackers, and a clinician's app whose view is drawn in
+// the terminal ([github.com/vitalgate/vitalgate/gateway/internal/view]).
+//
+// Everything listens on 127.0.0.1 with ports chosen by the kernel, so a demo
+// never collides with a running gateway or another demo.
+package demo
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	mqtt3 "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/vitalgate/vitalgate/gateway/internal/audit"
+	"github.com/vitalgate/vitalgate/gateway/internal/config"
+	"github.com/vitalgate/vitalgate/gateway/internal/server"
+	"github.com/vitalgate/vitalgate/gateway/internal/view"
+	"github.com/vitalgate/vitalgate/internal/cloud"
+	"github.com/vitalgate/vitalgate/internal/fleet"
+	"github.com/vitalgate/vitalgate/internal/pki"
+)
+
+// Site and GatewayID of the demo's PKI.
+const (
+	Site      = "demo"
+	GatewayID = "gw1"
+)
+
+// Device ID prefixes: patients are patient-00001 ..., attacker k is
+// attacker-{a,b,c,...}-00001.
+const (
+	PatientPrefix  = "patient"
+	AttackerPrefix = "attacker"
+)
+
+// AttackCycles are the attack modes each attacker cycles through, one phase
+// each; attacker k uses cycle k % len. Every mode gets a verdict the gateway
+// counts. Left out: revoked and flood, which have no verdict (see `devicesim
+// --attack`), and rate_limited, whose bursts would crowd the view.
+var AttackCycles = [][]string{
+	{fleet.AttackBadSignature, fleet.AttackMalformed, fleet.AttackFuture},
+	{fleet.AttackIdentityMismatch, fleet.AttackACLDenied, fleet.AttackStale},
+	{fleet.AttackSchema, fleet.AttackTooLarge, fleet.AttackReplay},
+}
+
+// Options configure a demo run. Zero fields take the defaults noted.
+type Options struct {
+	Devices   int           // simulated patients' devices (default 12: two of each of the six kinds)
+	Attackers int           // attacking devices (default 3; negative: none)
+	Duration  time.Duration // 0: until ctx is done
+	Dir       string        // PKI and data go under it (default: a new temporary directory); reused when it holds a PKI
+	Out       io.Writer     // the view (default os.Stdout)
+	Terminal  bool          // redraw in place with ANSI codes and colours; else append plain snapshots
+	Refresh   time.Duration // redraw interval (default 500ms on a terminal, 2s otherwise)
+	Phase     time.Duration // how long an attacker stays in one mode (default 30s)
+}
+
+// Result says where a run left its files and what it saw last.
+type Result struct {
+	Dir, PKI, Data, Log string
+	DeviceAddr          string // the gateway's device listener
+	AppsAddr            string // the embedded cloud broker's apps listener
+	HTTPAddr            string // /metrics, /healthz, /readyz
+	Final               view.Snapshot
+	Fleet               fleet.Stats   // the patients' fleet, last progress
+	AuditEntries        int           // entries of the audit log after shutdown
+	AuditErr            error         // the audit log's chain check
+	Attacks             []AttackPhase // attack phases run
+}
+
+// AttackPhase is one attacker's run in one mode.
+type AttackPhase struct {
+	Device   string
+	Mode     string
+	Sent     uint64 // attack messages answered
+	Matched  uint64 // answered with the mode's expected reason code
+	Err      string `json:",omitempty"`
+	Finished bool
+}
+
+func (o *Options) defaults() {
+	if o.Devices == 0 {
+		o.Devices = 12
+	}
+	if o.Attackers == 0 {
+		o.Attackers = 3
+	}
+	if o.Attackers < 0 {
+		o.Attackers = 0
+	}
+	if o.Out == nil {
+		o.Out = os.Stdout
+	}
+	if o.Refresh <= 0 {
+		o.Refresh = 2 * time.Second
+		if o.Terminal {
+			o.Refresh = 500 * time.Millisecond
+		}
+	}
+	if o.Phase <= 0 {
+		o.Phase = 30 * time.Second
+	}
+}
+
+// Validate reports bad options.
+func (o Options) Validate() error {
+	var errs []error
+	if o.Devices < 0 || o.Devices > 1000 {
+		errs = append(errs, fmt.Errorf("devices: %d outside 1..1000", o.Devices))
+	}
+	if o.Attackers > 26 {
+		errs = append(errs, fmt.Errorf("attackers: %d outside 0..26", o.Attackers))
+	}
+	if o.Duration < 0 {
+		errs = append(errs, errors.New("duration: negative"))
+	}
+	return errors.Join(errs...)
+}
+
+// Run runs the demo until ctx is done or o.Duration has passed, then stops
+// the fleet, the app and the gateway (which closes its embedded cloud
+// broker) in that order. It returns where the files went even on error, once
+// the directory exists.
+func Run(ctx context.Context, o Options) (*Result, error) {
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	o.defaults()
+	if o.Duration > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, o.Duration)
+		defer cancel()
+	}
+
+	// 1. Files: a throwaway PKI (or the one in --dir) and the data directory.
+	res := &Result{Dir: o.Dir}
+	if res.Dir == "" {
+		d, err := os.MkdirTemp("", "vitalgate-demo-")
+		if err != nil {
+			return nil, fmt.Errorf("demo directory: %w", err)
+		}
+		res.Dir = d
+	} else if err := os.MkdirAll(res.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("demo directory: %w", err)
+	}
+	res.PKI, res.Data = filepath.Join(res.Dir, "pki"), filepath.Join(res.Dir, "data")
+	res.Log = filepath.Join(res.Dir, "gateway.log")
+	if err := pki.Init(res.PKI, pki.InitOptions{Site: Site, GatewayID: GatewayID}); err != nil && !errors.Is(err, pki.ErrExists) {
+		return res, fmt.Errorf("create PKI: %w", err)
+	}
+	if _, err := pki.IssueDevices(res.PKI, o.Devices, PatientPrefix, pki.P256); err != nil {
+		return res, fmt.Errorf("issue device certificates: %w", err)
+	}
+	logFile, err := os.OpenFile(res.Log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return res, fmt.Errorf("open log: %w", err)
+	}
+	defer logFile.Close()
+	log := slog.New(slog.NewTextHandler(logFile, &slog.HandlerOptions{Level: slog.LevelInfo}))
+
+	// 2. The gateway, with the embedded cloud broker, on free loopback ports.
+	cfg := config.Default()
+	cfg.PKI, cfg.Data = res.PKI, res.Data
+	cfg.Listen, cfg.HTTP = "127.0.0.1:0", "127.0.0.1:0"
+	cfg.Embedded = config.Embedded{Apps: "127.0.0.1:0"}
+	gw, err := server.New(cfg, log)
+	if err != nil {
+		return res, fmt.Errorf("gateway: %w", err)
+	}
+	if err := gw.Start(); err != nil {
+		gw.Close()
+		return res, fmt.Errorf("gateway: %w", err)
+	}
+	res.DeviceAddr, res.AppsAddr, res.HTTPAddr = gw.DeviceAddr(), gw.Cloud().AppsAddr(), gw.HTTPAddr()
+
+	// 3. The clinician's app at the cloud: JWT, TLS, both topic trees.
+	v := view.New()
+	app, err := connectApp(res.PKI, res.AppsAddr, gw.Site(), v)
+	if err != nil {
+		gw.Close()
+		return res, err
+	}
+
+	// 4. The fleet: patients, and attackers cycling through attack modes.
+	fctx, stopFleet := context.WithCancel(ctx)
+	var (
+		wg        sync.WaitGroup
+		mu        sync.Mutex
+		stats     fleet.Stats
+		fleetErr  error
+		phases    []AttackPhase
+		phaseInfo = map[int]string{}
+	)
+	fc := fleet.Default()
+	fc.PKI, fc.Gateway, fc.Devices, fc.Prefix, fc.MQTT = res.PKI, res.DeviceAddr, o.Devices, PatientPrefix, fleet.MQTTMix
+	fc.Logger = log.With("component", "fleet")
+	wg.Go(func() {
+		_, err := fleet.Run(fctx, fc, func(s fleet.Stats) { mu.Lock(); stats = s; mu.Unlock() })
+		if err != nil && fctx.Err() == nil {
+			mu.Lock()
+			fleetErr = err
+			mu.Unlock()
+			log.Error("fleet", "error", err)
+		}
+	})
+	for k := range o.Attackers {
+		wg.Go(func() {
+			cycle := AttackCycles[k%len(AttackCycles)]
+			prefix := fmt.Sprintf("%s-%c", AttackerPrefix, 'a'+k)
+			for i := 0; fctx.Err() == nil; i++ {
+				mode := cycle[i%len(cycle)]
+				mu.Lock()
+				phaseInfo[k] = prefix + "-00001 " + mode
+				mu.Unlock()
+				ac := fleet.Default()
+				ac.PKI, ac.Gateway, ac.Devices, ac.Prefix = res.PKI, res.DeviceAddr, 1, prefix
+				ac.Attack, ac.Attackers, ac.Duration, ac.Drain = mode, 1, o.Phase, 2*time.Second
+				ac.Rate, ac.AttackBudget = 0.5, 5 // 10 violations a minute at most: under the quarantine threshold
+				ac.Seed = int64(k + 100)
+				ac.Logger = log.With("component", "attacker", "mode", mode)
+				rep, err := fleet.Run(fctx, ac, nil)
+				p := AttackPhase{Device: prefix + "-00001", Mode: mode, Finished: fctx.Err() == nil}
+				if err != nil {
+					p.Err = err.Error()
+				}
+				if rep.Attack != nil {
+					p.Sent, p.Matched = rep.Attack.Sent, rep.Attack.Matched
+				}
+				mu.Lock()
+				phases = append(phases, p)
+				mu.Unlock()
+				if err != nil {
+					log.Error("attacker", "mode", mode, "error", err)
+					select { // do not spin on a persistent error
+					case <-fctx.Done():
+					case <-time.After(time.Second):
+					}
+				}
+			}
+		})
+	}
+
+	// 5. Draw until the end.
+	draw := func(final bool) {
+		mu.Lock()
+		st := stats
+		var att []string
+		for k := range o.Attackers {
+			if s := phaseInfo[k]; s != "" {
+				att = append(att, s)
+			}
+		}
+		ferr := fleetErr
+		mu.Unlock()
+		hdr := []string{
+			fmt.Sprintf("VitalGate demo  devices mTLS %s  cloud apps %s  metrics http://%s/metrics", res.DeviceAddr, res.AppsAddr, res.HTTPAddr),
+			fmt.Sprintf("fleet: %s", st.String()),
+		}
+		if len(att) > 0 {
+			hdr = append(hdr, "attackers now: "+strings.Join(att, ", "))
+		}
+		if ferr != nil {
+			hdr = append(hdr, "fleet error: "+ferr.Error())
+		}
+		if !final {
+			if o.Terminal {
+				hdr = append(hdr, "Ctrl-C to stop")
+			}
+		}
+		var b strings.Builder
+		if o.Terminal && !final {
+			b.WriteString("\x1b[H\x1b[2J")
+		} else {
+			fmt.Fprintf(&b, "--- %s ---\n", time.Now().Format("15:04:05.0"))
+		}
+		view.Render(&b, v.Snapshot(), view.Options{Color: o.Terminal, Header: hdr})
+		io.WriteString(o.Out, b.String())
+	}
+	t := time.NewTicker(o.Refresh)
+	draw(false)
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			break loop
+		case <-t.C:
+			draw(false)
+		}
+	}
+	t.Stop()
+
+	// 6. Stop in order: fleet, app, gateway (relay drain, queue, audit, cloud).
+	stopFleet()
+	wg.Wait()
+	draw(true)
+	app.Disconnect(250)
+	closeErr := gw.Close()
+	res.Final = v.Snapshot()
+	mu.Lock()
+	res.Fleet, res.Attacks = stats, phases
+	mu.Unlock()
+	res.AuditEntries, res.AuditErr = audit.Verify(filepath.Join(res.Data, server.AuditFile))
+	if closeErr != nil {
+		return res, fmt.Errorf("close gateway: %w", closeErr)
+	}
+	return res, nil
+}
+
+// connectApp connects a clinician app to the cloud broker's apps listener
+// with a JWT for site, and feeds what it receives into v: telemetry through
+// a cloud.Watcher (decode, drop duplicates, check the device signature end to
+// end), security events by verdict.
+func connectApp(pkiDir, addr, site string, v *view.View) (mqtt3.Client, error) {
+	w, err := cloud.NewWatcher(pkiDir, 0)
+	if err != nil {
+		return nil, fmt.Errorf("clinician app: %w", err)
+	}
+	tok, err := pki.MintToken(pkiDir, "demo-clinician", []string{site}, 24*time.Hour)
+	if err != nil {
+		return nil, fmt.Errorf("clinician app token: %w", err)
+	}
+	tc, err := pki.ClientTLS(filepath.Join(pkiDir, pki.FileCA), "", "")
+	if err != nil {
+		return nil, fmt.Errorf("clinician app TLS: %w", err)
+	}
+	tc.ServerName = "localhost"
+	o := mqtt3.NewClientOptions().AddBroker("ssl://" + addr).SetClientID("demo-clinician").
+		SetUsername("demo-clinician").SetPassword(tok).SetTLSConfig(tc).SetCleanSession(true).
+		SetAutoReconnect(true).SetConnectRetry(false).SetOrderMatters(false)
+	c := mqtt3.NewClient(o)
+	if t := c.Connect(); !t.WaitTimeout(10*time.Second) || t.Error() != nil {
+		return nil, fmt.Errorf("clinician app: connect to %s: %v", addr, t.Error())
+	}
+	sub := c.SubscribeMultiple(map[string]byte{"telemetry/" + site + "/#": 1, "security/" + site + "/#": 1},
+		func(_ mqtt3.Client, m mqtt3.Message) {
+			if strings.HasPrefix(m.Topic(), "security/") {
+				_ = v.SecurityEvent(m.Payload()) // a malformed event is not counted
+				return
+			}
+			s, err := w.Handle(m.Topic(), m.Payload())
+			if err != nil {
+				s = nil
+			}
+			v.Telemetry(s)
+		})
+	if !sub.WaitTimeout(10*time.Second) || sub.Error() != nil {
+		c.Disconnect(0)
+		return nil, fmt.Errorf("clinician app: subscribe: %v", sub.Error())
+	}
+	return c, nil
+}

@@ -1,0 +1,543 @@
+// Package ingest is the gateway's device side: the admission-controlled mTLS
+// listener and the one mochi hook that runs every stage of the pipeline in
+// order inside OnPublish, before mochi sends PUBACK:
+//
+//	identify  connection bound to the certificate's CN; topic ACL; quarantine
+//	size      payload within the limit
+//	verify    COSE_Sign1 signature with the certificate's key ([envelope.Verifier])
+//	decode    strict CBOR record ([telemetry.Decode]); dev equals the TLS identity
+//	guard     replay (seq above the last accepted), time window, rate limits
+//	schema    the kind's codes, units and ranges ([telemetry.Schemas])
+//	enqueue   durable append to the store-and-forward queue (group commit)
+//
+// A PUBACK therefore means "on disk". Every rejection becomes a verdict
+// ([verdict.Verdict]), a metric, a log line and a security event.
+package ingest
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/fxamacker/cbor/v2"
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/vitalgate/vitalgate/gateway/internal/audit"
+	"github.com/vitalgate/vitalgate/gateway/internal/guard"
+	"github.com/vitalgate/vitalgate/gateway/internal/relay"
+	"github.com/vitalgate/vitalgate/gateway/internal/spool"
+	"github.com/vitalgate/vitalgate/internal/envelope"
+	"github.com/vitalgate/vitalgate/internal/pki"
+	"github.com/vitalgate/vitalgate/internal/telemetry"
+	"github.com/vitalgate/vitalgate/internal/verdict"
+)
+
+// Options wires the hook to the rest of the gateway.
+type Options struct {
+	Queue   *spool.Queue
+	Guard   *guard.Guard
+	Schemas *atomic.Pointer[telemetry.Schemas] // swapped on reload
+	// Revoked reports whether a certificate serial is revoked now; sessions
+	// are re-checked with [Hook.DropRevoked] after each reload.
+	Revoked func(cert *x509.Certificate) bool
+	// Event receives every security event; it must not block for long.
+	Event      func(audit.Event)
+	Metrics    *Metrics
+	Site       string
+	GatewayID  string
+	JSON       bool // cloud payload as JSON instead of CBOR
+	MaxPayload int
+	MaxAge     time.Duration
+	Keepalive  uint16 // keepalive imposed on clients that ask for none or a longer one
+	// ResendWindow: a replayed seq this close below the last accepted one
+	// (a device's QoS 1 messages in flight) does not count towards
+	// quarantine. Default 64.
+	ResendWindow int
+	Log          *slog.Logger
+	Now          func() time.Time
+}
+
+// Hook is the gateway's only mochi hook. mochi ORs OnConnectAuthenticate
+// across hooks, so no other hook may be added to the device server.
+type Hook struct {
+	mqtt.HookBase
+	o      Options
+	server *mqtt.Server
+
+	mu       sync.RWMutex
+	sessions map[*mqtt.Client]*session
+
+	// draining refuses new publishes (no PUBACK: the device resends to the
+	// next gateway) while Drain waits for those in progress to be stored.
+	draining atomic.Bool
+	inflight sync.RWMutex // held for reading by each OnPublish
+	unacked  atomic.Int64 // stored QoS 1 messages whose PUBACK mochi has not written yet
+}
+
+// session is what the gateway knows of one authenticated connection.
+type session struct {
+	id       string
+	cert     *x509.Certificate
+	verifier *envelope.Verifier
+	remote   string
+	topic    string // the one topic the device may publish to
+	cmd      string // prefix of the topics it may subscribe to
+}
+
+// NewHook returns the hook. Attach it with [Hook.Attach].
+func NewHook(o Options) *Hook {
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Keepalive == 0 {
+		o.Keepalive = 300
+	}
+	if o.ResendWindow <= 0 {
+		o.ResendWindow = 64
+	}
+	return &Hook{o: o, sessions: make(map[*mqtt.Client]*session)}
+}
+
+// Attach adds the hook to s; it must be the only hook providing
+// authentication on s.
+func (h *Hook) Attach(s *mqtt.Server) error {
+	h.server = s
+	return s.AddHook(h, nil)
+}
+
+// ID names the hook in mochi's logs.
+func (h *Hook) ID() string { return "vitalgate-ingest" }
+
+// Provides declares the events the hook handles.
+func (h *Hook) Provides(b byte) bool {
+	return bytes.Contains([]byte{
+		mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck,
+		mqtt.OnDisconnect, mqtt.OnPublish, mqtt.OnQosComplete,
+	}, []byte{b})
+}
+
+// OnConnect binds the connection to the device in its certificate and
+// refuses it, with a CONNACK reason, when the client ID differs, the device
+// is quarantined or revoked, or the CONNECT carries a will (mochi publishes
+// wills without any check, so a will could write to any topic).
+func (h *Hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	remote := cl.Net.Remote
+	refuse := func(code packets.Code, v verdict.Verdict, dev, detail string) error {
+		h.emit(v, dev, detail, remote)
+		_ = h.server.SendConnack(cl, code, false, nil)
+		return code
+	}
+	if h.draining.Load() {
+		_ = h.server.SendConnack(cl, packets.ErrServerShuttingDown, false, nil)
+		return packets.ErrServerShuttingDown
+	}
+	leaf := peerCert(cl)
+	if leaf == nil {
+		return refuse(packets.ErrNotAuthorized, verdict.IdentityMismatch, "", "no client certificate")
+	}
+	id := leaf.Subject.CommonName
+	if !pki.ValidDeviceID(id) {
+		return refuse(packets.ErrClientIdentifierNotValid, verdict.IdentityMismatch, "", fmt.Sprintf("certificate CN %q is not a valid device ID", id))
+	}
+	if cl.ID != id {
+		return refuse(packets.ErrClientIdentifierNotValid, verdict.IdentityMismatch, id,
+			fmt.Sprintf("client ID %q differs from certificate %q", truncate(cl.ID, 80), id))
+	}
+	if pk.Connect.WillFlag || cl.Properties.Will.Flag != 0 {
+		return refuse(packets.ErrNotAuthorized, verdict.ACLDenied, id,
+			fmt.Sprintf("will messages are not accepted (will topic %q)", truncate(pk.Connect.WillTopic, 200)))
+	}
+	if until, q := h.o.Guard.Quarantined(id); q {
+		return refuse(packets.ErrNotAuthorized, verdict.Quarantined, id,
+			"connection refused: quarantined until "+until.UTC().Format(time.RFC3339))
+	}
+	v, err := envelope.NewVerifier(leaf.PublicKey, id)
+	if err != nil {
+		return refuse(packets.ErrNotAuthorized, verdict.BadSignature, id, "certificate key cannot verify records: "+err.Error())
+	}
+	if cl.State.Keepalive == 0 || cl.State.Keepalive > h.o.Keepalive {
+		cl.State.Keepalive = h.o.Keepalive
+		cl.State.ServerKeepalive = true // MQTT 5: the CONNACK tells the device
+	}
+	h.mu.Lock()
+	h.sessions[cl] = &session{
+		id: id, cert: leaf, verifier: v, remote: remote,
+		topic: "devices/" + id + "/telemetry", cmd: "devices/" + id + "/cmd/",
+	}
+	h.mu.Unlock()
+	h.o.Metrics.Connections.Inc()
+	// mochi does not call OnDisconnect when it gives up on a client after
+	// OnConnect (a failed CONNACK write, say), but it always closes the
+	// connection: forget the session then.
+	if c, ok := cl.Net.Conn.(*Conn); ok {
+		c.OnClose(func() { h.forget(cl) })
+	}
+	// The session is registered before this check, so a CRL reload that
+	// happened since the handshake is seen either here or by DropRevoked.
+	if reason := h.invalid(leaf); reason != "" {
+		h.forget(cl)
+		return refuse(packets.ErrNotAuthorized, verdict.ACLDenied, id, reason)
+	}
+	return nil
+}
+
+// invalid says why a certificate that passed the handshake may no longer be
+// used: revoked since, or expired.
+func (h *Hook) invalid(c *x509.Certificate) string {
+	switch {
+	case h.o.Revoked != nil && h.o.Revoked(c):
+		return "certificate revoked"
+	case h.o.Now().After(c.NotAfter):
+		return "certificate expired " + c.NotAfter.UTC().Format(time.RFC3339)
+	}
+	return ""
+}
+
+// OnConnectAuthenticate admits exactly the connections OnConnect bound.
+func (h *Hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
+	return h.session(cl) != nil
+}
+
+// OnACLCheck lets a device subscribe to its own command topics only. Publish
+// permission is decided in OnPublish, so that a denied publish gets its
+// verdict, event and 3.1.1 behaviour like every other rejection.
+func (h *Hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	s := h.session(cl)
+	if s == nil {
+		return false
+	}
+	if write {
+		return true
+	}
+	if !strings.HasPrefix(topic, s.cmd) && topic+"/" != s.cmd {
+		if h.reject(s, verdict.ACLDenied, fmt.Sprintf("subscribe to %q", truncate(topic, 200))) {
+			go h.server.DisconnectClient(cl, packets.ErrNotAuthorized) // after the SUBACK
+		}
+		return false
+	}
+	return true
+}
+
+// OnDisconnect forgets the connection.
+func (h *Hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) { h.forget(cl) }
+
+// forget drops a connection's session once.
+func (h *Hook) forget(cl *mqtt.Client) {
+	h.mu.Lock()
+	_, ok := h.sessions[cl]
+	delete(h.sessions, cl)
+	h.mu.Unlock()
+	if ok {
+		h.o.Metrics.Connections.Dec()
+	}
+}
+
+func (h *Hook) session(cl *mqtt.Client) *session {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return h.sessions[cl]
+}
+
+// DropRevoked disconnects every device whose certificate has been revoked
+// since it connected, or has expired. The gateway calls it after reloading
+// the CRL, and periodically.
+func (h *Hook) DropRevoked() int {
+	h.mu.RLock()
+	var drop []*mqtt.Client
+	for cl, s := range h.sessions {
+		if reason := h.invalid(s.cert); reason != "" {
+			drop = append(drop, cl)
+			h.emit(verdict.ACLDenied, s.id, reason+": connection closed", s.remote)
+		}
+	}
+	h.mu.RUnlock()
+	for _, cl := range drop {
+		_ = h.server.DisconnectClient(cl, packets.ErrNotAuthorized)
+	}
+	return len(drop)
+}
+
+// OnPublish runs the pipeline. Its error return is what mochi sends: nil or
+// CodeSuccessIgnore gives a success PUBACK (Ignore: the gateway's own broker
+// fans nothing out), a bare packets.Code gives that reason on MQTT 5, and
+// ErrRejectPacket withholds the PUBACK.
+func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	start := time.Now()
+	s := h.session(cl)
+	if s == nil {
+		return pk, packets.ErrRejectPacket // never acknowledged, never fanned out
+	}
+	h.inflight.RLock()
+	defer h.inflight.RUnlock()
+	if h.draining.Load() {
+		return pk, packets.ErrRejectPacket // shutting down: the device resends later
+	}
+	err := h.process(s, &pk)
+	h.o.Metrics.Latency.Observe(time.Since(start).Seconds())
+	if err == errDuplicate {
+		h.o.Metrics.Duplicates.Inc()
+		h.awaitAck(pk)
+		return pk, packets.CodeSuccessIgnore
+	}
+	v := verdict.Of(err)
+	if v == verdict.Accepted {
+		h.o.Metrics.Accepted.Inc()
+		h.awaitAck(pk)
+		return pk, packets.CodeSuccessIgnore
+	}
+	if v == "" { // not a verdict: an internal failure of the queue
+		h.o.Log.Error("enqueue failed", "dev", s.id, "error", err)
+		v, err = verdict.Overloaded, verdict.New(verdict.Overloaded, "queue unavailable")
+	}
+	detail := err.Error()
+	if e := (*verdict.Error)(nil); errors.As(err, &e) {
+		detail = e.Detail
+	}
+	h.o.Metrics.Rejected.WithLabelValues(string(v)).Inc()
+	reply := replyFor(v, cl.Properties.ProtocolVersion, pk.FixedHeader.Qos)
+	if re := (*resendError)(nil); errors.As(err, &re) {
+		h.emit(v, s.id, detail, s.remote)
+		return pk, reply
+	}
+	if !h.reject(s, v, detail) {
+		return pk, reply
+	}
+	// This rejection starts a quarantine: the device still gets the
+	// verdict of this message, then the disconnect, in that order.
+	if pk.FixedHeader.Qos > 0 && reply != packets.ErrRejectPacket {
+		ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID}
+		if code, ok := reply.(packets.Code); ok && cl.Properties.ProtocolVersion == 5 && code != packets.CodeSuccessIgnore {
+			ack.ReasonCode, ack.Properties.ReasonString = code.Code, code.Reason
+		}
+		_ = cl.WritePacket(ack)
+	}
+	_ = h.server.DisconnectClient(cl, packets.ErrNotAuthorized)
+	return pk, packets.ErrRejectPacket
+}
+
+// reject reports a rejection and counts it towards quarantine. It reports
+// whether this strike started a quarantine, in which case the caller
+// disconnects the device. Overload is the gateway's state, not the device's
+// fault, and does not count.
+func (h *Hook) reject(s *session, v verdict.Verdict, detail string) (quarantined bool) {
+	h.emit(v, s.id, detail, s.remote)
+	if v == verdict.Overloaded || v == verdict.Quarantined {
+		return false
+	}
+	until := h.o.Guard.Strike(s.id)
+	if until.IsZero() {
+		return false
+	}
+	h.o.Metrics.Quarantines.Inc()
+	h.emit(verdict.Quarantined, s.id, fmt.Sprintf("repeated violations (last: %s); quarantined until %s",
+		v, until.UTC().Format(time.RFC3339)), s.remote)
+	return true
+}
+
+// awaitAck counts a stored QoS 1 message until mochi has written its PUBACK
+// (OnQosComplete), so that Drain can wait for it.
+func (h *Hook) awaitAck(pk packets.Packet) {
+	if pk.FixedHeader.Qos > 0 {
+		h.unacked.Add(1)
+	}
+}
+
+// OnQosComplete is called by mochi after it wrote the PUBACK of a message
+// OnPublish accepted.
+func (h *Hook) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
+	if pk.FixedHeader.Type == packets.Puback {
+		h.unacked.Add(-1)
+	}
+}
+
+// Drain stops taking publishes (they get no PUBACK, so devices resend them
+// after reconnecting), waits for those in progress to be stored, and then,
+// up to timeout, for mochi to write their PUBACKs. The gateway calls it
+// before closing the device server, so a stored message does not lose its
+// PUBACK to the shutdown (a PUBACK still lost, for instance to a write that
+// failed, makes the device resend: a duplicate, never a loss).
+func (h *Hook) Drain(timeout time.Duration) {
+	h.draining.Store(true)
+	h.inflight.Lock() // waits for the OnPublish calls in progress
+	h.inflight.Unlock()
+	for end := time.Now().Add(timeout); h.unacked.Load() > 0 && time.Now().Before(end); {
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// replyFor is the section 4 behaviour: MQTT 5 QoS 1 gets the reason code;
+// MQTT 3.1.1 QoS 1 is acknowledged and dropped, except overloaded, whose
+// acknowledgement is withheld so the device keeps the message; QoS 0 is
+// dropped.
+func replyFor(v verdict.Verdict, version, qos byte) error {
+	switch {
+	case qos == 0:
+		return packets.CodeSuccessIgnore
+	case version == 5:
+		return v.Code()
+	case v == verdict.Overloaded:
+		return packets.ErrRejectPacket
+	default:
+		return packets.CodeSuccessIgnore
+	}
+}
+
+func (h *Hook) process(s *session, pk *packets.Packet) error {
+	// identify
+	if pk.TopicName != s.topic {
+		return verdict.New(verdict.ACLDenied, "publish to %q", truncate(pk.TopicName, 200))
+	}
+	if until, q := h.o.Guard.Quarantined(s.id); q {
+		return verdict.New(verdict.Quarantined, "quarantined until %s", until.UTC().Format(time.RFC3339))
+	}
+	if len(pk.Payload) > h.o.MaxPayload {
+		return verdict.New(verdict.TooLarge, "payload %d bytes over the limit of %d", len(pk.Payload), h.o.MaxPayload)
+	}
+	// verify
+	raw, err := s.verifier.Verify(pk.Payload)
+	if err != nil {
+		return err
+	}
+	rec, err := telemetry.Decode(raw)
+	if err != nil {
+		return err
+	}
+	if rec.Dev != s.id {
+		return verdict.New(verdict.IdentityMismatch, "record dev %q on connection of %q", truncate(rec.Dev, 80), s.id)
+	}
+	// guard
+	sum := sha256.Sum256(pk.Payload)
+	if last, mark, ok := h.o.Queue.Last(s.id); ok && rec.Seq <= last {
+		if rec.Seq == last && bytes.Equal(mark, sum[:]) {
+			return errDuplicate
+		}
+		if last-rec.Seq < uint64(h.o.ResendWindow) {
+			// Probably a resend of a message stored before its PUBACK was
+			// lost (several can be in flight): a replay verdict, but no
+			// strike towards quarantine.
+			return &resendError{verdict.New(verdict.Replay, "seq %d not above last accepted %d (resend?)", rec.Seq, last)}
+		}
+		return verdict.New(verdict.Replay, "seq %d not above last accepted %d", rec.Seq, last)
+	}
+	now := h.o.Now()
+	if err := telemetry.CheckTime(rec.TS, now, h.o.MaxAge); err != nil {
+		return err
+	}
+	if !h.o.Guard.Allow(s.id, len(pk.Payload)) {
+		return verdict.New(verdict.RateLimited, "over the device's message or byte rate")
+	}
+	// schema
+	if err := h.o.Schemas.Load().Check(rec); err != nil {
+		return err
+	}
+	// enqueue
+	data, err := h.cloudMessage(rec, raw, pk.Payload, now)
+	if err != nil {
+		return fmt.Errorf("encode cloud message: %w", err)
+	}
+	err = h.o.Queue.AppendMarked(s.id, rec.Seq, sum[:], data)
+	if errors.Is(err, spool.ErrFull) {
+		return verdict.New(verdict.Overloaded, "queue full")
+	}
+	return err
+}
+
+// errDuplicate marks a resend of the device's last accepted message: the
+// same seq and the same signed bytes (their SHA-256 is stored with the last
+// seq, so this holds across restarts). A device resends when it lost the
+// PUBACK (a dropped connection, a gateway crash); the record is already
+// queued, so the resend is acknowledged as success and not stored again. A
+// different message reusing the seq is a replay.
+var errDuplicate = errors.New("duplicate of the last accepted message")
+
+// resendError is a replay close enough to the last accepted seq to be an
+// honest resend; it is rejected but does not count towards quarantine.
+type resendError struct{ err *verdict.Error }
+
+func (e *resendError) Error() string { return e.err.Error() }
+func (e *resendError) Unwrap() error { return e.err }
+
+// cloudMessage builds the queue entry: the cloud topic and the payload of
+// DESIGN.md section 5. In CBOR the record is the device's own bytes.
+func (h *Hook) cloudMessage(rec *telemetry.Record, raw, sig []byte, now time.Time) ([]byte, error) {
+	topic := "telemetry/" + h.o.Site + "/" + rec.Dev + "/" + rec.Kind
+	id := rec.Dev + ":" + strconv.FormatUint(rec.Seq, 10)
+	var payload []byte
+	var err error
+	if h.o.JSON {
+		payload, err = json.Marshal(jsonMessage{V: 1, ID: id, Site: h.o.Site, GW: h.o.GatewayID, RX: now.UnixMilli(), Rec: rec, Sig: sig})
+	} else {
+		payload, err = cborEnc.Marshal(cborMessage{V: 1, ID: id, Site: h.o.Site, GW: h.o.GatewayID, RX: now.UnixMilli(), Rec: raw, Sig: sig})
+	}
+	if err != nil {
+		return nil, err
+	}
+	return relay.Frame(topic, payload), nil
+}
+
+type cborMessage struct {
+	V    int             `cbor:"v"`
+	ID   string          `cbor:"id"`
+	Site string          `cbor:"site"`
+	GW   string          `cbor:"gw"`
+	RX   int64           `cbor:"rx"`
+	Rec  cbor.RawMessage `cbor:"rec"`
+	Sig  []byte          `cbor:"sig"`
+}
+
+type jsonMessage struct {
+	V    int               `json:"v"`
+	ID   string            `json:"id"`
+	Site string            `json:"site"`
+	GW   string            `json:"gw"`
+	RX   int64             `json:"rx"`
+	Rec  *telemetry.Record `json:"rec"`
+	Sig  []byte            `json:"sig"`
+}
+
+var cborEnc = func() cbor.EncMode {
+	m, err := cbor.CoreDetEncOptions().EncMode()
+	if err != nil {
+		panic(err)
+	}
+	return m
+}()
+
+func (h *Hook) emit(v verdict.Verdict, dev, detail, remote string) {
+	if h.o.Event == nil {
+		return
+	}
+	h.o.Event(audit.Event{V: 1, TS: h.o.Now().UnixMilli(), GW: h.o.GatewayID, Dev: dev,
+		Verdict: string(v), Detail: detail, Remote: remote})
+}
+
+func peerCert(cl *mqtt.Client) *x509.Certificate {
+	c, ok := cl.Net.Conn.(*Conn)
+	if !ok {
+		return nil
+	}
+	st := c.ConnectionState()
+	if len(st.PeerCertificates) == 0 {
+		return nil
+	}
+	return st.PeerCertificates[0]
+}
+
+// truncate keeps peer-controlled strings in logs and events short and valid
+// UTF-8; callers quote them.
+func truncate(s string, n int) string {
+	if len(s) > n {
+		s = s[:n] + "…"
+	}
+	return strings.ToValidUTF8(s, "\uFFFD")
+}

@@ -1,0 +1,133 @@
+package ingest
+
+import (
+	"crypto/tls"
+	"errors"
+	"net"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/vitalgate/vitalgate/internal/pki"
+	"github.com/vitalgate/vitalgate/internal/verdict"
+)
+
+func TestReplyFor(t *testing.T) {
+	cases := []struct {
+		v       verdict.Verdict
+		version byte
+		qos     byte
+		want    packets.Code
+	}{
+		{verdict.BadSignature, 5, 1, packets.ErrNotAuthorized},
+		{verdict.Schema, 5, 1, packets.ErrPayloadFormatInvalid},
+		{verdict.Overloaded, 5, 1, packets.ErrQuotaExceeded},
+		{verdict.BadSignature, 4, 1, packets.CodeSuccessIgnore}, // 3.1.1: acknowledged and dropped
+		{verdict.Overloaded, 4, 1, packets.ErrRejectPacket},     // 3.1.1: acknowledgement withheld
+		{verdict.Replay, 5, 0, packets.CodeSuccessIgnore},       // QoS 0: dropped
+		{verdict.Overloaded, 4, 0, packets.CodeSuccessIgnore},
+	}
+	for _, c := range cases {
+		err := replyFor(c.v, c.version, c.qos)
+		// mochi type-asserts err.(packets.Code): it must be bare, never wrapped.
+		code, ok := err.(packets.Code)
+		if !ok || code != c.want {
+			t.Errorf("%s v%d qos%d: %#v, want %v", c.v, c.version, c.qos, err, c.want)
+		}
+	}
+}
+
+func listenerFor(t *testing.T, maxConns int, timeout time.Duration) (*Listener, string, *atomic.Int64) {
+	t.Helper()
+	dir := t.TempDir()
+	if err := pki.Init(dir, pki.InitOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pool, err := pki.LoadPool(filepath.Join(dir, pki.FileDeviceCA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc, err := pki.ServerTLS(filepath.Join(dir, pki.FileGateway), filepath.Join(dir, pki.FileGatewayKey), pool, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var failed atomic.Int64
+	l, err := Listen("127.0.0.1:0", ListenerConfig{TLS: tc, MaxConns: maxConns, AcceptRate: 1000, HandshakeTimeout: timeout,
+		OnHandshake: func(_ string, _ *tls.ConnectionState, err error) {
+			if err != nil {
+				failed.Add(1)
+			}
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l, dir, &failed
+}
+
+// A peer that opens TCP and never starts TLS is cut off after the handshake
+// timeout and frees its slot.
+func TestListenerSlowHandshake(t *testing.T) {
+	l, _, failed := listenerFor(t, 1, 200*time.Millisecond)
+	c, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Fatal("silent peer got data")
+	} else if ne := (net.Error)(nil); errors.As(err, &ne) && ne.Timeout() {
+		t.Fatal("silent peer was not disconnected")
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for l.Open() != 0 || failed.Load() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("slot not freed: open %d, failed handshakes %d", l.Open(), failed.Load())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// Above MaxConns, new connections are closed at once.
+func TestListenerMaxConns(t *testing.T) {
+	l, dir, _ := listenerFor(t, 1, 5*time.Second)
+	if err := pki.IssueDevice(dir, "d1", pki.P256, 1); err != nil {
+		t.Fatal(err)
+	}
+	crt, key := pki.DevicePaths(dir, "d1")
+	tc, err := pki.ClientTLS(filepath.Join(dir, pki.FileCA), crt, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc.ServerName = "localhost"
+	first, err := tls.Dial("tcp", l.Addr().String(), tc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	got, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer got.Close()
+	second, err := tls.Dial("tcp", l.Addr().String(), tc)
+	if err == nil {
+		second.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, err = second.Read(make([]byte, 1))
+		second.Close()
+	}
+	if err == nil {
+		t.Fatal("connection over the limit was served")
+	}
+	// Closing the first frees the slot.
+	got.Close()
+	third, err := tls.Dial("tcp", l.Addr().String(), tc)
+	if err != nil {
+		t.Fatalf("slot not freed: %v", err)
+	}
+	third.Close()
+}

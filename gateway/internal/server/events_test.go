@@ -1,0 +1,47 @@
+package server
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vitalgate/vitalgate/gateway/internal/audit"
+)
+
+func TestEventGate(t *testing.T) {
+	g := newEventGate()
+	now := time.Unix(1_800_000_000, 0)
+	admitted := 0
+	for i := 0; i < 1000; i++ {
+		if g.admit(&audit.Event{Dev: "noisy", Verdict: "bad_signature"}, now) {
+			admitted++
+		}
+	}
+	if admitted != g.burstDev {
+		t.Fatalf("a device's burst of 1000 events: %d admitted, want %d", admitted, g.burstDev)
+	}
+	// Another device and anonymous sources have their own budgets.
+	if !g.admit(&audit.Event{Dev: "quiet"}, now) || !g.admit(&audit.Event{}, now) {
+		t.Fatal("one source's flood took another's budget")
+	}
+	// The next admitted event of the noisy device says what was held back.
+	e := audit.Event{Dev: "noisy", Detail: "signature does not verify"}
+	if !g.admit(&e, now.Add(time.Second)) {
+		t.Fatal("budget did not refill")
+	}
+	if !strings.HasSuffix(e.Detail, "(+950 similar events suppressed)") {
+		t.Fatalf("detail %q", e.Detail)
+	}
+}
+
+// A quarantine event is written even when its device's budget is spent.
+func TestEventGateKeepsQuarantines(t *testing.T) {
+	g := newEventGate()
+	now := time.Unix(1_800_000_000, 0)
+	for i := 0; i < 100; i++ {
+		g.admit(&audit.Event{Dev: "noisy", Verdict: "bad_signature"}, now)
+	}
+	if !g.admit(&audit.Event{Dev: "noisy", Verdict: "quarantined"}, now) {
+		t.Fatal("quarantine event suppressed")
+	}
+}

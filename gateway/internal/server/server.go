@@ -1,0 +1,578 @@
+// Package server assembles the gateway from its stages: the PKI material, the
+// device listener and ingest hook on an embedded mochi server, the durable
+// queue, the audit log, the relay to the cloud (or an embedded cloud broker
+// when none is configured), and the HTTP endpoints for operations.
+//
+// [New] reads like the pipeline of DESIGN.md section 1, top to bottom.
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/vitalgate/vitalgate/gateway/internal/audit"
+	"github.com/vitalgate/vitalgate/gateway/internal/config"
+	"github.com/vitalgate/vitalgate/gateway/internal/guard"
+	"github.com/vitalgate/vitalgate/gateway/internal/ingest"
+	"github.com/vitalgate/vitalgate/gateway/internal/relay"
+	"github.com/vitalgate/vitalgate/gateway/internal/spool"
+	"github.com/vitalgate/vitalgate/internal/cloud"
+	"github.com/vitalgate/vitalgate/internal/pki"
+	"github.com/vitalgate/vitalgate/internal/telemetry"
+)
+
+// File names under the data directory.
+const (
+	QueueFile = "queue.db"
+	AuditFile = "audit.log"
+	CloudDir  = "cloud"
+)
+
+// tuneEmbeddedCloud, when set (by benchmarks in this package only), adjusts
+// the embedded cloud broker's configuration before it starts.
+var tuneEmbeddedCloud func(*cloud.Config)
+
+// Gateway is a running gateway.
+type Gateway struct {
+	cfg  config.Config
+	log  *slog.Logger
+	reg  *prometheus.Registry
+	site string
+	id   string
+
+	rev     *pki.Revocations
+	schemas atomic.Pointer[telemetry.Schemas]
+	queue   *spool.Queue
+	audit   *audit.Log
+	cloud   *cloud.Broker // embedded, when no cloud URL is configured
+	relay   *relay.Relay
+	hook    *ingest.Hook
+	mqtt    *mqtt.Server
+	devices *ingest.Listener
+	http    *http.Server
+	httpLn  net.Listener
+
+	ctx      context.Context
+	cancel   context.CancelFunc
+	relayWG  sync.WaitGroup
+	wg       sync.WaitGroup
+	once     sync.Once
+	closeErr error
+
+	events     *eventGate
+	suppressed prometheus.Counter
+}
+
+// New builds a gateway from a validated configuration. Nothing listens until
+// [Gateway.Start].
+func New(cfg config.Config, log *slog.Logger) (g *Gateway, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	g = &Gateway{cfg: cfg, log: log, reg: prometheus.NewRegistry(), events: newEventGate(),
+		suppressed: prometheus.NewCounter(prometheus.CounterOpts{Name: "vitalgate_gateway_events_suppressed_total",
+			Help: "Security events not written because their source exceeded its event rate (the rejections are still counted)."})}
+	g.ctx, g.cancel = context.WithCancel(context.Background())
+	defer func() {
+		if err != nil {
+			g.Close()
+		}
+	}()
+	g.reg.MustRegister(g.suppressed, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	p := func(name string) string { return filepath.Join(cfg.PKI, name) }
+
+	// Identity: the gateway's own client certificate names its site and ID.
+	gwCert, err := pki.LoadCert(p(pki.FileGatewayClient))
+	if err != nil {
+		return nil, fmt.Errorf("gateway client certificate: %w", err)
+	}
+	g.site, g.id = pki.ParseSiteAndID(gwCert)
+	if cfg.Site != "" {
+		g.site = cfg.Site
+	}
+	if cfg.ID != "" {
+		g.id = cfg.ID
+	}
+	if g.site == "" || g.id == "" {
+		return nil, fmt.Errorf("%s names no site (OU) or gateway ID (CN), and none is configured", p(pki.FileGatewayClient))
+	}
+
+	// Trust: devices chain to the device CA and are not on its CRL.
+	deviceCA, err := pki.LoadCert(p(pki.FileDeviceCA))
+	if err != nil {
+		return nil, fmt.Errorf("device CA: %w", err)
+	}
+	if g.rev, err = pki.NewRevocations(p(pki.FileCRL), deviceCA); err != nil {
+		return nil, fmt.Errorf("revocation list: %w", err)
+	}
+	devicePool, err := pki.LoadPool(p(pki.FileDeviceCA))
+	if err != nil {
+		return nil, fmt.Errorf("device CA: %w", err)
+	}
+	deviceTLS, err := pki.ServerTLS(p(pki.FileGateway), p(pki.FileGatewayKey), devicePool, g.rev)
+	if err != nil {
+		return nil, fmt.Errorf("device listener TLS: %w", err)
+	}
+	if err := setCurves(deviceTLS, cfg.Curves); err != nil {
+		return nil, err
+	}
+
+	// Schemas, swapped atomically on reload.
+	if err := g.loadSchemas(); err != nil {
+		return nil, err
+	}
+
+	// Durable state: the queue (with the last seq per device) and the audit log.
+	if err := os.MkdirAll(cfg.Data, 0o700); err != nil {
+		return nil, fmt.Errorf("data directory: %w", err)
+	}
+	if g.queue, err = spool.Open(filepath.Join(cfg.Data, QueueFile), spool.Options{
+		MaxRecords: cfg.Queue.MaxRecords, MaxBytes: cfg.Queue.MaxBytes}); err != nil {
+		return nil, fmt.Errorf("open queue: %w", err)
+	}
+	if g.audit, err = audit.Open(filepath.Join(cfg.Data, AuditFile)); err != nil {
+		return nil, fmt.Errorf("open audit log: %w", err)
+	}
+	g.registerQueueMetrics()
+
+	// Cloud: the configured brokers, or an embedded one.
+	urls := cfg.Cloud
+	if len(urls) == 0 {
+		cc := cloud.Default()
+		cc.PKI, cc.Listen, cc.Apps, cc.WS, cc.HTTP = cfg.PKI, "127.0.0.1:0", cfg.Embedded.Apps, cfg.Embedded.WS, ""
+		cc.Data = filepath.Join(cfg.Data, CloudDir)
+		if tuneEmbeddedCloud != nil {
+			tuneEmbeddedCloud(&cc)
+		}
+		if g.cloud, err = cloud.New(cc, log.With("component", "cloud")); err != nil {
+			return nil, fmt.Errorf("embedded cloud broker: %w", err)
+		}
+		if err := g.cloud.Start(); err != nil {
+			return nil, fmt.Errorf("embedded cloud broker: %w", err)
+		}
+		urls = []string{"ssl://" + g.cloud.GatewayAddr()}
+	}
+	cloudTLS, err := pki.ClientTLS(p(pki.FileCA), p(pki.FileGatewayClient), p(pki.FileGatewayClientKey))
+	if err != nil {
+		return nil, fmt.Errorf("cloud client TLS: %w", err)
+	}
+	if g.relay, err = relay.New(relay.Config{
+		URLs: urls, TLS: cloudTLS, ClientID: g.id, Site: g.site, GatewayID: g.id,
+		Format: cfg.Format, Window: cfg.Relay.Window, Logger: log.With("component", "relay"), Registerer: g.reg,
+	}, g.queue); err != nil {
+		return nil, fmt.Errorf("relay: %w", err)
+	}
+
+	// Devices: one mochi server, one hook, one admission-controlled listener.
+	metrics := ingest.NewMetrics(g.reg)
+	g.hook = ingest.NewHook(ingest.Options{
+		Queue: g.queue, Guard: guard.New(guard.Limits{
+			MessagesPerSecond: cfg.Rate.Messages, MessageBurst: cfg.Rate.Burst,
+			BytesPerSecond: cfg.Rate.Bytes, ByteBurst: cfg.Rate.ByteBurst,
+			Violations: cfg.Quarantine.Violations, Window: cfg.Quarantine.Window, Cooloff: cfg.Quarantine.Cooloff,
+		}),
+		Schemas:      &g.schemas,
+		Revoked:      func(c *x509.Certificate) bool { return g.rev.IsRevoked(c.SerialNumber) },
+		Event:        g.event,
+		Metrics:      metrics,
+		Site:         g.site,
+		GatewayID:    g.id,
+		JSON:         cfg.Format == "json",
+		MaxPayload:   cfg.MaxPayload,
+		MaxAge:       cfg.MaxAge,
+		ResendWindow: cfg.MaxInflight,
+		Log:          log.With("component", "ingest"),
+	})
+	caps := mqtt.NewDefaultServerCapabilities()
+	caps.MaximumPacketSize = uint32(cfg.MaxPacket)
+	caps.MaximumClients = int64(cfg.MaxConnections)
+	caps.MaximumClientWritesPending = 64 // a device receives nothing but acks and commands
+	caps.ReceiveMaximum = uint16(cfg.MaxInflight)
+	caps.MaximumInflight = uint16(cfg.MaxInflight)
+	caps.MaximumSessionExpiryInterval = 3600
+	caps.MaximumMessageExpiryInterval = 3600
+	caps.MaximumQos = 1
+	caps.RetainAvailable = 0
+	caps.SharedSubAvailable = 0
+	caps.TopicAliasMaximum = 16
+	caps.Compatibilities.ObscureNotAuthorized = false
+	g.mqtt = mqtt.New(&mqtt.Options{
+		Capabilities:             caps,
+		Logger:                   slog.New(quietHandler{log.With("component", "mqtt").Handler()}),
+		ClientNetWriteBufferSize: 2048,
+		ClientNetReadBufferSize:  2048,
+	})
+	if err := g.hook.Attach(g.mqtt); err != nil {
+		return nil, fmt.Errorf("ingest hook: %w", err)
+	}
+	if g.devices, err = ingest.Listen(cfg.Listen, ingest.ListenerConfig{
+		TLS: deviceTLS, MaxConns: cfg.MaxConnections, AcceptRate: cfg.AcceptRate, HandshakeTimeout: cfg.HandshakeTimeout,
+		OnHandshake: g.handshakeOutcome(metrics), OnRefused: func(remote string) {
+			metrics.Handshakes.WithLabelValues("refused").Inc()
+		},
+	}); err != nil {
+		return nil, fmt.Errorf("device listener: %w", err)
+	}
+	if err := g.mqtt.AddListener(g.devices.Mochi("devices", g.mqtt)); err != nil {
+		return nil, fmt.Errorf("device listener: %w", err)
+	}
+
+	// Operations.
+	if cfg.HTTP != "" {
+		if g.httpLn, err = net.Listen("tcp", cfg.HTTP); err != nil {
+			return nil, fmt.Errorf("http listener: %w", err)
+		}
+		g.http = &http.Server{Handler: g.routes(), ReadHeaderTimeout: 5 * time.Second}
+	}
+	return g, nil
+}
+
+// Check loads every file the configuration names (certificates, keys, the
+// revocation list, schemas) and checks the data directory, without opening
+// the queue or binding a port, so it can run beside a live gateway.
+func Check(cfg config.Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	p := func(name string) string { return filepath.Join(cfg.PKI, name) }
+	var errs []error
+	add := func(what string, err error) {
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", what, err))
+		}
+	}
+	gw, err := pki.LoadCert(p(pki.FileGatewayClient))
+	add("gateway client certificate", err)
+	if err == nil {
+		if site, id := pki.ParseSiteAndID(gw); (site == "" && cfg.Site == "") || (id == "" && cfg.ID == "") {
+			errs = append(errs, fmt.Errorf("%s names no site (OU) or gateway ID (CN), and none is configured", p(pki.FileGatewayClient)))
+		}
+	}
+	_, err = pki.ClientTLS(p(pki.FileCA), p(pki.FileGatewayClient), p(pki.FileGatewayClientKey))
+	add("cloud client TLS", err)
+	ca, err := pki.LoadCert(p(pki.FileDeviceCA))
+	add("device CA", err)
+	if err == nil {
+		_, err = pki.NewRevocations(p(pki.FileCRL), ca)
+		add("revocation list", err)
+	}
+	_, err = tls.LoadX509KeyPair(p(pki.FileGateway), p(pki.FileGatewayKey))
+	add("gateway server certificate", err)
+	if cfg.Schemas != "" {
+		_, err = telemetry.LoadSchemas(cfg.Schemas)
+		add("schemas", err)
+	}
+	if err := os.MkdirAll(cfg.Data, 0o700); err != nil {
+		add("data directory", err)
+	} else if f, err := os.CreateTemp(cfg.Data, ".check-*"); err != nil {
+		add("data directory not writable", err)
+	} else {
+		f.Close()
+		os.Remove(f.Name())
+	}
+	return errors.Join(errs...)
+}
+
+// Start serves devices, relays to the cloud and watches the revocation list.
+func (g *Gateway) Start() error {
+	if err := g.mqtt.Serve(); err != nil {
+		return fmt.Errorf("serve devices: %w", err)
+	}
+	g.relayWG.Add(1)
+	go func() {
+		defer g.relayWG.Done()
+		if err := g.relay.Run(g.ctx); err != nil && !errors.Is(err, context.Canceled) {
+			g.log.Error("relay stopped", "error", err)
+		}
+	}()
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		g.watchFiles()
+	}()
+	if g.http != nil {
+		g.wg.Add(1)
+		go func() {
+			defer g.wg.Done()
+			if err := g.http.Serve(g.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				g.log.Error("http server", "error", err)
+			}
+		}()
+	}
+	g.log.Info("gateway started", "site", g.site, "id", g.id, "devices", g.DeviceAddr(), "http", g.HTTPAddr(),
+		"cloud", g.cloudDesc())
+	return nil
+}
+
+func (g *Gateway) cloudDesc() string {
+	if g.cloud != nil {
+		return "embedded " + g.cloud.GatewayAddr()
+	}
+	return fmt.Sprint(g.cfg.Cloud)
+}
+
+// Reload re-reads the revocation list and the schemas (SIGHUP), and closes
+// the connections of devices revoked since they connected.
+func (g *Gateway) Reload() error {
+	var errs []error
+	if err := g.rev.Reload(); err != nil {
+		errs = append(errs, fmt.Errorf("reload revocation list: %w", err))
+	} else if n := g.hook.DropRevoked(); n > 0 {
+		g.log.Warn("revoked devices disconnected", "count", n)
+	}
+	if err := g.loadSchemas(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func (g *Gateway) loadSchemas() error {
+	s := telemetry.DefaultSchemas()
+	if g.cfg.Schemas != "" {
+		var err error
+		if s, err = telemetry.LoadSchemas(g.cfg.Schemas); err != nil {
+			return fmt.Errorf("schemas: %w", err)
+		}
+	}
+	g.schemas.Store(s)
+	return nil
+}
+
+// watchFiles reloads crl.pem and the schema file when they change; after a
+// CRL reload it drops the sessions of devices revoked since they connected.
+func (g *Gateway) watchFiles() {
+	crl := filepath.Join(g.cfg.PKI, pki.FileCRL)
+	lastCRL, lastSchemas, lastSweep := stamp(crl), stamp(g.cfg.Schemas), time.Now()
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-g.ctx.Done():
+			return
+		case <-t.C:
+		}
+		if time.Since(lastSweep) > time.Minute {
+			lastSweep = time.Now()
+			g.hook.DropRevoked() // certificates that expired while connected
+		}
+		if s := stamp(crl); s != lastCRL {
+			lastCRL = s
+			if err := g.rev.Reload(); err != nil {
+				g.log.Error("reload revocation list", "error", err)
+			} else {
+				g.log.Info("revocation list reloaded")
+				g.hook.DropRevoked()
+			}
+		}
+		if g.cfg.Schemas == "" {
+			continue
+		}
+		if s := stamp(g.cfg.Schemas); s != lastSchemas {
+			lastSchemas = s
+			if err := g.loadSchemas(); err != nil {
+				g.log.Error("reload schemas (keeping the previous ones)", "error", err)
+			} else {
+				g.log.Info("schemas reloaded", "file", g.cfg.Schemas)
+			}
+		}
+	}
+}
+
+func stamp(path string) string {
+	if path == "" {
+		return ""
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return ""
+	}
+	return fmt.Sprint(fi.ModTime().UnixNano(), fi.Size())
+}
+
+// event records a security event, if the source's event budget allows:
+// audit log first (the durable record), then the cloud, then the log.
+func (g *Gateway) event(e audit.Event) {
+	if !g.events.admit(&e, time.Now()) {
+		g.suppressed.Inc()
+		return
+	}
+	if err := g.audit.Append(e); err != nil {
+		g.log.Error("audit log append", "error", err)
+	}
+	if b, err := json.Marshal(e); err == nil {
+		g.relay.PublishEvent(b)
+	}
+	g.log.Warn("security event", "verdict", e.Verdict, "dev", e.Dev, "detail", e.Detail, "remote", e.Remote)
+}
+
+func (g *Gateway) handshakeOutcome(m *ingest.Metrics) func(string, *tls.ConnectionState, error) {
+	return func(remote string, st *tls.ConnectionState, err error) {
+		if err == nil {
+			m.Handshakes.WithLabelValues("ok").Inc()
+			return
+		}
+		m.Handshakes.WithLabelValues("failed").Inc()
+		if isNoise(err) {
+			return // a port scan or a dropped TCP connection is not a security event
+		}
+		g.event(audit.Event{V: 1, TS: time.Now().UnixMilli(), GW: g.id, Verdict: "handshake_failed",
+			Detail: err.Error(), Remote: remote})
+	}
+}
+
+func isNoise(err error) bool {
+	var ne net.Error
+	return errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.Is(err, net.ErrClosed) || (errors.As(err, &ne) && ne.Timeout()) || err.Error() == "EOF"
+}
+
+func (g *Gateway) registerQueueMetrics() {
+	g.reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "vitalgate_queue_depth", Help: "Records waiting for the cloud."},
+			func() float64 { return float64(g.queue.Len()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "vitalgate_queue_bytes", Help: "Bytes waiting for the cloud."},
+			func() float64 { return float64(g.queue.Bytes()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "vitalgate_queue_oldest_seconds", Help: "Age of the oldest queued record."},
+			func() float64 { return g.queue.OldestAge().Seconds() }),
+	)
+}
+
+func (g *Gateway) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(g.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		// Ready means devices can be accepted: store-and-forward does not
+		// need the cloud, but it needs room in the queue.
+		full := g.queue.Len() >= g.cfg.Queue.MaxRecords || g.queue.Bytes() >= g.cfg.Queue.MaxBytes
+		state := map[string]any{"queue": g.queue.Len(), "queue_full": full, "cloud_connected": g.relay.Connected()}
+		if full || g.ctx.Err() != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+		json.NewEncoder(w).Encode(state)
+	})
+	return mux
+}
+
+// DeviceAddr is the bound device listener address.
+func (g *Gateway) DeviceAddr() string { return g.devices.Addr().String() }
+
+// HTTPAddr is the bound operations address, or "".
+func (g *Gateway) HTTPAddr() string {
+	if g.httpLn == nil {
+		return ""
+	}
+	return g.httpLn.Addr().String()
+}
+
+// Cloud is the embedded cloud broker, or nil when the gateway relays to
+// configured brokers.
+func (g *Gateway) Cloud() *cloud.Broker { return g.cloud }
+
+// Site and ID are the gateway's identity.
+func (g *Gateway) Site() string { return g.site }
+
+// ID is the gateway ID (CN of its client certificate unless configured).
+func (g *Gateway) ID() string { return g.id }
+
+// Registry holds the gateway's metrics.
+func (g *Gateway) Registry() *prometheus.Registry { return g.reg }
+
+// Queue is the store-and-forward queue (for tests and the demo's view).
+func (g *Gateway) Queue() *spool.Queue { return g.queue }
+
+// Close shuts down in order: stop accepting devices and disconnect them
+// (soft), let the relay deliver what is in flight (drain), then close the
+// queue, the audit log and the embedded cloud (hard). Safe to call twice.
+func (g *Gateway) Close() error {
+	g.once.Do(func() {
+		var errs []error
+		if g.devices != nil {
+			errs = append(errs, g.devices.Close()) // no new devices
+		}
+		if g.hook != nil {
+			g.hook.Drain(2 * time.Second) // what is being stored gets its PUBACK; nothing new is taken
+		}
+		if g.mqtt != nil {
+			errs = append(errs, g.mqtt.Close())
+		}
+		g.cancel() // the relay waits for in-flight PUBACKs before it returns
+		g.relayWG.Wait()
+		if g.http != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			errs = append(errs, g.http.Shutdown(ctx))
+			cancel()
+		}
+		g.wg.Wait()
+		if g.audit != nil {
+			errs = append(errs, g.audit.Close())
+		}
+		if g.queue != nil {
+			errs = append(errs, g.queue.Close())
+		}
+		if g.cloud != nil {
+			errs = append(errs, g.cloud.Close())
+		}
+		g.closeErr = errors.Join(errs...)
+	})
+	return g.closeErr
+}
+
+// setCurves applies a configured key-exchange preference; empty keeps Go's
+// default, which puts the hybrid post-quantum X25519MLKEM768 first.
+func setCurves(c *tls.Config, names []string) error {
+	ids := map[string]tls.CurveID{"X25519MLKEM768": tls.X25519MLKEM768, "X25519": tls.X25519,
+		"P256": tls.CurveP256, "P384": tls.CurveP384, "P521": tls.CurveP521}
+	for _, n := range names {
+		id, ok := ids[n]
+		if !ok {
+			return fmt.Errorf("curves: unknown %q", n)
+		}
+		c.CurvePreferences = append(c.CurvePreferences, id)
+	}
+	return nil
+}
+
+// quietHandler drops mochi's per-rejection error line ("publish packet
+// error": every rejection is already a security event with its verdict) and
+// strips the packets mochi attaches to some lines, whose payloads are
+// patient data.
+type quietHandler struct{ slog.Handler }
+
+func (q quietHandler) Handle(ctx context.Context, r slog.Record) error {
+	if r.Message == "publish packet error" {
+		return nil
+	}
+	clean := slog.NewRecord(r.Time, r.Level, r.Message, r.PC)
+	r.Attrs(func(a slog.Attr) bool {
+		if a.Key != "pk" && a.Key != "packet" {
+			clean.AddAttrs(a)
+		}
+		return true
+	})
+	return q.Handler.Handle(ctx, clean)
+}
+
+func (q quietHandler) WithAttrs(a []slog.Attr) slog.Handler {
+	return quietHandler{q.Handler.WithAttrs(a)}
+}
+func (q quietHandler) WithGroup(n string) slog.Handler { return quietHandler{q.Handler.WithGroup(n)} }

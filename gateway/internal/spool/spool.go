@@ -1,0 +1,639 @@
+// Package spool is the gateway's durable store-and-forward queue
+// (DESIGN.md sections 3 and 5): a message the gateway has acknowledged to a
+// device is on disk, and stays there until the cloud has acknowledged it.
+//
+// # Storage
+//
+// The queue is one bbolt file with three buckets:
+//
+//   - q: key = big-endian uint64 global sequence ([Entry.Key]), value =
+//     version byte 1, uvarint len(dev), dev, uvarint seq, varint enqueue
+//     time (Unix milliseconds), data.
+//   - last: device ID -> big-endian uint64 last accepted seq, the replay
+//     window of DESIGN.md section 3, kept across restarts, followed by the
+//     caller's mark of that record (see [Queue.AppendMarked]), if any.
+//   - meta: "next" -> big-endian uint64 next global sequence, so keys never
+//     go back even when the queue empties and the gateway restarts.
+//
+// # Group commit
+//
+// [Queue.Append] returns only when its record is fsynced. Concurrent callers
+// share fsyncs: each call puts a request on a channel, and one committer
+// goroutine takes everything that is queued (up to [Options.MaxBatch]), runs
+// one bbolt write transaction (one commit, one fsync pair) and answers each
+// caller. While a commit runs, new requests accumulate for the next one, so
+// batches grow with load and no timer delays a lone caller. After answering
+// a batch the committer yields the processor, so the callers it woke run
+// before the next commit's syscalls can hold it. [Queue.Remove]
+// goes through the same committer, so acknowledgements from the cloud share
+// those commits too.
+//
+// The replay check happens in the committer, against the durable last seq of
+// each device and against earlier requests of the same batch: a replayed
+// request alone fails with a [verdict.Replay] error, the others in the batch
+// commit.
+//
+// # Bounds
+//
+// [Options.MaxRecords] and [Options.MaxBytes] (the sum of Data lengths)
+// bound the queue; an Append that would exceed them fails at once with
+// [ErrFull] without touching the disk. Requests waiting for the committer
+// count against the bound.
+package spool
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/vitalgate/vitalgate/internal/verdict"
+	bolt "go.etcd.io/bbolt"
+)
+
+// Defaults of [Options].
+const (
+	DefaultMaxRecords = 1_000_000
+	DefaultMaxBytes   = 1 << 30
+	DefaultMaxBatch   = 1000
+)
+
+var (
+	bucketQueue = []byte("q")
+	bucketLast  = []byte("last")
+	bucketMeta  = []byte("meta")
+	keyNext     = []byte("next")
+)
+
+const valueVersion = 1
+
+// ErrFull is returned by [Queue.Append] when the queue holds MaxRecords
+// records or MaxBytes bytes of data (counting appends still waiting for
+// their commit). Nothing was written; the gateway answers `overloaded` and
+// the device keeps its message.
+var ErrFull = errors.New("spool: queue full")
+
+// ErrClosed is returned by operations on a closed [Queue].
+var ErrClosed = errors.New("spool: queue closed")
+
+// Options configure [Open]. Zero values take the defaults.
+type Options struct {
+	// MaxRecords bounds the number of queued records (default 1,000,000).
+	MaxRecords int
+	// MaxBytes bounds the sum of the queued records' Data lengths (default 1 GiB).
+	MaxBytes int64
+	// NoSync skips fsync: a crash may lose acknowledged records. Tests only.
+	NoSync bool
+	// MaxBatch bounds the number of requests in one commit (default 1000).
+	MaxBatch int
+}
+
+// Entry is one queued record.
+type Entry struct {
+	Key  uint64 // global, monotonic order of the queue; never reused
+	Dev  string // device ID
+	Seq  uint64 // the device's sequence number
+	Data []byte // opaque: the gateway stores topic, a 0 byte, then the cloud payload
+}
+
+// request is one Append or Remove waiting for the committer.
+type request struct {
+	// Append
+	dev   string
+	seq   uint64
+	mark  []byte // stored with the last seq
+	value []byte // encoded q value
+	size  int64  // len(data)
+	at    int64  // enqueue time, Unix ms
+	// Remove
+	keys []uint64
+
+	done chan error // buffered 1
+}
+
+var requestPool = sync.Pool{New: func() any { return &request{done: make(chan error, 1)} }}
+
+// Queue is the durable queue. Its methods are safe for concurrent use.
+type Queue struct {
+	db       *bolt.DB
+	maxRecs  int
+	maxBytes int64
+	maxBatch int
+	notify   chan struct{}
+
+	// closeMu guards closed and sends on reqs: Append and Remove send under
+	// the read lock, Close closes reqs under the write lock.
+	closeMu sync.RWMutex
+	closed  bool
+	reqs    chan *request
+	stopped chan struct{} // closed when the committer has exited
+
+	// mu guards the in-memory state below. Lock order: closeMu, then mu.
+	mu        sync.Mutex
+	last      map[string]uint64 // durable last seq per device
+	marks     map[string][]byte // mark of each device's last accepted record
+	count     int               // committed records
+	bytes     int64             // committed data bytes
+	resCount  int               // appends waiting for the committer
+	resBytes  int64
+	oldestAt  int64 // enqueue time (Unix ms) of the oldest record, 0 if empty
+	closeErr  error
+	closeOnce sync.Once
+
+	// Owned by the committer goroutine.
+	next uint64 // next global key
+}
+
+// Open opens or creates the queue at path and recovers its state: bbolt's
+// commits are atomic, so after a crash the file holds exactly the committed
+// transactions. Open scans the queue once to count records and bytes.
+func Open(path string, o Options) (*Queue, error) {
+	if o.MaxRecords <= 0 {
+		o.MaxRecords = DefaultMaxRecords
+	}
+	if o.MaxBytes <= 0 {
+		o.MaxBytes = DefaultMaxBytes
+	}
+	if o.MaxBatch <= 0 {
+		o.MaxBatch = DefaultMaxBatch
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{
+		Timeout:        time.Second,
+		FreelistType:   bolt.FreelistMapType,
+		NoFreelistSync: true,
+		NoSync:         o.NoSync,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open queue %s: %w", path, err)
+	}
+	q := &Queue{
+		db:       db,
+		maxRecs:  o.MaxRecords,
+		maxBytes: o.MaxBytes,
+		maxBatch: o.MaxBatch,
+		notify:   make(chan struct{}, 1),
+		reqs:     make(chan *request, 4*o.MaxBatch),
+		stopped:  make(chan struct{}),
+		last:     make(map[string]uint64),
+		marks:    make(map[string][]byte),
+	}
+	if err := q.load(); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open queue %s: %w", path, err)
+	}
+	go q.commitLoop()
+	return q, nil
+}
+
+// load creates the buckets and rebuilds the in-memory state.
+func (q *Queue) load() error {
+	return q.db.Update(func(tx *bolt.Tx) error {
+		for _, name := range [][]byte{bucketQueue, bucketLast, bucketMeta} {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return fmt.Errorf("create bucket %s: %w", name, err)
+			}
+		}
+		if v := tx.Bucket(bucketMeta).Get(keyNext); len(v) == 8 {
+			q.next = binary.BigEndian.Uint64(v)
+		}
+		err := tx.Bucket(bucketLast).ForEach(func(k, v []byte) error {
+			if len(v) < 8 {
+				return fmt.Errorf("last seq of %q: bad length %d", k, len(v))
+			}
+			q.last[string(k)] = binary.BigEndian.Uint64(v)
+			if len(v) > 8 {
+				q.marks[string(k)] = bytes.Clone(v[8:])
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		c := tx.Bucket(bucketQueue).Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			if len(k) != 8 {
+				return fmt.Errorf("queue key %x: bad length", k)
+			}
+			e, at, err := decodeValue(v)
+			if err != nil {
+				return fmt.Errorf("queue key %x: %w", k, err)
+			}
+			if q.count == 0 {
+				q.oldestAt = at
+			}
+			q.count++
+			q.bytes += int64(len(e.Data))
+			if key := binary.BigEndian.Uint64(k); key >= q.next {
+				q.next = key + 1
+			}
+		}
+		if q.next == 0 {
+			q.next = 1
+		}
+		return nil
+	})
+}
+
+// Last returns the last accepted (committed) seq of dev, the mark stored
+// with it (nil if none), and whether dev has any. The mark must not be
+// modified.
+func (q *Queue) Last(dev string) (seq uint64, mark []byte, ok bool) {
+	q.mu.Lock()
+	seq, ok = q.last[dev]
+	mark = q.marks[dev]
+	q.mu.Unlock()
+	return seq, mark, ok
+}
+
+// LastSeq returns the last accepted (committed) seq of dev, and whether dev
+// has any.
+func (q *Queue) LastSeq(dev string) (uint64, bool) {
+	q.mu.Lock()
+	s, ok := q.last[dev]
+	q.mu.Unlock()
+	return s, ok
+}
+
+// Append stores a record durably and returns once it is on disk (fsynced
+// unless [Options.NoSync]). It fails with a [*verdict.Error] Replay if seq is
+// not above the device's last accepted seq (including appends committed in
+// the same batch), with [ErrFull] at the queue's bound, and with
+// [ErrClosed] after Close. data is copied; the caller may reuse it.
+func (q *Queue) Append(dev string, seq uint64, data []byte) error {
+	return q.AppendMarked(dev, seq, nil, data)
+}
+
+// AppendMarked is [Queue.Append] that also stores mark (at most 64 bytes,
+// e.g. a digest of the device's message) with the device's last seq, in the
+// same transaction; [Queue.Last] returns it, across restarts. The gateway
+// uses it to tell a device's resend of its last message from a replay.
+func (q *Queue) AppendMarked(dev string, seq uint64, mark, data []byte) error {
+	if len(mark) > 64 {
+		return fmt.Errorf("spool: mark of %d bytes, limit 64", len(mark))
+	}
+	size := int64(len(data))
+	q.mu.Lock()
+	if last, ok := q.last[dev]; ok && seq <= last {
+		q.mu.Unlock()
+		return replayError(seq, last)
+	}
+	if q.count+q.resCount >= q.maxRecs || q.bytes+q.resBytes+size > q.maxBytes {
+		q.mu.Unlock()
+		return ErrFull
+	}
+	q.resCount++
+	q.resBytes += size
+	q.mu.Unlock()
+
+	r := requestPool.Get().(*request)
+	r.dev, r.seq, r.mark, r.size, r.keys = dev, seq, mark, size, nil
+	r.at = time.Now().UnixMilli()
+	r.value = encodeValue(r.value[:0], dev, seq, r.at, data)
+	err := q.submit(r)
+	if errors.Is(err, ErrClosed) {
+		q.mu.Lock()
+		q.resCount--
+		q.resBytes -= size
+		q.mu.Unlock()
+	}
+	r.value, r.mark = r.value[:0], nil
+	if cap(r.value) > 64<<10 {
+		r.value = nil // do not pool large buffers
+	}
+	requestPool.Put(r)
+	return err
+}
+
+// submit hands r to the committer and waits for its answer.
+func (q *Queue) submit(r *request) error {
+	q.closeMu.RLock()
+	if q.closed {
+		q.closeMu.RUnlock()
+		return ErrClosed
+	}
+	q.reqs <- r
+	q.closeMu.RUnlock()
+	return <-r.done
+}
+
+func replayError(seq, last uint64) error {
+	return verdict.New(verdict.Replay, "seq %d not above last accepted %d", seq, last)
+}
+
+// Peek returns up to max entries with keys above after, oldest first. The
+// entries are copies.
+func (q *Queue) Peek(after uint64, max int) ([]Entry, error) {
+	if max <= 0 {
+		return nil, nil
+	}
+	var out []Entry
+	err := q.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketQueue).Cursor()
+		var from [8]byte
+		if after == ^uint64(0) {
+			return nil
+		}
+		binary.BigEndian.PutUint64(from[:], after+1)
+		for k, v := c.Seek(from[:]); k != nil && len(out) < max; k, v = c.Next() {
+			e, _, err := decodeValue(v)
+			if err != nil {
+				return fmt.Errorf("queue key %x: %w", k, err)
+			}
+			e.Key = binary.BigEndian.Uint64(k)
+			e.Data = append([]byte(nil), e.Data...)
+			out = append(out, e)
+		}
+		return nil
+	})
+	if err != nil {
+		if errors.Is(err, bolt.ErrDatabaseNotOpen) {
+			return nil, ErrClosed
+		}
+		return nil, fmt.Errorf("peek queue: %w", err)
+	}
+	return out, nil
+}
+
+// Remove deletes the entries with the given keys, typically after the cloud
+// acknowledged them. Unknown keys are ignored. The removal shares a commit
+// with concurrent appends and returns once it is on disk.
+func (q *Queue) Remove(keys ...uint64) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	r := requestPool.Get().(*request)
+	r.dev, r.value, r.size = "", r.value[:0], 0
+	r.keys = keys
+	err := q.submit(r)
+	r.keys = nil
+	requestPool.Put(r)
+	return err
+}
+
+// Len returns the number of queued (committed) records.
+func (q *Queue) Len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.count
+}
+
+// Bytes returns the sum of the queued records' Data lengths.
+func (q *Queue) Bytes() int64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.bytes
+}
+
+// OldestAge returns how long the oldest queued record has waited, or 0 when
+// the queue is empty.
+func (q *Queue) OldestAge() time.Duration {
+	q.mu.Lock()
+	at, n := q.oldestAt, q.count
+	q.mu.Unlock()
+	if n == 0 {
+		return 0
+	}
+	d := time.Since(time.UnixMilli(at))
+	if d < 0 {
+		return 0
+	}
+	return d
+}
+
+// Notify returns a channel that receives a value (non-blocking, capacity 1)
+// after each commit that added records: the relay waits on it when it has
+// nothing to send.
+func (q *Queue) Notify() <-chan struct{} { return q.notify }
+
+// Close stops accepting requests, waits for the committer to commit the
+// requests already submitted, and closes the file. It is safe to call more
+// than once; later calls return the first call's result.
+func (q *Queue) Close() error {
+	q.closeOnce.Do(func() {
+		q.closeMu.Lock()
+		q.closed = true
+		close(q.reqs)
+		q.closeMu.Unlock()
+		<-q.stopped
+		if err := q.db.Close(); err != nil {
+			q.closeErr = fmt.Errorf("close queue: %w", err)
+		}
+	})
+	return q.closeErr
+}
+
+// commitLoop is the committer goroutine: it drains the request channel in
+// batches, one write transaction per batch.
+func (q *Queue) commitLoop() {
+	defer close(q.stopped)
+	batch := make([]*request, 0, q.maxBatch)
+	for r := range q.reqs {
+		batch = append(batch[:0], r)
+	drain:
+		for len(batch) < q.maxBatch {
+			select {
+			case r, ok := <-q.reqs:
+				if !ok {
+					break drain
+				}
+				batch = append(batch, r)
+			default:
+				break drain
+			}
+		}
+		q.commit(batch)
+		clear(batch)
+		// The callers just answered were made runnable on this goroutine's
+		// P. Were the next commit to start at once, its write and fsync
+		// syscalls would hold that P with them queued behind it until the
+		// runtime hands the P off, while they are exactly who sends the
+		// next requests. Yield so they run first: the next batch is
+		// larger, and fewer fsyncs serve the same records.
+		runtime.Gosched()
+	}
+}
+
+// batchState is the outcome of one commit, computed inside the transaction.
+type batchState struct {
+	errs     []error           // per request
+	seen     map[string]uint64 // last seq per device, including this batch
+	marks    map[string][]byte // mark of that seq
+	touched  map[string]bool   // devices with an accepted append
+	next     uint64            // next global key after the batch
+	added    int
+	addBytes int64
+	removed  int
+	remBytes int64
+	oldest   bool  // oldestAt was recomputed
+	oldestAt int64 // enqueue time of the first record after the batch
+}
+
+// commit runs one write transaction for the batch and answers every request.
+// Only the committer writes q.last, q.next and the count fields, so it reads
+// them without the lock.
+func (q *Queue) commit(batch []*request) {
+	var st batchState
+	err := q.db.Update(func(tx *bolt.Tx) error {
+		// Everything derived here lives in st and is reset first, so the
+		// function could safely run again (bbolt's Batch would re-run it).
+		st = batchState{
+			errs:    make([]error, len(batch)),
+			seen:    make(map[string]uint64),
+			marks:   make(map[string][]byte),
+			touched: make(map[string]bool),
+			next:    q.next,
+		}
+		qb, lb, mb := tx.Bucket(bucketQueue), tx.Bucket(bucketLast), tx.Bucket(bucketMeta)
+		// bbolt keeps references to the keys and values passed to Put until
+		// the commit, so each gets its own 8 bytes from one slab.
+		slab := make([]byte, 0, 8*(2*len(batch)+1))
+		be := func(v uint64) []byte {
+			slab = binary.BigEndian.AppendUint64(slab, v)
+			return slab[len(slab)-8:]
+		}
+		var kb [8]byte // Get and Delete keys: not retained
+		// Keys only grow: fill pages completely instead of splitting them
+		// in half, which halves the pages each commit writes.
+		qb.FillPercent = 1.0
+		for i, r := range batch {
+			if r.keys != nil {
+				for _, k := range r.keys {
+					binary.BigEndian.PutUint64(kb[:], k)
+					v := qb.Get(kb[:])
+					if v == nil {
+						continue
+					}
+					e, _, err := decodeValue(v)
+					if err != nil {
+						return fmt.Errorf("queue key %x: %w", k, err)
+					}
+					if err := qb.Delete(kb[:]); err != nil {
+						return fmt.Errorf("delete %d: %w", k, err)
+					}
+					st.removed++
+					st.remBytes += int64(len(e.Data))
+				}
+				continue
+			}
+			last, ok := st.seen[r.dev]
+			if !ok {
+				last, ok = q.last[r.dev]
+			}
+			if ok && r.seq <= last {
+				st.errs[i] = replayError(r.seq, last)
+				continue
+			}
+			if err := qb.Put(be(st.next), r.value); err != nil {
+				return fmt.Errorf("put %d: %w", st.next, err)
+			}
+			st.next++
+			st.seen[r.dev] = r.seq
+			st.marks[r.dev] = r.mark
+			st.touched[r.dev] = true
+			st.added++
+			st.addBytes += r.size
+		}
+		for dev := range st.touched {
+			v := append(binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(st.marks[dev])), st.seen[dev]), st.marks[dev]...)
+			if err := lb.Put([]byte(dev), v); err != nil {
+				return fmt.Errorf("put last seq: %w", err)
+			}
+		}
+		if st.added > 0 {
+			if err := mb.Put(keyNext, be(st.next)); err != nil {
+				return fmt.Errorf("put next: %w", err)
+			}
+		}
+		if st.removed > 0 || q.count == 0 {
+			st.oldest = true
+			if k, v := qb.Cursor().First(); k != nil {
+				_, at, err := decodeValue(v)
+				if err != nil {
+					return fmt.Errorf("queue key %x: %w", k, err)
+				}
+				st.oldestAt = at
+			}
+		}
+		return nil
+	})
+
+	q.mu.Lock()
+	for _, r := range batch {
+		if r.keys == nil {
+			q.resCount--
+			q.resBytes -= r.size
+		}
+	}
+	if err == nil {
+		q.next = st.next
+		q.count += st.added - st.removed
+		q.bytes += st.addBytes - st.remBytes
+		if st.oldest {
+			q.oldestAt = st.oldestAt
+		}
+		for dev := range st.touched {
+			q.last[dev] = st.seen[dev]
+			if m := st.marks[dev]; m != nil {
+				q.marks[dev] = bytes.Clone(m)
+			} else {
+				delete(q.marks, dev)
+			}
+		}
+	}
+	q.mu.Unlock()
+
+	if err != nil {
+		err = fmt.Errorf("commit queue: %w", err)
+	}
+	for i, r := range batch {
+		if err != nil {
+			r.done <- err
+		} else {
+			r.done <- st.errs[i]
+		}
+	}
+	if err == nil && st.added > 0 {
+		select {
+		case q.notify <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// encodeValue appends the q value of a record to b.
+func encodeValue(b []byte, dev string, seq uint64, at int64, data []byte) []byte {
+	b = append(b, valueVersion)
+	b = binary.AppendUvarint(b, uint64(len(dev)))
+	b = append(b, dev...)
+	b = binary.AppendUvarint(b, seq)
+	b = binary.AppendVarint(b, at)
+	return append(b, data...)
+}
+
+// decodeValue parses a q value. Data aliases v.
+func decodeValue(v []byte) (Entry, int64, error) {
+	var e Entry
+	if len(v) == 0 || v[0] != valueVersion {
+		return e, 0, errors.New("unknown value version")
+	}
+	v = v[1:]
+	n, k := binary.Uvarint(v)
+	if k <= 0 || n > uint64(len(v)-k) {
+		return e, 0, errors.New("bad device length")
+	}
+	e.Dev = string(v[k : k+int(n)])
+	v = v[k+int(n):]
+	if e.Seq, k = binary.Uvarint(v); k <= 0 {
+		return e, 0, errors.New("bad seq")
+	}
+	v = v[k:]
+	at, k := binary.Varint(v)
+	if k <= 0 {
+		return e, 0, errors.New("bad time")
+	}
+	e.Data = v[k:]
+	return e, at, nil
+}

@@ -1,0 +1,174 @@
+// Command gateway is the edge gateway: devices connect with mutual TLS and
+// publish signed telemetry; the gateway verifies, guards, stores and relays
+// it to the cloud at least once.
+//
+//	gateway [--config FILE] [--pki DIR] [--listen ADDR] [--cloud URL,...] [--data DIR] [--http ADDR] [--site S] [--id ID]
+//	gateway --check-config [flags]
+//	gateway audit verify [--data DIR | --file FILE]
+//	gateway demo [--devices N] [--duration D]
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/vitalgate/vitalgate/gateway/internal/audit"
+	"github.com/vitalgate/vitalgate/gateway/internal/config"
+	"github.com/vitalgate/vitalgate/gateway/internal/server"
+)
+
+func main() {
+	args := os.Args[1:]
+	var err error
+	switch {
+	case len(args) > 0 && args[0] == "audit":
+		err = auditCmd(args[1:], os.Stdout)
+	case len(args) > 0 && args[0] == "demo":
+		err = demoCmd(args[1:])
+	default:
+		err = run(args)
+	}
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "gateway:", strings.ReplaceAll(err.Error(), "\n", "; "))
+		os.Exit(1)
+	}
+}
+
+// parseConfig reads --config, then applies the flags that were set.
+func parseConfig(args []string) (config.Config, bool, error) {
+	fs := flag.NewFlagSet("gateway", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "usage: gateway [flags]            run the gateway\n       gateway audit verify [flags]  check the audit log's hash chain\n       gateway demo [flags]          broker, gateway, fleet and a clinician view in one process\n\nflags:")
+		fs.PrintDefaults()
+	}
+	d := config.Default()
+	file := fs.String("config", "", "YAML configuration file (keys as the flags)")
+	check := fs.Bool("check-config", false, "validate the configuration and the files it names, then exit")
+	pkiDir := fs.String("pki", d.PKI, "PKI directory written by `certs init`")
+	listen := fs.String("listen", d.Listen, "device listener address (MQTT over mutual TLS)")
+	cloud := fs.String("cloud", "", "cloud broker URLs, comma-separated, in failover order (tcp://, ssl://, mqtts://); empty: embedded broker")
+	data := fs.String("data", d.Data, "directory of the queue, the audit log and the embedded broker's state")
+	httpAddr := fs.String("http", d.HTTP, "address of /metrics, /healthz, /readyz (empty: off)")
+	site := fs.String("site", "", "site name (default: OU of gateway-client.crt)")
+	id := fs.String("id", "", "gateway ID (default: CN of gateway-client.crt)")
+	format := fs.String("format", d.Format, "cloud payload format: cbor or json")
+	logLevel := fs.String("log", d.Log, "log level: debug, info, warn, error")
+	if err := fs.Parse(args); err != nil {
+		return d, false, err
+	}
+	if fs.NArg() > 0 {
+		return d, false, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	c := d
+	if *file != "" {
+		var err error
+		if c, err = config.Load(*file); err != nil {
+			return c, false, err
+		}
+	}
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "pki":
+			c.PKI = *pkiDir
+		case "listen":
+			c.Listen = *listen
+		case "cloud":
+			c.Cloud = nil
+			for _, u := range strings.Split(*cloud, ",") {
+				if u = strings.TrimSpace(u); u != "" {
+					c.Cloud = append(c.Cloud, u)
+				}
+			}
+		case "data":
+			c.Data = *data
+		case "http":
+			c.HTTP = *httpAddr
+		case "site":
+			c.Site = *site
+		case "id":
+			c.ID = *id
+		case "format":
+			c.Format = *format
+		case "log":
+			c.Log = *logLevel
+		}
+	})
+	return c, *check, c.Validate()
+}
+
+func newLogger(level string, w io.Writer) *slog.Logger {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(level))
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l}))
+}
+
+func run(args []string) error {
+	cfg, check, err := parseConfig(args)
+	if err != nil {
+		return err
+	}
+	log := newLogger(cfg.Log, os.Stderr)
+	if check {
+		if err := server.Check(cfg); err != nil {
+			return err
+		}
+		fmt.Println("configuration ok")
+		return nil
+	}
+	g, err := server.New(cfg, log)
+	if err != nil {
+		return err
+	}
+	if err := g.Start(); err != nil {
+		g.Close()
+		return err
+	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	for s := range sig {
+		if s == syscall.SIGHUP {
+			if err := g.Reload(); err != nil {
+				log.Error("reload", "error", err)
+			} else {
+				log.Info("reloaded revocation list and schemas")
+			}
+			continue
+		}
+		log.Info("shutting down", "signal", s.String())
+		break
+	}
+	return g.Close()
+}
+
+func auditCmd(args []string, out io.Writer) error {
+	if len(args) == 0 || args[0] != "verify" {
+		return errors.New("usage: gateway audit verify [--data DIR | --file FILE]")
+	}
+	fs := flag.NewFlagSet("gateway audit verify", flag.ContinueOnError)
+	data := fs.String("data", config.Default().Data, "gateway data directory")
+	file := fs.String("file", "", "audit log file (default: DATA/"+server.AuditFile+")")
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	path := *file
+	if path == "" {
+		path = filepath.Join(*data, server.AuditFile)
+	}
+	n, err := audit.Verify(path)
+	if err != nil {
+		return fmt.Errorf("audit log %s: %w", path, err)
+	}
+	fmt.Fprintf(out, "audit log %s: %d entries, chain intact\n", path, n)
+	return nil
+}

@@ -1,0 +1,62 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/vitalgate/vitalgate/gateway/internal/audit"
+	"github.com/vitalgate/vitalgate/internal/pki"
+)
+
+func TestCheckConfig(t *testing.T) {
+	dir := t.TempDir()
+	if err := pki.Init(dir, pki.InitOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	data := filepath.Join(t.TempDir(), "data")
+	if err := run([]string{"--check-config", "--pki", dir, "--data", data}); err != nil {
+		t.Fatalf("valid configuration: %v", err)
+	}
+	cfg := filepath.Join(t.TempDir(), "gw.yaml")
+	os.WriteFile(cfg, []byte("listen: nowhere\nformat: xml\n"), 0o600)
+	err := run([]string{"--check-config", "--config", cfg, "--pki", dir})
+	if err == nil || !strings.Contains(err.Error(), "listen:") || !strings.Contains(err.Error(), "format:") {
+		t.Fatalf("bad file: %v", err)
+	}
+	// A flag overrides the file.
+	if err := run([]string{"--check-config", "--config", cfg, "--pki", dir, "--data", data, "--listen", "127.0.0.1:0", "--format", "json"}); err != nil {
+		t.Fatalf("flags over file: %v", err)
+	}
+	err = run([]string{"--check-config", "--pki", t.TempDir(), "--data", data})
+	if err == nil || !strings.Contains(err.Error(), "gateway-client.crt") {
+		t.Fatalf("empty PKI directory: %v", err)
+	}
+	if err := run([]string{"--bogus"}); err == nil {
+		t.Fatal("unknown flag accepted")
+	}
+}
+
+func TestAuditVerifyCommand(t *testing.T) {
+	data := t.TempDir()
+	l, err := audit.Open(filepath.Join(data, "audit.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3; i++ {
+		l.Append(audit.Event{V: 1, TS: int64(i), GW: "gw1", Dev: "d", Verdict: "replay", Detail: "x"})
+	}
+	l.Close()
+	var out bytes.Buffer
+	if err := auditCmd([]string{"verify", "--data", data}, &out); err != nil || !strings.Contains(out.String(), "3 entries") {
+		t.Fatalf("intact log: %v %q", err, out.String())
+	}
+	p := filepath.Join(data, "audit.log")
+	b, _ := os.ReadFile(p)
+	os.WriteFile(p, bytes.Replace(b, []byte(`"replay"`), []byte(`"accept"`), 1), 0o600)
+	if err := auditCmd([]string{"verify", "--data", data}, &out); err == nil || !strings.Contains(err.Error(), "line 1") {
+		t.Fatalf("edited log: %v", err)
+	}
+}

@@ -1,0 +1,392 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/vitalgate/vitalgate/internal/cloud"
+	"github.com/vitalgate/vitalgate/internal/fleet/physio"
+	"github.com/vitalgate/vitalgate/internal/pki"
+)
+
+// Config describes one harness run.
+type Config struct {
+	Devices    int           // fleet of the throughput phases
+	Idle       int           // idle connections of the memory phase (0: skip it)
+	Duration   time.Duration // of each throughput phase
+	Rate       float64       // total messages/s of the latency phase; 0: half the measured peak
+	Kinds      []string      // kinds, round-robin over the devices
+	Workers    int           // reconnect storm workers
+	Storm      time.Duration // of each storm (full, resumed); 0: skip it
+	GatewayBin string        // gateway program; "": built with the go tool into the work directory
+	// RelayWindow, when > 0, sets the gateway's relay.window (QoS 1
+	// messages in flight to the cloud); 0 keeps the gateway's default.
+	RelayWindow int
+	Dir         string // work directory (PKI, data); "": a temporary one, removed after
+	Seed        int64
+	// Progress, when set, gets a one-line status about four times a second.
+	Progress func(line string)
+}
+
+// Defaults fills zero fields.
+func (c Config) Defaults() Config {
+	if c.Devices == 0 {
+		c.Devices = 2000
+	}
+	if c.Duration == 0 {
+		c.Duration = 10 * time.Second
+	}
+	if len(c.Kinds) == 0 {
+		c.Kinds = physio.Kinds()
+	}
+	if c.Workers == 0 {
+		c.Workers = 64
+	}
+	if c.Seed == 0 {
+		c.Seed = 1
+	}
+	return c
+}
+
+// Validate reports every bad field at once.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Devices < 1 || c.Devices > 10_000 {
+		errs = append(errs, fmt.Errorf("devices: %d outside 1..10000", c.Devices))
+	}
+	if c.Idle < 0 || c.Idle > 15_000 {
+		errs = append(errs, fmt.Errorf("idle: %d outside 0..15000", c.Idle))
+	}
+	if c.Duration < time.Second || c.Duration > 10*time.Minute {
+		errs = append(errs, fmt.Errorf("duration: %v outside 1s..10m", c.Duration))
+	}
+	if c.Rate < 0 || math.IsNaN(c.Rate) {
+		errs = append(errs, fmt.Errorf("rate: %v is negative", c.Rate))
+	}
+	if c.Workers < 1 || c.Workers > 1000 {
+		errs = append(errs, fmt.Errorf("workers: %d outside 1..1000", c.Workers))
+	}
+	if c.RelayWindow < 0 || c.RelayWindow > 65000 {
+		errs = append(errs, fmt.Errorf("relay-window: %d outside 0..65000", c.RelayWindow))
+	}
+	if c.Storm < 0 || c.Storm > 5*time.Minute {
+		errs = append(errs, fmt.Errorf("storm: %v outside 0..5m", c.Storm))
+	}
+	for _, k := range c.Kinds {
+		if _, err := physio.New(k, 1, nil); err != nil {
+			errs = append(errs, fmt.Errorf("kinds: %q: %v", k, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Result is the one JSON line of `devicesim bench`. Rates are messages per
+// second delivered at the cloud subscriber; shares are fractions of all the
+// machine's cores.
+type Result struct {
+	NProc    int      `json:"nproc"`
+	CPU      string   `json:"cpu"`
+	Go       string   `json:"go"`
+	Devices  int      `json:"devices"`
+	Kinds    []string `json:"kinds"`
+	Duration float64  `json:"phase_s"`
+
+	RelayWindow    int     `json:"relay_window,omitempty"`
+	Validated      float64 `json:"validated_msgs_per_s"`   // peak, end to end, gateway and harness sharing the cores
+	Accepted       float64 `json:"accepted_msgs_per_s"`    // peak PUBACK 0x00 at the devices (stored durably), same window
+	VerifyOnly     float64 `json:"verify_only_msgs_per_s"` // envelope.Verifier alone on every core, same messages
+	Ratio          float64 `json:"ratio"`                  // Validated / VerifyOnly (target >= 0.6)
+	GatewayCPU     float64 `json:"gateway_cpu_share"`      // of the machine during the peak phase
+	HarnessCPU     float64 `json:"harness_cpu_share"`      // fleet, cloud broker and subscriber (this process)
+	PerGatewayCore float64 `json:"validated_per_gateway_cpu_s"`
+	RatioPerCore   float64 `json:"ratio_per_cpu_s"` // validated per gateway CPU-second / verify-only per CPU-second
+	PeakRejected   uint64  `json:"peak_rejected"`
+	PeakFailed     uint64  `json:"peak_failed"`
+	Undelivered    uint64  `json:"undelivered"` // acknowledged to devices but not delivered to the app within 30 s of a phase's end
+
+	HalfRate    float64 `json:"latency_rate_msgs_per_s"` // target rate of the latency phase
+	HalfAchieve float64 `json:"latency_achieved_msgs_per_s"`
+	P50         float64 `json:"latency_p50_ms"` // device PUBLISH to cloud delivery
+	P99         float64 `json:"latency_p99_ms"` // (target < 20)
+	Samples     int     `json:"latency_samples"`
+
+	Idle       int     `json:"idle_connections"`
+	RSSStart   int64   `json:"gateway_rss_start_bytes"`
+	RSSIdle    int64   `json:"gateway_rss_idle_bytes"` // (target < 1 GiB at 10,000)
+	RSSPerConn float64 `json:"gateway_rss_per_conn_bytes"`
+	HeapStart  int64   `json:"gateway_heap_start_bytes"`
+	HeapIdle   int64   `json:"gateway_heap_idle_bytes"`
+
+	StormWorkers        int     `json:"storm_workers"`
+	FullPerS            float64 `json:"handshakes_full_per_s"`
+	ResumedPerS         float64 `json:"handshakes_resumed_per_s"`
+	ResumedShare        float64 `json:"resumed_share"` // of the resumed storm's handshakes that did resume
+	FullCPUus           float64 `json:"gateway_cpu_us_per_full_handshake"`
+	ResumedCPUus        float64 `json:"gateway_cpu_us_per_resumed_handshake"`
+	StormFailed         uint64  `json:"storm_failed"`
+	StormError          string  `json:"storm_first_error,omitempty"`
+	Baseline            float64 `json:"baseline_mochi_msgs_per_s"` // bare mochi with TLS, no checks, one hop
+	BaselineDevs        int     `json:"baseline_devices"`          // fewer than devices when both ends would exceed the open file limit
+	BaselineUndelivered uint64  `json:"baseline_undelivered"`      // dropped by mochi on the way to the subscriber
+	VsBaseline          float64 `json:"validated_vs_baseline"`
+	BaselineCPU         float64 `json:"baseline_cpu_share"`
+	ElapsedSeconds      float64 `json:"elapsed_s"`
+}
+
+// run is the state of one harness run.
+type run struct {
+	cfg      Config
+	dir      string
+	devs     []*Identity
+	status   atomic.Pointer[func() string]
+	res      Result
+	gw       *GatewayProc
+	cloud    *cloud.Broker
+	sub      *Subscriber
+	files    uint64 // open file limit
+	progress sync.WaitGroup
+}
+
+// Run measures everything of [Result] in one run. The phases, in order:
+// issue certificates; start the cloud broker in this process and the
+// gateway as a child; idle connections and the gateway's memory; the
+// reconnect storms; verify-only; the peak; the latency phase at half the
+// peak; the bare mochi baseline.
+func Run(ctx context.Context, cfg Config) (Result, error) {
+	cfg = cfg.Defaults()
+	if err := cfg.Validate(); err != nil {
+		return Result{}, err
+	}
+	start := time.Now()
+	r := &run{cfg: cfg, dir: cfg.Dir}
+	r.res = Result{NProc: runtime.NumCPU(), CPU: CPUModel(), Go: runtime.Version(), Devices: cfg.Devices,
+		Kinds: cfg.Kinds, Duration: cfg.Duration.Seconds(), Idle: cfg.Idle, StormWorkers: cfg.Workers,
+		RelayWindow: cfg.RelayWindow}
+	if r.dir == "" {
+		d, err := os.MkdirTemp("", "vitalgate-bench-")
+		if err != nil {
+			return r.res, fmt.Errorf("work directory: %w", err)
+		}
+		r.dir = d
+		defer os.RemoveAll(d)
+	}
+	stop := r.startProgress()
+	defer stop()
+	err := r.all(ctx)
+	r.res.ElapsedSeconds = round(time.Since(start).Seconds(), 1)
+	return r.res, err
+}
+
+func (r *run) setStatus(f func() string) { r.status.Store(&f) }
+
+func (r *run) startProgress() func() {
+	if r.cfg.Progress == nil {
+		return func() {}
+	}
+	done := make(chan struct{})
+	r.progress.Go(func() {
+		t := time.NewTicker(250 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				if f := r.status.Load(); f != nil {
+					r.cfg.Progress((*f)())
+				}
+			}
+		}
+	})
+	return func() { close(done); r.progress.Wait() }
+}
+
+func (r *run) phase(name string) {
+	t0 := time.Now()
+	r.setStatus(func() string { return fmt.Sprintf("%s %.0fs", name, time.Since(t0).Seconds()) })
+}
+
+func (r *run) all(ctx context.Context) (err error) {
+	cfg := r.cfg
+	if r.files, err = RaiseFileLimit(); err != nil {
+		return err
+	}
+	// PKI and device certificates.
+	r.phase("issuing certificates")
+	pkiDir := filepath.Join(r.dir, "pki")
+	if err := pki.Init(pkiDir, pki.InitOptions{Site: "site1", GatewayID: "gw1"}); err != nil && !errors.Is(err, pki.ErrExists) {
+		return fmt.Errorf("pki: %w", err)
+	}
+	n := max(cfg.Devices, cfg.Idle, cfg.Workers)
+	ids, err := pki.IssueDevices(pkiDir, n, "bench", pki.P256)
+	if err != nil {
+		return fmt.Errorf("issue devices: %w", err)
+	}
+	if r.devs, err = LoadIdentities(pkiDir, ids); err != nil {
+		return err
+	}
+	roots, err := pki.LoadPool(filepath.Join(pkiDir, pki.FileCA))
+	if err != nil {
+		return err
+	}
+
+	// The cloud broker, in this process, without persistence: the cloud's
+	// disk is not the gateway's cost.
+	r.phase("starting cloud and gateway")
+	cc := cloud.Default()
+	cc.PKI, cc.Listen, cc.Apps, cc.WS, cc.HTTP, cc.Data = pkiDir, "127.0.0.1:0", "127.0.0.1:0", "", "", ""
+	cc.MaxClients = 100
+	// mochi drops a QoS 1 delivery when the subscriber is max_inflight or
+	// max_writes_pending (default 1024) behind; the bench's app must see
+	// every message, so the cloud may buffer more.
+	cc.MaxInflight, cc.MaxWritesPending = 65535, 1<<16
+	if r.cloud, err = cloud.New(cc, slog.New(slog.NewTextHandler(io.Discard, nil))); err != nil {
+		return err
+	}
+	if err := r.cloud.Start(); err != nil {
+		return err
+	}
+	defer r.cloud.Close()
+
+	bin := cfg.GatewayBin
+	if bin == "" {
+		if bin, err = BuildGateway(ctx, r.dir); err != nil {
+			return err
+		}
+	}
+	if r.gw, err = StartGateway(ctx, bin, GatewayConfig{PKI: pkiDir, Data: filepath.Join(r.dir, "gateway"),
+		Cloud: "ssl://" + r.cloud.GatewayAddr(), MaxConnections: n + 1000, AcceptRate: 100_000, RatePerDevice: 100_000,
+		RelayWindow: cfg.RelayWindow}); err != nil {
+		return err
+	}
+	defer func() {
+		if e := r.gw.Stop(); e != nil && err == nil && !isSignalExit(e) {
+			err = fmt.Errorf("gateway exit: %w", e)
+		}
+	}()
+
+	// The clinician app at the cloud.
+	tok, err := pki.MintToken(pkiDir, "bench-app", []string{"site1"}, time.Hour)
+	if err != nil {
+		return err
+	}
+	appTLS, err := pki.ClientTLS(filepath.Join(pkiDir, pki.FileCA), "", "")
+	if err != nil {
+		return err
+	}
+	appTLS.ServerName = "localhost"
+	var fleetRef atomic.Pointer[Devices]
+	if r.sub, err = Subscribe(SubscriberConfig{URL: "ssl://" + r.cloud.AppsAddr(), TLS: appTLS, ClientID: "bench-app",
+		Username: "bench-app", Password: tok, Filter: "telemetry/site1/#",
+		Latency: func(id string, now time.Time) (time.Duration, bool) {
+			if d := fleetRef.Load(); d != nil {
+				return d.Latency(id, now)
+			}
+			return 0, false
+		}}); err != nil {
+		return err
+	}
+	defer r.sub.Close()
+
+	if cfg.Idle > 0 {
+		if err := r.memory(ctx, roots); err != nil {
+			return err
+		}
+	}
+	if cfg.Storm > 0 {
+		r.storms(ctx, roots)
+	}
+
+	// Verify-only on a sample of the fleet's messages.
+	r.phase("verify-only")
+	sampleDevs := r.devs[:min(cfg.Devices, 600)]
+	sample, err := PreSign(sampleDevs, cfg.Kinds, 4, 1_000_000, cfg.Seed)
+	if err != nil {
+		return err
+	}
+	if r.res.VerifyOnly, err = VerifyOnly(sampleDevs, sample, 0, 3*time.Second, 0); err != nil {
+		return err
+	}
+	r.res.VerifyOnly = round(r.res.VerifyOnly, 0)
+
+	// Peak: enough pre-signed messages to outlast the phase at the verify-only rate.
+	fleetDevs := r.devs[:cfg.Devices]
+	per := int(math.Ceil(r.res.VerifyOnly * 1.1 * cfg.Duration.Seconds() / float64(cfg.Devices)))
+	r.phase(fmt.Sprintf("signing %d messages", per*cfg.Devices))
+	peakMsgs, err := PreSign(fleetDevs, cfg.Kinds, per, 1, cfg.Seed)
+	if err != nil {
+		return err
+	}
+	devices, err := r.connect(ctx, r.gw.DeviceAddr(), roots, fleetDevs, "gateway")
+	if err != nil {
+		return err
+	}
+	fleetRef.Store(devices)
+	defer func() { devices.Close() }()
+	before := devices.Counts()
+	pk, err := r.drive(ctx, "peak", devices, peakMsgs, 0, r.sub.Count, r.gw.Pid(), nil)
+	if err != nil {
+		return err
+	}
+	after := devices.Counts()
+	r.res.Validated = round(pk.rate, 0)
+	r.res.Accepted = round(pk.acked, 0)
+	r.res.Undelivered += pk.undelivered
+	r.res.PeakRejected, r.res.PeakFailed = after.Rejected-before.Rejected, after.Failed-before.Failed
+	r.res.GatewayCPU, r.res.HarnessCPU = round(pk.childShare, 3), round(pk.selfShare, 3)
+	if r.res.VerifyOnly > 0 {
+		r.res.Ratio = round(r.res.Validated/r.res.VerifyOnly, 3)
+	}
+	if pk.childShare > 0 {
+		perCore := pk.rate / (pk.childShare * float64(r.res.NProc))
+		r.res.PerGatewayCore = round(perCore, 0)
+		r.res.RatioPerCore = round(perCore/(r.res.VerifyOnly/float64(r.res.NProc)), 3)
+	}
+
+	// Latency at half the peak.
+	rate := cfg.Rate
+	if rate == 0 {
+		rate = pk.rate / 2
+	}
+	r.res.HalfRate = round(rate, 0)
+	per = int(math.Ceil(rate*cfg.Duration.Seconds()/float64(cfg.Devices))) + 1
+	r.phase(fmt.Sprintf("signing %d messages", per*cfg.Devices))
+	halfMsgs, err := PreSign(fleetDevs, cfg.Kinds, per, uint64(len(peakMsgs[0]))+1, cfg.Seed)
+	if err != nil {
+		return err
+	}
+	half, err := r.drive(ctx, "latency", devices, halfMsgs, rate, r.sub.Count, r.gw.Pid(), r.sub.Measure)
+	if err != nil {
+		return err
+	}
+	r.res.HalfAchieve = round(half.rate, 0)
+	r.res.Undelivered += half.undelivered
+	n2, p50, p99 := r.sub.Latencies().Summary()
+	r.res.Samples, r.res.P50, r.res.P99 = n2, ms(p50), ms(p99)
+	fleetRef.Store(nil)
+	devices.Close()
+
+	// The same fleet and messages through a bare mochi broker; it runs in
+	// this process, which then holds both ends of every connection.
+	nb := len(fleetDevs)
+	if limit := int(min(r.files, 1<<20)); 2*nb+1000 > limit {
+		nb = max(1, (limit-1000)/2)
+	}
+	r.res.BaselineDevs = nb
+	return r.baseline(ctx, roots, fleetDevs[:nb], peakMsgs[:nb])
+}
+
+func isSignalExit(err error) bool {
+	var ee interface{ ExitCode() int }
+	return errors.As(err, &ee) && ee.ExitCode() == -1
+}

@@ -1,0 +1,454 @@
+package cloud
+
+import (
+	"crypto"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/vitalgate/vitalgate/internal/pki"
+)
+
+// Kinds of client, as metrics and logs name them.
+const (
+	kindGateway = "gateway"
+	kindApp     = "app"
+)
+
+// maxTokenLen bounds the JWT read from the password field.
+const maxTokenLen = 8 << 10
+
+// identity is what the broker knows of an authenticated connection.
+type identity struct {
+	kind  string
+	name  string // gateway ID or token subject
+	site  string // gateway's site
+	sites map[string]bool
+	exp   time.Time // apps: token expiry
+}
+
+// owner is stored in the session's username (which mochi persists), so that a
+// client ID, and the queue of its persistent session, cannot be taken over by
+// another principal, also after a restart.
+func (id *identity) owner() string {
+	if id.kind == kindGateway {
+		return "gateway:" + id.site + "/" + id.name
+	}
+	return "app:" + id.name
+}
+
+// AppClaims are the claims of an app token (DESIGN.md section 6): the
+// subject, the sites the app may read, and the registered claims (iss, aud,
+// exp, iat).
+type AppClaims struct {
+	Sites []string `json:"sites"`
+	jwt.RegisteredClaims
+}
+
+// authHook is the broker's one mochi hook: it authenticates every CONNECT and
+// checks every publish, subscription and delivery. mochi ORs
+// OnConnectAuthenticate and OnACLCheck across hooks, so no other hook may
+// provide them.
+type authHook struct {
+	mqtt.HookBase
+	b      *Broker
+	parser *jwt.Parser
+	key    crypto.PublicKey
+	gwCAs  *x509.CertPool
+
+	mu  sync.RWMutex
+	ids map[*mqtt.Client]*identity
+}
+
+func newAuthHook(b *Broker, key crypto.PublicKey, gwCAs *x509.CertPool) *authHook {
+	return &authHook{
+		b:   b,
+		key: key,
+		parser: jwt.NewParser(
+			jwt.WithValidMethods([]string{"ES256", "EdDSA"}),
+			jwt.WithIssuer(pki.TokenIssuer),
+			jwt.WithAudience(pki.TokenAudience),
+			jwt.WithExpirationRequired(),
+			jwt.WithIssuedAt(),
+			jwt.WithLeeway(30*time.Second),
+		),
+		gwCAs: gwCAs,
+		ids:   map[*mqtt.Client]*identity{},
+	}
+}
+
+// ID names the hook in mochi's logs.
+func (h *authHook) ID() string { return "vitalgate-auth" }
+
+// Provides lists the events the hook handles.
+func (h *authHook) Provides(b byte) bool {
+	switch b {
+	case mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnSessionEstablish,
+		mqtt.OnSessionEstablished, mqtt.OnDisconnect:
+		return true
+	}
+	return false
+}
+
+func (h *authHook) get(cl *mqtt.Client) *identity {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return h.ids[cl]
+}
+
+// refuse counts and logs a refused CONNECT. It never logs the token.
+func (h *authHook) refuse(cl *mqtt.Client, kind, reason, detail string, attrs ...any) bool {
+	h.b.m.authFailures.WithLabelValues(kind, reason).Inc()
+	args := append([]any{"kind", kind, "reason", reason, "detail", detail, "client", cl.ID,
+		"remote", cl.Net.Remote, "listener", cl.Net.Listener}, attrs...)
+	h.b.log.Warn("connect refused", args...)
+	return false
+}
+
+// OnConnectAuthenticate admits a gateway by its client certificate and an app
+// by its token. It runs after the TLS handshake, before CONNACK.
+func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
+	var id *identity
+	switch cl.Net.Listener {
+	case listenerGateways:
+		id = h.authGateway(cl)
+	case listenerApps, listenerWS:
+		id = h.authApp(cl, pk)
+	default:
+		return h.refuse(cl, "unknown", "listener", "no authentication for this listener")
+	}
+	if id == nil {
+		return false
+	}
+	// A client ID belongs to the principal that created its session.
+	if prev, ok := h.b.srv.Clients.Get(cl.ID); ok {
+		if owner := string(prev.Properties.Username); owner != "" && owner != id.owner() && id.kind != kindGateway {
+			return h.refuse(cl, id.kind, "client_id_in_use", "client ID belongs to another principal", "owner", owner)
+		}
+	}
+	cl.Properties.Username = []byte(id.owner())
+	h.mu.Lock()
+	h.ids[cl] = id
+	h.mu.Unlock()
+	return true
+}
+
+func (h *authHook) authGateway(cl *mqtt.Client) *identity {
+	tc, ok := cl.Net.Conn.(*tls.Conn)
+	if !ok {
+		h.refuse(cl, kindGateway, "no_tls", "not a TLS connection")
+		return nil
+	}
+	certs := tc.ConnectionState().PeerCertificates
+	if len(certs) == 0 {
+		h.refuse(cl, kindGateway, "no_cert", "no client certificate")
+		return nil
+	}
+	site, gw := pki.ParseSiteAndID(certs[0])
+	if !validName(site) || !validName(gw) {
+		h.refuse(cl, kindGateway, "bad_cert", "certificate lacks a valid site (OU) or gateway ID (CN)")
+		return nil
+	}
+	if cl.ID != gw {
+		h.refuse(cl, kindGateway, "client_id", "client ID is not the certificate's gateway ID", "gateway", gw)
+		return nil
+	}
+	id := &identity{kind: kindGateway, name: gw, site: site}
+	if cl.Properties.Will.Flag != 0 && !gatewayMayPublish(id, cl.Properties.Will.TopicName) {
+		h.refuse(cl, kindGateway, "will_topic", "will topic outside the gateway's own prefixes", "gateway", gw)
+		return nil
+	}
+	return id
+}
+
+func (h *authHook) authApp(cl *mqtt.Client, pk packets.Packet) *identity {
+	tok := pk.Connect.Password
+	if len(tok) == 0 {
+		h.refuse(cl, kindApp, "no_token", "no token in the password field")
+		return nil
+	}
+	if len(tok) > maxTokenLen {
+		h.refuse(cl, kindApp, "malformed", "token too long")
+		return nil
+	}
+	var c AppClaims
+	_, err := h.parser.ParseWithClaims(string(tok), &c, func(*jwt.Token) (any, error) { return h.key, nil })
+	if err != nil {
+		reason := tokenReason(err)
+		h.refuse(cl, kindApp, reason, flatTokenError(reason))
+		return nil
+	}
+	if !validSubject(c.Subject) {
+		h.refuse(cl, kindApp, "bad_claims", "sub missing or invalid")
+		return nil
+	}
+	sites := map[string]bool{}
+	for _, s := range c.Sites {
+		if !validName(s) {
+			h.refuse(cl, kindApp, "bad_claims", "invalid site in sites", "sub", c.Subject)
+			return nil
+		}
+		sites[s] = true
+	}
+	if len(sites) == 0 {
+		h.refuse(cl, kindApp, "bad_claims", "no sites", "sub", c.Subject)
+		return nil
+	}
+	if cl.Properties.Will.Flag != 0 {
+		h.refuse(cl, kindApp, "will", "apps may not publish, not even a will", "sub", c.Subject)
+		return nil
+	}
+	return &identity{kind: kindApp, name: c.Subject, sites: sites, exp: c.ExpiresAt.Time}
+}
+
+// tokenReason maps a JWT error to a metric label.
+func tokenReason(err error) string {
+	switch {
+	case errors.Is(err, jwt.ErrTokenMalformed):
+		return "malformed"
+	case errors.Is(err, jwt.ErrTokenExpired):
+		return "expired"
+	case errors.Is(err, jwt.ErrTokenRequiredClaimMissing):
+		return "missing_claim"
+	case errors.Is(err, jwt.ErrTokenInvalidAudience):
+		return "audience"
+	case errors.Is(err, jwt.ErrTokenInvalidIssuer):
+		return "issuer"
+	case errors.Is(err, jwt.ErrTokenNotValidYet), errors.Is(err, jwt.ErrTokenUsedBeforeIssued):
+		return "not_yet_valid"
+	case errors.Is(err, jwt.ErrTokenSignatureInvalid), errors.Is(err, jwt.ErrTokenUnverifiable):
+		return "bad_signature"
+	}
+	return "invalid"
+}
+
+// flatTokenError is the log detail of a token reason: flat, no token bytes.
+func flatTokenError(reason string) string {
+	switch reason {
+	case "malformed":
+		return "token is not a JWT"
+	case "expired":
+		return "token expired"
+	case "missing_claim":
+		return "token lacks a required claim (exp)"
+	case "audience":
+		return "token audience is not " + pki.TokenAudience
+	case "issuer":
+		return "token issuer is not " + pki.TokenIssuer
+	case "not_yet_valid":
+		return "token not valid yet"
+	case "bad_signature":
+		return "token signature or algorithm refused (ES256/EdDSA with app-token key only)"
+	}
+	return "token invalid"
+}
+
+// OnSessionEstablish runs before mochi hands an existing session to the new
+// connection: the app's current token decides what of the old session it may
+// keep, so a token with fewer sites does not inherit other sites' queue.
+func (h *authHook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
+	id := h.get(cl)
+	if id == nil || id.kind != kindApp {
+		return
+	}
+	prev, ok := h.b.srv.Clients.Get(cl.ID)
+	if !ok || prev == cl {
+		return
+	}
+	for filter := range prev.State.Subscriptions.GetAll() {
+		if !appMayRead(id, filter) {
+			h.b.srv.Topics.Unsubscribe(filter, prev.ID)
+			prev.State.Subscriptions.Delete(filter)
+			if h.b.store != nil {
+				h.b.store.OnUnsubscribed(prev, packets.Packet{Filters: packets.Subscriptions{{Filter: filter}}})
+			}
+		}
+	}
+	for _, m := range prev.State.Inflight.GetAll(false) {
+		if m.FixedHeader.Type == packets.Publish && !appMayRead(id, m.TopicName) {
+			if prev.State.Inflight.Delete(m.PacketID) {
+				if h.b.store != nil {
+					h.b.store.OnQosDropped(prev, m)
+				}
+			}
+		}
+	}
+}
+
+// OnSessionEstablished counts the connection.
+func (h *authHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
+	if id := h.get(cl); id != nil {
+		h.b.m.connections.WithLabelValues(id.kind).Inc()
+		h.b.log.Info("connected", "kind", id.kind, "name", id.name, "site", id.site, "client", cl.ID, "remote", cl.Net.Remote)
+	}
+}
+
+// OnDisconnect forgets the connection's identity. Sessions restored from the
+// store also pass here, without an identity.
+func (h *authHook) OnDisconnect(cl *mqtt.Client, err error, _ bool) {
+	h.mu.Lock()
+	id, ok := h.ids[cl]
+	delete(h.ids, cl)
+	h.mu.Unlock()
+	if ok {
+		h.b.m.connections.WithLabelValues(id.kind).Dec()
+		h.b.log.Info("disconnected", "kind", id.kind, "name", id.name, "client", cl.ID, "error", err)
+	}
+}
+
+// OnACLCheck decides publishes (write) and subscriptions and deliveries
+// (!write; topic is then a filter or a topic name).
+func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	id := h.get(cl)
+	if id == nil {
+		// A disconnected persistent session (or one restored from the store)
+		// queues deliveries for subscriptions checked when they were made;
+		// the next CONNECT's token prunes them (OnSessionEstablish).
+		return !write && cl.Closed() && cl.Net.Listener != listenerGateways
+	}
+	var ok bool
+	action := "subscribe"
+	switch {
+	case write && id.kind == kindGateway:
+		ok, action = gatewayMayPublish(id, topic), "publish"
+	case write:
+		ok, action = false, "publish"
+	case id.kind == kindApp:
+		ok = appMayRead(id, topic) && time.Now().Before(id.exp)
+	}
+	if !ok {
+		h.b.m.aclDenied.WithLabelValues(id.kind, action).Inc()
+		h.b.log.Warn("acl denied", "kind", id.kind, "name", id.name, "action", action, "topic", topic, "client", cl.ID)
+	}
+	return ok
+}
+
+// Top-level topic prefixes of DESIGN.md section 5.
+var prefixes = map[string]bool{"telemetry": true, "security": true, "gateways": true}
+
+// gatewayMayPublish: telemetry/{site}/..., security/{site}/{gw}[/...] and
+// gateways/{site}/{gw}/... for the certificate's site and gateway ID. The
+// gateway ID level is checked too, so one gateway cannot speak for another
+// of its site (its status or its security events).
+func gatewayMayPublish(id *identity, topic string) bool {
+	lv := strings.Split(topic, "/")
+	if len(lv) < 3 || !prefixes[lv[0]] || lv[1] != id.site {
+		return false
+	}
+	for _, l := range lv {
+		if l == "" || strings.ContainsAny(l, "+#") {
+			return false
+		}
+	}
+	if lv[0] == "telemetry" {
+		return true
+	}
+	return lv[2] == id.name
+}
+
+// appMayRead: a filter or topic under telemetry/, security/ or gateways/ of a
+// site in the token, both first levels literal (so `#`, `+/...` and
+// `telemetry/+/...` are refused). A shared subscription is judged by the
+// filter after `$share/{group}/`.
+func appMayRead(id *identity, filter string) bool {
+	if rest, ok := strings.CutPrefix(filter, "$share/"); ok {
+		_, f, found := strings.Cut(rest, "/")
+		if !found {
+			return false
+		}
+		filter = f
+	}
+	lv := strings.SplitN(filter, "/", 3)
+	if len(lv) < 2 || !prefixes[lv[0]] {
+		return false
+	}
+	return id.sites[lv[1]]
+}
+
+// validName: the character set of IDs (DESIGN.md section 2), which also
+// keeps MQTT wildcards and level separators out of sites and gateway IDs.
+func validName(s string) bool {
+	if len(s) == 0 || len(s) > 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// validSubject: a token subject of 1..256 printable characters.
+func validSubject(s string) bool {
+	if len(s) == 0 || len(s) > 256 {
+		return false
+	}
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// expireTokens disconnects apps whose token has expired.
+func (h *authHook) expireTokens(now time.Time) {
+	var late []*mqtt.Client
+	h.mu.RLock()
+	for cl, id := range h.ids {
+		if id.kind == kindApp && !now.Before(id.exp) {
+			late = append(late, cl)
+		}
+	}
+	h.mu.RUnlock()
+	for _, cl := range late {
+		h.b.log.Info("token expired: disconnecting", "client", cl.ID, "name", h.nameOf(cl))
+		_ = h.b.srv.DisconnectClient(cl, packets.ErrNotAuthorized)
+	}
+}
+
+func (h *authHook) nameOf(cl *mqtt.Client) string {
+	if id := h.get(cl); id != nil {
+		return id.name
+	}
+	return ""
+}
+
+// verifyGatewayCert is the gateway listener's VerifyConnection: the chain
+// must lead to gateway-ca.crt and allow client authentication. Failures are
+// counted and logged (the TLS stack alone would only close the socket).
+func (h *authHook) verifyGatewayCert(cs tls.ConnectionState, remote string) error {
+	if len(cs.PeerCertificates) == 0 {
+		h.tlsRefused(remote, "no_cert", "no client certificate")
+		return errors.New("client certificate required")
+	}
+	inter := x509.NewCertPool()
+	for _, c := range cs.PeerCertificates[1:] {
+		inter.AddCert(c)
+	}
+	_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{
+		Roots:         h.gwCAs,
+		Intermediates: inter,
+		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	})
+	if err != nil {
+		h.tlsRefused(remote, "untrusted_cert", fmt.Sprintf("certificate %q does not chain to the gateway CA", cs.PeerCertificates[0].Subject.CommonName))
+		return errors.New("client certificate not issued by the gateway CA")
+	}
+	return nil
+}
+
+func (h *authHook) tlsRefused(remote, reason, detail string) {
+	h.b.m.authFailures.WithLabelValues(kindGateway, reason).Inc()
+	h.b.log.Warn("gateway handshake refused", "reason", reason, "detail", detail, "remote", remote)
+}

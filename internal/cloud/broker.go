@@ -1,0 +1,326 @@
+// Package cloud is the cloud-side MQTT broker of DESIGN.md section 6, built on
+// mochi-mqtt: gateways connect with mutual TLS and publish under their own
+// site; clinicians' apps connect over TLS or WebSocket+TLS with a JWT as the
+// MQTT password and may only subscribe to the sites of their token.
+//
+// # Use
+//
+// The `broker` program runs it; the gateway embeds it when no cloud is
+// configured:
+//
+//	b, err := cloud.New(cfg, log) // cfg from cloud.Default(), checked by cfg.Validate()
+//	err = b.Start()               // binds every listener, loads the store
+//	defer b.Close()
+//
+// # Trust
+//
+// One mochi hook ([mqtt.HookBase] embedded, declaring Provides) authenticates
+// every CONNECT and decides every publish, subscription and delivery; no
+// other hook provides authentication, since mochi ORs them together.
+//
+// # Persistence
+//
+// With [Config.Data] set, sessions, subscriptions, in-flight QoS 1 messages
+// and retained messages are kept in mochi's pebble store (not bolt, which
+// loses in-flight packet IDs) and survive a restart. Per-session queues are
+// bounded by [Config.MaxInflight] and [Config.SessionExpiry].
+//
+// The payload gateways publish is a [Message].
+package cloud
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	pebbledb "github.com/cockroachdb/pebble"
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/hooks/storage/pebble"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/vitalgate/vitalgate/internal/listen"
+	"github.com/vitalgate/vitalgate/internal/pki"
+)
+
+// Broker is the cloud broker. Create it with [New], run it with
+// [Broker.Start], stop it with [Broker.Close].
+type Broker struct {
+	cfg   Config
+	log   *slog.Logger
+	m     *metrics
+	srv   *mqtt.Server
+	hook  *authHook
+	store *pebble.Hook // nil without Config.Data
+
+	gwTLS, appTLS *tls.Config
+	gw, apps      *tlsListener
+	ws            *wsListener
+	httpLn        net.Listener
+	httpSrv       *http.Server
+
+	started   atomic.Bool
+	ready     atomic.Bool
+	done      chan struct{}
+	wg        sync.WaitGroup
+	startOnce sync.Once
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// New checks cfg and loads the PKI material: broker.crt and broker.key (the
+// TLS server identity), gateway-ca.crt (the only issuer of gateway client
+// certificates) and app-token.pub (the key that signs app tokens). Nothing is
+// bound until [Broker.Start].
+func New(cfg Config, log *slog.Logger) (*Broker, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("cloud config: %w", err)
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	b := &Broker{cfg: cfg, log: log.With("component", "cloud"), done: make(chan struct{})}
+	b.m = newMetrics(func() *mqtt.Server { return b.srv })
+
+	// The server certificate is reloaded when its files change.
+	appTLS, err := pki.ServerTLS(filepath.Join(cfg.PKI, pki.FileBroker), filepath.Join(cfg.PKI, pki.FileBrokerKey), nil, nil)
+	if err != nil {
+		return nil, fmt.Errorf("load broker certificate: %w", err)
+	}
+	gwCAs, err := pki.LoadPool(filepath.Join(cfg.PKI, pki.FileGatewayCA))
+	if err != nil {
+		return nil, fmt.Errorf("load gateway CA: %w", err)
+	}
+	key, err := pki.LoadTokenKey(filepath.Join(cfg.PKI, pki.FileAppTokenPub))
+	if err != nil {
+		return nil, fmt.Errorf("load app token key: %w", err)
+	}
+	b.hook = newAuthHook(b, key, gwCAs)
+
+	b.appTLS = appTLS
+	// The gateways' chain is checked by VerifyConnection (against
+	// gateway-ca.crt only, client-auth usage), which also counts and logs
+	// refusals; ClientCAs is sent as the list of acceptable issuers.
+	base := appTLS.Clone()
+	base.ClientAuth = tls.RequireAnyClientCert
+	base.ClientCAs = gwCAs
+	b.gwTLS = base.Clone()
+	b.gwTLS.GetConfigForClient = func(hi *tls.ClientHelloInfo) (*tls.Config, error) {
+		c := base.Clone()
+		remote := ""
+		if hi.Conn != nil {
+			remote = hi.Conn.RemoteAddr().String()
+		}
+		c.VerifyConnection = func(cs tls.ConnectionState) error { return b.hook.verifyGatewayCert(cs, remote) }
+		return c, nil
+	}
+	return b, nil
+}
+
+// Start opens the store, binds every listener and serves. Calling it twice,
+// or after Close, is an error.
+func (b *Broker) Start() error {
+	err := errors.New("cloud broker already started")
+	b.startOnce.Do(func() { err = b.start() })
+	return err
+}
+
+func (b *Broker) start() error {
+	select {
+	case <-b.done:
+		return errors.New("cloud broker closed")
+	default:
+	}
+	caps := mqtt.NewDefaultServerCapabilities()
+	caps.MaximumPacketSize = uint32(b.cfg.MaxPacket)
+	caps.MaximumInflight = uint16(b.cfg.MaxInflight)
+	caps.MaximumClientWritesPending = int32(b.cfg.MaxWritesPending)
+	caps.MaximumClients = int64(b.cfg.MaxClients)
+	caps.MaximumSessionExpiryInterval = uint32(b.cfg.SessionExpiry / time.Second)
+	caps.MaximumMessageExpiryInterval = int64(b.cfg.MessageExpiry / time.Second)
+	caps.MaximumQos = 1
+	b.srv = mqtt.New(&mqtt.Options{
+		Capabilities:           caps,
+		Logger:                 b.log.With("component", "mochi"),
+		SysTopicResendInterval: 60,
+	})
+	fail := func(err error) error {
+		_ = b.srv.Close()
+		if b.httpLn != nil {
+			_ = b.httpLn.Close()
+		}
+		return err
+	}
+	if err := b.srv.AddHook(b.hook, nil); err != nil {
+		return fail(fmt.Errorf("add auth hook: %w", err))
+	}
+	if b.cfg.Data != "" {
+		if err := os.MkdirAll(b.cfg.Data, 0o700); err != nil {
+			return fail(fmt.Errorf("create data dir: %w", err))
+		}
+		mode := pebble.NoSync
+		if b.cfg.SyncWrites {
+			mode = pebble.Sync
+		}
+		b.store = new(pebble.Hook)
+		err := b.srv.AddHook(b.store, &pebble.Options{
+			Path:    filepath.Join(b.cfg.Data, "pebble"),
+			Mode:    mode,
+			Options: &pebbledb.Options{Logger: pebbleLogger{b.log}},
+		})
+		if err != nil {
+			b.store = nil
+			return fail(fmt.Errorf("open store in %s: %w", b.cfg.Data, err))
+		}
+	}
+	b.gw = &tlsListener{id: listenerGateways, address: b.cfg.Listen, tls: b.gwTLS, deadline: b.cfg.ConnectTimeout, gate: listen.NewGate(b.srv)}
+	if err := b.srv.AddListener(b.gw); err != nil {
+		return fail(fmt.Errorf("listen for gateways on %s: %w", b.cfg.Listen, err))
+	}
+	if b.cfg.Apps != "" {
+		b.apps = &tlsListener{id: listenerApps, address: b.cfg.Apps, tls: b.appTLS, deadline: b.cfg.ConnectTimeout, gate: listen.NewGate(b.srv)}
+		if err := b.srv.AddListener(b.apps); err != nil {
+			return fail(fmt.Errorf("listen for apps on %s: %w", b.cfg.Apps, err))
+		}
+	}
+	if b.cfg.WS != "" {
+		b.ws = &wsListener{id: listenerWS, address: b.cfg.WS, tls: b.appTLS, deadline: b.cfg.ConnectTimeout, gate: listen.NewGate(b.srv),
+			maxMsg: int64(2*b.cfg.MaxPacket + 4096)}
+		if err := b.srv.AddListener(b.ws); err != nil {
+			return fail(fmt.Errorf("listen for apps (websocket) on %s: %w", b.cfg.WS, err))
+		}
+	}
+	if b.cfg.HTTP != "" {
+		ln, err := net.Listen("tcp", b.cfg.HTTP)
+		if err != nil {
+			return fail(fmt.Errorf("listen for http on %s: %w", b.cfg.HTTP, err))
+		}
+		b.httpLn = ln
+	}
+	if err := b.srv.Serve(); err != nil {
+		return fail(fmt.Errorf("serve: %w", err))
+	}
+	b.started.Store(true)
+	if b.httpLn != nil {
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(b.m.reg, promhttp.HandlerOpts{}))
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+		mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+			if !b.ready.Load() {
+				http.Error(w, "not ready", http.StatusServiceUnavailable)
+				return
+			}
+			fmt.Fprintln(w, "ready")
+		})
+		b.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		b.goroutine(func() {
+			if err := b.httpSrv.Serve(b.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				b.log.Error("http server failed", "error", err)
+			}
+		})
+	}
+	b.goroutine(func() {
+		t := time.NewTicker(2 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-b.done:
+				return
+			case now := <-t.C:
+				b.hook.expireTokens(now)
+			}
+		}
+	})
+	b.ready.Store(true)
+	b.log.Info("cloud broker started", "gateways", b.GatewayAddr(), "apps", b.AppsAddr(), "ws", b.WSAddr(),
+		"http", b.HTTPAddr(), "data", b.cfg.Data)
+	return nil
+}
+
+// goroutine runs f tied to the broker's WaitGroup.
+func (b *Broker) goroutine(f func()) {
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		f()
+	}()
+}
+
+// GatewayAddr is the bound address of the gateways' listener.
+func (b *Broker) GatewayAddr() string {
+	if b.gw != nil {
+		return b.gw.Address()
+	}
+	return b.cfg.Listen
+}
+
+// AppsAddr is the bound address of the apps' TLS listener ("" when off).
+func (b *Broker) AppsAddr() string {
+	if b.apps != nil {
+		return b.apps.Address()
+	}
+	return b.cfg.Apps
+}
+
+// WSAddr is the bound address of the apps' WebSocket+TLS listener ("" when
+// off); apps connect to wss://WSAddr/.
+func (b *Broker) WSAddr() string {
+	if b.ws != nil {
+		return b.ws.Address()
+	}
+	return b.cfg.WS
+}
+
+// HTTPAddr is the bound address of /metrics, /healthz, /readyz ("" when off).
+func (b *Broker) HTTPAddr() string {
+	if b.httpLn != nil {
+		return b.httpLn.Addr().String()
+	}
+	return b.cfg.HTTP
+}
+
+// Ready reports whether the broker serves (false before Start and once Close
+// began).
+func (b *Broker) Ready() bool { return b.ready.Load() }
+
+// Close stops the broker: /readyz turns unready, listeners stop accepting,
+// clients are disconnected (gateways' wills are published), the store is
+// flushed and closed, then the HTTP server stops. It is safe to call twice.
+func (b *Broker) Close() error {
+	b.closeOnce.Do(func() {
+		b.ready.Store(false)
+		b.startOnce.Do(func() {}) // a later Start fails
+		close(b.done)
+		if b.started.Load() {
+			b.closeErr = b.srv.Close() // listeners, clients, then hooks (store)
+		}
+		if b.httpSrv != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_ = b.httpSrv.Shutdown(ctx)
+			cancel()
+		}
+		b.wg.Wait()
+		b.log.Info("cloud broker stopped")
+	})
+	return b.closeErr
+}
+
+// pebbleLogger sends pebble's chatter to debug and its fatal errors to error.
+type pebbleLogger struct{ log *slog.Logger }
+
+func (l pebbleLogger) Infof(format string, args ...any) {
+	l.log.Debug(fmt.Sprintf(format, args...), "component", "pebble")
+}
+
+func (l pebbleLogger) Fatalf(format string, args ...any) {
+	l.log.Error(fmt.Sprintf(format, args...), "component", "pebble")
+	os.Exit(1)
+}

@@ -1,0 +1,152 @@
+package cloud
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the cloud broker's configuration: the YAML file of `broker
+// --config`, overridden by flags. Start from [Default] and check with
+// [Config.Validate].
+type Config struct {
+	// PKI is the PKI directory of DESIGN.md section 9 (broker.crt, broker.key,
+	// gateway-ca.crt, app-token.pub are read from it).
+	PKI string `yaml:"pki"`
+	// Listen is the gateways' listener: MQTT over mutual TLS, client
+	// certificates from gateway-ca.crt only. The default port, 8893, leaves
+	// 8883 to a gateway's device listener on the same host.
+	Listen string `yaml:"listen"`
+	// Apps is the apps' MQTT over TLS listener (JWT password). Empty: off.
+	Apps string `yaml:"apps"`
+	// WS is the apps' MQTT over WebSocket+TLS listener. Empty: off.
+	WS string `yaml:"ws"`
+	// Data is the directory of the persistent store (sessions, in-flight
+	// QoS 1 messages, retained messages). Empty: nothing survives a restart.
+	Data string `yaml:"data"`
+	// HTTP serves /metrics, /healthz and /readyz. Empty: off.
+	HTTP string `yaml:"http"`
+
+	// MaxPacket is the largest MQTT packet accepted, in bytes (above the
+	// 64 KiB payload limit plus headers).
+	MaxPacket int `yaml:"max_packet"`
+	// MaxInflight bounds the QoS 1 messages held per session, including the
+	// queue of a disconnected persistent session.
+	MaxInflight int `yaml:"max_inflight"`
+	// MaxWritesPending bounds the packets queued for writing per connection.
+	MaxWritesPending int `yaml:"max_writes_pending"`
+	// MaxClients bounds the connected clients.
+	MaxClients int `yaml:"max_clients"`
+	// SessionExpiry is how long a disconnected persistent session (and its
+	// queue) is kept.
+	SessionExpiry time.Duration `yaml:"session_expiry"`
+	// MessageExpiry, when > 0, drops queued and retained messages older than
+	// this. 0 keeps them (bounded by MaxInflight and SessionExpiry); note that
+	// mochi applies it to retained messages too, so a gateway's retained
+	// `online` status would vanish after it.
+	MessageExpiry time.Duration `yaml:"message_expiry"`
+	// SyncWrites fsyncs every store write. Off, writes survive a process
+	// crash but not a power loss.
+	SyncWrites bool `yaml:"sync_writes"`
+	// ConnectTimeout is the time a new connection has to finish its TLS
+	// handshake and send CONNECT.
+	ConnectTimeout time.Duration `yaml:"connect_timeout"`
+}
+
+// Default returns a configuration that runs on a laptop: loopback listeners
+// on the ports of DESIGN.md and state under ./broker-data.
+func Default() Config {
+	return Config{
+		PKI:              "pki",
+		Listen:           "127.0.0.1:8893",
+		Apps:             "127.0.0.1:8884",
+		WS:               "127.0.0.1:8885",
+		Data:             "broker-data",
+		HTTP:             "127.0.0.1:8886",
+		MaxPacket:        160 << 10, // a cloud message carries the record twice (rec and sig)
+		MaxInflight:      1024,
+		MaxWritesPending: 1024,
+		MaxClients:       20000,
+		SessionExpiry:    7 * 24 * time.Hour,
+		ConnectTimeout:   10 * time.Second,
+	}
+}
+
+// LoadConfig reads a YAML file over base (usually [Default]). Unknown keys
+// are errors, so a misspelt setting is not silently ignored.
+func LoadConfig(path string, base Config) (Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return base, fmt.Errorf("read config: %w", err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	c := base
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) { // empty file: base
+		return base, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Validate reports every problem of c at once, each naming its field.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
+	}
+	if c.PKI == "" {
+		bad("pki", "required")
+	}
+	addrs := map[string]string{}
+	checkAddr := func(field, v string, required bool) {
+		if v == "" {
+			if required {
+				bad(field, "required")
+			}
+			return
+		}
+		_, port, err := net.SplitHostPort(v)
+		if err != nil {
+			bad(field, "%q is not host:port", v)
+			return
+		}
+		if port != "0" {
+			if other, dup := addrs[v]; dup {
+				bad(field, "%q is also %s", v, other)
+			}
+			addrs[v] = field
+		}
+	}
+	checkAddr("listen", c.Listen, true)
+	checkAddr("apps", c.Apps, false)
+	checkAddr("ws", c.WS, false)
+	checkAddr("http", c.HTTP, false)
+	if c.MaxPacket < 4<<10 || c.MaxPacket > 16<<20 {
+		bad("max_packet", "%d outside 4096..16777216", c.MaxPacket)
+	}
+	if c.MaxInflight < 1 || c.MaxInflight > 65535 {
+		bad("max_inflight", "%d outside 1..65535", c.MaxInflight)
+	}
+	if c.MaxWritesPending < 1 || c.MaxWritesPending > 1<<20 {
+		bad("max_writes_pending", "%d outside 1..1048576", c.MaxWritesPending)
+	}
+	if c.MaxClients < 1 {
+		bad("max_clients", "%d must be positive", c.MaxClients)
+	}
+	if c.SessionExpiry < time.Second || c.SessionExpiry > 365*24*time.Hour {
+		bad("session_expiry", "%s outside 1s..8760h", c.SessionExpiry)
+	}
+	if c.MessageExpiry < 0 {
+		bad("message_expiry", "%s is negative", c.MessageExpiry)
+	}
+	if c.ConnectTimeout < 100*time.Millisecond || c.ConnectTimeout > 5*time.Minute {
+		bad("connect_timeout", "%s outside 100ms..5m", c.ConnectTimeout)
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,247 @@
+package cloud
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/mochi-mqtt/server/v2/listeners"
+
+	"github.com/vitalgate/vitalgate/internal/listen"
+)
+
+// Listener IDs, as mochi reports them in cl.Net.Listener.
+const (
+	listenerGateways = "gateways"
+	listenerApps     = "apps"
+	listenerWS       = "ws"
+)
+
+// tlsListener is a mochi listener for MQTT over TLS. Unlike mochi's TCP
+// listener it gives each new connection a deadline for the handshake and
+// CONNECT (mochi sets none before CONNECT, so a silent peer would hold a
+// goroutine forever); mochi replaces the deadline with the keepalive after
+// CONNECT.
+type tlsListener struct {
+	id       string
+	address  string
+	tls      *tls.Config
+	deadline time.Duration
+	gate     *listen.Gate // counts connections into the server's ClientsWg
+	ln       net.Listener
+	end      atomic.Bool
+	log      *slog.Logger
+}
+
+var _ listeners.Listener = (*tlsListener)(nil)
+
+func (l *tlsListener) ID() string       { return l.id }
+func (l *tlsListener) Protocol() string { return "tls" }
+
+// Address is the bound address once Init has run (":0" resolved).
+func (l *tlsListener) Address() string {
+	if l.ln != nil {
+		return l.ln.Addr().String()
+	}
+	return l.address
+}
+
+// Init binds the address.
+func (l *tlsListener) Init(log *slog.Logger) error {
+	l.log = log
+	ln, err := net.Listen("tcp", l.address)
+	if err != nil {
+		return err
+	}
+	l.ln = tls.NewListener(ln, l.tls)
+	return nil
+}
+
+// Serve accepts connections until Close.
+func (l *tlsListener) Serve(establish listeners.EstablishFn) {
+	for {
+		conn, err := l.ln.Accept()
+		if err != nil {
+			if l.end.Load() {
+				return
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+			return
+		}
+		if l.end.Load() {
+			_ = conn.Close()
+			return
+		}
+		_ = conn.SetDeadline(time.Now().Add(l.deadline))
+		started := l.gate.Go(conn, func() {
+			if err := establish(l.id, conn); err != nil && !errors.Is(err, io.EOF) {
+				l.log.Debug("connection ended", "remote", conn.RemoteAddr().String(), "error", err)
+			}
+		})
+		if !started {
+			_ = conn.Close()
+			return
+		}
+	}
+}
+
+// Close stops accepting and disconnects this listener's clients.
+func (l *tlsListener) Close(listeners.CloseFn) {
+	if l.end.CompareAndSwap(false, true) {
+		if l.ln != nil {
+			_ = l.ln.Close()
+		}
+		l.gate.Close(l.id)
+	}
+}
+
+// wsListener is a mochi listener for MQTT over WebSocket over TLS. mochi's own
+// WebSocket listener binds only in Serve (so ":0" cannot be resolved and a
+// busy port is only logged); this one binds in Init, bounds the handshake
+// time and the WebSocket message size.
+type wsListener struct {
+	id        string
+	address   string
+	tls       *tls.Config
+	deadline  time.Duration
+	maxMsg    int64
+	ln        net.Listener
+	srv       *http.Server
+	upgrader  websocket.Upgrader
+	establish listeners.EstablishFn
+	gate      *listen.Gate
+	end       atomic.Bool
+	once      sync.Once
+	log       *slog.Logger
+}
+
+var _ listeners.Listener = (*wsListener)(nil)
+
+func (l *wsListener) ID() string       { return l.id }
+func (l *wsListener) Protocol() string { return "wss" }
+
+// Address is the bound address once Init has run.
+func (l *wsListener) Address() string {
+	if l.ln != nil {
+		return l.ln.Addr().String()
+	}
+	return l.address
+}
+
+// Init binds the address.
+func (l *wsListener) Init(log *slog.Logger) error {
+	l.log = log
+	ln, err := net.Listen("tcp", l.address)
+	if err != nil {
+		return err
+	}
+	l.ln = tls.NewListener(ln, l.tls)
+	l.upgrader = websocket.Upgrader{
+		Subprotocols:     []string{"mqtt"},
+		HandshakeTimeout: l.deadline,
+		// Apps authenticate with a JWT in CONNECT, not with cookies, so a
+		// cross-origin page gains nothing from a browser's ambient credentials.
+		CheckOrigin: func(*http.Request) bool { return true },
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", l.handle)
+	l.srv = &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: l.deadline,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+	return nil
+}
+
+func (l *wsListener) handle(w http.ResponseWriter, r *http.Request) {
+	c, err := l.upgrader.Upgrade(w, r, nil)
+	if err != nil {
+		return
+	}
+	defer c.Close()
+	c.SetReadLimit(l.maxMsg)
+	conn := &wsConn{Conn: c.UnderlyingConn(), c: c}
+	_ = conn.SetDeadline(time.Now().Add(l.deadline))
+	l.gate.Do(conn, func() {
+		if err := l.establish(l.id, conn); err != nil && !errors.Is(err, io.EOF) {
+			l.log.Debug("connection ended", "remote", r.RemoteAddr, "error", err)
+		}
+	})
+}
+
+// Serve serves WebSocket upgrades until Close.
+func (l *wsListener) Serve(establish listeners.EstablishFn) {
+	l.establish = establish
+	if err := l.srv.Serve(l.ln); err != nil && !errors.Is(err, http.ErrServerClosed) && !l.end.Load() {
+		l.log.Error("websocket listener failed", "error", err)
+	}
+}
+
+// Close stops the HTTP server and disconnects this listener's clients.
+func (l *wsListener) Close(listeners.CloseFn) {
+	if l.end.CompareAndSwap(false, true) {
+		if l.srv != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_ = l.srv.Shutdown(ctx)
+			cancel()
+		} else if l.ln != nil {
+			_ = l.ln.Close()
+		}
+		l.gate.Close(l.id)
+	}
+}
+
+// wsConn presents a WebSocket as the byte stream mochi reads MQTT from
+// (binary messages only).
+type wsConn struct {
+	net.Conn
+	c  *websocket.Conn
+	r  io.Reader
+	mu sync.Mutex // serialises writers
+}
+
+func (ws *wsConn) Read(p []byte) (int, error) {
+	for {
+		if ws.r == nil {
+			op, r, err := ws.c.NextReader()
+			if err != nil {
+				return 0, err
+			}
+			if op != websocket.BinaryMessage {
+				return 0, errors.New("websocket message not binary")
+			}
+			ws.r = r
+		}
+		n, err := ws.r.Read(p)
+		if errors.Is(err, io.EOF) {
+			ws.r = nil
+			if n == 0 {
+				continue
+			}
+			err = nil
+		}
+		return n, err
+	}
+}
+
+func (ws *wsConn) Write(p []byte) (int, error) {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	if err := ws.c.WriteMessage(websocket.BinaryMessage, p); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}

@@ -1,0 +1,73 @@
+package cloud
+
+import (
+	"sync/atomic"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// metrics are the broker's Prometheus series, in a registry of its own so
+// that a gateway embedding the broker keeps its own registry clean.
+type metrics struct {
+	reg          *prometheus.Registry
+	connections  *prometheus.GaugeVec   // kind
+	authFailures *prometheus.CounterVec // kind, reason
+	aclDenied    *prometheus.CounterVec // kind, action
+}
+
+func newMetrics(info func() *mqtt.Server) *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		connections: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "vitalgate_cloud_connections", Help: "Authenticated connections by kind (gateway, app).",
+		}, []string{"kind"}),
+		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vitalgate_cloud_auth_failures_total", Help: "Refused TLS handshakes and CONNECTs by kind and reason.",
+		}, []string{"kind", "reason"}),
+		aclDenied: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vitalgate_cloud_acl_denied_total", Help: "Refused publishes and subscriptions by kind and action.",
+		}, []string{"kind", "action"}),
+	}
+	for _, k := range []string{kindGateway, kindApp} {
+		m.connections.WithLabelValues(k)
+	}
+	stat := func(f func(s *mqtt.Server) int64) func() float64 {
+		return func() float64 {
+			s := info()
+			if s == nil {
+				return 0
+			}
+			return float64(f(s))
+		}
+	}
+	m.reg.MustRegister(m.connections, m.authFailures, m.aclDenied,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "vitalgate_cloud_messages_in_total", Help: "PUBLISH packets received from clients.",
+		}, stat(func(s *mqtt.Server) int64 { return atomic.LoadInt64(&s.Info.MessagesReceived) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "vitalgate_cloud_messages_out_total", Help: "PUBLISH packets sent to clients.",
+		}, stat(func(s *mqtt.Server) int64 { return atomic.LoadInt64(&s.Info.MessagesSent) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "vitalgate_cloud_messages_dropped_total", Help: "Messages dropped because a client's write queue was full.",
+		}, stat(func(s *mqtt.Server) int64 { return atomic.LoadInt64(&s.Info.MessagesDropped) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "vitalgate_cloud_inflight_dropped_total", Help: "QoS 1 messages dropped because a session's queue was at max_inflight.",
+		}, stat(func(s *mqtt.Server) int64 { return atomic.LoadInt64(&s.Info.InflightDropped) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "vitalgate_cloud_retained", Help: "Retained messages held.",
+		}, stat(func(s *mqtt.Server) int64 { return atomic.LoadInt64(&s.Info.Retained) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "vitalgate_cloud_inflight", Help: "QoS 1 messages in flight or queued for sessions.",
+		}, stat(func(s *mqtt.Server) int64 { return atomic.LoadInt64(&s.Info.Inflight) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "vitalgate_cloud_subscriptions", Help: "Subscriptions held.",
+		}, stat(func(s *mqtt.Server) int64 { return atomic.LoadInt64(&s.Info.Subscriptions) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "vitalgate_cloud_clients_connected", Help: "Connected clients as mochi counts them.",
+		}, stat(func(s *mqtt.Server) int64 { return atomic.LoadInt64(&s.Info.ClientsConnected) })),
+	)
+	return m
+}

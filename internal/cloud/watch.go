@@ -1,0 +1,223 @@
+package cloud
+
+import (
+	"bytes"
+	"container/list"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/vitalgate/vitalgate/internal/envelope"
+	"github.com/vitalgate/vitalgate/internal/pki"
+	"github.com/vitalgate/vitalgate/internal/telemetry"
+)
+
+// Watcher is the reference consumer's logic (`broker watch`): it decodes
+// each cloud message, drops duplicates by ID, checks the device signature
+// end to end and renders a readable line. It is safe for concurrent use.
+type Watcher struct {
+	dir      string
+	deviceCA *x509.CertPool
+
+	mu    sync.Mutex
+	seen  *lru                          // message IDs
+	certs map[string]*envelope.Verifier // device ID -> verifier of a chained certificate
+}
+
+// NewWatcher reads device-ca.crt from the PKI directory dir and remembers up
+// to dedup message IDs (default 100000 when <= 0).
+func NewWatcher(dir string, dedup int) (*Watcher, error) {
+	pool, err := pki.LoadPool(filepath.Join(dir, pki.FileDeviceCA))
+	if err != nil {
+		return nil, fmt.Errorf("load device CA: %w", err)
+	}
+	if dedup <= 0 {
+		dedup = 100000
+	}
+	return &Watcher{dir: dir, deviceCA: pool, seen: newLRU(dedup), certs: map[string]*envelope.Verifier{}}, nil
+}
+
+// maxCachedVerifiers bounds the verifier cache.
+const maxCachedVerifiers = 100000
+
+// Status of a message's end-to-end signature check.
+const (
+	SigOK       = "sig ok"
+	SigNoCert   = "sig unchecked: no device certificate"
+	SigBad      = "SIG BAD"
+	SigMismatch = "SIG OK BUT REC DIFFERS"
+)
+
+// Seen is one decoded message and the outcome of its checks.
+type Seen struct {
+	Msg    *Message
+	Dup    bool
+	Status string // one of SigOK, SigNoCert, SigBad, SigMismatch
+	Detail string
+}
+
+// Handle processes one message received on topic.
+func (w *Watcher) Handle(topic string, payload []byte) (*Seen, error) {
+	m, err := DecodeMessage(payload)
+	if err != nil {
+		return nil, err
+	}
+	s := &Seen{Msg: m}
+	w.mu.Lock()
+	s.Dup = !w.seen.add(m.ID)
+	w.mu.Unlock()
+	if s.Dup {
+		return s, nil
+	}
+	if lv := strings.Split(topic, "/"); len(lv) == 4 && (lv[1] != m.Site || lv[2] != m.Rec.Dev || lv[3] != m.Rec.Kind) {
+		s.Status, s.Detail = SigMismatch, "topic does not match the message"
+		return s, nil
+	}
+	if m.ID != m.Rec.Dev+":"+strconv.FormatUint(m.Rec.Seq, 10) {
+		s.Status, s.Detail = SigMismatch, "id is not dev:seq"
+		return s, nil
+	}
+	v, err := w.verifier(m.Rec.Dev)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			s.Status = SigNoCert
+			return s, nil
+		}
+		s.Status, s.Detail = SigBad, err.Error()
+		return s, nil
+	}
+	signed, err := v.Verify(m.Sig)
+	if err != nil {
+		s.Status, s.Detail = SigBad, err.Error()
+		return s, nil
+	}
+	rec, err := telemetry.Decode(signed)
+	if err != nil {
+		s.Status, s.Detail = SigMismatch, "signed payload: "+err.Error()
+		return s, nil
+	}
+	a, err1 := telemetry.Encode(rec)
+	b, err2 := telemetry.Encode(&m.Rec)
+	if err1 != nil || err2 != nil || !bytes.Equal(a, b) {
+		s.Status, s.Detail = SigMismatch, "rec is not the signed record"
+		return s, nil
+	}
+	s.Status = SigOK
+	return s, nil
+}
+
+// verifier returns the verifier of device id from devices/{id}.crt, after
+// checking that the certificate chains to device-ca.crt.
+func (w *Watcher) verifier(id string) (*envelope.Verifier, error) {
+	if !pki.ValidDeviceID(id) {
+		return nil, fmt.Errorf("invalid device id %q", id)
+	}
+	w.mu.Lock()
+	v, ok := w.certs[id]
+	w.mu.Unlock()
+	if ok {
+		return v, nil
+	}
+	crt, _ := pki.DevicePaths(w.dir, id)
+	cert, err := pki.LoadCert(crt)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: w.deviceCA, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		return nil, fmt.Errorf("device certificate of %s does not chain to the device CA", id)
+	}
+	if cert.Subject.CommonName != id {
+		return nil, fmt.Errorf("device certificate CN %q is not %s", cert.Subject.CommonName, id)
+	}
+	v, err = envelope.NewVerifier(cert.PublicKey, id)
+	if err != nil {
+		return nil, err
+	}
+	w.mu.Lock()
+	if len(w.certs) >= maxCachedVerifiers {
+		clear(w.certs)
+	}
+	w.certs[id] = v
+	w.mu.Unlock()
+	return v, nil
+}
+
+// shortNames are the display names of the codes of DESIGN.md section 3.
+var shortNames = map[string]string{
+	"MDC_PULS_OXIM_SAT_O2":              "SpO2",
+	"MDC_PULS_OXIM_PULS_RATE":           "pulse",
+	"MDC_PRESS_BLD_NONINV_SYS":          "sys",
+	"MDC_PRESS_BLD_NONINV_DIA":          "dia",
+	"MDC_PRESS_BLD_NONINV_MEAN":         "mean",
+	"MDC_PULS_RATE_NON_INV":             "pulse",
+	"MDC_CONC_GLU_CAPILLARY_WHOLEBLOOD": "glucose",
+	"MDC_TEMP_BODY":                     "temp",
+	"MDC_MASS_BODY_ACTUAL":              "weight",
+	"MDC_ECG_ELEC_POTL_II":              "ECG-II",
+}
+
+// Line renders s as one readable line, e.g.
+// `12:00:01 site1 dev-00001 spo2 SpO2 97 % pulse 72 /min  [sig ok]`.
+// Times are shown in loc (time.Local when nil).
+func (s *Seen) Line(loc *time.Location) string {
+	if loc == nil {
+		loc = time.Local
+	}
+	m := s.Msg
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s %s %s %s", time.UnixMilli(m.Rec.TS).In(loc).Format("15:04:05"), m.Site, m.Rec.Dev, m.Rec.Kind)
+	for _, o := range m.Rec.Obs {
+		name := shortNames[o.Code]
+		if name == "" {
+			name = o.Code
+		}
+		if o.Val.IsWaveform() {
+			fmt.Fprintf(&b, " %s %d samples", name, len(o.Val.Samples))
+			if o.PeriodMS != nil {
+				fmt.Fprintf(&b, " @%dms", *o.PeriodMS)
+			}
+			fmt.Fprintf(&b, " %s", o.Unit)
+			continue
+		}
+		fmt.Fprintf(&b, " %s %s %s", name, strconv.FormatFloat(o.Val.Num, 'f', -1, 64), o.Unit)
+	}
+	if m.Rec.Bat != nil {
+		fmt.Fprintf(&b, " bat %d%%", *m.Rec.Bat)
+	}
+	fmt.Fprintf(&b, "  [%s", s.Status)
+	if s.Detail != "" {
+		fmt.Fprintf(&b, ": %s", s.Detail)
+	}
+	b.WriteString("]")
+	return b.String()
+}
+
+// lru is a bounded set of strings that forgets the least recently added.
+type lru struct {
+	max   int
+	order *list.List
+	idx   map[string]*list.Element
+}
+
+func newLRU(max int) *lru { return &lru{max: max, order: list.New(), idx: map[string]*list.Element{}} }
+
+// add reports whether k was new.
+func (l *lru) add(k string) bool {
+	if e, ok := l.idx[k]; ok {
+		l.order.MoveToFront(e)
+		return false
+	}
+	l.idx[k] = l.order.PushFront(k)
+	if l.order.Len() > l.max {
+		old := l.order.Back()
+		l.order.Remove(old)
+		delete(l.idx, old.Value.(string))
+	}
+	return true
+}

@@ -1,0 +1,563 @@
+package fleet
+
+import (
+	"context"
+	"crypto"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"time"
+
+	"github.com/vitalgate/vitalgate/internal/pki"
+)
+
+// entry is one message waiting in a device's buffer or in flight.
+type entry struct {
+	id       uint64 // order in the device's buffer
+	topic    string
+	payload  []byte
+	attack   bool // an attack message: its code is counted against the expected one
+	burst    bool // rate_limited burst
+	attempts int
+}
+
+// result is the answer to one publish.
+type result struct {
+	gen  uint64 // connection generation it was sent on
+	e    *entry
+	code byte
+	err  error
+	rtt  time.Duration
+}
+
+type connectResult struct {
+	c   client
+	err error
+}
+
+// runner drives one device: it owns all of its state; publishes and
+// connection attempts run in goroutines that report back on channels.
+type runner struct {
+	f        *fleet
+	id       string
+	dev      *Device // nil for a revoked-certificate attacker
+	key      crypto.Signer
+	tls      *tls.Config
+	v5       bool
+	rng      *rand.Rand
+	seqs     seqs
+	att      *attacker // nil unless this device attacks
+	attacks  int       // attack messages (rate_limited: rejections) in the current minute
+	minute   time.Time
+	bursting int // rate_limited: burst messages still to make
+
+	pending  []*entry
+	inflight map[uint64]*entry
+	nextID   uint64
+	cl       client
+	gen      uint64
+	failures int
+	lastOK   []byte // payload of the last accepted message
+	// olderOK was accepted before lastOK: what a replay attack resends (the
+	// gateway acknowledges a resend of lastOK itself as a lost-PUBACK retry).
+	olderOK []byte
+
+	results chan result
+	done    chan struct{} // closed when run returns
+}
+
+// newRunner loads device i's certificate and key and restores its seq.
+func (f *fleet) newRunner(i int, id string, ids []string, store *seqStore) (*runner, error) {
+	cfg := f.cfg
+	r, err := f.baseRunner(id, i)
+	if err != nil {
+		return nil, err
+	}
+	kind := cfg.Kinds[i%len(cfg.Kinds)]
+	if r.dev, err = NewDevice(id, kind, cfg.Seed); err != nil {
+		return nil, err
+	}
+	last, err := store.load(id)
+	if err != nil {
+		return nil, err
+	}
+	r.dev.SetSeq(last)
+	r.seqs = seqs{store: store, id: id, reserved: last}
+	if i < cfg.Attackers && cfg.Attack != AttackRevoked {
+		other := ids[(i+1)%len(ids)]
+		if other == id {
+			other = id + "-x"
+		}
+		if r.att, err = newAttacker(cfg.Attack, r.key, other); err != nil {
+			return nil, err
+		}
+	}
+	return r, nil
+}
+
+// newRevokedRunner is an attacker with a revoked certificate.
+func (f *fleet) newRevokedRunner(id string) (*runner, error) {
+	return f.baseRunner(id, -1)
+}
+
+func (f *fleet) baseRunner(id string, i int) (*runner, error) {
+	certFile, keyFile := pki.DevicePaths(f.cfg.PKI, id)
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("%w: device %s: %v", ErrCertificates, id, err)
+	}
+	key, ok := cert.PrivateKey.(crypto.Signer)
+	if !ok {
+		return nil, fmt.Errorf("device %s: key is not a signer", id)
+	}
+	tc := f.roots.Clone()
+	tc.Certificates = []tls.Certificate{cert}
+	// A session cache per device: a shared one would let a device resume
+	// another device's session, and so its identity.
+	tc.ClientSessionCache = tls.NewLRUClientSessionCache(1)
+	v5 := f.cfg.MQTT == MQTT5 || f.cfg.MQTT == MQTTMix && i%2 == 0
+	return &runner{
+		f:        f,
+		id:       id,
+		key:      key,
+		tls:      tc,
+		v5:       v5,
+		rng:      rand.New(rand.NewPCG(deviceSeed(f.cfg.Seed, id), 0x5eed)),
+		inflight: map[uint64]*entry{},
+		results:  make(chan result, f.cfg.Window),
+		done:     make(chan struct{}),
+	}, nil
+}
+
+func (r *runner) dialOptions() dialOptions {
+	return dialOptions{
+		addr:       r.f.cfg.Gateway,
+		tls:        r.tls,
+		clientID:   r.id,
+		v5:         r.v5,
+		timeout:    r.f.cfg.Timeout,
+		ackTimeout: r.f.cfg.AckTimeout,
+		keepAlive:  60,
+	}
+}
+
+// run is the device's life until ctx is done, or until stopGen is closed and
+// its buffer is empty.
+func (r *runner) run(ctx context.Context, stopGen <-chan struct{}) {
+	defer close(r.done)
+	switch {
+	case r.dev == nil:
+		r.runRevoked(ctx, stopGen)
+		return
+	case r.att != nil && r.att.mode == AttackFlood:
+		r.runFlood(ctx, stopGen)
+		return
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	cfg := r.f.cfg
+	interval := time.Duration(float64(time.Second) / cfg.Rate)
+	next := time.Now().Add(time.Duration(r.rng.Int64N(int64(interval) + 1))) // spread the fleet over one interval
+	tick := time.NewTimer(time.Until(next))
+	defer tick.Stop()
+	tickC := tick.C
+
+	connectCh := make(chan connectResult, 1)
+	connecting := true
+	r.connect(ctx, connectCh)
+	var retry *time.Timer
+	var retryC <-chan time.Time
+	generating := true
+
+	defer func() {
+		if retry != nil {
+			retry.Stop()
+		}
+		cancel()
+		if connecting {
+			if cr := <-connectCh; cr.c != nil {
+				cr.c.close()
+			}
+		}
+		r.disconnect()
+		n := int64(len(r.pending) + len(r.inflight))
+		r.f.ctr.buffered.Add(-n)
+	}()
+
+	for {
+		if !generating && len(r.pending) == 0 && len(r.inflight) == 0 && r.bursting == 0 {
+			return
+		}
+		var lost <-chan struct{}
+		if r.cl != nil {
+			lost = r.cl.lost()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-stopGen:
+			stopGen, tickC, generating, r.bursting = nil, nil, false, 0
+		case now := <-tickC:
+			if err := r.generate(now); err != nil {
+				r.f.log.Error("device stopped", "device", r.id, "err", err)
+				return
+			}
+			next = next.Add(interval)
+			if d := time.Until(next); d > 0 {
+				tick.Reset(d)
+			} else { // fell behind (slow machine): skip, do not burst
+				next = time.Now().Add(interval)
+				tick.Reset(interval)
+			}
+		case cr := <-connectCh:
+			connecting = false
+			if cr.err != nil {
+				r.countConnectError(cr.err)
+				r.failures++
+				retry = time.NewTimer(r.backoff())
+				retryC = retry.C
+				break
+			}
+			r.cl, r.failures = cr.c, 0
+			r.gen++
+			r.f.ctr.connects.Add(1)
+			r.f.ctr.connected.Add(1)
+		case <-lost:
+			r.f.log.Debug("connection lost", "device", r.id)
+			r.disconnect()
+			r.failures++
+			retry = time.NewTimer(r.backoff())
+			retryC = retry.C
+		case res := <-r.results:
+			r.handle(res)
+		case <-retryC:
+			retryC = nil
+			connecting = true
+			r.connect(ctx, connectCh)
+		}
+		r.pump(ctx)
+	}
+}
+
+// backoff is the wait before reconnect attempt n: exponential from 250 ms
+// to 30 s, with jitter of ±50 %.
+func (r *runner) backoff() time.Duration {
+	d := 250 * time.Millisecond << min(r.failures, 7)
+	d = min(d, 30*time.Second)
+	return time.Duration(float64(d) * (0.5 + r.rng.Float64()))
+}
+
+// connect dials in a goroutine, after the fleet's ramp admits it.
+func (r *runner) connect(ctx context.Context, ch chan<- connectResult) {
+	r.f.wg.Go(func() {
+		if err := r.f.limiter.Wait(ctx); err != nil {
+			ch <- connectResult{err: err}
+			return
+		}
+		c, err := dialClient(ctx, r.dialOptions())
+		ch <- connectResult{c: c, err: err}
+	})
+}
+
+func (r *runner) countConnectError(err error) {
+	if errors.Is(err, context.Canceled) {
+		return
+	}
+	c := &r.f.ctr
+	c.connectErrors.Add(1)
+	var ce *connectError
+	if errors.As(err, &ce) {
+		switch ce.stage {
+		case "tls":
+			c.tlsRefused.Add(1)
+		case "connack":
+			c.connacks[ce.code].Add(1)
+		}
+	}
+	r.f.log.Debug("connect failed", "device", r.id, "err", err)
+}
+
+// disconnect closes the connection and puts the messages in flight back at
+// the head of the buffer, in order, to be resent.
+func (r *runner) disconnect() {
+	if r.cl == nil {
+		return
+	}
+	r.cl.close()
+	r.cl = nil
+	r.f.ctr.connected.Add(-1)
+	back := make([]*entry, 0, len(r.inflight))
+	for _, e := range r.inflight {
+		back = append(back, e)
+	}
+	slices.SortFunc(back, func(a, b *entry) int { return int(a.id - b.id) })
+	clear(r.inflight)
+	r.pending = append(back, r.pending...)
+	r.trim()
+}
+
+// add appends a new message to the buffer.
+func (r *runner) add(e *entry) {
+	r.nextID++
+	e.id = r.nextID
+	r.pending = append(r.pending, e)
+	r.f.ctr.generated.Add(1)
+	r.f.ctr.buffered.Add(1)
+	r.trim()
+}
+
+// trim drops the oldest messages beyond the buffer's bound.
+func (r *runner) trim() {
+	if over := len(r.pending) + len(r.inflight) - r.f.cfg.Buffer; over > 0 {
+		over = min(over, len(r.pending))
+		clear(r.pending[:over])
+		r.pending = r.pending[over:]
+		r.f.ctr.dropped.Add(uint64(over))
+		r.f.ctr.buffered.Add(-int64(over))
+	}
+}
+
+// budgetLeft reports whether the device may send another attack message this
+// minute.
+func (r *runner) budgetLeft(now time.Time) bool {
+	if now.Sub(r.minute) >= time.Minute {
+		r.minute, r.attacks = now, 0
+	}
+	return r.attacks < r.f.cfg.AttackBudget
+}
+
+// generate makes this tick's message: a record, or an attack.
+func (r *runner) generate(now time.Time) error {
+	if r.att != nil && r.att.mode == AttackRateLimited {
+		if r.bursting == 0 && r.budgetLeft(now) {
+			r.bursting = 3 * 200 // above the gateway's default burst of 200; stops early on rejections
+		}
+	}
+	if err := r.seqs.ensure(r.dev.Seq() + 1); err != nil {
+		return err
+	}
+	rec := r.dev.NextAt(now)
+	e := &entry{topic: telemetryTopic(r.id)}
+	if r.att != nil && r.att.mode != AttackRateLimited && r.budgetLeft(now) {
+		topic, payload, ok, err := r.att.craft(r.id, r.key, rec, r.olderOK, now)
+		if err != nil {
+			return err
+		}
+		if ok {
+			r.attacks++
+			e.topic, e.payload, e.attack = topic, payload, true
+			r.add(e)
+			return nil
+		}
+	}
+	payload, err := SignRecord(r.key, r.id, &rec)
+	if err != nil {
+		return err
+	}
+	e.payload = payload
+	r.add(e)
+	return nil
+}
+
+// burstEntry makes one rate_limited burst message: a valid record sent at
+// once.
+func (r *runner) burstEntry() (*entry, error) {
+	if err := r.seqs.ensure(r.dev.Seq() + 1); err != nil {
+		return nil, err
+	}
+	rec := r.dev.NextAt(time.Now())
+	payload, err := SignRecord(r.key, r.id, &rec)
+	if err != nil {
+		return nil, err
+	}
+	return &entry{topic: telemetryTopic(r.id), payload: payload, attack: true, burst: true}, nil
+}
+
+// pump sends buffered messages while the window has room.
+func (r *runner) pump(ctx context.Context) {
+	for r.cl != nil && len(r.inflight) < r.f.cfg.Window {
+		var e *entry
+		switch {
+		case len(r.pending) > 0:
+			e = r.pending[0]
+			r.pending[0] = nil
+			r.pending = r.pending[1:]
+		case r.bursting > 0:
+			r.bursting--
+			b, err := r.burstEntry()
+			if err != nil {
+				r.f.log.Error("burst", "device", r.id, "err", err)
+				r.bursting = 0
+				continue
+			}
+			r.add(b)
+			continue
+		default:
+			return
+		}
+		e.attempts++
+		if e.attempts > 1 {
+			r.f.ctr.resent.Add(1)
+		}
+		r.inflight[e.id] = e
+		cl, gen, qos := r.cl, r.gen, r.f.cfg.QoS
+		r.f.ctr.sent.Add(1)
+		r.f.wg.Go(func() {
+			start := time.Now()
+			code, err := cl.publish(ctx, e.topic, qos, e.payload)
+			res := result{gen: gen, e: e, code: code, err: err, rtt: time.Since(start)}
+			select {
+			case r.results <- res:
+			case <-r.done:
+			}
+		})
+	}
+}
+
+// handle processes the answer to one publish.
+func (r *runner) handle(res result) {
+	if res.gen != r.gen || r.inflight[res.e.id] != res.e {
+		return // sent on an earlier connection: already back in the buffer
+	}
+	e := res.e
+	c := &r.f.ctr
+	if res.err != nil {
+		c.errors.Add(1)
+		r.f.log.Debug("publish failed", "device", r.id, "err", res.err)
+		r.disconnect() // resend on a new connection
+		r.failures++
+		return
+	}
+	delete(r.inflight, e.id)
+	c.buffered.Add(-1)
+	c.answered.Add(1)
+	if r.f.cfg.QoS == 0 {
+		return
+	}
+	c.latency.Record(res.rtt)
+	c.codes[res.code].Add(1)
+	if e.attack {
+		c.attackSent.Add(1)
+		c.attackCodes[res.code].Add(1)
+		if r.f.hasExpect && res.code == r.f.expectCode {
+			c.attackMatched.Add(1)
+		}
+	}
+	switch {
+	case res.code == 0:
+		c.acked.Add(1)
+		if !e.attack || e.burst {
+			r.olderOK, r.lastOK = r.lastOK, e.payload
+		}
+	case res.code == 0x83 && e.attempts > 1 && !e.attack:
+		c.duplicates.Add(1) // stored before, its PUBACK was lost with the connection
+	}
+	if e.burst && res.code == r.f.expectCode {
+		r.attacks++
+		if !r.budgetLeft(time.Now()) {
+			r.bursting = 0
+		}
+	}
+}
+
+// runRevoked connects with a revoked certificate about once a second and
+// counts what the gateway does: refuse the handshake (expected) or accept it.
+func (r *runner) runRevoked(ctx context.Context, stopGen <-chan struct{}) {
+	c := &r.f.ctr
+	if r.f.settle > 0 {
+		t := time.NewTimer(r.f.settle)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+	for {
+		if err := r.f.limiter.Wait(ctx); err != nil {
+			return
+		}
+		c.attackSent.Add(1)
+		cl, err := dialClient(ctx, r.dialOptions())
+		if err != nil {
+			r.countConnectError(err)
+		} else {
+			c.connects.Add(1)
+			c.revokedConnected.Add(1)
+			cl.close()
+		}
+		t := time.NewTimer(time.Duration(float64(time.Second) * (0.5 + r.rng.Float64())))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-stopGen:
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// runFlood reconnects in a loop without waiting for the ramp, publishing a
+// burst of records on every connection.
+func (r *runner) runFlood(ctx context.Context, stopGen <-chan struct{}) {
+	c := &r.f.ctr
+	const burst = 20
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-stopGen:
+			return
+		default:
+		}
+		cl, err := dialClient(ctx, r.dialOptions())
+		if err != nil {
+			r.countConnectError(err)
+			t := time.NewTimer(time.Duration(50+r.rng.IntN(100)) * time.Millisecond) // refused: do not spin
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			continue
+		}
+		c.connects.Add(1)
+		c.connected.Add(1)
+		for range burst {
+			if err := r.seqs.ensure(r.dev.Seq() + 1); err != nil {
+				break
+			}
+			rec := r.dev.Next()
+			payload, err := SignRecord(r.key, r.id, &rec)
+			if err != nil {
+				break
+			}
+			c.generated.Add(1)
+			c.sent.Add(1)
+			start := time.Now()
+			code, err := cl.publish(ctx, telemetryTopic(r.id), r.f.cfg.QoS, payload)
+			if err != nil {
+				c.errors.Add(1)
+				break
+			}
+			c.answered.Add(1)
+			c.attackSent.Add(1)
+			if r.f.cfg.QoS == 1 {
+				c.latency.Record(time.Since(start))
+				c.codes[code].Add(1)
+				c.attackCodes[code].Add(1)
+				if code == 0 {
+					c.acked.Add(1)
+				}
+			}
+		}
+		cl.close()
+		c.connected.Add(-1)
+	}
+}

@@ -1,0 +1,165 @@
+package pki
+
+import (
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// InitOptions configures [Init]. The zero value is a laptop deployment: site "site1", gateway "gw1", P-256 keys.
+type InitOptions struct {
+	Site      string   // the gateway's site (OU of gateway-client.crt); default "site1"
+	GatewayID string   // the gateway's ID (CN of gateway-client.crt and gateway.crt); default "gw1"
+	Hosts     []string // extra SANs of gateway.crt and broker.crt; localhost, 127.0.0.1 and ::1 are always there
+	Key       KeyAlg   // algorithm of every key Init generates; default P256
+	Force     bool     // replace an existing CA (and remove the device pairs it issued)
+}
+
+// Default values of [InitOptions].
+const (
+	DefaultSite      = "site1"
+	DefaultGatewayID = "gw1"
+)
+
+// Init writes a complete PKI directory (DESIGN section 9): the root CA, the device and gateway CAs, an empty CRL
+// signed by the device CA, the gateway's server and client certificates, the broker's server certificate, the
+// app token key pair, and an empty devices directory.
+//
+// When dir already holds ca.crt, Init returns an error wrapping [ErrExists] unless o.Force is set; with Force it
+// replaces everything, and removes the device pairs under devices/ because they chain to the replaced CA. ca.crt
+// is written last, so an Init that fails half-way can be run again without Force.
+func Init(dir string, o InitOptions) error {
+	if o.Site == "" {
+		o.Site = DefaultSite
+	}
+	if o.GatewayID == "" {
+		o.GatewayID = DefaultGatewayID
+	}
+	if !ValidDeviceID(o.Site) { // the site is a topic level: the same alphabet as IDs
+		return fmt.Errorf("invalid site %q (want [A-Za-z0-9._-]{1,64})", o.Site)
+	}
+	if !ValidDeviceID(o.GatewayID) {
+		return fmt.Errorf("invalid gateway ID %q (want [A-Za-z0-9._-]{1,64})", o.GatewayID)
+	}
+	if _, err := ParseKeyAlg(string(o.Key)); err != nil {
+		return err
+	}
+	if dir == "" {
+		return errors.New("empty PKI directory name")
+	}
+	caFile := filepath.Join(dir, FileCA)
+	if exists(caFile) && !o.Force {
+		return &existsError{path: caFile, hint: " (use --force to replace the CA)"}
+	}
+	if err := os.MkdirAll(filepath.Join(dir, DevicesDir), 0o755); err != nil {
+		return fmt.Errorf("create PKI directory: %w", err)
+	}
+	if o.Force {
+		if err := removeDevices(dir); err != nil {
+			return err
+		}
+	}
+	now := time.Now()
+	files := map[string][]byte{} // written in the order of names below
+	var names []string
+	add := func(name string, data []byte) { files[name] = data; names = append(names, name) }
+
+	// pair generates a key and has ca (nil: self-signed) sign a certificate of profile p for it.
+	pair := func(ca *issuer, p Profile, r Request, certName, keyName string) (*issuer, error) {
+		key, err := generateKey(o.Key)
+		if err != nil {
+			return nil, fmt.Errorf("generate %s key: %w", p.Name, err)
+		}
+		cert, der, err := ca.sign(p, r, key.Public(), key, now)
+		if err != nil {
+			return nil, err
+		}
+		kb, err := encodeKey(key)
+		if err != nil {
+			return nil, err
+		}
+		if keyName != "" { // "": the key is not kept
+			add(keyName, kb)
+		}
+		add(certName, encodeCert(der))
+		return &issuer{cert: cert, key: key}, nil
+	}
+	// The root key is not kept (DESIGN section 9 has no ca.key): nothing signs with the root after Init.
+	root, err := pair(nil, Profiles.Root, Request{CommonName: "VitalGate Root CA"}, FileCA, "")
+	if err != nil {
+		return err
+	}
+	devCA, err := pair(root, Profiles.DeviceCA, Request{CommonName: "VitalGate Device CA"}, FileDeviceCA, FileDeviceCAKey)
+	if err != nil {
+		return err
+	}
+	gwCA, err := pair(root, Profiles.GatewayCA, Request{CommonName: "VitalGate Gateway CA"}, FileGatewayCA, FileGatewayCAKey)
+	if err != nil {
+		return err
+	}
+	if _, err := pair(root, Profiles.GatewayServer, Request{CommonName: o.GatewayID, OrgUnit: o.Site, Hosts: o.Hosts}, FileGateway, FileGatewayKey); err != nil {
+		return err
+	}
+	if _, err := pair(gwCA, Profiles.GatewayClient, Request{CommonName: o.GatewayID, OrgUnit: o.Site}, FileGatewayClient, FileGatewayClientKey); err != nil {
+		return err
+	}
+	if _, err := pair(root, Profiles.BrokerServer, Request{CommonName: "vitalgate-broker", Hosts: o.Hosts}, FileBroker, FileBrokerKey); err != nil {
+		return err
+	}
+	crl, err := signCRL(devCA, nil, nil, now)
+	if err != nil {
+		return err
+	}
+	add(FileCRL, crl)
+	tok, err := generateKey(o.Key)
+	if err != nil {
+		return fmt.Errorf("generate token key: %w", err)
+	}
+	tokKey, err := encodeKey(tok)
+	if err != nil {
+		return err
+	}
+	pubDER, err := x509.MarshalPKIXPublicKey(tok.Public())
+	if err != nil {
+		return fmt.Errorf("marshal token public key: %w", err)
+	}
+	add(FileAppTokenKey, tokKey)
+	add(FileAppTokenPub, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER}))
+
+	// Everything but ca.crt first, so that a failure leaves no ca.crt behind (or the old one, with Force).
+	for _, name := range names {
+		if name == FileCA {
+			continue
+		}
+		perm := os.FileMode(0o644)
+		if strings.HasSuffix(name, ".key") {
+			perm = 0o600
+		}
+		if err := writeFile(filepath.Join(dir, name), files[name], perm, true); err != nil {
+			return err
+		}
+	}
+	return writeFile(caFile, files[FileCA], 0o644, true)
+}
+
+// removeDevices deletes the device pairs under dir/devices (Init --force: they chain to the replaced CA).
+func removeDevices(dir string) error {
+	ents, err := os.ReadDir(filepath.Join(dir, DevicesDir))
+	if err != nil {
+		return fmt.Errorf("read devices directory: %w", err)
+	}
+	for _, e := range ents {
+		n := e.Name()
+		if e.Type().IsRegular() && (strings.HasSuffix(n, ".crt") || strings.HasSuffix(n, ".key")) {
+			if err := os.Remove(filepath.Join(dir, DevicesDir, n)); err != nil {
+				return fmt.Errorf("remove old device file: %w", err)
+			}
+		}
+	}
+	return nil
+}
