@@ -175,7 +175,7 @@ func New(cfg config.Config, log *slog.Logger) (g *Gateway, err error) {
 	}
 	if g.relay, err = relay.New(relay.Config{
 		URLs: urls, TLS: cloudTLS, ClientID: g.id, Site: g.site, GatewayID: g.id,
-		Format: cfg.Format, Window: cfg.Relay.Window, Logger: log.With("component", "relay"), Registerer: g.reg,
+		Format: cfg.Format, Window: cfg.Relay.Window, Logger: log, Registerer: g.reg,
 	}, g.queue); err != nil {
 		return nil, fmt.Errorf("relay: %w", err)
 	}
