@@ -13,9 +13,10 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.golang/paho"
 	"golang.org/x/time/rate"
+
+	"github.com/vitalgate/vitalgate/internal/packetconn"
 )
 
 // Devices is a connected fleet: one MQTT 5 client per device over mutual
@@ -132,7 +133,7 @@ func dial5(ctx context.Context, addr string, tc *tls.Config, clientID string) (*
 	if err != nil {
 		return nil, err
 	}
-	c := paho.NewClient(paho.ClientConfig{Conn: packets.NewThreadSafeConn(conn), PacketTimeout: 30 * time.Second})
+	c := paho.NewClient(paho.ClientConfig{Conn: packetconn.New(conn), PacketTimeout: 30 * time.Second})
 	ack, err := c.Connect(dctx, &paho.Connect{ClientID: clientID, KeepAlive: 120, CleanStart: true,
 		Properties: &paho.ConnectProperties{ReceiveMaximum: &receiveMaximum}})
 	if err != nil {

@@ -11,9 +11,10 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.golang/paho"
 	mqtt3 "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/vitalgate/vitalgate/internal/packetconn"
 )
 
 // client is one MQTT connection of a device, 3.1.1 or 5.
@@ -183,7 +184,7 @@ var receiveMaximum uint16 = 16
 func dial5(ctx context.Context, conn *alertConn, o dialOptions) (client, error) {
 	c := paho.NewClient(paho.ClientConfig{
 		ClientID:      o.clientID,
-		Conn:          packets.NewThreadSafeConn(conn),
+		Conn:          packetconn.New(conn),
 		PacketTimeout: o.ackTimeout,
 	})
 	cctx, cancel := context.WithTimeout(ctx, o.timeout)
