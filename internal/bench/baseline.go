@@ -5,11 +5,12 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/auth"
-	"github.com/mochi-mqtt/server/v2/listeners"
 
+	"github.com/vitalgate/vitalgate/internal/listen"
 	"github.com/vitalgate/vitalgate/internal/pki"
 )
 
@@ -20,9 +21,12 @@ import (
 // the reference for the cost of security.
 type Baseline struct {
 	srv     *mqtt.Server
-	devices *listeners.TCP
-	subs    *listeners.TCP
+	devices *listen.Listener
+	subs    *listen.Listener
 }
+
+// connectDeadline bounds a connection's TLS handshake and CONNECT.
+const connectDeadline = 30 * time.Second
 
 // StartBaseline serves devices on a TLS listener with the gateway's server
 // certificate and the device CA, and subscribers on a plain one, both on
@@ -45,9 +49,11 @@ func StartBaseline(pkiDir string) (*Baseline, error) {
 	if err := b.srv.AddHook(new(auth.AllowHook), nil); err != nil {
 		return nil, fmt.Errorf("baseline: %w", err)
 	}
-	b.devices = listeners.NewTCP(listeners.Config{ID: "devices", Address: "127.0.0.1:0", TLSConfig: tc})
-	b.subs = listeners.NewTCP(listeners.Config{ID: "subscribers", Address: "127.0.0.1:0"})
-	for _, l := range []*listeners.TCP{b.devices, b.subs} {
+	// Our listener, not mochi's TCP one: mochi's can deadlock in Close
+	// (see package listen).
+	b.devices = listen.NewListener(b.srv, "devices", "127.0.0.1:0", tc, connectDeadline)
+	b.subs = listen.NewListener(b.srv, "subscribers", "127.0.0.1:0", nil, connectDeadline)
+	for _, l := range []*listen.Listener{b.devices, b.subs} {
 		if err := b.srv.AddListener(l); err != nil {
 			b.srv.Close()
 			return nil, fmt.Errorf("baseline listener: %w", err)

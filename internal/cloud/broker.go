@@ -62,7 +62,7 @@ type Broker struct {
 	store *pebble.Hook // nil without Config.Data
 
 	gwTLS, appTLS *tls.Config
-	gw, apps      *tlsListener
+	gw, apps      *listen.Listener
 	ws            *wsListener
 	httpLn        net.Listener
 	httpSrv       *http.Server
@@ -181,12 +181,12 @@ func (b *Broker) start() error {
 			return fail(fmt.Errorf("open store in %s: %w", b.cfg.Data, err))
 		}
 	}
-	b.gw = &tlsListener{id: listenerGateways, address: b.cfg.Listen, tls: b.gwTLS, deadline: b.cfg.ConnectTimeout, gate: listen.NewGate(b.srv)}
+	b.gw = listen.NewListener(b.srv, listenerGateways, b.cfg.Listen, b.gwTLS, b.cfg.ConnectTimeout)
 	if err := b.srv.AddListener(b.gw); err != nil {
 		return fail(fmt.Errorf("listen for gateways on %s: %w", b.cfg.Listen, err))
 	}
 	if b.cfg.Apps != "" {
-		b.apps = &tlsListener{id: listenerApps, address: b.cfg.Apps, tls: b.appTLS, deadline: b.cfg.ConnectTimeout, gate: listen.NewGate(b.srv)}
+		b.apps = listen.NewListener(b.srv, listenerApps, b.cfg.Apps, b.appTLS, b.cfg.ConnectTimeout)
 		if err := b.srv.AddListener(b.apps); err != nil {
 			return fail(fmt.Errorf("listen for apps on %s: %w", b.cfg.Apps, err))
 		}

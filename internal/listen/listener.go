@@ -1,0 +1,114 @@
+package listen
+
+import (
+	"crypto/tls"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/listeners"
+)
+
+// Listener is a mochi listener for MQTT over TCP, with TLS when it has a
+// TLS config. Unlike mochi's TCP listener it gives each new connection a
+// deadline for the handshake and CONNECT (mochi sets none before CONNECT, so
+// a silent peer would hold a goroutine forever; mochi replaces the deadline
+// with the keepalive after CONNECT), and it admits connections through a
+// [Gate], so that the server's Close neither races nor deadlocks.
+type Listener struct {
+	id       string
+	address  string
+	tls      *tls.Config
+	deadline time.Duration
+	gate     *Gate
+	ln       net.Listener
+	end      atomic.Bool
+	log      *slog.Logger
+}
+
+var _ listeners.Listener = (*Listener)(nil)
+
+// NewListener returns a listener for server s, to add with s.AddListener.
+// tc nil serves plain TCP. deadline bounds the TLS handshake and CONNECT.
+func NewListener(s *mqtt.Server, id, address string, tc *tls.Config, deadline time.Duration) *Listener {
+	return &Listener{id: id, address: address, tls: tc, deadline: deadline, gate: NewGate(s)}
+}
+
+// ID is the listener's ID, as mochi reports it in cl.Net.Listener.
+func (l *Listener) ID() string { return l.id }
+
+// Protocol is "tls" or "tcp".
+func (l *Listener) Protocol() string {
+	if l.tls != nil {
+		return "tls"
+	}
+	return "tcp"
+}
+
+// Address is the bound address once Init has run (":0" resolved).
+func (l *Listener) Address() string {
+	if l.ln != nil {
+		return l.ln.Addr().String()
+	}
+	return l.address
+}
+
+// Init binds the address.
+func (l *Listener) Init(log *slog.Logger) error {
+	l.log = log
+	ln, err := net.Listen("tcp", l.address)
+	if err != nil {
+		return err
+	}
+	if l.tls != nil {
+		ln = tls.NewListener(ln, l.tls)
+	}
+	l.ln = ln
+	return nil
+}
+
+// Serve accepts connections until Close.
+func (l *Listener) Serve(establish listeners.EstablishFn) {
+	for {
+		conn, err := l.ln.Accept()
+		if err != nil {
+			if l.end.Load() {
+				return
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+			return
+		}
+		if l.end.Load() {
+			_ = conn.Close()
+			return
+		}
+		_ = conn.SetDeadline(time.Now().Add(l.deadline))
+		started := l.gate.Go(conn, func() {
+			if err := establish(l.id, conn); err != nil && !errors.Is(err, io.EOF) && l.log != nil {
+				l.log.Debug("connection ended", "listener", l.id, "remote", conn.RemoteAddr().String(), "error", err)
+			}
+		})
+		if !started {
+			_ = conn.Close()
+			return
+		}
+	}
+}
+
+// Close stops accepting and disconnects this listener's clients.
+func (l *Listener) Close(listeners.CloseFn) {
+	if l.end.CompareAndSwap(false, true) {
+		if l.ln != nil {
+			_ = l.ln.Close()
+		}
+		l.gate.Close(l.id)
+	}
+}
