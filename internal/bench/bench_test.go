@@ -238,3 +238,25 @@ func TestBaselineRoundTrip(t *testing.T) {
 		t.Fatalf("storm: no connection completed (%+v)", res)
 	}
 }
+
+func TestBucketQuantile(t *testing.T) {
+	les := []float64{.001, .01, .1}
+	before := []float64{10, 20, 30, 30}
+	for _, c := range []struct {
+		after []float64
+		q     float64
+		want  float64
+	}{
+		{[]float64{110, 120, 130, 130}, 0.99, .001}, // all 100 new ones under 1 ms
+		{[]float64{60, 119, 130, 130}, 0.99, .01},   // 99 of 100 under 10 ms
+		{[]float64{60, 118, 130, 130}, 0.99, .1},    // 98 under 10 ms
+		{[]float64{60, 118, 129, 130}, 0.99, .1},    // 99 under 100 ms
+		{[]float64{60, 118, 128, 130}, 0.99, -1},    // 2 of 100 over the last bound
+		{[]float64{10, 20, 30, 30}, 0.99, 0},        // nothing observed
+		{nil, 0.99, 0},                              // gateway did not answer
+	} {
+		if got := bucketQuantile(les, before, c.after, c.q); got != c.want {
+			t.Errorf("after %v: %v, want %v", c.after, got, c.want)
+		}
+	}
+}

@@ -30,6 +30,18 @@ type Devices struct {
 	// counters of the current and past drives
 	sent, acked, rejected, failed atomic.Uint64
 	track                         atomic.Pointer[tracker]
+	acks                          atomic.Pointer[Latencies] // PUBLISH to PUBACK, while measuring
+}
+
+// MeasureAcks starts (on) or stops sampling the time from each PUBLISH to
+// its PUBACK 0x00: the gateway's part of the latency, durable store included.
+func (d *Devices) MeasureAcks(on bool, l *Latencies) {
+	if on {
+		l.Reset()
+		d.acks.Store(l)
+	} else {
+		d.acks.Store(nil)
+	}
 }
 
 // tracker maps a message ID "{dev}:{seq}" of the current drive to the time
@@ -211,7 +223,8 @@ func (d *Devices) Drive(ctx context.Context, msgs [][]Msg, total float64, stop <
 				if ctx.Err() != nil {
 					return
 				}
-				t.at[i][j].Store(time.Now().UnixNano())
+				sent := time.Now()
+				t.at[i][j].Store(sent.UnixNano())
 				d.sent.Add(1)
 				r, err := c.Publish(ctx, &paho.Publish{Topic: topic, QoS: 1, Payload: m.Payload})
 				switch {
@@ -224,6 +237,9 @@ func (d *Devices) Drive(ctx context.Context, msgs [][]Msg, total float64, stop <
 					return // the connection's fate is unknown: this device stops
 				default:
 					d.acked.Add(1)
+					if l := d.acks.Load(); l != nil {
+						l.Add(time.Since(sent))
+					}
 				}
 			}
 		})

@@ -202,3 +202,48 @@ func (g *GatewayProc) Stop() error {
 	})
 	return g.exitErr
 }
+
+// The gateway's histogram of PUBLISH handling time (read to verdict, durable
+// enqueue included) and its bucket bounds in seconds.
+const publishHistogram = "vitalgate_gateway_publish_seconds"
+
+var publishBuckets = []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1}
+
+// Buckets reads the cumulative counts of histogram name at the bounds les,
+// followed by its total count; nil if the gateway does not answer.
+func (g *GatewayProc) Buckets(name string, les []float64) []float64 {
+	out := make([]float64, len(les)+1)
+	for i, le := range les {
+		v, err := g.Metric(fmt.Sprintf("%s_bucket{le=%q}", name, strconv.FormatFloat(le, 'g', -1, 64)))
+		if err != nil {
+			return nil
+		}
+		out[i] = v
+	}
+	v, err := g.Metric(name + "_count")
+	if err != nil {
+		return nil
+	}
+	out[len(les)] = v
+	return out
+}
+
+// bucketQuantile is the smallest bound under which at least q of the
+// observations between two readings of [GatewayProc.Buckets] fall: 0 if
+// unknown (or none observed), -1 if beyond the last bound.
+func bucketQuantile(les, before, after []float64, q float64) float64 {
+	n := len(les)
+	if len(before) != n+1 || len(after) != n+1 {
+		return 0
+	}
+	total := after[n] - before[n]
+	if total <= 0 {
+		return 0
+	}
+	for i, le := range les {
+		if after[i]-before[i] >= q*total {
+			return le
+		}
+	}
+	return -1
+}

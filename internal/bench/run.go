@@ -119,6 +119,9 @@ type Result struct {
 	P50         float64 `json:"latency_p50_ms"` // device PUBLISH to cloud delivery
 	P99         float64 `json:"latency_p99_ms"` // (target < 20)
 	Samples     int     `json:"latency_samples"`
+	AckP50      float64 `json:"latency_ack_p50_ms"` // device PUBLISH to its PUBACK (verified and stored)
+	AckP99      float64 `json:"latency_ack_p99_ms"`
+	PublishP99  float64 `json:"latency_gateway_publish_p99_le_ms"` // bucket bound of the gateway's own p99: PUBLISH read to verdict
 
 	Idle       int     `json:"idle_connections"`
 	RSSStart   int64   `json:"gateway_rss_start_bytes"`
@@ -365,7 +368,18 @@ func (r *run) all(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	half, err := r.drive(ctx, "latency", devices, halfMsgs, rate, r.sub.Count, r.gw.Pid(), r.sub.Measure)
+	acks := NewLatencies(1 << 20)
+	var hist0, hist1 []float64 // the gateway's publish_seconds buckets
+	measure := func(on bool) {
+		r.sub.Measure(on)
+		devices.MeasureAcks(on, acks)
+		if on {
+			hist0 = r.gw.Buckets(publishHistogram, publishBuckets)
+		} else {
+			hist1 = r.gw.Buckets(publishHistogram, publishBuckets)
+		}
+	}
+	half, err := r.drive(ctx, "latency", devices, halfMsgs, rate, r.sub.Count, r.gw.Pid(), measure)
 	if err != nil {
 		return err
 	}
@@ -373,6 +387,13 @@ func (r *run) all(ctx context.Context) (err error) {
 	r.res.Undelivered += half.undelivered
 	n2, p50, p99 := r.sub.Latencies().Summary()
 	r.res.Samples, r.res.P50, r.res.P99 = n2, ms(p50), ms(p99)
+	_, p50, p99 = acks.Summary()
+	r.res.AckP50, r.res.AckP99 = ms(p50), ms(p99)
+	if q := bucketQuantile(publishBuckets, hist0, hist1, 0.99); q > 0 {
+		r.res.PublishP99 = q * 1000
+	} else {
+		r.res.PublishP99 = q // 0 unknown, -1 over a second
+	}
 	fleetRef.Store(nil)
 	devices.Close()
 
