@@ -77,11 +77,17 @@ func TestReconnectKeepsSeq(t *testing.T) {
 
 	waitFor(t, "first records", 20*time.Second, func() bool { return s.count() >= 20 })
 	s.kick()
+	state := func() string {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return fmt.Sprintf("connections 3.1.1 %d, 5 %d; accepted dev-00001 %d, dev-00002 %d",
+			s.versions[4], s.versions[5], len(s.accepted["dev-00001"]), len(s.accepted["dev-00002"]))
+	}
 	waitFor(t, "records after reconnect", 30*time.Second, func() bool {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		return s.versions[4]+s.versions[5] >= 4 && len(s.accepted["dev-00001"]) >= 40 && len(s.accepted["dev-00002"]) >= 40
-	})
+	}, state)
 	rep, err := stop()
 	if err != nil {
 		t.Fatal(err)

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -199,12 +200,18 @@ func (h *standInHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 }
 
 // waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
+// waitFor polls cond until it holds or d has passed; on a timeout it fails
+// with what and the output of each state function.
+func waitFor(t *testing.T, what string, d time.Duration, cond func() bool, state ...func() string) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
+			var b strings.Builder
+			for _, f := range state {
+				b.WriteString("; " + f())
+			}
+			t.Fatalf("timed out waiting for %s%s", what, b.String())
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
