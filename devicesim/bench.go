@@ -33,6 +33,7 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	defer stop()
 	l := newLive(stderr)
 	cfg.Progress = func(line string) { l.line(line) }
+	cfg.Notice = func(line string) { l.note(line) }
 	res, err := bench.Run(ctx, cfg)
 	l.end()
 	b, jerr := json.Marshal(res)
@@ -68,9 +69,11 @@ func parseBench(args []string, stderr io.Writer) (bench.Config, string, error) {
 		idle     = fs.Int("idle", 10000, "idle mTLS connections held for the memory figure (0: skip)")
 		storm    = fs.Duration("storm", 5*time.Second, "length of each reconnect storm, full and resumed (0: skip)")
 		workers  = fs.Int("workers", 64, "concurrent clients of the reconnect storm")
+		pprof    = fs.Bool("pprof", false, "serve the gateway's /debug/pprof/ (address printed) to profile it during the run")
 		window   = fs.Int("relay-window", 0, "gateway relay.window, QoS 1 messages in flight to the cloud (0: the gateway's default)")
 		kinds    = fs.String("kinds", "", "record kinds, round-robin over the devices (default: all six)")
 		bin      = fs.String("gateway-bin", "", "gateway program (default: go build it into the work directory)")
+		brokerB  = fs.String("broker-bin", "", "cloud broker program (default: go build it into the work directory)")
 		dir      = fs.String("dir", "", "work directory for PKI and data (default: a temporary one, removed after)")
 		seed     = fs.Int64("seed", 1, "physiology seed")
 		out      = fs.String("out", "", "also write the JSON line to `file`")
@@ -82,7 +85,7 @@ func parseBench(args []string, stderr io.Writer) (bench.Config, string, error) {
 		return bench.Config{}, "", fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
 	cfg := bench.Config{Devices: *devices, Duration: *duration, Rate: *rate, Idle: *idle, Storm: *storm,
-		Workers: *workers, GatewayBin: *bin, Dir: *dir, Seed: *seed, RelayWindow: *window}
+		Workers: *workers, GatewayBin: *bin, BrokerBin: *brokerB, Dir: *dir, Seed: *seed, RelayWindow: *window, Pprof: *pprof}
 	if *kinds != "" {
 		cfg.Kinds = strings.Split(*kinds, ",")
 	}
@@ -92,6 +95,15 @@ func parseBench(args []string, stderr io.Writer) (bench.Config, string, error) {
 
 // line shows a progress line: in place on a terminal, every five seconds
 // otherwise.
+// note prints a line that stays, above the live one.
+func (l *live) note(s string) {
+	if l.tty && l.printed {
+		fmt.Fprintf(l.w, "\r\033[K%s\n", s)
+		return
+	}
+	fmt.Fprintln(l.w, s)
+}
+
 func (l *live) line(s string) {
 	if l.tty {
 		fmt.Fprintf(l.w, "\r%s\033[K", s)

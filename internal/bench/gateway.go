@@ -11,11 +11,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -31,39 +28,28 @@ type GatewayConfig struct {
 	AcceptRate     float64 // handshakes per second: high, so the storm measures CPU, not admission control
 	RatePerDevice  float64 // messages per second per device: high, so the rate limit checks but never bites
 	RelayWindow    int     // relay.window; 0: the gateway's default
+	Pprof          bool    // serve /debug/pprof/ on the gateway's http address
 }
 
 // GatewayProc is the gateway running as a child process.
-type GatewayProc struct {
-	cmd      *exec.Cmd
-	devices  string
-	http     string
-	mu       sync.Mutex
-	tail     []string // last lines of its log
-	exited   chan struct{}
-	exitErr  error
-	stopOnce sync.Once
-}
+type GatewayProc struct{ *child }
 
 // BuildGateway compiles the gateway program into dir/bin with the go tool (the
 // working directory must be inside the module) and returns its path.
-func BuildGateway(ctx context.Context, dir string) (string, error) {
+func BuildGateway(ctx context.Context, dir string) (string, error) { return build(ctx, dir, "gateway") }
+
+// build compiles the module's program name into dir/bin.
+func build(ctx context.Context, dir, name string) (string, error) {
 	if err := os.MkdirAll(filepath.Join(dir, "bin"), 0o700); err != nil {
 		return "", fmt.Errorf("build directory: %w", err)
 	}
-	out := filepath.Join(dir, "bin", "gateway")
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "github.com/vitalgate/vitalgate/gateway")
+	out := filepath.Join(dir, "bin", name)
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "github.com/vitalgate/vitalgate/"+name)
 	if b, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build gateway (run from the module, or pass --gateway-bin): %v: %s", err, bytes.TrimSpace(b))
+		return "", fmt.Errorf("go build %s (run from the module, or pass --%s-bin): %v: %s", name, name, err, bytes.TrimSpace(b))
 	}
 	return out, nil
 }
-
-var (
-	startedRE = regexp.MustCompile(`msg="gateway started"`)
-	devicesRE = regexp.MustCompile(`\bdevices=(\S+)`)
-	httpRE    = regexp.MustCompile(`\bhttp=(\S+)`)
-)
 
 // StartGateway writes a configuration file into cfg.Data, starts bin with
 // it, and waits until the gateway logs that it started, which names its
@@ -82,6 +68,9 @@ func StartGateway(ctx context.Context, bin string, cfg GatewayConfig) (*GatewayP
 	if cfg.RelayWindow > 0 {
 		file["relay"] = map[string]any{"window": cfg.RelayWindow}
 	}
+	if cfg.Pprof {
+		file["pprof"] = true
+	}
 	b, err := yaml.Marshal(file)
 	if err != nil {
 		return nil, fmt.Errorf("gateway config: %w", err)
@@ -90,83 +79,19 @@ func StartGateway(ctx context.Context, bin string, cfg GatewayConfig) (*GatewayP
 	if err := os.WriteFile(path, b, 0o600); err != nil {
 		return nil, fmt.Errorf("write gateway config: %w", err)
 	}
-	g := &GatewayProc{cmd: exec.Command(bin, "--config", path), exited: make(chan struct{})}
-	stderr, err := g.cmd.StderrPipe()
+	c, err := startChild(ctx, "gateway", exec.Command(bin, "--config", path), `msg="gateway started"`)
 	if err != nil {
-		return nil, fmt.Errorf("gateway: %w", err)
+		return nil, err
 	}
-	g.cmd.Stdout = io.Discard
-	if err := g.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start gateway %s: %w", bin, err)
-	}
-	ready := make(chan struct{})
-	go g.readLog(stderr, ready)
-	go func() {
-		g.exitErr = g.cmd.Wait()
-		close(g.exited)
-	}()
-	t := time.NewTimer(60 * time.Second)
-	defer t.Stop()
-	select {
-	case <-ready:
-		return g, nil
-	case <-g.exited:
-		return nil, fmt.Errorf("gateway exited at start (%v): %s", g.exitErr, g.Tail())
-	case <-t.C:
-	case <-ctx.Done():
-	}
-	g.Stop()
-	return nil, fmt.Errorf("gateway did not start: %s", g.Tail())
+	return &GatewayProc{c}, nil
 }
-
-// readLog keeps the last lines of the gateway's log and finds its start.
-func (g *GatewayProc) readLog(r io.Reader, ready chan struct{}) {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	signalled := false
-	for sc.Scan() {
-		line := sc.Text()
-		g.mu.Lock()
-		g.tail = append(g.tail, line)
-		if len(g.tail) > 20 {
-			g.tail = g.tail[1:]
-		}
-		if !signalled && startedRE.MatchString(line) {
-			if m := devicesRE.FindStringSubmatch(line); m != nil {
-				g.devices = m[1]
-			}
-			if m := httpRE.FindStringSubmatch(line); m != nil {
-				g.http = m[1]
-			}
-			signalled = true
-			close(ready)
-		}
-		g.mu.Unlock()
-	}
-}
-
-// Tail is the end of the gateway's log.
-func (g *GatewayProc) Tail() string {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return strings.Join(g.tail, "\n")
-}
-
-// Pid is the process ID.
-func (g *GatewayProc) Pid() int { return g.cmd.Process.Pid }
 
 // DeviceAddr is the device listener.
-func (g *GatewayProc) DeviceAddr() string {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.devices
-}
+func (g *GatewayProc) DeviceAddr() string { return g.field("devices") }
 
 // Metric reads one unlabelled sample from the gateway's /metrics.
 func (g *GatewayProc) Metric(name string) (float64, error) {
-	g.mu.Lock()
-	addr := g.http
-	g.mu.Unlock()
+	addr := g.field("http")
 	if addr == "" {
 		return 0, errors.New("gateway has no HTTP address")
 	}
@@ -184,23 +109,6 @@ func (g *GatewayProc) Metric(name string) (float64, error) {
 		}
 	}
 	return 0, fmt.Errorf("gateway metric %s not found", name)
-}
-
-// Stop sends SIGTERM (the gateway drains and closes) and kills it after
-// 15 seconds. Safe to call twice.
-func (g *GatewayProc) Stop() error {
-	g.stopOnce.Do(func() {
-		_ = g.cmd.Process.Signal(syscall.SIGTERM)
-		t := time.NewTimer(15 * time.Second)
-		defer t.Stop()
-		select {
-		case <-g.exited:
-		case <-t.C:
-			_ = g.cmd.Process.Kill()
-			<-g.exited
-		}
-	})
-	return g.exitErr
 }
 
 // The gateway's histogram of PUBLISH handling time (read to verdict, durable
@@ -247,3 +155,7 @@ func bucketQuantile(les, before, after []float64, q float64) float64 {
 	}
 	return -1
 }
+
+// HTTPAddr is the gateway's operations address (/metrics, and /debug/pprof/
+// when enabled).
+func (g *GatewayProc) HTTPAddr() string { return g.field("http") }

@@ -105,6 +105,7 @@ type phaseResult struct {
 	undelivered uint64  // acknowledged to the devices, not delivered to the subscriber
 	childShare  float64 // CPU share of the child process (pid), of all cores
 	selfShare   float64 // CPU share of this process
+	cloudShare  float64 // CPU share of the cloud broker's process
 }
 
 // drive runs one throughput phase: msgs from devices, paced to rate when
@@ -139,6 +140,7 @@ func (r *run) drive(ctx context.Context, name string, d *Devices, msgs [][]Msg, 
 		acked uint64
 		child Proc
 		self  Proc
+		cloud Proc
 	}
 	read := func() mark {
 		m := mark{t: time.Now(), n: count(), acked: d.Counts().Acked}
@@ -146,6 +148,9 @@ func (r *run) drive(ctx context.Context, name string, d *Devices, msgs [][]Msg, 
 			m.child, _ = ProcStat(pid)
 		}
 		m.self, _ = ProcStat(0)
+		if r.cloud != nil {
+			m.cloud, _ = ProcStat(r.cloud.Pid())
+		}
 		return m
 	}
 	var a *mark
@@ -187,6 +192,9 @@ func (r *run) drive(ctx context.Context, name string, d *Devices, msgs [][]Msg, 
 	}
 	if b.self.CPU > 0 && a.self.CPU > 0 {
 		res.selfShare = (b.self.CPU - a.self.CPU).Seconds() / dt.Seconds() / cores
+	}
+	if b.cloud.CPU > 0 && a.cloud.CPU > 0 {
+		res.cloudShare = (b.cloud.CPU - a.cloud.CPU).Seconds() / dt.Seconds() / cores
 	}
 	// Wait for what was acknowledged to be delivered.
 	acked := d.Counts().Acked - before.Acked

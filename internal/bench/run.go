@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"math"
 	"os"
 	"path/filepath"
@@ -14,7 +12,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/vitalgate/vitalgate/internal/cloud"
 	"github.com/vitalgate/vitalgate/internal/fleet/physio"
 	"github.com/vitalgate/vitalgate/internal/pki"
 )
@@ -29,13 +26,17 @@ type Config struct {
 	Workers    int           // reconnect storm workers
 	Storm      time.Duration // of each storm (full, resumed); 0: skip it
 	GatewayBin string        // gateway program; "": built with the go tool into the work directory
+	BrokerBin  string        // cloud broker program; "": built likewise
 	// RelayWindow, when > 0, sets the gateway's relay.window (QoS 1
 	// messages in flight to the cloud); 0 keeps the gateway's default.
 	RelayWindow int
+	Pprof       bool   // the gateway serves /debug/pprof/; its address is printed on the progress output
 	Dir         string // work directory (PKI, data); "": a temporary one, removed after
 	Seed        int64
 	// Progress, when set, gets a one-line status about four times a second.
 	Progress func(line string)
+	// Notice, when set, gets lines to keep on screen (the gateway's pprof address).
+	Notice func(line string)
 }
 
 // Defaults fills zero fields.
@@ -107,7 +108,8 @@ type Result struct {
 	VerifyOnly     float64 `json:"verify_only_msgs_per_s"` // envelope.Verifier alone on every core, same messages
 	Ratio          float64 `json:"ratio"`                  // Validated / VerifyOnly (target >= 0.6)
 	GatewayCPU     float64 `json:"gateway_cpu_share"`      // of the machine during the peak phase
-	HarnessCPU     float64 `json:"harness_cpu_share"`      // fleet, cloud broker and subscriber (this process)
+	HarnessCPU     float64 `json:"harness_cpu_share"`      // fleet and subscriber (this process)
+	CloudCPU       float64 `json:"cloud_cpu_share"`        // cloud broker (its own process)
 	PerGatewayCore float64 `json:"validated_per_gateway_cpu_s"`
 	RatioPerCore   float64 `json:"ratio_per_cpu_s"` // validated per gateway CPU-second / verify-only per CPU-second
 	PeakRejected   uint64  `json:"peak_rejected"`
@@ -154,15 +156,15 @@ type run struct {
 	status   atomic.Pointer[func() string]
 	res      Result
 	gw       *GatewayProc
-	cloud    *cloud.Broker
+	cloud    *CloudProc
 	sub      *Subscriber
 	files    uint64 // open file limit
 	progress sync.WaitGroup
 }
 
 // Run measures everything of [Result] in one run. The phases, in order:
-// issue certificates; start the cloud broker in this process and the
-// gateway as a child; idle connections and the gateway's memory; the
+// issue certificates; start the cloud broker and the gateway as child
+// processes; idle connections and the gateway's memory; the
 // reconnect storms; verify-only; the peak; the latency phase at half the
 // peak; the bare mochi baseline.
 func Run(ctx context.Context, cfg Config) (Result, error) {
@@ -243,34 +245,34 @@ func (r *run) all(ctx context.Context) (err error) {
 		return err
 	}
 
-	// The cloud broker, in this process, without persistence: the cloud's
-	// disk is not the gateway's cost.
+	// The cloud broker, in a process of its own, without persistence.
 	r.phase("starting cloud and gateway")
-	cc := cloud.Default()
-	cc.PKI, cc.Listen, cc.Apps, cc.WS, cc.HTTP, cc.Data = pkiDir, "127.0.0.1:0", "127.0.0.1:0", "", "", ""
-	cc.MaxClients = 100
-	// mochi drops a QoS 1 delivery when the subscriber is max_inflight or
-	// max_writes_pending (default 1024) behind; the bench's app must see
-	// every message, so the cloud may buffer more.
-	cc.MaxInflight, cc.MaxWritesPending = 65535, 1<<16
-	if r.cloud, err = cloud.New(cc, slog.New(slog.NewTextHandler(io.Discard, nil))); err != nil {
-		return err
-	}
-	if err := r.cloud.Start(); err != nil {
-		return err
-	}
-	defer r.cloud.Close()
-
-	bin := cfg.GatewayBin
+	bin, brokerBin := cfg.GatewayBin, cfg.BrokerBin
 	if bin == "" {
 		if bin, err = BuildGateway(ctx, r.dir); err != nil {
 			return err
 		}
 	}
+	if brokerBin == "" {
+		if brokerBin, err = BuildBroker(ctx, r.dir); err != nil {
+			return err
+		}
+	}
+	if r.cloud, err = StartCloud(ctx, brokerBin, pkiDir, filepath.Join(r.dir, "cloud")); err != nil {
+		return err
+	}
+	defer func() {
+		if e := r.cloud.Stop(); e != nil && err == nil && !isSignalExit(e) {
+			err = fmt.Errorf("cloud broker exit: %w", e)
+		}
+	}()
 	if r.gw, err = StartGateway(ctx, bin, GatewayConfig{PKI: pkiDir, Data: filepath.Join(r.dir, "gateway"),
 		Cloud: "ssl://" + r.cloud.GatewayAddr(), MaxConnections: n + 1000, AcceptRate: 100_000, RatePerDevice: 100_000,
-		RelayWindow: cfg.RelayWindow}); err != nil {
+		RelayWindow: cfg.RelayWindow, Pprof: cfg.Pprof}); err != nil {
 		return err
+	}
+	if cfg.Pprof && cfg.Notice != nil {
+		cfg.Notice(fmt.Sprintf("gateway profiles at http://%s/debug/pprof/", r.gw.HTTPAddr()))
 	}
 	defer func() {
 		if e := r.gw.Stop(); e != nil && err == nil && !isSignalExit(e) {
@@ -346,7 +348,7 @@ func (r *run) all(ctx context.Context) (err error) {
 	r.res.Accepted = round(pk.acked, 0)
 	r.res.Undelivered += pk.undelivered
 	r.res.PeakRejected, r.res.PeakFailed = after.Rejected-before.Rejected, after.Failed-before.Failed
-	r.res.GatewayCPU, r.res.HarnessCPU = round(pk.childShare, 3), round(pk.selfShare, 3)
+	r.res.GatewayCPU, r.res.HarnessCPU, r.res.CloudCPU = round(pk.childShare, 3), round(pk.selfShare, 3), round(pk.cloudShare, 3)
 	if r.res.VerifyOnly > 0 {
 		r.res.Ratio = round(r.res.Validated/r.res.VerifyOnly, 3)
 	}

@@ -24,6 +24,7 @@ type Config struct {
 	Cloud  []string `yaml:"cloud"`  // cloud broker URLs, in failover order; empty: embedded broker
 	Data   string   `yaml:"data"`   // queue, audit log and embedded broker state
 	HTTP   string   `yaml:"http"`   // /metrics, /healthz, /readyz; "" disables
+	Pprof  bool     `yaml:"pprof"`  // also /debug/pprof/ on the http address
 	Site   string   `yaml:"site"`   // default: OU of gateway-client.crt
 	ID     string   `yaml:"id"`     // default: CN of gateway-client.crt
 	Format string   `yaml:"format"` // cloud payload: cbor or json
@@ -136,6 +137,9 @@ func (c Config) Validate() error {
 	}
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		bad("listen", "%q is not host:port", c.Listen)
+	}
+	if c.Pprof && c.HTTP == "" {
+		bad("pprof", "needs an http address to serve on")
 	}
 	if c.HTTP != "" {
 		if _, _, err := net.SplitHostPort(c.HTTP); err != nil {

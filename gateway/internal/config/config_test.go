@@ -41,11 +41,12 @@ func TestValidateReportsEverything(t *testing.T) {
 	c.Format = "xml"
 	c.MaxPacket = c.MaxPayload
 	c.Curves = []string{"X448"}
+	c.HTTP, c.Pprof = "", true
 	err := c.Validate()
 	if err == nil {
 		t.Fatal("no error")
 	}
-	for _, key := range []string{"listen:", "scheme must be", "port required", "format:", "max_packet:", "curves:"} {
+	for _, key := range []string{"listen:", "scheme must be", "port required", "format:", "max_packet:", "curves:", "pprof:"} {
 		if !strings.Contains(err.Error(), key) {
 			t.Errorf("missing %q in:\n%v", key, err)
 		}

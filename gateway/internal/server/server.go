@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"sync"
@@ -470,6 +471,15 @@ func (g *Gateway) routes() http.Handler {
 		}
 		json.NewEncoder(w).Encode(state)
 	})
+	if g.cfg.Pprof {
+		// Profiles reveal the process's internals (no secrets: handlers are
+		// not given request data); the http address should stay on loopback.
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
 	return mux
 }
 

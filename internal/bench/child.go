@@ -1,0 +1,120 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os/exec"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// child is one of the project's programs run as a child process. It is
+// ready once its log (stderr, slog text) has a line matching started; the
+// key=value pairs of that line (its bound addresses) are kept as fields.
+type child struct {
+	name     string
+	cmd      *exec.Cmd
+	started  *regexp.Regexp
+	mu       sync.Mutex
+	fields   map[string]string
+	tail     []string // last lines of its log
+	exited   chan struct{}
+	exitErr  error
+	stopOnce sync.Once
+}
+
+var fieldRE = regexp.MustCompile(`\b(\w+)=(\S+)`)
+
+// startChild starts cmd and waits up to a minute for its started line.
+func startChild(ctx context.Context, name string, cmd *exec.Cmd, started string) (*child, error) {
+	c := &child{name: name, cmd: cmd, started: regexp.MustCompile(started), exited: make(chan struct{})}
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	cmd.Stdout = io.Discard
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s %s: %w", name, cmd.Path, err)
+	}
+	ready := make(chan struct{})
+	go c.readLog(stderr, ready)
+	go func() {
+		c.exitErr = cmd.Wait()
+		close(c.exited)
+	}()
+	t := time.NewTimer(60 * time.Second)
+	defer t.Stop()
+	select {
+	case <-ready:
+		return c, nil
+	case <-c.exited:
+		return nil, fmt.Errorf("%s exited at start (%v): %s", name, c.exitErr, c.Tail())
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	c.Stop()
+	return nil, fmt.Errorf("%s did not start: %s", name, c.Tail())
+}
+
+// readLog keeps the last lines of the log and finds the started line.
+func (c *child) readLog(r io.Reader, ready chan struct{}) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	signalled := false
+	for sc.Scan() {
+		line := sc.Text()
+		c.mu.Lock()
+		c.tail = append(c.tail, line)
+		if len(c.tail) > 20 {
+			c.tail = c.tail[1:]
+		}
+		if !signalled && c.started.MatchString(line) {
+			c.fields = map[string]string{}
+			for _, m := range fieldRE.FindAllStringSubmatch(line, -1) {
+				c.fields[m[1]] = m[2]
+			}
+			signalled = true
+			close(ready)
+		}
+		c.mu.Unlock()
+	}
+}
+
+// field is a value of the started line, "" if absent.
+func (c *child) field(key string) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.fields[key]
+}
+
+// Tail is the end of the log.
+func (c *child) Tail() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return strings.Join(c.tail, "\n")
+}
+
+// Pid is the process ID.
+func (c *child) Pid() int { return c.cmd.Process.Pid }
+
+// Stop sends SIGTERM (our programs drain and close) and kills the process
+// after 15 seconds. Safe to call twice.
+func (c *child) Stop() error {
+	c.stopOnce.Do(func() {
+		_ = c.cmd.Process.Signal(syscall.SIGTERM)
+		t := time.NewTimer(15 * time.Second)
+		defer t.Stop()
+		select {
+		case <-c.exited:
+		case <-t.C:
+			_ = c.cmd.Process.Kill()
+			<-c.exited
+		}
+	})
+	return c.exitErr
+}

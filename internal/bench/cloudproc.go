@@ -1,0 +1,53 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+
+	"gopkg.in/yaml.v3"
+)
+
+// CloudProc is the cloud broker (the broker program) running as a child
+// process, so that the fleet's thousands of goroutines in the harness do not
+// starve the gateway's cloud connection, as a cloud on its own host is not.
+type CloudProc struct{ *child }
+
+// BuildBroker compiles the broker program into dir/bin.
+func BuildBroker(ctx context.Context, dir string) (string, error) { return build(ctx, dir, "broker") }
+
+// StartCloud runs bin with a configuration written into dir: the PKI of
+// pkiDir, gateway and app listeners on loopback ports of their own, no
+// persistence (the cloud's disk is not the gateway's cost) and per-app
+// buffers large enough that the bench's app is never dropped (mochi drops a
+// QoS 1 delivery when the subscriber is max_inflight or max_writes_pending
+// behind).
+func StartCloud(ctx context.Context, bin, pkiDir, dir string) (*CloudProc, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("cloud directory: %w", err)
+	}
+	b, err := yaml.Marshal(map[string]any{
+		"pki": pkiDir, "listen": "127.0.0.1:0", "apps": "127.0.0.1:0", "ws": "", "http": "", "data": "",
+		"max_clients": 100, "max_inflight": 65535, "max_writes_pending": 1 << 16,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cloud config: %w", err)
+	}
+	path := filepath.Join(dir, "broker.yaml")
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		return nil, fmt.Errorf("write cloud config: %w", err)
+	}
+	c, err := startChild(ctx, "cloud broker", exec.Command(bin, "--config", path), `msg="cloud broker started"`)
+	if err != nil {
+		return nil, err
+	}
+	return &CloudProc{c}, nil
+}
+
+// GatewayAddr is the listener of gateways (mutual TLS).
+func (c *CloudProc) GatewayAddr() string { return c.field("gateways") }
+
+// AppsAddr is the listener of apps (TLS, JWT).
+func (c *CloudProc) AppsAddr() string { return c.field("apps") }
