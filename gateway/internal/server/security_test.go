@@ -25,7 +25,10 @@ func TestRevocation(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 10*time.Second, "the revoked device refused", func() bool {
-		_, _, err := e.dial5("temp-1", "temp-1")
+		c, _, err := e.dial5("temp-1", "temp-1")
+		if err == nil {
+			c.Disconnect(&paho5.Disconnect{})
+		}
 		return err != nil
 	})
 	// No client certificate at all.
@@ -69,6 +72,36 @@ func TestRevocation(t *testing.T) {
 	}
 	// Untouched device still connects.
 	e.mustDial5("temp-2")
+}
+
+// TestRevocationBeforeStart: a CRL written after the gateway loaded it but
+// before its file watch began (a loaded machine can delay the watcher's
+// goroutine) is still picked up by the watch, with no SIGHUP.
+func TestRevocationBeforeStart(t *testing.T) {
+	e := &env{t: t, pki: newPKI(t)}
+	e.cfg = testConfig(t, e.pki)
+	e.device("temp-1")
+	g, err := New(e.cfg, quietLog(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { g.Close() })
+	// A new mtime for certain, even on a coarse-grained file system.
+	time.Sleep(10 * time.Millisecond)
+	if err := pki.Revoke(e.pki, "temp-1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Start(); err != nil {
+		t.Fatal(err)
+	}
+	e.gw = g
+	waitFor(t, 10*time.Second, "the revoked device refused", func() bool {
+		c, _, err := e.dial5("temp-1", "temp-1")
+		if err == nil {
+			c.Disconnect(&paho5.Disconnect{})
+		}
+		return err != nil
+	})
 }
 
 // TestOverloaded: with the cloud away and the queue at its bound, MQTT 5

@@ -79,6 +79,11 @@ type Gateway struct {
 
 	events     *eventGate
 	suppressed prometheus.Counter
+
+	// Stamps (mtime, size) of crl.pem and the schema file, taken before
+	// their first load: a change after it, even one made before the watcher
+	// starts, is seen as a change.
+	crlStamp, schemaStamp string
 }
 
 // New builds a gateway from a validated configuration. Nothing listens until
@@ -120,6 +125,7 @@ func New(cfg config.Config, log *slog.Logger) (g *Gateway, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("device CA: %w", err)
 	}
+	g.crlStamp = stamp(p(pki.FileCRL))
 	if g.rev, err = pki.NewRevocations(p(pki.FileCRL), deviceCA); err != nil {
 		return nil, fmt.Errorf("revocation list: %w", err)
 	}
@@ -136,6 +142,7 @@ func New(cfg config.Config, log *slog.Logger) (g *Gateway, err error) {
 	}
 
 	// Schemas, swapped atomically on reload.
+	g.schemaStamp = stamp(cfg.Schemas)
 	if err := g.loadSchemas(); err != nil {
 		return nil, err
 	}
@@ -360,7 +367,7 @@ func (g *Gateway) loadSchemas() error {
 // CRL reload it drops the sessions of devices revoked since they connected.
 func (g *Gateway) watchFiles() {
 	crl := filepath.Join(g.cfg.PKI, pki.FileCRL)
-	lastCRL, lastSchemas, lastSweep := stamp(crl), stamp(g.cfg.Schemas), time.Now()
+	lastCRL, lastSchemas, lastSweep := g.crlStamp, g.schemaStamp, time.Now()
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
