@@ -92,26 +92,3 @@ func parseBench(args []string, stderr io.Writer) (bench.Config, string, error) {
 	cfg = cfg.Defaults()
 	return cfg, *out, cfg.Validate()
 }
-
-// line shows a progress line: in place on a terminal, every five seconds
-// otherwise.
-// note prints a line that stays, above the live one.
-func (l *live) note(s string) {
-	if l.tty && l.printed {
-		fmt.Fprintf(l.w, "\r\033[K%s\n", s)
-		return
-	}
-	fmt.Fprintln(l.w, s)
-}
-
-func (l *live) line(s string) {
-	if l.tty {
-		fmt.Fprintf(l.w, "\r%s\033[K", s)
-		l.printed = true
-		return
-	}
-	if time.Since(l.last) >= 5*time.Second {
-		l.last = time.Now()
-		fmt.Fprintln(l.w, s)
-	}
-}

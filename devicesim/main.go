@@ -22,6 +22,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -202,6 +203,7 @@ func parse(args []string, stderr io.Writer) (fleet.Config, string, error) {
 // live is the one-line progress display: rewritten in place about four
 // times a second on a terminal, one line every five seconds otherwise.
 type live struct {
+	mu      sync.Mutex // line and note come from different goroutines
 	w       io.Writer
 	tty     bool
 	last    time.Time
@@ -218,7 +220,13 @@ func newLive(w io.Writer) *live {
 	return l
 }
 
-func (l *live) show(s fleet.Stats) {
+func (l *live) show(s fleet.Stats) { l.line(fmt.Sprint(s)) }
+
+// line shows a progress line: in place on a terminal, every five seconds
+// otherwise.
+func (l *live) line(s string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	if l.tty {
 		fmt.Fprintf(l.w, "\r%s\033[K", s)
 		l.printed = true
@@ -230,7 +238,20 @@ func (l *live) show(s fleet.Stats) {
 	}
 }
 
+// note prints a line that stays, above the live one.
+func (l *live) note(s string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.tty && l.printed {
+		fmt.Fprintf(l.w, "\r\033[K%s\n", s)
+		return
+	}
+	fmt.Fprintln(l.w, s)
+}
+
 func (l *live) end() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	if l.printed {
 		fmt.Fprintln(l.w)
 	}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os/exec"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -25,10 +26,13 @@ type child struct {
 	tail     []string // last lines of its log
 	exited   chan struct{}
 	exitErr  error
+	stopErr  error
 	stopOnce sync.Once
 }
 
-var fieldRE = regexp.MustCompile(`\b(\w+)=(\S+)`)
+// fieldRE matches a key=value pair of a slog text line; a value with spaces
+// or quotes is quoted there.
+var fieldRE = regexp.MustCompile(`(?:^|\s)([\w.]+)=("(?:[^"\\]|\\.)*"|\S*)`)
 
 // startChild starts cmd and waits up to a minute for its started line.
 func startChild(ctx context.Context, name string, cmd *exec.Cmd, started string) (*child, error) {
@@ -38,12 +42,17 @@ func startChild(ctx context.Context, name string, cmd *exec.Cmd, started string)
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	cmd.Stdout = io.Discard
+	setParentDeath(cmd)
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s %s: %w", name, cmd.Path, err)
 	}
-	ready := make(chan struct{})
-	go c.readLog(stderr, ready)
+	ready, logDone := make(chan struct{}), make(chan struct{})
 	go func() {
+		defer close(logDone)
+		c.readLog(stderr, ready)
+	}()
+	go func() {
+		<-logDone // Wait closes the pipe: read all of it first
 		c.exitErr = cmd.Wait()
 		close(c.exited)
 	}()
@@ -76,13 +85,20 @@ func (c *child) readLog(r io.Reader, ready chan struct{}) {
 		if !signalled && c.started.MatchString(line) {
 			c.fields = map[string]string{}
 			for _, m := range fieldRE.FindAllStringSubmatch(line, -1) {
-				c.fields[m[1]] = m[2]
+				v := m[2]
+				if u, err := strconv.Unquote(v); err == nil {
+					v = u
+				}
+				c.fields[m[1]] = v
 			}
 			signalled = true
 			close(ready)
 		}
 		c.mu.Unlock()
 	}
+	// A line too long for the scanner ends the scan: keep draining, or
+	// the child blocks on its next write to a full pipe.
+	_, _ = io.Copy(io.Discard, r)
 }
 
 // field is a value of the started line, "" if absent.
@@ -103,7 +119,8 @@ func (c *child) Tail() string {
 func (c *child) Pid() int { return c.cmd.Process.Pid }
 
 // Stop sends SIGTERM (our programs drain and close) and kills the process
-// after 15 seconds. Safe to call twice.
+// after 15 seconds, which it reports as an error: a shutdown that hangs is
+// a finding. Safe to call twice.
 func (c *child) Stop() error {
 	c.stopOnce.Do(func() {
 		_ = c.cmd.Process.Signal(syscall.SIGTERM)
@@ -111,10 +128,12 @@ func (c *child) Stop() error {
 		defer t.Stop()
 		select {
 		case <-c.exited:
+			c.stopErr = c.exitErr
 		case <-t.C:
 			_ = c.cmd.Process.Kill()
 			<-c.exited
+			c.stopErr = fmt.Errorf("%s did not exit within 15 s of SIGTERM and was killed: %s", c.name, c.Tail())
 		}
 	})
-	return c.exitErr
+	return c.stopErr
 }

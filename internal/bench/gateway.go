@@ -89,26 +89,49 @@ func StartGateway(ctx context.Context, bin string, cfg GatewayConfig) (*GatewayP
 // DeviceAddr is the device listener.
 func (g *GatewayProc) DeviceAddr() string { return g.field("devices") }
 
-// Metric reads one unlabelled sample from the gateway's /metrics.
+// Metric reads one sample from the gateway's /metrics: name is the series
+// as written there, labels included.
 func (g *GatewayProc) Metric(name string) (float64, error) {
+	all, err := g.scrape()
+	if err != nil {
+		return 0, err
+	}
+	v, ok := all[name]
+	if !ok {
+		return 0, fmt.Errorf("gateway metric %s not found", name)
+	}
+	return v, nil
+}
+
+// scrape reads every sample of the gateway's /metrics at once.
+func (g *GatewayProc) scrape() (map[string]float64, error) {
 	addr := g.field("http")
 	if addr == "" {
-		return 0, errors.New("gateway has no HTTP address")
+		return nil, errors.New("gateway has no HTTP address")
 	}
 	c := http.Client{Timeout: 5 * time.Second}
 	resp, err := c.Get("http://" + addr + "/metrics")
 	if err != nil {
-		return 0, fmt.Errorf("gateway metrics: %w", err)
+		return nil, fmt.Errorf("gateway metrics: %w", err)
 	}
 	defer resp.Body.Close()
+	out := map[string]float64{}
 	sc := bufio.NewScanner(io.LimitReader(resp.Body, 8<<20))
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
-			return strconv.ParseFloat(strings.TrimSpace(v), 64)
+		line := sc.Text()
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			continue
+		}
+		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
+			out[line[:i]] = v
 		}
 	}
-	return 0, fmt.Errorf("gateway metric %s not found", name)
+	return out, sc.Err()
 }
 
 // The gateway's histogram of PUBLISH handling time (read to verdict, durable
@@ -117,19 +140,24 @@ const publishHistogram = "vitalgate_gateway_publish_seconds"
 
 var publishBuckets = []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1}
 
-// Buckets reads the cumulative counts of histogram name at the bounds les,
-// followed by its total count; nil if the gateway does not answer.
+// Buckets reads, from one scrape, the cumulative counts of histogram name
+// at the bounds les, followed by its total count; nil if the gateway does
+// not answer.
 func (g *GatewayProc) Buckets(name string, les []float64) []float64 {
+	all, err := g.scrape()
+	if err != nil {
+		return nil
+	}
 	out := make([]float64, len(les)+1)
 	for i, le := range les {
-		v, err := g.Metric(fmt.Sprintf("%s_bucket{le=%q}", name, strconv.FormatFloat(le, 'g', -1, 64)))
-		if err != nil {
+		v, ok := all[fmt.Sprintf("%s_bucket{le=%q}", name, strconv.FormatFloat(le, 'g', -1, 64))]
+		if !ok {
 			return nil
 		}
 		out[i] = v
 	}
-	v, err := g.Metric(name + "_count")
-	if err != nil {
+	v, ok := all[name+"_count"]
+	if !ok {
 		return nil
 	}
 	out[len(les)] = v

@@ -73,19 +73,23 @@ func (l *Listener) Init(log *slog.Logger) error {
 
 // Serve accepts connections until Close.
 func (l *Listener) Serve(establish listeners.EstablishFn) {
+	var delay time.Duration
 	for {
 		conn, err := l.ln.Accept()
 		if err != nil {
-			if l.end.Load() {
+			if l.end.Load() || errors.Is(err, net.ErrClosed) {
 				return
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				time.Sleep(10 * time.Millisecond)
-				continue
+			// Anything else (out of file descriptors, a timeout) passes:
+			// back off, as net/http does, rather than stop serving.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			if l.log != nil {
+				l.log.Error("accept failed; retrying", "listener", l.id, "error", err, "retry_in", delay)
 			}
-			return
+			time.Sleep(delay)
+			continue
 		}
+		delay = 0
 		if l.end.Load() {
 			_ = conn.Close()
 			return

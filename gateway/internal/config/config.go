@@ -138,8 +138,12 @@ func (c Config) Validate() error {
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		bad("listen", "%q is not host:port", c.Listen)
 	}
-	if c.Pprof && c.HTTP == "" {
-		bad("pprof", "needs an http address to serve on")
+	if c.Pprof {
+		// Profiles and traces are unauthenticated and cost CPU for as long as
+		// the caller asks: never on an address others can reach.
+		if host, _, err := net.SplitHostPort(c.HTTP); c.HTTP == "" || err != nil || !isLoopback(host) {
+			bad("pprof", "needs http on a loopback address (127.0.0.1, ::1 or localhost), not %q", c.HTTP)
+		}
 	}
 	if c.HTTP != "" {
 		if _, _, err := net.SplitHostPort(c.HTTP); err != nil {
@@ -213,4 +217,14 @@ func (c Config) Validate() error {
 		bad("relay.window", "%d outside 1..65000", c.Relay.Window)
 	}
 	return errors.Join(errs...)
+}
+
+// isLoopback reports whether host (of host:port) names only the loopback
+// interface.
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

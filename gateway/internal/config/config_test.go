@@ -52,3 +52,23 @@ func TestValidateReportsEverything(t *testing.T) {
 		}
 	}
 }
+
+func TestPprofOnlyOnLoopback(t *testing.T) {
+	for _, c := range []struct {
+		http string
+		ok   bool
+	}{
+		{"127.0.0.1:9100", true}, {"[::1]:9100", true}, {"localhost:9100", true},
+		{"0.0.0.0:9100", false}, {":9100", false}, {"10.0.0.5:9100", false}, {"", false},
+	} {
+		cfg := Default()
+		cfg.HTTP, cfg.Pprof = c.http, true
+		err := cfg.Validate()
+		if (err == nil) != c.ok {
+			t.Errorf("http %q with pprof: %v, want ok=%v", c.http, err, c.ok)
+		}
+		if err != nil && !strings.Contains(err.Error(), "pprof:") {
+			t.Errorf("http %q: error %v does not name pprof", c.http, err)
+		}
+	}
+}
