@@ -109,6 +109,42 @@ func TestReconnectKeepsSeq(t *testing.T) {
 	}
 }
 
+// A publish whose PUBACK never comes (the connection stays up, so nothing
+// reports it lost) makes the device drop that connection, reconnect and
+// resend the message: no seq is skipped and the device goes on. Both
+// protocol versions.
+func TestAckTimeoutReconnects(t *testing.T) {
+	for _, v := range []int{MQTT3, MQTT5} {
+		t.Run(fmt.Sprint(v), func(t *testing.T) {
+			dir := newPKI(t)
+			s := startStandIn(t, dir, "")
+			s.mu.Lock()
+			s.withhold = 1
+			s.mu.Unlock()
+			cfg := testConfig(dir, s.addr)
+			cfg.Devices, cfg.MQTT, cfg.Rate = 1, v, 20
+			cfg.AckTimeout = 500 * time.Millisecond
+			_, stop := runFleet(t, cfg)
+			state := func() string {
+				s.mu.Lock()
+				defer s.mu.Unlock()
+				return fmt.Sprintf("connections %v, accepted %d, withheld left %d", s.versions, len(s.accepted["dev-00001"]), s.withhold)
+			}
+			waitFor(t, "records after the lost PUBACK", 30*time.Second, func() bool {
+				return len(s.records("dev-00001")) >= 20
+			}, state)
+			rep, err := stop()
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkContiguous(t, s, "dev-00001", 1)
+			if rep.Stats.Connects < 2 {
+				t.Errorf("%d connections, want a reconnect after the ack timeout (%s)", rep.Stats.Connects, state())
+			}
+		})
+	}
+}
+
 func TestBacklogWhileAway(t *testing.T) {
 	dir := newPKI(t)
 	s := startStandIn(t, dir, "")

@@ -232,7 +232,13 @@ func (r *runner) run(ctx context.Context, stopGen <-chan struct{}) {
 			retry = time.NewTimer(r.backoff())
 			retryC = retry.C
 		case res := <-r.results:
-			r.handle(res)
+			// A failed publish drops the connection before its loss is
+			// reported (paho completes the tokens first), and with it the
+			// lost channel: the reconnect is scheduled here.
+			if r.handle(res) && !connecting && retryC == nil {
+				retry = time.NewTimer(r.backoff())
+				retryC = retry.C
+			}
 		case <-retryC:
 			retryC = nil
 			connecting = true
@@ -418,9 +424,12 @@ func (r *runner) pump(ctx context.Context) {
 }
 
 // handle processes the answer to one publish.
-func (r *runner) handle(res result) {
+// handle takes the outcome of a publish. It reports whether it dropped the
+// connection (a failed publish), after which the caller schedules a
+// reconnect.
+func (r *runner) handle(res result) (dropped bool) {
 	if res.gen != r.gen || r.inflight[res.e.id] != res.e {
-		return // sent on an earlier connection: already back in the buffer
+		return false // sent on an earlier connection: already back in the buffer
 	}
 	e := res.e
 	c := &r.f.ctr
@@ -429,13 +438,13 @@ func (r *runner) handle(res result) {
 		r.f.log.Debug("publish failed", "device", r.id, "err", res.err)
 		r.disconnect() // resend on a new connection
 		r.failures++
-		return
+		return true
 	}
 	delete(r.inflight, e.id)
 	c.buffered.Add(-1)
 	c.answered.Add(1)
 	if r.f.cfg.QoS == 0 {
-		return
+		return false
 	}
 	c.latency.Record(res.rtt)
 	c.codes[res.code].Add(1)
@@ -461,6 +470,7 @@ func (r *runner) handle(res result) {
 			r.bursting = 0
 		}
 	}
+	return false
 }
 
 // runRevoked connects with a revoked certificate about once a second and

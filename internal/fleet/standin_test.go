@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"testing"
@@ -37,6 +38,7 @@ type standIn struct {
 	replays  int
 	versions map[byte]int // protocol versions of connections
 	checkCRL bool
+	withhold int // PUBACKs still to withhold (the message is dropped, the connection kept)
 }
 
 // newPKI creates a PKI directory.
@@ -190,6 +192,10 @@ func (h *standInHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 	s := h.s
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.withhold > 0 {
+		s.withhold--
+		return pk, packets.ErrRejectPacket // no PUBACK, connection kept
+	}
 	prev := s.accepted[rec.Dev]
 	if len(prev) > 0 && rec.Seq <= prev[len(prev)-1].Seq {
 		s.replays++
@@ -211,6 +217,9 @@ func waitFor(t *testing.T, what string, d time.Duration, cond func() bool, state
 			for _, f := range state {
 				b.WriteString("; " + f())
 			}
+			var dump strings.Builder
+			_ = pprof.Lookup("goroutine").WriteTo(&dump, 1)
+			t.Logf("goroutines:\n%s", dump.String())
 			t.Fatalf("timed out waiting for %s%s", what, b.String())
 		}
 		time.Sleep(10 * time.Millisecond)
