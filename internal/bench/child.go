@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
 	"regexp"
 	"strconv"
@@ -12,6 +13,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"gopkg.in/yaml.v3"
 )
 
 // child is one of the project's programs run as a child process. It is
@@ -33,6 +36,18 @@ type child struct {
 // fieldRE matches a key=value pair of a slog text line; a value with spaces
 // or quotes is quoted there.
 var fieldRE = regexp.MustCompile(`(?:^|\s)([\w.]+)=("(?:[^"\\]|\\.)*"|\S*)`)
+
+// startWithConfig writes config as YAML to path and starts bin --config path.
+func startWithConfig(ctx context.Context, name, bin, path string, config map[string]any, started string) (*child, error) {
+	b, err := yaml.Marshal(config)
+	if err != nil {
+		return nil, fmt.Errorf("%s config: %w", name, err)
+	}
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		return nil, fmt.Errorf("write %s config: %w", name, err)
+	}
+	return startChild(ctx, name, exec.Command(bin, "--config", path), started)
+}
 
 // startChild starts cmd and waits up to a minute for its started line.
 func startChild(ctx context.Context, name string, cmd *exec.Cmd, started string) (*child, error) {

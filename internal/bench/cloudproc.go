@@ -4,10 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-
-	"gopkg.in/yaml.v3"
 )
 
 // CloudProc is the cloud broker (the broker program) running as a child
@@ -28,18 +25,10 @@ func StartCloud(ctx context.Context, bin, pkiDir, dir string) (*CloudProc, error
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("cloud directory: %w", err)
 	}
-	b, err := yaml.Marshal(map[string]any{
+	c, err := startWithConfig(ctx, "cloud broker", bin, filepath.Join(dir, "broker.yaml"), map[string]any{
 		"pki": pkiDir, "listen": "127.0.0.1:0", "apps": "127.0.0.1:0", "ws": "", "http": "", "data": "",
 		"max_clients": 100, "max_inflight": 65535, "max_writes_pending": 1 << 16,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("cloud config: %w", err)
-	}
-	path := filepath.Join(dir, "broker.yaml")
-	if err := os.WriteFile(path, b, 0o600); err != nil {
-		return nil, fmt.Errorf("write cloud config: %w", err)
-	}
-	c, err := startChild(ctx, "cloud broker", exec.Command(bin, "--config", path), `msg="cloud broker started"`)
+	}, `msg="cloud broker started"`)
 	if err != nil {
 		return nil, err
 	}

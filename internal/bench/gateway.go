@@ -14,8 +14,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	"gopkg.in/yaml.v3"
 )
 
 // GatewayConfig is what the harness sets in the gateway's configuration
@@ -71,15 +69,7 @@ func StartGateway(ctx context.Context, bin string, cfg GatewayConfig) (*GatewayP
 	if cfg.Pprof {
 		file["pprof"] = true
 	}
-	b, err := yaml.Marshal(file)
-	if err != nil {
-		return nil, fmt.Errorf("gateway config: %w", err)
-	}
-	path := filepath.Join(cfg.Data, "gateway.yaml")
-	if err := os.WriteFile(path, b, 0o600); err != nil {
-		return nil, fmt.Errorf("write gateway config: %w", err)
-	}
-	c, err := startChild(ctx, "gateway", exec.Command(bin, "--config", path), `msg="gateway started"`)
+	c, err := startWithConfig(ctx, "gateway", bin, filepath.Join(cfg.Data, "gateway.yaml"), file, `msg="gateway started"`)
 	if err != nil {
 		return nil, err
 	}
