@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -37,8 +38,12 @@ type child struct {
 // or quotes is quoted there.
 var fieldRE = regexp.MustCompile(`(?:^|\s)([\w.]+)=("(?:[^"\\]|\\.)*"|\S*)`)
 
-// startWithConfig writes config as YAML to path and starts bin --config path.
+// startWithConfig writes config as YAML to path (creating its directory)
+// and starts bin --config path.
 func startWithConfig(ctx context.Context, name, bin, path string, config map[string]any, started string) (*child, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("%s directory: %w", name, err)
+	}
 	b, err := yaml.Marshal(config)
 	if err != nil {
 		return nil, fmt.Errorf("%s config: %w", name, err)

@@ -2,8 +2,6 @@ package bench
 
 import (
 	"context"
-	"fmt"
-	"os"
 	"path/filepath"
 )
 
@@ -22,9 +20,6 @@ func BuildBroker(ctx context.Context, dir string) (string, error) { return build
 // QoS 1 delivery when the subscriber is max_inflight or max_writes_pending
 // behind).
 func StartCloud(ctx context.Context, bin, pkiDir, dir string) (*CloudProc, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("cloud directory: %w", err)
-	}
 	c, err := startWithConfig(ctx, "cloud broker", bin, filepath.Join(dir, "broker.yaml"), map[string]any{
 		"pki": pkiDir, "listen": "127.0.0.1:0", "apps": "127.0.0.1:0", "ws": "", "http": "", "data": "",
 		"max_clients": 100, "max_inflight": 65535, "max_writes_pending": 1 << 16,

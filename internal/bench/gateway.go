@@ -53,9 +53,6 @@ func build(ctx context.Context, dir, name string) (string, error) {
 // it, and waits until the gateway logs that it started, which names its
 // bound addresses.
 func StartGateway(ctx context.Context, bin string, cfg GatewayConfig) (*GatewayProc, error) {
-	if err := os.MkdirAll(cfg.Data, 0o700); err != nil {
-		return nil, fmt.Errorf("gateway data: %w", err)
-	}
 	rate := cfg.RatePerDevice
 	file := map[string]any{
 		"pki": cfg.PKI, "data": cfg.Data, "listen": "127.0.0.1:0", "http": "127.0.0.1:0",

@@ -30,7 +30,7 @@ type Config struct {
 	// RelayWindow, when > 0, sets the gateway's relay.window (QoS 1
 	// messages in flight to the cloud); 0 keeps the gateway's default.
 	RelayWindow int
-	Pprof       bool   // the gateway serves /debug/pprof/; its address is printed on the progress output
+	Pprof       bool   // the gateway serves /debug/pprof/; its address goes to Notice
 	Dir         string // work directory (PKI, data); "": a temporary one, removed after
 	Seed        int64
 	// Progress, when set, gets a one-line status about four times a second.

@@ -170,6 +170,10 @@ func (r *runner) run(ctx context.Context, stopGen <-chan struct{}) {
 	r.connect(ctx, connectCh)
 	var retry *time.Timer
 	var retryC <-chan time.Time
+	reconnectLater := func() {
+		retry = time.NewTimer(r.backoff())
+		retryC = retry.C
+	}
 	generating := true
 
 	defer func() {
@@ -217,8 +221,7 @@ func (r *runner) run(ctx context.Context, stopGen <-chan struct{}) {
 			if cr.err != nil {
 				r.countConnectError(cr.err)
 				r.failures++
-				retry = time.NewTimer(r.backoff())
-				retryC = retry.C
+				reconnectLater()
 				break
 			}
 			r.cl, r.failures = cr.c, 0
@@ -229,15 +232,13 @@ func (r *runner) run(ctx context.Context, stopGen <-chan struct{}) {
 			r.f.log.Debug("connection lost", "device", r.id)
 			r.disconnect()
 			r.failures++
-			retry = time.NewTimer(r.backoff())
-			retryC = retry.C
+			reconnectLater()
 		case res := <-r.results:
 			// A failed publish drops the connection before its loss is
 			// reported (paho completes the tokens first), and with it the
 			// lost channel: the reconnect is scheduled here.
 			if r.handle(res) && !connecting && retryC == nil {
-				retry = time.NewTimer(r.backoff())
-				retryC = retry.C
+				reconnectLater()
 			}
 		case <-retryC:
 			retryC = nil
@@ -423,7 +424,6 @@ func (r *runner) pump(ctx context.Context) {
 	}
 }
 
-// handle processes the answer to one publish.
 // handle takes the outcome of a publish. It reports whether it dropped the
 // connection (a failed publish), after which the caller schedules a
 // reconnect.

@@ -205,7 +205,6 @@ func (h *standInHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 	return pk, packets.CodeSuccessIgnore // acknowledged, not delivered to subscribers
 }
 
-// waitFor polls cond until it holds or the deadline passes.
 // waitFor polls cond until it holds or d has passed; on a timeout it fails
 // with what and the output of each state function.
 func waitFor(t *testing.T, what string, d time.Duration, cond func() bool, state ...func() string) {
