@@ -1,14 +1,18 @@
-// Package packetconn makes github.com/eclipse/paho.golang write each MQTT
-// packet to its connection with one Write.
+// Package packetconn shapes how MQTT clients' packets reach the network.
 //
-// paho.golang encodes a packet as several buffers (fixed header, variable
-// header, properties, payload) and writes them one by one. On a *tls.Conn
-// every Write is a TLS record and a write system call, so a PUBLISH costs
-// three records, three syscalls at the sender and as many records to decrypt
-// at the receiver. paho.golang locks its connection around a packet when the
-// connection is a [sync.Locker] (that is what packets.NewThreadSafeConn
-// provides); a [Conn] is such a Locker that collects the packet's buffers
-// while locked and writes them as one when unlocked.
+// [Conn] makes github.com/eclipse/paho.golang write each MQTT packet to its
+// connection with one Write. paho.golang encodes a packet as several buffers
+// (fixed header, variable header, properties, payload) and writes them one by
+// one. On a *tls.Conn every Write is a TLS record and a write system call, so
+// a PUBLISH costs three records, three syscalls at the sender and as many
+// records to decrypt at the receiver. paho.golang locks its connection around
+// a packet when the connection is a [sync.Locker] (that is what
+// packets.NewThreadSafeConn provides); a [Conn] is such a Locker that collects
+// the packet's buffers while locked and writes them as one when unlocked.
+//
+// [Batching] goes further for a connection that carries many packets in
+// flight: it writes whatever packets were queued during the previous write
+// as one.
 package packetconn
 
 import (

@@ -44,6 +44,7 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vitalgate/vitalgate/gateway/internal/spool"
+	"github.com/vitalgate/vitalgate/internal/packetconn"
 )
 
 // Entry is one queued message: Key orders the queue, Data is a [Frame] of topic and payload.
@@ -341,13 +342,23 @@ func (r *Relay) connect(ctx context.Context) (*session, error) {
 func (r *Relay) dial(ctx context.Context, u string) (*session, error) {
 	s := &session{url: u, dead: make(chan struct{})}
 	// Our own dial so that a stop (ctx) interrupts a slow TCP connect or TLS handshake.
+	// Writes are batched: the publishes paho writes while one write is in
+	// progress leave together (one TLS record, one system call), and each
+	// write is bounded by WriteTimeout.
 	open := func(uri *url.URL, _ mqtt.ClientOptions) (net.Conn, error) {
 		d := &net.Dialer{Timeout: r.cfg.ConnectTimeout, KeepAlive: r.cfg.KeepAlive}
+		var c net.Conn
+		var err error
 		if uri.Scheme == "ssl" {
 			td := &tls.Dialer{NetDialer: d, Config: r.cfg.TLS}
-			return td.DialContext(ctx, "tcp", uri.Host)
+			c, err = td.DialContext(ctx, "tcp", uri.Host)
+		} else {
+			c, err = d.DialContext(ctx, "tcp", uri.Host)
 		}
-		return d.DialContext(ctx, "tcp", uri.Host)
+		if err != nil {
+			return nil, err
+		}
+		return packetconn.NewBatching(c, r.cfg.WriteTimeout), nil
 	}
 	o := mqtt.NewClientOptions().
 		AddBroker(u).

@@ -1,0 +1,129 @@
+package packetconn
+
+import (
+	"net"
+	"sync"
+	"time"
+)
+
+// maxPending bounds the bytes a [Batching] holds for its flusher; a Write
+// beyond it waits until the flusher has taken the buffer.
+const maxPending = 256 << 10
+
+// closeGrace bounds how long Close waits for the last flush.
+const closeGrace = time.Second
+
+// Batching is a net.Conn whose writes are queued and written by a flusher
+// goroutine: packets written while the flusher is in a write go out together,
+// in one write (one TLS record and one system call on a *tls.Conn). For a
+// sender of many small packets, such as the gateway's relay with hundreds of
+// QoS 1 publishes in flight or a broker's PUBACKs to it, that replaces one
+// system call per packet with one per batch; a lone packet is written at
+// once, with one goroutine hand-off of delay.
+//
+// Write returns as soon as its bytes are queued, so a write error shows on
+// a later Write (and on Close). When a flush fails the connection is closed,
+// so the reader sees the loss at once. Each flush has its own write deadline
+// of the timeout given to [NewBatching]; SetWriteDeadline is ignored, and
+// SetDeadline only sets the read deadline.
+type Batching struct {
+	net.Conn
+	timeout time.Duration
+
+	mu     sync.Mutex
+	cond   sync.Cond // buf gained data, the flusher took buf, or the state changed
+	buf    []byte    // queued bytes
+	spare  []byte    // the flusher's previous buffer, reused
+	err    error     // first write error
+	closed bool
+	done   chan struct{} // closed when the flusher has exited
+}
+
+// NewBatching wraps c and starts its flusher. timeout bounds each flush
+// (0: no deadline).
+func NewBatching(c net.Conn, timeout time.Duration) *Batching {
+	b := &Batching{Conn: c, timeout: timeout, done: make(chan struct{})}
+	b.cond.L = &b.mu
+	go b.flush()
+	return b
+}
+
+// Write queues p. It blocks only while maxPending bytes are already queued.
+func (b *Batching) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for b.err == nil && !b.closed && len(b.buf) > 0 && len(b.buf)+len(p) > maxPending {
+		b.cond.Wait()
+	}
+	switch {
+	case b.err != nil:
+		return 0, b.err
+	case b.closed:
+		return 0, net.ErrClosed
+	}
+	if len(b.buf) == 0 {
+		b.cond.Broadcast()
+	}
+	b.buf = append(b.buf, p...)
+	return len(p), nil
+}
+
+// flush is the flusher goroutine.
+func (b *Batching) flush() {
+	defer close(b.done)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for {
+		for len(b.buf) == 0 && !b.closed && b.err == nil {
+			b.cond.Wait()
+		}
+		if len(b.buf) == 0 || b.err != nil {
+			return
+		}
+		out := b.buf
+		b.buf, b.spare = b.spare[:0], nil
+		deadline := time.Time{}
+		if b.closed {
+			deadline = time.Now().Add(closeGrace)
+		} else if b.timeout > 0 {
+			deadline = time.Now().Add(b.timeout)
+		}
+		b.cond.Broadcast() // room for writers waiting on maxPending
+		b.mu.Unlock()
+		_ = b.Conn.SetWriteDeadline(deadline)
+		_, err := b.Conn.Write(out)
+		if err != nil {
+			_ = b.Conn.Close()
+		}
+		b.mu.Lock()
+		if err != nil {
+			b.err = err
+			b.cond.Broadcast()
+		}
+		if cap(out) <= 2*maxPending {
+			b.spare = out
+		}
+	}
+}
+
+// Close writes what is queued (waiting at most a second for it), then
+// closes the connection.
+func (b *Batching) Close() error {
+	b.mu.Lock()
+	already := b.closed
+	b.closed = true
+	b.cond.Broadcast()
+	b.mu.Unlock()
+	if already {
+		return net.ErrClosed
+	}
+	_ = b.Conn.SetWriteDeadline(time.Now().Add(closeGrace))
+	<-b.done
+	return b.Conn.Close()
+}
+
+// SetWriteDeadline does nothing: each flush sets its own deadline.
+func (b *Batching) SetWriteDeadline(time.Time) error { return nil }
+
+// SetDeadline sets the read deadline only: each flush sets its own write deadline.
+func (b *Batching) SetDeadline(t time.Time) error { return b.Conn.SetReadDeadline(t) }

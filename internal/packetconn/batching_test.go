@@ -1,0 +1,188 @@
+package packetconn
+
+import (
+	"bytes"
+	"errors"
+	"net"
+	"sync"
+	"testing"
+	"time"
+)
+
+// gated is a net.Conn whose Writes wait for a value on gate (when gate is
+// set) and are recorded.
+type gated struct {
+	net.Conn
+	gate    chan struct{}
+	entered chan struct{} // a Write has started (buffered)
+
+	mu       sync.Mutex
+	writes   [][]byte
+	fail     error
+	closed   bool
+	deadline time.Time
+}
+
+func newGated() *gated { return &gated{gate: make(chan struct{}), entered: make(chan struct{}, 100)} }
+
+func (g *gated) Write(b []byte) (int, error) {
+	g.entered <- struct{}{}
+	<-g.gate
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.fail != nil {
+		return 0, g.fail
+	}
+	g.writes = append(g.writes, bytes.Clone(b))
+	return len(b), nil
+}
+
+func (g *gated) Close() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.closed = true
+	return nil
+}
+
+func (g *gated) SetWriteDeadline(t time.Time) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.deadline = t
+	return nil
+}
+
+func (g *gated) got() ([][]byte, bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.writes, g.closed
+}
+
+func mustWrite(t *testing.T, c net.Conn, s string) {
+	t.Helper()
+	if _, err := c.Write([]byte(s)); err != nil {
+		t.Fatalf("write %q: %v", s, err)
+	}
+}
+
+// Packets written while a flush is in progress go out together, in order.
+func TestBatchingCoalescesWhileAWriteIsInProgress(t *testing.T) {
+	g := newGated()
+	b := NewBatching(g, time.Minute)
+	mustWrite(t, b, "A")
+	<-g.entered // the flusher is inside the write of A
+	mustWrite(t, b, "B")
+	mustWrite(t, b, "C")
+	mustWrite(t, b, "D")
+	g.gate <- struct{}{} // A done
+	<-g.entered
+	g.gate <- struct{}{} // BCD done
+	close(g.gate)
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	writes, closed := g.got()
+	if len(writes) != 2 || string(writes[0]) != "A" || string(writes[1]) != "BCD" {
+		t.Fatalf("writes %q, want [A BCD]", writes)
+	}
+	if !closed {
+		t.Fatal("underlying connection not closed")
+	}
+	g.mu.Lock()
+	dl := g.deadline
+	g.mu.Unlock()
+	if dl.IsZero() {
+		t.Fatal("flush had no write deadline")
+	}
+}
+
+// Close writes what is still queued before closing.
+func TestBatchingCloseFlushes(t *testing.T) {
+	g := newGated()
+	close(g.gate)
+	b := NewBatching(g, 0)
+	var want []byte
+	for i := range 100 {
+		p := bytes.Repeat([]byte{byte(i)}, 1+i)
+		want = append(want, p...)
+		if _, err := b.Write(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	writes, closed := g.got()
+	if got := bytes.Join(writes, nil); !bytes.Equal(got, want) || !closed {
+		t.Fatalf("wrote %d bytes (closed %v), want %d in order", len(got), closed, len(want))
+	}
+	if _, err := b.Write([]byte("late")); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("write after Close: %v, want net.ErrClosed", err)
+	}
+}
+
+// A failed flush closes the connection and fails the next Write.
+func TestBatchingWriteFailure(t *testing.T) {
+	g := newGated()
+	boom := errors.New("connection reset")
+	g.fail = boom
+	close(g.gate)
+	b := NewBatching(g, time.Minute)
+	mustWrite(t, b, "lost") // queued: the failure comes later
+	<-b.done                // the flusher stops at the failure
+	if _, closed := g.got(); !closed {
+		t.Fatal("connection not closed after a failed flush")
+	}
+	if _, err := b.Write([]byte("next")); !errors.Is(err, boom) {
+		t.Fatalf("next write: %v, want %v", err, boom)
+	}
+}
+
+// While a flush hangs, a writer waits once maxPending bytes are queued
+// rather than growing the buffer.
+func TestBatchingBoundsQueuedBytes(t *testing.T) {
+	g := newGated()
+	b := NewBatching(g, time.Minute)
+	mustWrite(t, b, "first")
+	<-g.entered // flusher blocked inside the first write
+	chunk := make([]byte, 32<<10)
+	wrote := make(chan int)
+	go func() {
+		n := 0
+		for range 3 * maxPending / len(chunk) {
+			if _, err := b.Write(chunk); err != nil {
+				break
+			}
+			n++
+		}
+		wrote <- n
+	}()
+	// The writer fills the buffer up to the bound and waits there.
+	for {
+		b.mu.Lock()
+		queued := len(b.buf)
+		b.mu.Unlock()
+		if queued > maxPending {
+			t.Fatalf("%d bytes queued, bound %d", queued, maxPending)
+		}
+		if queued+len(chunk) > maxPending {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	select {
+	case n := <-wrote:
+		t.Fatalf("all %d writes returned while the flush hung", n)
+	default:
+	}
+	close(g.gate) // the flush completes; the rest follows
+	if n := <-wrote; n != 3*maxPending/len(chunk) {
+		t.Fatalf("%d writes", n)
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	writes, _ := g.got()
+	if total := len(bytes.Join(writes, nil)); total != len("first")+3*maxPending {
+		t.Fatalf("%d bytes written", total)
+	}
+}
