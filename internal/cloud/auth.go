@@ -142,8 +142,9 @@ func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) boo
 }
 
 func (h *authHook) authGateway(cl *mqtt.Client) *identity {
-	tc, ok := cl.Net.Conn.(*tls.Conn)
-	if !ok {
+	// A *tls.Conn, or a connection wrapping one (packetconn.Batching).
+	tc, ok := cl.Net.Conn.(interface{ ConnectionState() tls.ConnectionState })
+	if !ok || tc.ConnectionState().Version == 0 {
 		h.refuse(cl, kindGateway, "no_tls", "not a TLS connection")
 		return nil
 	}

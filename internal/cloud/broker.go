@@ -181,7 +181,7 @@ func (b *Broker) start() error {
 			return fail(fmt.Errorf("open store in %s: %w", b.cfg.Data, err))
 		}
 	}
-	b.gw = listen.NewListener(b.srv, listenerGateways, b.cfg.Listen, b.gwTLS, b.cfg.ConnectTimeout)
+	b.gw = listen.NewListener(b.srv, listenerGateways, b.cfg.Listen, b.gwTLS, b.cfg.ConnectTimeout).BatchWrites(gatewayWriteTimeout)
 	if err := b.srv.AddListener(b.gw); err != nil {
 		return fail(fmt.Errorf("listen for gateways on %s: %w", b.cfg.Listen, err))
 	}

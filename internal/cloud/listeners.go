@@ -25,6 +25,12 @@ const (
 	listenerWS       = "ws"
 )
 
+// gatewayWriteTimeout bounds each write to a gateway. Gateway connections
+// batch their writes (a gateway keeps hundreds of QoS 1 publishes in flight,
+// so its PUBACKs leave together); a gateway that reads nothing for this long
+// is disconnected.
+const gatewayWriteTimeout = 30 * time.Second
+
 // wsListener is a mochi listener for MQTT over WebSocket over TLS. mochi's own
 // WebSocket listener binds only in Serve (so ":0" cannot be resolved and a
 // busy port is only logged); this one binds in Init, bounds the handshake

@@ -1,6 +1,7 @@
 package packetconn
 
 import (
+	"crypto/tls"
 	"net"
 	"sync"
 	"time"
@@ -120,6 +121,15 @@ func (b *Batching) Close() error {
 	_ = b.Conn.SetWriteDeadline(time.Now().Add(closeGrace))
 	<-b.done
 	return b.Conn.Close()
+}
+
+// ConnectionState is the TLS state of the wrapped connection, the zero value
+// if it is not a TLS connection.
+func (b *Batching) ConnectionState() tls.ConnectionState {
+	if tc, ok := b.Conn.(interface{ ConnectionState() tls.ConnectionState }); ok {
+		return tc.ConnectionState()
+	}
+	return tls.ConnectionState{}
 }
 
 // SetWriteDeadline does nothing: each flush sets its own deadline.
