@@ -4,7 +4,7 @@
 //
 // # Storage
 //
-// The queue is one bbolt file with three buckets:
+// The queue is one bbolt file with four buckets:
 //
 //   - q: key = big-endian uint64 global sequence ([Entry.Key]), value =
 //     version byte 1, uvarint len(dev), dev, uvarint seq, varint enqueue
@@ -12,8 +12,20 @@
 //   - last: device ID -> big-endian uint64 last accepted seq, the replay
 //     window of DESIGN.md section 3, kept across restarts, followed by the
 //     caller's mark of that record (see [Queue.AppendMarked]), if any.
+//   - lastlog: the last seqs written since "last" was last brought up to
+//     date. key = big-endian uint64 commit number, value = version byte 1,
+//     then for each device of the commit: uvarint len(dev), dev, uvarint
+//     seq, uvarint len(mark), mark. Open applies them over "last" in key
+//     order.
 //   - meta: "next" -> big-endian uint64 next global sequence, so keys never
 //     go back even when the queue empties and the gateway restarts.
+//
+// A commit appends one lastlog value instead of updating each of its
+// devices in "last": devices are spread over the whole of "last", so a
+// batch of a few dozen devices would rewrite most of its pages, while
+// lastlog grows at its end. Every [compactEvery] commits, one commit writes
+// the devices changed since the previous compaction to "last" and empties
+// lastlog, so Open has little to replay.
 //
 // # Group commit
 //
@@ -64,11 +76,19 @@ const (
 var (
 	bucketQueue = []byte("q")
 	bucketLast  = []byte("last")
+	bucketLog   = []byte("lastlog")
 	bucketMeta  = []byte("meta")
 	keyNext     = []byte("next")
 )
 
 const valueVersion = 1
+
+// logVersion is the version byte of a lastlog value.
+const logVersion = 1
+
+// compactEvery is the number of lastlog values after which a commit brings
+// "last" up to date and empties lastlog.
+const compactEvery = 2048
 
 // ErrFull is returned by [Queue.Append] when the queue holds MaxRecords
 // records or MaxBytes bytes of data (counting appends still waiting for
@@ -144,7 +164,10 @@ type Queue struct {
 	closeOnce sync.Once
 
 	// Owned by the committer goroutine.
-	next uint64 // next global key
+	next    uint64              // next global key
+	logNext uint64              // next lastlog key
+	logLen  int                 // lastlog values since the last compaction
+	dirty   map[string]struct{} // devices whose last seq is in lastlog only
 }
 
 // Open opens or creates the queue at path and recovers its state: bbolt's
@@ -179,6 +202,7 @@ func Open(path string, o Options) (*Queue, error) {
 		stopped:  make(chan struct{}),
 		last:     make(map[string]uint64),
 		marks:    make(map[string][]byte),
+		dirty:    make(map[string]struct{}),
 	}
 	if err := q.load(); err != nil {
 		db.Close()
@@ -191,7 +215,7 @@ func Open(path string, o Options) (*Queue, error) {
 // load creates the buckets and rebuilds the in-memory state.
 func (q *Queue) load() error {
 	return q.db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketQueue, bucketLast, bucketMeta} {
+		for _, name := range [][]byte{bucketQueue, bucketLast, bucketLog, bucketMeta} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return fmt.Errorf("create bucket %s: %w", name, err)
 			}
@@ -211,6 +235,26 @@ func (q *Queue) load() error {
 		})
 		if err != nil {
 			return err
+		}
+		lc := tx.Bucket(bucketLog).Cursor()
+		for k, v := lc.First(); k != nil; k, v = lc.Next() {
+			if len(k) != 8 {
+				return fmt.Errorf("lastlog key %x: bad length", k)
+			}
+			err := decodeLog(v, func(dev string, seq uint64, mark []byte) {
+				q.last[dev] = seq
+				if len(mark) > 0 {
+					q.marks[dev] = bytes.Clone(mark)
+				} else {
+					delete(q.marks, dev)
+				}
+				q.dirty[dev] = struct{}{}
+			})
+			if err != nil {
+				return fmt.Errorf("lastlog key %x: %w", k, err)
+			}
+			q.logNext = binary.BigEndian.Uint64(k) + 1
+			q.logLen++
 		}
 		c := tx.Bucket(bucketQueue).Cursor()
 		for k, v := c.First(); k != nil; k, v = c.Next() {
@@ -273,6 +317,9 @@ func (q *Queue) Append(dev string, seq uint64, data []byte) error {
 func (q *Queue) AppendMarked(dev string, seq uint64, mark, data []byte) error {
 	if len(mark) > 64 {
 		return fmt.Errorf("spool: mark of %d bytes, limit 64", len(mark))
+	}
+	if dev == "" {
+		return errors.New("spool: empty device ID")
 	}
 	size := int64(len(data))
 	q.mu.Lock()
@@ -469,6 +516,8 @@ type batchState struct {
 	remBytes int64
 	oldest   bool  // oldestAt was recomputed
 	oldestAt int64 // enqueue time of the first record after the batch
+	logged   bool  // a lastlog value was added
+	compact  bool  // "last" was brought up to date and lastlog emptied
 }
 
 // commit runs one write transaction for the batch and answers every request.
@@ -486,7 +535,7 @@ func (q *Queue) commit(batch []*request) {
 			touched: make(map[string]bool),
 			next:    q.next,
 		}
-		qb, lb, mb := tx.Bucket(bucketQueue), tx.Bucket(bucketLast), tx.Bucket(bucketMeta)
+		qb, mb := tx.Bucket(bucketQueue), tx.Bucket(bucketMeta)
 		// bbolt keeps references to the keys and values passed to Put until
 		// the commit, so each gets its own 8 bytes from one slab.
 		slab := make([]byte, 0, 8*(2*len(batch)+1))
@@ -536,10 +585,9 @@ func (q *Queue) commit(batch []*request) {
 			st.added++
 			st.addBytes += r.size
 		}
-		for dev := range st.touched {
-			v := append(binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(st.marks[dev])), st.seen[dev]), st.marks[dev]...)
-			if err := lb.Put([]byte(dev), v); err != nil {
-				return fmt.Errorf("put last seq: %w", err)
+		if len(st.touched) > 0 {
+			if err := q.logLast(tx, &st); err != nil {
+				return err
 			}
 		}
 		if st.added > 0 {
@@ -569,6 +617,17 @@ func (q *Queue) commit(batch []*request) {
 	}
 	if err == nil {
 		q.next = st.next
+		switch {
+		case st.compact:
+			q.logNext, q.logLen = 0, 0
+			clear(q.dirty)
+		case st.logged:
+			q.logNext++
+			q.logLen++
+			for dev := range st.touched {
+				q.dirty[dev] = struct{}{}
+			}
+		}
 		q.count += st.added - st.removed
 		q.bytes += st.addBytes - st.remBytes
 		if st.oldest {
@@ -601,6 +660,89 @@ func (q *Queue) commit(batch []*request) {
 		default:
 		}
 	}
+}
+
+// logLast records the last seqs of the batch's devices: one lastlog value,
+// or, every compactEvery commits, the devices changed since the previous
+// compaction written to "last" and lastlog emptied. It runs inside the
+// commit's transaction and changes q's state only through st (the caller
+// applies it once the commit succeeded).
+func (q *Queue) logLast(tx *bolt.Tx, st *batchState) error {
+	if q.logLen+1 < compactEvery {
+		v := []byte{logVersion}
+		for dev := range st.touched {
+			mark := st.marks[dev]
+			v = binary.AppendUvarint(v, uint64(len(dev)))
+			v = append(v, dev...)
+			v = binary.AppendUvarint(v, st.seen[dev])
+			v = binary.AppendUvarint(v, uint64(len(mark)))
+			v = append(v, mark...)
+		}
+		lg := tx.Bucket(bucketLog)
+		lg.FillPercent = 1.0 // keys only grow
+		if err := lg.Put(binary.BigEndian.AppendUint64(nil, q.logNext), v); err != nil {
+			return fmt.Errorf("put lastlog: %w", err)
+		}
+		st.logged = true
+		return nil
+	}
+	lb := tx.Bucket(bucketLast)
+	put := func(dev string, seq uint64, mark []byte) error {
+		v := append(binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(mark)), seq), mark...)
+		if err := lb.Put([]byte(dev), v); err != nil {
+			return fmt.Errorf("put last seq: %w", err)
+		}
+		return nil
+	}
+	for dev := range q.dirty {
+		if _, ok := st.touched[dev]; ok {
+			continue
+		}
+		if err := put(dev, q.last[dev], q.marks[dev]); err != nil {
+			return err
+		}
+	}
+	for dev := range st.touched {
+		if err := put(dev, st.seen[dev], st.marks[dev]); err != nil {
+			return err
+		}
+	}
+	if err := tx.DeleteBucket(bucketLog); err != nil {
+		return fmt.Errorf("empty lastlog: %w", err)
+	}
+	if _, err := tx.CreateBucket(bucketLog); err != nil {
+		return fmt.Errorf("empty lastlog: %w", err)
+	}
+	st.compact = true
+	return nil
+}
+
+// decodeLog calls f for each device of a lastlog value. mark aliases v.
+func decodeLog(v []byte, f func(dev string, seq uint64, mark []byte)) error {
+	if len(v) == 0 || v[0] != logVersion {
+		return errors.New("unknown lastlog version")
+	}
+	v = v[1:]
+	for len(v) > 0 {
+		n, k := binary.Uvarint(v)
+		if k <= 0 || n == 0 || n > uint64(len(v)-k) {
+			return errors.New("bad device length")
+		}
+		dev := string(v[k : k+int(n)])
+		v = v[k+int(n):]
+		seq, k := binary.Uvarint(v)
+		if k <= 0 {
+			return errors.New("bad seq")
+		}
+		v = v[k:]
+		n, k = binary.Uvarint(v)
+		if k <= 0 || n > 64 || n > uint64(len(v)-k) {
+			return errors.New("bad mark length")
+		}
+		f(dev, seq, v[k:k+int(n)])
+		v = v[k+int(n):]
+	}
+	return nil
 }
 
 // encodeValue appends the q value of a record to b.

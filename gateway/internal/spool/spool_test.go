@@ -599,3 +599,77 @@ func TestMarkSurvivesReopen(t *testing.T) {
 		t.Fatal("unknown device has a last seq")
 	}
 }
+
+// The last seqs live in lastlog between compactions and in "last" after
+// one; a reopen finds the newest of each device either way, with its mark.
+func TestLastSeqsAcrossCompactions(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "q.db")
+	q := open(t, path, Options{NoSync: true})
+	const devices = 7
+	n := 2*compactEvery + 5 // one commit each: two compactions, then 5 logged
+	want := map[string]uint64{}
+	for i := range n {
+		dev := fmt.Sprintf("dev-%d", i%devices)
+		mark := []byte(fmt.Sprintf("m%d", i))
+		if i%devices == 3 {
+			mark = nil // a device without marks
+		}
+		if err := q.AppendMarked(dev, uint64(i+1), mark, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		want[dev] = uint64(i + 1)
+	}
+	if q.logLen != 5 || len(q.dirty) != 5 {
+		t.Fatalf("lastlog holds %d values for %d devices, want 5 and 5 after two compactions", q.logLen, len(q.dirty))
+	}
+	check := func(q *Queue) {
+		t.Helper()
+		for dev, seq := range want {
+			got, mark, ok := q.Last(dev)
+			wantMark := fmt.Sprintf("m%d", seq-1)
+			if dev == "dev-3" {
+				wantMark = ""
+			}
+			if !ok || got != seq || string(mark) != wantMark {
+				t.Fatalf("Last(%s) = %d %q %v, want %d %q", dev, got, mark, ok, seq, wantMark)
+			}
+			if err := q.Append(dev, seq, nil); verdict.Of(err) != verdict.Replay {
+				t.Fatalf("%s seq %d again: %v, want a replay", dev, seq, err)
+			}
+		}
+	}
+	check(q)
+	q.Close()
+	q = open(t, path, Options{NoSync: true})
+	if q.logLen != 5 {
+		t.Fatalf("reopened with %d lastlog values, want 5", q.logLen)
+	}
+	check(q)
+	// A compaction right after the reopen writes the devices replayed
+	// from lastlog too.
+	for i := q.logLen; i < compactEvery; i++ {
+		want["dev-0"]++
+		if err := q.AppendMarked("dev-0", want["dev-0"], []byte(fmt.Sprintf("m%d", want["dev-0"]-1)), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if q.logLen != 0 {
+		t.Fatalf("no compaction: %d lastlog values", q.logLen)
+	}
+	q.Close()
+	q = open(t, path, Options{NoSync: true})
+	if q.logLen != 0 {
+		t.Fatalf("reopened with %d lastlog values, want 0", q.logLen)
+	}
+	check(q)
+}
+
+func TestEmptyDeviceRefused(t *testing.T) {
+	q := open(t, filepath.Join(t.TempDir(), "q.db"), Options{NoSync: true})
+	if err := q.Append("", 1, nil); err == nil {
+		t.Fatal("empty device ID accepted")
+	}
+	if err := q.Append("d", 1, nil); err != nil {
+		t.Fatal(err)
+	}
+}
