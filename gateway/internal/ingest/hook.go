@@ -472,17 +472,24 @@ func (e *resendError) Unwrap() error { return e.err }
 func (h *Hook) cloudMessage(rec *telemetry.Record, raw, sig []byte, now time.Time) ([]byte, error) {
 	topic := "telemetry/" + h.o.Site + "/" + rec.Dev + "/" + rec.Kind
 	id := rec.Dev + ":" + strconv.FormatUint(rec.Seq, 10)
-	var payload []byte
-	var err error
 	if h.o.JSON {
-		payload, err = json.Marshal(jsonMessage{V: 1, ID: id, Site: h.o.Site, GW: h.o.GatewayID, RX: now.UnixMilli(), Rec: rec, Sig: sig})
-	} else {
-		payload, err = cborEnc.Marshal(cborMessage{V: 1, ID: id, Site: h.o.Site, GW: h.o.GatewayID, RX: now.UnixMilli(), Rec: raw, Sig: sig})
+		payload, err := json.Marshal(jsonMessage{V: 1, ID: id, Site: h.o.Site, GW: h.o.GatewayID, RX: now.UnixMilli(), Rec: rec, Sig: sig})
+		if err != nil {
+			return nil, err
+		}
+		return relay.Frame(topic, payload), nil
 	}
+	// CBOR, the default: encoded straight after the topic, into one
+	// allocation of about the right size (the map's keys, heads and the
+	// rx integer take under 64 bytes).
+	buf := bytes.NewBuffer(make([]byte, 0, len(topic)+1+len(id)+len(h.o.Site)+len(h.o.GatewayID)+len(raw)+len(sig)+64))
+	buf.WriteString(topic)
+	buf.WriteByte(0)
+	err := cborEnc.MarshalToBuffer(cborMessage{V: 1, ID: id, Site: h.o.Site, GW: h.o.GatewayID, RX: now.UnixMilli(), Rec: raw, Sig: sig}, buf)
 	if err != nil {
 		return nil, err
 	}
-	return relay.Frame(topic, payload), nil
+	return buf.Bytes(), nil
 }
 
 type cborMessage struct {
@@ -505,8 +512,8 @@ type jsonMessage struct {
 	Sig  []byte            `json:"sig"`
 }
 
-var cborEnc = func() cbor.EncMode {
-	m, err := cbor.CoreDetEncOptions().EncMode()
+var cborEnc = func() cbor.UserBufferEncMode {
+	m, err := cbor.CoreDetEncOptions().UserBufferEncMode()
 	if err != nil {
 		panic(err)
 	}

@@ -51,6 +51,13 @@
 // bound the queue; an Append that would exceed them fails at once with
 // [ErrFull] without touching the disk. Requests waiting for the committer
 // count against the bound.
+//
+// # Reading
+//
+// [Queue.Peek] reads the disk, except when the records asked for are among
+// the newest ones committed (up to 16,384 records and 16 MiB of data): those
+// it serves from memory, sharing the data slices given to Append. That is
+// the relay's case when it keeps up with the devices.
 package spool
 
 import (
@@ -125,9 +132,11 @@ type request struct {
 	dev   string
 	seq   uint64
 	mark  []byte // stored with the last seq
+	data  []byte // the record's data, kept by the tail
 	value []byte // encoded q value
 	size  int64  // len(data)
 	at    int64  // enqueue time, Unix ms
+	key   uint64 // assigned by the commit, 0 if refused
 	// Remove
 	keys []uint64
 
@@ -160,6 +169,7 @@ type Queue struct {
 	resCount  int               // appends waiting for the committer
 	resBytes  int64
 	oldestAt  int64 // enqueue time (Unix ms) of the oldest record, 0 if empty
+	tail      *tail // the newest records, for Peek
 	closeErr  error
 	closeOnce sync.Once
 
@@ -208,6 +218,7 @@ func Open(path string, o Options) (*Queue, error) {
 		db.Close()
 		return nil, fmt.Errorf("open queue %s: %w", path, err)
 	}
+	q.tail = newTail(q.next, tailSlots, tailMaxBytes)
 	go q.commitLoop()
 	return q, nil
 }
@@ -305,7 +316,8 @@ func (q *Queue) LastSeq(dev string) (uint64, bool) {
 // unless [Options.NoSync]). It fails with a [*verdict.Error] Replay if seq is
 // not above the device's last accepted seq (including appends committed in
 // the same batch), with [ErrFull] at the queue's bound, and with
-// [ErrClosed] after Close. data is copied; the caller may reuse it.
+// [ErrClosed] after Close. The queue keeps data (Peek may return it): the
+// caller must not modify it afterwards.
 func (q *Queue) Append(dev string, seq uint64, data []byte) error {
 	return q.AppendMarked(dev, seq, nil, data)
 }
@@ -336,7 +348,7 @@ func (q *Queue) AppendMarked(dev string, seq uint64, mark, data []byte) error {
 	q.mu.Unlock()
 
 	r := requestPool.Get().(*request)
-	r.dev, r.seq, r.mark, r.size, r.keys = dev, seq, mark, size, nil
+	r.dev, r.seq, r.mark, r.data, r.size, r.keys, r.key = dev, seq, mark, data, size, nil, 0
 	r.at = time.Now().UnixMilli()
 	r.value = encodeValue(r.value[:0], dev, seq, r.at, data)
 	err := q.submit(r)
@@ -346,7 +358,7 @@ func (q *Queue) AppendMarked(dev string, seq uint64, mark, data []byte) error {
 		q.resBytes -= size
 		q.mu.Unlock()
 	}
-	r.value, r.mark = r.value[:0], nil
+	r.value, r.mark, r.data = r.value[:0], nil, nil
 	if cap(r.value) > 64<<10 {
 		r.value = nil // do not pool large buffers
 	}
@@ -370,12 +382,29 @@ func replayError(seq, last uint64) error {
 	return verdict.New(verdict.Replay, "seq %d not above last accepted %d", seq, last)
 }
 
-// Peek returns up to max entries with keys above after, oldest first. The
-// entries are copies.
+// Peek returns up to max entries with keys above after, oldest first. Their
+// Data must not be modified.
 func (q *Queue) Peek(after uint64, max int) ([]Entry, error) {
 	if max <= 0 {
 		return nil, nil
 	}
+	q.closeMu.RLock()
+	closed := q.closed
+	q.closeMu.RUnlock()
+	if closed {
+		return nil, ErrClosed
+	}
+	q.mu.Lock()
+	out, ok := q.tail.peek(after, max)
+	q.mu.Unlock()
+	if ok {
+		return out, nil
+	}
+	return q.peekDisk(after, max)
+}
+
+// peekDisk is Peek from the file; the entries are copies.
+func (q *Queue) peekDisk(after uint64, max int) ([]Entry, error) {
 	var out []Entry
 	err := q.db.View(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketQueue).Cursor()
@@ -573,11 +602,13 @@ func (q *Queue) commit(batch []*request) {
 			}
 			if ok && r.seq <= last {
 				st.errs[i] = replayError(r.seq, last)
+				r.key = 0
 				continue
 			}
 			if err := qb.Put(be(st.next), r.value); err != nil {
 				return fmt.Errorf("put %d: %w", st.next, err)
 			}
+			r.key = st.next
 			st.next++
 			st.seen[r.dev] = r.seq
 			st.marks[r.dev] = r.mark
@@ -616,6 +647,16 @@ func (q *Queue) commit(batch []*request) {
 		}
 	}
 	if err == nil {
+		for _, r := range batch {
+			switch {
+			case r.keys != nil:
+				for _, k := range r.keys {
+					q.tail.remove(k)
+				}
+			case r.key != 0:
+				q.tail.add(r.key, r.dev, r.seq, r.data)
+			}
+		}
 		q.next = st.next
 		switch {
 		case st.compact:
