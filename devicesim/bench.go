@@ -17,8 +17,8 @@ import (
 )
 
 // benchCmd is `devicesim bench`: the load harness of DESIGN.md section 8.
-// It starts the cloud broker in this process and the gateway as a child
-// process, measures every figure in one run, shows a one-line progress on
+// It starts the cloud broker and the gateway as child processes (the fleet
+// and the clinician app run in this one), measures every figure in one run, shows a one-line progress on
 // stderr and prints the result as one JSON line on stdout (and to --out).
 func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	cfg, out, err := parseBench(args, stderr)
@@ -59,7 +59,7 @@ func parseBench(args []string, stderr io.Writer) (bench.Config, string, error) {
 	fs := flag.NewFlagSet("devicesim bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: devicesim bench [flags]\n\nMeasures the gateway (DESIGN.md section 8) in one run: cloud broker in this process,\ngateway as a child process, temporary PKI and data. Prints one JSON line.\n\n")
+		fmt.Fprintf(stderr, "usage: devicesim bench [flags]\n\nMeasures the gateway (DESIGN.md section 8) in one run: cloud broker and gateway as\nchild processes, fleet and app in this one, temporary PKI and data. Prints one JSON line.\n\n")
 		fs.PrintDefaults()
 	}
 	var (
