@@ -25,8 +25,8 @@ const closeGrace = time.Second
 // Write returns as soon as its bytes are queued, so a write error shows on
 // a later Write (and on Close). When a flush fails the connection is closed,
 // so the reader sees the loss at once. Each flush has its own write deadline
-// of the timeout given to [NewBatching]; SetWriteDeadline is ignored, and
-// SetDeadline only sets the read deadline.
+// of the timeout given to [NewBatching], never later than a deadline set
+// with SetWriteDeadline or SetDeadline.
 type Batching struct {
 	net.Conn
 	timeout time.Duration
@@ -37,6 +37,7 @@ type Batching struct {
 	spare  []byte    // the flusher's previous buffer, reused
 	err    error     // first write error
 	closed bool
+	limit  time.Time     // SetWriteDeadline's: no flush runs past it (zero: none)
 	done   chan struct{} // closed when the flusher has exited
 }
 
@@ -83,15 +84,11 @@ func (b *Batching) flush() {
 		}
 		out := b.buf
 		b.buf, b.spare = b.spare[:0], nil
-		deadline := time.Time{}
-		if b.closed {
-			deadline = time.Now().Add(closeGrace)
-		} else if b.timeout > 0 {
-			deadline = time.Now().Add(b.timeout)
-		}
+		// Set under mu, so that a later Close or SetWriteDeadline, which
+		// also set it under mu, overrides it rather than the reverse.
+		_ = b.Conn.SetWriteDeadline(b.deadline())
 		b.cond.Broadcast() // room for writers waiting on maxPending
 		b.mu.Unlock()
-		_ = b.Conn.SetWriteDeadline(deadline)
 		_, err := b.Conn.Write(out)
 		if err != nil {
 			_ = b.Conn.Close()
@@ -107,18 +104,35 @@ func (b *Batching) flush() {
 	}
 }
 
+// deadline is the write deadline of a flush starting now. Called with mu held.
+func (b *Batching) deadline() time.Time {
+	var d time.Time
+	switch {
+	case b.closed:
+		d = time.Now().Add(closeGrace)
+	case b.timeout > 0:
+		d = time.Now().Add(b.timeout)
+	}
+	if !b.limit.IsZero() && (d.IsZero() || b.limit.Before(d)) {
+		d = b.limit
+	}
+	return d
+}
+
 // Close writes what is queued (waiting at most a second for it), then
 // closes the connection.
 func (b *Batching) Close() error {
 	b.mu.Lock()
 	already := b.closed
 	b.closed = true
+	if !already {
+		_ = b.Conn.SetWriteDeadline(b.deadline()) // bounds a flush in progress
+	}
 	b.cond.Broadcast()
 	b.mu.Unlock()
 	if already {
 		return net.ErrClosed
 	}
-	_ = b.Conn.SetWriteDeadline(time.Now().Add(closeGrace))
 	<-b.done
 	return b.Conn.Close()
 }
@@ -132,8 +146,20 @@ func (b *Batching) ConnectionState() tls.ConnectionState {
 	return tls.ConnectionState{}
 }
 
-// SetWriteDeadline does nothing: each flush sets its own deadline.
-func (b *Batching) SetWriteDeadline(time.Time) error { return nil }
+// SetWriteDeadline sets a limit that no flush runs past, the one in
+// progress included (a zero t removes it). Each flush otherwise has its own
+// deadline, the timeout given to [NewBatching].
+func (b *Batching) SetWriteDeadline(t time.Time) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.limit = t
+	return b.Conn.SetWriteDeadline(b.deadline())
+}
 
-// SetDeadline sets the read deadline only: each flush sets its own write deadline.
-func (b *Batching) SetDeadline(t time.Time) error { return b.Conn.SetReadDeadline(t) }
+// SetDeadline sets the read deadline and the write limit of [Batching.SetWriteDeadline].
+func (b *Batching) SetDeadline(t time.Time) error {
+	if err := b.Conn.SetReadDeadline(t); err != nil {
+		return err
+	}
+	return b.SetWriteDeadline(t)
+}

@@ -186,3 +186,49 @@ func TestBatchingBoundsQueuedBytes(t *testing.T) {
 		t.Fatalf("%d bytes written", total)
 	}
 }
+
+// SetWriteDeadline caps every flush, the one in progress included, and
+// Close caps the last ones at a second; a second Close reports it.
+func TestBatchingDeadlines(t *testing.T) {
+	g := newGated()
+	b := NewBatching(g, time.Hour)
+	limit := time.Now().Add(time.Minute)
+	if err := b.SetWriteDeadline(limit); err != nil {
+		t.Fatal(err)
+	}
+	mustWrite(t, b, "A")
+	<-g.entered
+	g.mu.Lock()
+	dl := g.deadline
+	g.mu.Unlock()
+	if !dl.Equal(limit) {
+		t.Fatalf("flush deadline %v, want the limit %v", dl, limit)
+	}
+	if err := b.SetWriteDeadline(time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	g.mu.Lock()
+	dl = g.deadline
+	g.mu.Unlock()
+	if d := time.Until(dl); d < 59*time.Minute {
+		t.Fatalf("limit removed but the deadline is %v away, want the hour of the timeout", d)
+	}
+	closed := make(chan error)
+	go func() { closed <- b.Close() }()
+	for {
+		g.mu.Lock()
+		d := time.Until(g.deadline)
+		g.mu.Unlock()
+		if d <= closeGrace {
+			break // Close capped the flush in progress
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(g.gate)
+	if err := <-closed; err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Close(); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("second Close: %v, want net.ErrClosed", err)
+	}
+}

@@ -90,6 +90,9 @@ var (
 
 const valueVersion = 1
 
+// maxDevLen bounds device IDs (bbolt keys; the gateway's are at most 64).
+const maxDevLen = 1024
+
 // logVersion is the version byte of a lastlog value.
 const logVersion = 1
 
@@ -253,6 +256,11 @@ func (q *Queue) load() error {
 				return fmt.Errorf("lastlog key %x: bad length", k)
 			}
 			err := decodeLog(v, func(dev string, seq uint64, mark []byte) {
+				// Seqs only grow; never let an entry lower one (a file
+				// written by an older gateway after this one ran).
+				if last, ok := q.last[dev]; ok && seq < last {
+					return
+				}
 				q.last[dev] = seq
 				if len(mark) > 0 {
 					q.marks[dev] = bytes.Clone(mark)
@@ -330,8 +338,8 @@ func (q *Queue) AppendMarked(dev string, seq uint64, mark, data []byte) error {
 	if len(mark) > 64 {
 		return fmt.Errorf("spool: mark of %d bytes, limit 64", len(mark))
 	}
-	if dev == "" {
-		return errors.New("spool: empty device ID")
+	if dev == "" || len(dev) > maxDevLen {
+		return fmt.Errorf("spool: device ID of %d bytes, want 1 to %d", len(dev), maxDevLen)
 	}
 	size := int64(len(data))
 	q.mu.Lock()

@@ -645,6 +645,23 @@ func TestLastSeqsAcrossCompactions(t *testing.T) {
 		t.Fatalf("reopened with %d lastlog values, want 5", q.logLen)
 	}
 	check(q)
+	// A reopen with many lastlog values per device: the newest must win.
+	for i := range 300 {
+		dev := fmt.Sprintf("dev-%d", i%devices)
+		if dev == "dev-3" {
+			continue
+		}
+		want[dev]++
+		if err := q.AppendMarked(dev, want[dev], []byte(fmt.Sprintf("m%d", want[dev]-1)), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	q.Close()
+	q = open(t, path, Options{NoSync: true})
+	if q.logLen < 250 {
+		t.Fatalf("reopened with %d lastlog values, want over 250", q.logLen)
+	}
+	check(q)
 	// A compaction right after the reopen writes the devices replayed
 	// from lastlog too.
 	for i := q.logLen; i < compactEvery; i++ {
@@ -668,6 +685,9 @@ func TestEmptyDeviceRefused(t *testing.T) {
 	q := open(t, filepath.Join(t.TempDir(), "q.db"), Options{NoSync: true})
 	if err := q.Append("", 1, nil); err == nil {
 		t.Fatal("empty device ID accepted")
+	}
+	if err := q.Append(strings.Repeat("d", maxDevLen+1), 1, nil); err == nil {
+		t.Fatal("over-long device ID accepted")
 	}
 	if err := q.Append("d", 1, nil); err != nil {
 		t.Fatal(err)
