@@ -31,14 +31,15 @@ type Batching struct {
 	net.Conn
 	timeout time.Duration
 
-	mu     sync.Mutex
-	cond   sync.Cond // buf gained data, the flusher took buf, or the state changed
-	buf    []byte    // queued bytes
-	spare  []byte    // the flusher's previous buffer, reused
-	err    error     // first write error
-	closed bool
-	limit  time.Time     // SetWriteDeadline's: no flush runs past it (zero: none)
-	done   chan struct{} // closed when the flusher has exited
+	mu       sync.Mutex
+	cond     sync.Cond // buf gained data, the flusher took buf, or the state changed
+	buf      []byte    // queued bytes
+	spare    []byte    // the flusher's previous buffer, reused
+	err      error     // first write error
+	closed   bool
+	flushing bool          // the flusher is in a write
+	limit    time.Time     // SetWriteDeadline's: no flush runs past it (zero: none)
+	done     chan struct{} // closed when the flusher has exited
 }
 
 // NewBatching wraps c and starts its flusher. timeout bounds each flush
@@ -87,6 +88,7 @@ func (b *Batching) flush() {
 		// Set under mu, so that a later Close or SetWriteDeadline, which
 		// also set it under mu, overrides it rather than the reverse.
 		_ = b.Conn.SetWriteDeadline(b.deadline())
+		b.flushing = true
 		b.cond.Broadcast() // room for writers waiting on maxPending
 		b.mu.Unlock()
 		_, err := b.Conn.Write(out)
@@ -94,6 +96,7 @@ func (b *Batching) flush() {
 			_ = b.Conn.Close()
 		}
 		b.mu.Lock()
+		b.flushing = false
 		if err != nil {
 			b.err = err
 			b.cond.Broadcast()
@@ -125,8 +128,8 @@ func (b *Batching) Close() error {
 	b.mu.Lock()
 	already := b.closed
 	b.closed = true
-	if !already {
-		_ = b.Conn.SetWriteDeadline(b.deadline()) // bounds a flush in progress
+	if !already && b.flushing {
+		_ = b.Conn.SetWriteDeadline(b.deadline()) // bounds the flush in progress
 	}
 	b.cond.Broadcast()
 	b.mu.Unlock()
@@ -148,11 +151,16 @@ func (b *Batching) ConnectionState() tls.ConnectionState {
 
 // SetWriteDeadline sets a limit that no flush runs past, the one in
 // progress included (a zero t removes it). Each flush otherwise has its own
-// deadline, the timeout given to [NewBatching].
+// deadline, the timeout given to [NewBatching]. Callers that set a deadline
+// around every packet (paho, mochi) cost no timer update unless a flush is
+// in progress: the next flush applies the limit when it starts.
 func (b *Batching) SetWriteDeadline(t time.Time) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.limit = t
+	if !b.flushing {
+		return nil
+	}
 	return b.Conn.SetWriteDeadline(b.deadline())
 }
 

@@ -83,6 +83,7 @@ func (t *tail) peek(after uint64, max int) (out []Entry, ok bool) {
 	if from < t.lo {
 		return nil, false
 	}
+	out = make([]Entry, 0, min(uint64(max), t.hi-from))
 	for k := from; k < t.hi && len(out) < max; k++ {
 		s := &t.slots[k%uint64(len(t.slots))]
 		if s.gone {
