@@ -100,7 +100,7 @@ func Default() Config {
 		Rate:             RateConfig{Messages: 20, Burst: 200, Bytes: 256 << 10, ByteBurst: 4 << 20},
 		Quarantine:       Quarantine{Violations: 20, Window: time.Minute, Cooloff: 10 * time.Minute},
 		Queue:            QueueConfig{MaxRecords: 1_000_000, MaxBytes: 1 << 30},
-		Relay:            RelayConfig{Window: 1024},
+		Relay:            RelayConfig{Window: 4096}, // relay.DefaultWindow
 		Embedded:         Embedded{Apps: "127.0.0.1:8884"},
 	}
 }

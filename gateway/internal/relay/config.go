@@ -14,7 +14,7 @@ import (
 
 // Defaults applied by [New] to zero fields of [Config].
 const (
-	DefaultWindow         = 1024
+	DefaultWindow         = 4096
 	DefaultEventBuffer    = 4096
 	DefaultConnectTimeout = 10 * time.Second
 	DefaultKeepAlive      = 15 * time.Second
@@ -40,7 +40,7 @@ type Config struct {
 	// Format is the payload encoding the gateway chose ("cbor" or "json"; default
 	// "cbor"). The relay publishes payloads unchanged; the field is checked and logged.
 	Format string
-	// Window is the number of QoS 1 telemetry publishes awaiting a PUBACK; default 1024.
+	// Window is the number of QoS 1 telemetry publishes awaiting a PUBACK; default 4096.
 	Window int
 	// EventBuffer bounds the security events waiting to be published; default 4096.
 	EventBuffer int
