@@ -124,6 +124,9 @@ type Result struct {
 	AckP50      float64 `json:"latency_ack_p50_ms"` // device PUBLISH to its PUBACK (verified and stored)
 	AckP99      float64 `json:"latency_ack_p99_ms"`
 	PublishP99  float64 `json:"latency_gateway_publish_p99_le_ms"` // bucket bound of the gateway's own p99: PUBLISH read to verdict
+	HalfGateway float64 `json:"latency_gateway_cpu_share"`         // of the machine during the latency phase
+	HalfHarness float64 `json:"latency_harness_cpu_share"`
+	HalfCloud   float64 `json:"latency_cloud_cpu_share"`
 
 	Idle       int     `json:"idle_connections"`
 	RSSStart   int64   `json:"gateway_rss_start_bytes"`
@@ -386,6 +389,7 @@ func (r *run) all(ctx context.Context) (err error) {
 		return err
 	}
 	r.res.HalfAchieve = round(half.rate, 0)
+	r.res.HalfGateway, r.res.HalfHarness, r.res.HalfCloud = round(half.childShare, 3), round(half.selfShare, 3), round(half.cloudShare, 3)
 	r.res.Undelivered += half.undelivered
 	n2, p50, p99 := r.sub.Latencies().Summary()
 	r.res.Samples, r.res.P50, r.res.P99 = n2, ms(p50), ms(p99)

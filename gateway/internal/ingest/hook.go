@@ -1,6 +1,6 @@
 // Package ingest is the gateway's device side: the admission-controlled mTLS
 // listener and the one mochi hook that runs every stage of the pipeline in
-// order inside OnPublish, before mochi sends PUBACK:
+// order inside OnPublish, before the PUBACK is sent:
 //
 //	identify  connection bound to the certificate's CN; topic ACL; quarantine
 //	size      payload within the limit
@@ -81,7 +81,7 @@ type Hook struct {
 	// next gateway) while Drain waits for those in progress to be stored.
 	draining atomic.Bool
 	inflight sync.RWMutex // held for reading by each OnPublish
-	unacked  atomic.Int64 // stored QoS 1 messages whose PUBACK mochi has not written yet
+	unacked  atomic.Int64 // stored QoS 1 messages whose PUBACK is not written yet
 }
 
 // session is what the gateway knows of one authenticated connection.
@@ -122,7 +122,7 @@ func (h *Hook) ID() string { return "vitalgate-ingest" }
 func (h *Hook) Provides(b byte) bool {
 	return bytes.Contains([]byte{
 		mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck,
-		mqtt.OnDisconnect, mqtt.OnPublish, mqtt.OnQosComplete,
+		mqtt.OnDisconnect, mqtt.OnPublish,
 	}, []byte{b})
 }
 
@@ -267,33 +267,58 @@ func (h *Hook) DropRevoked() int {
 	return len(drop)
 }
 
-// OnPublish runs the pipeline. Its error return is what mochi sends: nil or
-// CodeSuccessIgnore gives a success PUBACK (Ignore: the gateway's own broker
-// fans nothing out), a bare packets.Code gives that reason on MQTT 5, and
-// ErrRejectPacket withholds the PUBACK.
+// OnPublish runs the pipeline. Its error return is what mochi sends for a
+// rejected message: a bare packets.Code gives that reason on MQTT 5,
+// CodeSuccessIgnore a success PUBACK without fan-out, and ErrRejectPacket
+// nothing.
+//
+// A stored message (accepted, or the resend of the last one) is
+// acknowledged here, once the record is on disk, and handed back to mochi
+// as an ignored QoS 0 message, for which mochi does nothing more. Its QoS 1
+// path would track a PUBACK that is complete at once and fan the message
+// out to no one; ErrRejectPacket would box the whole packet for a debug log
+// line. Both cost an allocation of the packet's size per message.
 func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	start := time.Now()
 	s := h.session(cl)
 	if s == nil {
 		return pk, packets.ErrRejectPacket // never acknowledged, never fanned out
 	}
+	reply, stored := h.publish(cl, s, pk)
+	if !stored {
+		return pk, reply
+	}
+	if pk.FixedHeader.Qos > 0 {
+		_ = cl.WritePacket(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID})
+		h.unacked.Add(-1)
+	}
+	pk.FixedHeader.Qos, pk.FixedHeader.Retain, pk.Ignore = 0, false, true
+	return pk, nil
+}
+
+// publish runs the pipeline for pk under the drain lock. stored reports a
+// message on disk whose PUBACK the caller writes (outside the lock, so a
+// device that does not read cannot hold up [Hook.Drain] beyond its
+// timeout); otherwise reply is what mochi is to send.
+func (h *Hook) publish(cl *mqtt.Client, s *session, pk packets.Packet) (reply error, stored bool) {
+	start := time.Now()
 	h.inflight.RLock()
 	defer h.inflight.RUnlock()
 	if h.draining.Load() {
-		return pk, packets.ErrRejectPacket // shutting down: the device resends later
+		return packets.ErrRejectPacket, false // shutting down: the device resends later
 	}
 	err := h.process(s, &pk)
 	h.o.Metrics.Latency.Observe(time.Since(start).Seconds())
-	if err == errDuplicate {
-		h.o.Metrics.Duplicates.Inc()
-		h.awaitAck(pk)
-		return pk, packets.CodeSuccessIgnore
-	}
 	v := verdict.Of(err)
-	if v == verdict.Accepted {
-		h.o.Metrics.Accepted.Inc()
-		h.awaitAck(pk)
-		return pk, packets.CodeSuccessIgnore
+	if err == errDuplicate || v == verdict.Accepted {
+		if err == errDuplicate {
+			h.o.Metrics.Duplicates.Inc()
+		} else {
+			h.o.Metrics.Accepted.Inc()
+		}
+		if pk.FixedHeader.Qos > 0 {
+			h.unacked.Add(1) // until the caller has written the PUBACK
+		}
+		return nil, true
 	}
 	if v == "" { // not a verdict: an internal failure of the queue
 		h.o.Log.Error("enqueue failed", "dev", s.id, "error", err)
@@ -304,13 +329,13 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		detail = e.Detail
 	}
 	h.o.Metrics.Rejected.WithLabelValues(string(v)).Inc()
-	reply := replyFor(v, cl.Properties.ProtocolVersion, pk.FixedHeader.Qos)
+	reply = replyFor(v, cl.Properties.ProtocolVersion, pk.FixedHeader.Qos)
 	if re := (*resendError)(nil); errors.As(err, &re) {
 		h.emit(v, s.id, detail, s.remote)
-		return pk, reply
+		return reply, false
 	}
 	if !h.reject(s, v, detail) {
-		return pk, reply
+		return reply, false
 	}
 	// This rejection starts a quarantine: the device still gets the
 	// verdict of this message, then the disconnect, in that order.
@@ -322,7 +347,7 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		_ = cl.WritePacket(ack)
 	}
 	_ = h.server.DisconnectClient(cl, packets.ErrNotAuthorized)
-	return pk, packets.ErrRejectPacket
+	return packets.ErrRejectPacket, false
 }
 
 // reject reports a rejection and counts it towards quarantine. It reports
@@ -344,25 +369,9 @@ func (h *Hook) reject(s *session, v verdict.Verdict, detail string) (quarantined
 	return true
 }
 
-// awaitAck counts a stored QoS 1 message until mochi has written its PUBACK
-// (OnQosComplete), so that Drain can wait for it.
-func (h *Hook) awaitAck(pk packets.Packet) {
-	if pk.FixedHeader.Qos > 0 {
-		h.unacked.Add(1)
-	}
-}
-
-// OnQosComplete is called by mochi after it wrote the PUBACK of a message
-// OnPublish accepted.
-func (h *Hook) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
-	if pk.FixedHeader.Type == packets.Puback {
-		h.unacked.Add(-1)
-	}
-}
-
 // Drain stops taking publishes (they get no PUBACK, so devices resend them
 // after reconnecting), waits for those in progress to be stored, and then,
-// up to timeout, for mochi to write their PUBACKs. The gateway calls it
+// up to timeout, for their PUBACKs to be written. The gateway calls it
 // before closing the device server, so a stored message does not lose its
 // PUBACK to the shutdown (a PUBACK still lost, for instance to a write that
 // failed, makes the device resend: a duplicate, never a loss).
