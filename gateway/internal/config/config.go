@@ -74,6 +74,9 @@ type Quarantine struct {
 type QueueConfig struct {
 	MaxRecords int   `yaml:"max_records"`
 	MaxBytes   int64 `yaml:"max_bytes"`
+	// CommitDelay: while messages arrive concurrently, how long a commit
+	// waits for more to share its fsyncs (0: never waits).
+	CommitDelay time.Duration `yaml:"commit_delay"`
 }
 
 // RelayConfig tunes the cloud relay.
@@ -99,7 +102,7 @@ func Default() Config {
 		MaxAge:           7 * 24 * time.Hour,
 		Rate:             RateConfig{Messages: 20, Burst: 200, Bytes: 256 << 10, ByteBurst: 4 << 20},
 		Quarantine:       Quarantine{Violations: 20, Window: time.Minute, Cooloff: 10 * time.Minute},
-		Queue:            QueueConfig{MaxRecords: 1_000_000, MaxBytes: 1 << 30},
+		Queue:            QueueConfig{MaxRecords: 1_000_000, MaxBytes: 1 << 30, CommitDelay: time.Millisecond},
 		Relay:            RelayConfig{Window: 4096}, // relay.DefaultWindow
 		Embedded:         Embedded{Apps: "127.0.0.1:8884"},
 	}
@@ -212,6 +215,9 @@ func (c Config) Validate() error {
 	}
 	if c.Queue.MaxRecords < 1 || c.Queue.MaxBytes < int64(c.MaxPayload) {
 		bad("queue", "max_records must be positive and max_bytes at least max_payload")
+	}
+	if c.Queue.CommitDelay < 0 || c.Queue.CommitDelay > 100*time.Millisecond {
+		bad("queue.commit_delay", "%s outside 0..100ms", c.Queue.CommitDelay)
 	}
 	if c.Relay.Window < 1 || c.Relay.Window > 65000 {
 		bad("relay.window", "%d outside 1..65000", c.Relay.Window)

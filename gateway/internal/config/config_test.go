@@ -16,12 +16,13 @@ func TestDefaultIsValid(t *testing.T) {
 
 func TestLoad(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "gw.yaml")
-	os.WriteFile(p, []byte("listen: 0.0.0.0:9883\ncloud: [ssl://a:8883, ssl://b:8883]\nmax_age: 48h\nrate:\n  messages: 5\n"), 0o600)
+	os.WriteFile(p, []byte("listen: 0.0.0.0:9883\ncloud: [ssl://a:8883, ssl://b:8883]\nmax_age: 48h\nrate:\n  messages: 5\nqueue:\n  commit_delay: 2ms\n"), 0o600)
 	c, err := Load(p)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Listen != "0.0.0.0:9883" || len(c.Cloud) != 2 || c.MaxAge != 48*time.Hour || c.Rate.Messages != 5 || c.Rate.Burst != 200 {
+	if c.Listen != "0.0.0.0:9883" || len(c.Cloud) != 2 || c.MaxAge != 48*time.Hour || c.Rate.Messages != 5 || c.Rate.Burst != 200 ||
+		c.Queue.CommitDelay != 2*time.Millisecond || c.Queue.MaxRecords != 1_000_000 {
 		t.Fatalf("loaded %+v", c)
 	}
 	os.WriteFile(p, []byte("listn: x\n"), 0o600)
@@ -42,11 +43,12 @@ func TestValidateReportsEverything(t *testing.T) {
 	c.MaxPacket = c.MaxPayload
 	c.Curves = []string{"X448"}
 	c.HTTP, c.Pprof = "", true
+	c.Queue.CommitDelay = time.Second
 	err := c.Validate()
 	if err == nil {
 		t.Fatal("no error")
 	}
-	for _, key := range []string{"listen:", "scheme must be", "port required", "format:", "max_packet:", "curves:", "pprof:"} {
+	for _, key := range []string{"listen:", "scheme must be", "port required", "format:", "max_packet:", "curves:", "pprof:", "queue.commit_delay:"} {
 		if !strings.Contains(err.Error(), key) {
 			t.Errorf("missing %q in:\n%v", key, err)
 		}

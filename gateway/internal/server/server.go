@@ -151,8 +151,12 @@ func New(cfg config.Config, log *slog.Logger) (g *Gateway, err error) {
 	if err := os.MkdirAll(cfg.Data, 0o700); err != nil {
 		return nil, fmt.Errorf("data directory: %w", err)
 	}
+	delay := cfg.Queue.CommitDelay
+	if delay == 0 {
+		delay = -1 // configured off; the spool's zero is its default
+	}
 	if g.queue, err = spool.Open(filepath.Join(cfg.Data, QueueFile), spool.Options{
-		MaxRecords: cfg.Queue.MaxRecords, MaxBytes: cfg.Queue.MaxBytes}); err != nil {
+		MaxRecords: cfg.Queue.MaxRecords, MaxBytes: cfg.Queue.MaxBytes, CommitDelay: delay}); err != nil {
 		return nil, fmt.Errorf("open queue: %w", err)
 	}
 	if g.audit, err = audit.Open(filepath.Join(cfg.Data, AuditFile)); err != nil {
@@ -457,6 +461,8 @@ func (g *Gateway) registerQueueMetrics() {
 			func() float64 { return float64(g.queue.Len()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "vitalgate_queue_bytes", Help: "Bytes waiting for the cloud."},
 			func() float64 { return float64(g.queue.Bytes()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "vitalgate_queue_commits_total", Help: "Write transactions of the queue (two fdatasyncs each)."},
+			func() float64 { return float64(g.queue.Commits()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "vitalgate_queue_oldest_seconds", Help: "Age of the oldest queued record."},
 			func() float64 { return g.queue.OldestAge().Seconds() }),
 	)

@@ -693,3 +693,60 @@ func TestEmptyDeviceRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A lone appender commits at once however long the commit delay: only
+// requests arriving concurrently wait for company. With a delay of an hour,
+// a wait would hang the test.
+func TestLoneAppenderNotDelayed(t *testing.T) {
+	q := open(t, filepath.Join(t.TempDir(), "q.db"), Options{NoSync: true, CommitDelay: time.Hour})
+	for seq := uint64(1); seq <= 50; seq++ {
+		if err := q.Append("dev", seq, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		if seq%10 == 0 {
+			es := all(t, q)
+			if err := q.Remove(es[0].Key); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if got := q.Commits(); got != 55 {
+		t.Fatalf("%d commits for 50 appends and 5 removals, want one each", got)
+	}
+}
+
+// gather takes the requests already waiting; with a deadline, also those
+// that arrive before it, up to the batch bound; it stops when the channel
+// closes.
+func TestGather(t *testing.T) {
+	q := &Queue{reqs: make(chan *request), maxBatch: 4}
+	first := &request{seq: 1}
+	if got := q.gather([]*request{first}, nil); len(got) != 1 {
+		t.Fatalf("nothing waiting: batch of %d, want 1", len(got))
+	}
+
+	until := make(chan time.Time)
+	got := make(chan []*request)
+	go func() { got <- q.gather([]*request{first}, until) }()
+	q.reqs <- &request{seq: 2} // unbuffered: received by gather
+	q.reqs <- &request{seq: 3}
+	until <- time.Now()
+	if b := <-got; len(b) != 3 || b[1].seq != 2 || b[2].seq != 3 {
+		t.Fatalf("deadline: batch of %d, want the 3 requests in order", len(b))
+	}
+
+	go func() { got <- q.gather([]*request{first}, until) }()
+	for seq := uint64(2); seq <= 4; seq++ {
+		q.reqs <- &request{seq: seq}
+	}
+	if b := <-got; len(b) != 4 { // full: returns without the deadline
+		t.Fatalf("full: batch of %d, want 4", len(b))
+	}
+
+	go func() { got <- q.gather([]*request{first}, until) }()
+	q.reqs <- &request{seq: 2}
+	close(q.reqs)
+	if b := <-got; len(b) != 2 {
+		t.Fatalf("closed: batch of %d, want 2", len(b))
+	}
+}
