@@ -4,11 +4,15 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
+	"net/url"
 	"sync/atomic"
 	"time"
 
 	mqtt3 "github.com/eclipse/paho.mqtt.golang"
 	"github.com/fxamacker/cbor/v2"
+
+	"github.com/vitalgate/vitalgate/internal/packetconn"
 )
 
 // SubscriberConfig says where a [Subscriber] connects and what it reads.
@@ -47,8 +51,24 @@ func Subscribe(cfg SubscriberConfig) (*Subscriber, error) {
 		cfg.Samples = 1 << 20
 	}
 	s := &Subscriber{cfg: cfg, lat: NewLatencies(cfg.Samples)}
+	// Its PUBACKs are batched like the relay's publishes: those written
+	// while a write is in progress leave together.
+	open := func(uri *url.URL, _ mqtt3.ClientOptions) (net.Conn, error) {
+		d := &net.Dialer{Timeout: 10 * time.Second}
+		var c net.Conn
+		var err error
+		if uri.Scheme == "ssl" {
+			c, err = (&tls.Dialer{NetDialer: d, Config: cfg.TLS}).Dial("tcp", uri.Host)
+		} else {
+			c, err = d.Dial("tcp", uri.Host)
+		}
+		if err != nil {
+			return nil, err
+		}
+		return packetconn.NewBatching(c, 30*time.Second), nil
+	}
 	o := mqtt3.NewClientOptions().AddBroker(cfg.URL).SetClientID(cfg.ClientID).SetUsername(cfg.Username).
-		SetPassword(cfg.Password).SetTLSConfig(cfg.TLS).SetAutoReconnect(false).SetCleanSession(true).
+		SetPassword(cfg.Password).SetCustomOpenConnectionFn(open).SetAutoReconnect(false).SetCleanSession(true).
 		SetConnectTimeout(10 * time.Second).SetKeepAlive(60 * time.Second)
 	s.c = mqtt3.NewClient(o)
 	if t := s.c.Connect(); !t.WaitTimeout(15*time.Second) || t.Error() != nil {

@@ -151,6 +151,10 @@ func (b *Broker) start() error {
 		Capabilities:           caps,
 		Logger:                 b.log.With("component", "mochi"),
 		SysTopicResendInterval: 60,
+		// Deliveries queued for a client while one is written go out in
+		// one write, up to this many bytes: an app subscribed to a site
+		// gets its telemetry in bursts.
+		ClientNetWriteBufferSize: 32 << 10,
 	})
 	fail := func(err error) error {
 		_ = b.srv.Close()
