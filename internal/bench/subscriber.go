@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -54,18 +55,7 @@ func Subscribe(cfg SubscriberConfig) (*Subscriber, error) {
 	// Its PUBACKs are batched like the relay's publishes: those written
 	// while a write is in progress leave together.
 	open := func(uri *url.URL, _ mqtt3.ClientOptions) (net.Conn, error) {
-		d := &net.Dialer{Timeout: 10 * time.Second}
-		var c net.Conn
-		var err error
-		if uri.Scheme == "ssl" {
-			c, err = (&tls.Dialer{NetDialer: d, Config: cfg.TLS}).Dial("tcp", uri.Host)
-		} else {
-			c, err = d.Dial("tcp", uri.Host)
-		}
-		if err != nil {
-			return nil, err
-		}
-		return packetconn.NewBatching(c, 30*time.Second), nil
+		return packetconn.DialBatching(context.Background(), &net.Dialer{Timeout: 10 * time.Second}, uri, cfg.TLS, 30*time.Second)
 	}
 	o := mqtt3.NewClientOptions().AddBroker(cfg.URL).SetClientID(cfg.ClientID).SetUsername(cfg.Username).
 		SetPassword(cfg.Password).SetCustomOpenConnectionFn(open).SetAutoReconnect(false).SetCleanSession(true).

@@ -1,8 +1,10 @@
 package packetconn
 
 import (
+	"context"
 	"crypto/tls"
 	"net"
+	"net/url"
 	"sync"
 	"time"
 )
@@ -170,4 +172,23 @@ func (b *Batching) SetDeadline(t time.Time) error {
 		return err
 	}
 	return b.SetWriteDeadline(t)
+}
+
+// DialBatching connects to uri's host, over TLS with tc when its scheme is
+// "ssl" (plain TCP otherwise), through d and within ctx, and wraps the
+// connection in a [Batching] whose flushes are bounded by writeTimeout. It
+// suits paho.mqtt.golang's custom open-connection function for clients that
+// keep many packets in flight (the gateway's relay, an app).
+func DialBatching(ctx context.Context, d *net.Dialer, uri *url.URL, tc *tls.Config, writeTimeout time.Duration) (net.Conn, error) {
+	var c net.Conn
+	var err error
+	if uri.Scheme == "ssl" {
+		c, err = (&tls.Dialer{NetDialer: d, Config: tc}).DialContext(ctx, "tcp", uri.Host)
+	} else {
+		c, err = d.DialContext(ctx, "tcp", uri.Host)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return NewBatching(c, writeTimeout), nil
 }

@@ -4,44 +4,27 @@ import (
 	"bytes"
 	"errors"
 	"net"
-	"sync"
 	"testing"
 	"time"
 )
 
-// gated is a net.Conn whose Writes wait for a value on gate (when gate is
-// set) and are recorded.
+// gated is a [recorder] whose Writes first wait for a value on gate, and
+// which records the write deadline.
 type gated struct {
-	net.Conn
-	gate    chan struct{}
-	entered chan struct{} // a Write has started (buffered)
-
-	mu       sync.Mutex
-	writes   [][]byte
-	fail     error
-	closed   bool
+	*recorder
+	gate     chan struct{}
+	entered  chan struct{} // a Write has started (buffered)
 	deadline time.Time
 }
 
-func newGated() *gated { return &gated{gate: make(chan struct{}), entered: make(chan struct{}, 100)} }
+func newGated() *gated {
+	return &gated{recorder: &recorder{}, gate: make(chan struct{}), entered: make(chan struct{}, 100)}
+}
 
 func (g *gated) Write(b []byte) (int, error) {
 	g.entered <- struct{}{}
 	<-g.gate
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.fail != nil {
-		return 0, g.fail
-	}
-	g.writes = append(g.writes, bytes.Clone(b))
-	return len(b), nil
-}
-
-func (g *gated) Close() error {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	g.closed = true
-	return nil
+	return g.recorder.Write(b)
 }
 
 func (g *gated) SetWriteDeadline(t time.Time) error {

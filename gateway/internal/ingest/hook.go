@@ -283,7 +283,7 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	if s == nil {
 		return pk, packets.ErrRejectPacket // never acknowledged, never fanned out
 	}
-	reply, stored := h.publish(cl, s, pk)
+	reply, stored := h.publish(cl, s, &pk)
 	if !stored {
 		return pk, reply
 	}
@@ -299,27 +299,27 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 // message on disk whose PUBACK the caller writes (outside the lock, so a
 // device that does not read cannot hold up [Hook.Drain] beyond its
 // timeout); otherwise reply is what mochi is to send.
-func (h *Hook) publish(cl *mqtt.Client, s *session, pk packets.Packet) (reply error, stored bool) {
+func (h *Hook) publish(cl *mqtt.Client, s *session, pk *packets.Packet) (reply error, stored bool) {
 	start := time.Now()
 	h.inflight.RLock()
 	defer h.inflight.RUnlock()
 	if h.draining.Load() {
 		return packets.ErrRejectPacket, false // shutting down: the device resends later
 	}
-	err := h.process(s, &pk)
+	err := h.process(s, pk)
 	h.o.Metrics.Latency.Observe(time.Since(start).Seconds())
-	v := verdict.Of(err)
-	if err == errDuplicate || v == verdict.Accepted {
-		if err == errDuplicate {
-			h.o.Metrics.Duplicates.Inc()
-		} else {
+	if err == nil || err == errDuplicate {
+		if err == nil {
 			h.o.Metrics.Accepted.Inc()
+		} else {
+			h.o.Metrics.Duplicates.Inc()
 		}
 		if pk.FixedHeader.Qos > 0 {
 			h.unacked.Add(1) // until the caller has written the PUBACK
 		}
 		return nil, true
 	}
+	v := verdict.Of(err)
 	if v == "" { // not a verdict: an internal failure of the queue
 		h.o.Log.Error("enqueue failed", "dev", s.id, "error", err)
 		v, err = verdict.Overloaded, verdict.New(verdict.Overloaded, "queue unavailable")

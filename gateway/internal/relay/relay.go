@@ -29,7 +29,6 @@ package relay
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -347,18 +346,7 @@ func (r *Relay) dial(ctx context.Context, u string) (*session, error) {
 	// write is bounded by WriteTimeout.
 	open := func(uri *url.URL, _ mqtt.ClientOptions) (net.Conn, error) {
 		d := &net.Dialer{Timeout: r.cfg.ConnectTimeout, KeepAlive: r.cfg.KeepAlive}
-		var c net.Conn
-		var err error
-		if uri.Scheme == "ssl" {
-			td := &tls.Dialer{NetDialer: d, Config: r.cfg.TLS}
-			c, err = td.DialContext(ctx, "tcp", uri.Host)
-		} else {
-			c, err = d.DialContext(ctx, "tcp", uri.Host)
-		}
-		if err != nil {
-			return nil, err
-		}
-		return packetconn.NewBatching(c, r.cfg.WriteTimeout), nil
+		return packetconn.DialBatching(ctx, d, uri, r.cfg.TLS, r.cfg.WriteTimeout)
 	}
 	o := mqtt.NewClientOptions().
 		AddBroker(u).

@@ -565,9 +565,6 @@ func (q *Queue) commitLoop() {
 		// larger, and fewer fsyncs serve the same records.
 		runtime.Gosched()
 	}
-	if timer != nil {
-		timer.Stop()
-	}
 }
 
 // gather adds waiting requests to batch, up to maxBatch: those already
@@ -576,27 +573,27 @@ func (q *Queue) commitLoop() {
 // batch).
 func (q *Queue) gather(batch []*request, until <-chan time.Time) []*request {
 	for len(batch) < q.maxBatch {
+		var (
+			r  *request
+			ok bool
+		)
 		if until == nil {
 			select {
-			case r, ok := <-q.reqs:
-				if !ok {
-					return batch
-				}
-				batch = append(batch, r)
+			case r, ok = <-q.reqs:
 			default:
 				return batch
 			}
-			continue
-		}
-		select {
-		case r, ok := <-q.reqs:
-			if !ok {
+		} else {
+			select {
+			case r, ok = <-q.reqs:
+			case <-until:
 				return batch
 			}
-			batch = append(batch, r)
-		case <-until:
+		}
+		if !ok {
 			return batch
 		}
+		batch = append(batch, r)
 	}
 	return batch
 }
