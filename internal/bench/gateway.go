@@ -121,11 +121,15 @@ func (g *GatewayProc) scrape() (map[string]float64, error) {
 	return out, sc.Err()
 }
 
-// The gateway's histogram of PUBLISH handling time (read to verdict, durable
-// enqueue included) and its bucket bounds in seconds.
-const publishHistogram = "vitalgate_gateway_publish_seconds"
+// The gateway's histograms of PUBLISH handling time (read to verdict,
+// durable enqueue included) and of queue commits (page writes and
+// fdatasyncs), and their bucket bounds in seconds.
+const (
+	publishHistogram = "vitalgate_gateway_publish_seconds"
+	commitHistogram  = "vitalgate_queue_commit_seconds"
+)
 
-var publishBuckets = []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1}
+var latencyBuckets = []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1}
 
 // Buckets reads, from one scrape, the cumulative counts of histogram name
 // at the bounds les, followed by its total count; nil if the gateway does
@@ -169,6 +173,16 @@ func bucketQuantile(les, before, after []float64, q float64) float64 {
 		}
 	}
 	return -1
+}
+
+// bucketQuantileMS is [bucketQuantile] in milliseconds, with its 0 (unknown)
+// and -1 (beyond the last bound) kept as they are.
+func bucketQuantileMS(les, before, after []float64, q float64) float64 {
+	v := bucketQuantile(les, before, after, q)
+	if v > 0 {
+		return v * 1000
+	}
+	return v
 }
 
 // HTTPAddr is the gateway's operations address (/metrics, and /debug/pprof/

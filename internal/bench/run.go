@@ -124,6 +124,7 @@ type Result struct {
 	AckP50      float64 `json:"latency_ack_p50_ms"` // device PUBLISH to its PUBACK (verified and stored)
 	AckP99      float64 `json:"latency_ack_p99_ms"`
 	PublishP99  float64 `json:"latency_gateway_publish_p99_le_ms"` // bucket bound of the gateway's own p99: PUBLISH read to verdict
+	CommitP99   float64 `json:"latency_queue_commit_p99_le_ms"`    // bucket bound of the p99 of the gateway's queue commits
 	HalfGateway float64 `json:"latency_gateway_cpu_share"`         // of the machine during the latency phase
 	HalfHarness float64 `json:"latency_harness_cpu_share"`
 	HalfCloud   float64 `json:"latency_cloud_cpu_share"`
@@ -374,14 +375,16 @@ func (r *run) all(ctx context.Context) (err error) {
 		return err
 	}
 	acks := NewLatencies(1 << 20)
-	var hist0, hist1 []float64 // the gateway's publish_seconds buckets
+	var pub0, pub1, com0, com1 []float64 // the gateway's histogram buckets
 	measure := func(on bool) {
 		r.sub.Measure(on)
 		devices.MeasureAcks(on, acks)
 		if on {
-			hist0 = r.gw.Buckets(publishHistogram, publishBuckets)
+			pub0 = r.gw.Buckets(publishHistogram, latencyBuckets)
+			com0 = r.gw.Buckets(commitHistogram, latencyBuckets)
 		} else {
-			hist1 = r.gw.Buckets(publishHistogram, publishBuckets)
+			pub1 = r.gw.Buckets(publishHistogram, latencyBuckets)
+			com1 = r.gw.Buckets(commitHistogram, latencyBuckets)
 		}
 	}
 	half, err := r.drive(ctx, "latency", devices, halfMsgs, rate, r.sub.Count, r.gw.Pid(), measure)
@@ -395,11 +398,8 @@ func (r *run) all(ctx context.Context) (err error) {
 	r.res.Samples, r.res.P50, r.res.P99 = n2, ms(p50), ms(p99)
 	_, p50, p99 = acks.Summary()
 	r.res.AckP50, r.res.AckP99 = ms(p50), ms(p99)
-	if q := bucketQuantile(publishBuckets, hist0, hist1, 0.99); q > 0 {
-		r.res.PublishP99 = q * 1000
-	} else {
-		r.res.PublishP99 = q // 0 unknown, -1 over a second
-	}
+	r.res.PublishP99 = bucketQuantileMS(latencyBuckets, pub0, pub1, 0.99)
+	r.res.CommitP99 = bucketQuantileMS(latencyBuckets, com0, com1, 0.99)
 	fleetRef.Store(nil)
 	devices.Close()
 

@@ -34,7 +34,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "vitalgate_gateway_handshakes_total", Help: "Device TLS handshakes by result (ok, failed, refused at capacity)."}, []string{"result"}),
 		Latency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "vitalgate_gateway_publish_seconds", Help: "Time from a PUBLISH read to its verdict, durable enqueue included.",
-			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1}}),
+			Buckets: LatencyBuckets}),
 	}
 	for _, v := range verdict.Rejections() {
 		m.Rejected.WithLabelValues(string(v))
@@ -47,3 +47,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	return m
 }
+
+// LatencyBuckets are the bounds, in seconds, of the gateway's latency
+// histograms: 100 µs to 1 s.
+var LatencyBuckets = []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1}

@@ -350,6 +350,9 @@ func (e *env) metric(name, label string) float64 {
 			if m.GetCounter() != nil {
 				return m.GetCounter().GetValue()
 			}
+			if m.GetHistogram() != nil {
+				return float64(m.GetHistogram().GetSampleCount())
+			}
 			return m.GetGauge().GetValue()
 		}
 	}

@@ -155,8 +155,13 @@ func New(cfg config.Config, log *slog.Logger) (g *Gateway, err error) {
 	if delay == 0 {
 		delay = -1 // configured off; the spool's zero is its default
 	}
+	commitTime := prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "vitalgate_queue_commit_seconds", Help: "Time of one queue write transaction (page writes and two fdatasyncs).",
+		Buckets: ingest.LatencyBuckets})
+	g.reg.MustRegister(commitTime)
 	if g.queue, err = spool.Open(filepath.Join(cfg.Data, QueueFile), spool.Options{
-		MaxRecords: cfg.Queue.MaxRecords, MaxBytes: cfg.Queue.MaxBytes, CommitDelay: delay}); err != nil {
+		MaxRecords: cfg.Queue.MaxRecords, MaxBytes: cfg.Queue.MaxBytes, CommitDelay: delay,
+		OnCommit: func(_ int, took time.Duration) { commitTime.Observe(took.Seconds()) }}); err != nil {
 		return nil, fmt.Errorf("open queue: %w", err)
 	}
 	if g.audit, err = audit.Open(filepath.Join(cfg.Data, AuditFile)); err != nil {

@@ -137,6 +137,10 @@ type Options struct {
 	// latency. A lone appender is never delayed. 0: DefaultCommitDelay;
 	// negative: commit as soon as the committer is free.
 	CommitDelay time.Duration
+	// OnCommit, when set, is called by the committer after each write
+	// transaction with the number of requests it served and the time the
+	// transaction took (its page writes and fdatasyncs, not the delay).
+	OnCommit func(requests int, took time.Duration)
 }
 
 // Entry is one queued record.
@@ -173,6 +177,7 @@ type Queue struct {
 	maxBytes int64
 	maxBatch int
 	delay    time.Duration
+	onCommit func(int, time.Duration)
 	notify   chan struct{}
 	commits  atomic.Uint64
 
@@ -234,6 +239,7 @@ func Open(path string, o Options) (*Queue, error) {
 		maxBytes: o.MaxBytes,
 		maxBatch: o.MaxBatch,
 		delay:    o.CommitDelay,
+		onCommit: o.OnCommit,
 		notify:   make(chan struct{}, 1),
 		reqs:     make(chan *request, 4*o.MaxBatch),
 		stopped:  make(chan struct{}),
@@ -554,8 +560,12 @@ func (q *Queue) commitLoop() {
 			timer.Stop()
 		}
 		prev = len(batch)
+		start := time.Now()
 		q.commit(batch)
 		q.commits.Add(1)
+		if q.onCommit != nil {
+			q.onCommit(len(batch), time.Since(start))
+		}
 		clear(batch)
 		// The callers just answered were made runnable on this goroutine's
 		// P. Were the next commit to start at once, its write and fsync

@@ -698,7 +698,18 @@ func TestEmptyDeviceRefused(t *testing.T) {
 // requests arriving concurrently wait for company. With a delay of an hour,
 // a wait would hang the test.
 func TestLoneAppenderNotDelayed(t *testing.T) {
-	q := open(t, filepath.Join(t.TempDir(), "q.db"), Options{NoSync: true, CommitDelay: time.Hour})
+	var calls, requests int // written by the committer, read after its answers
+	var mu sync.Mutex
+	q := open(t, filepath.Join(t.TempDir(), "q.db"), Options{NoSync: true, CommitDelay: time.Hour,
+		OnCommit: func(n int, took time.Duration) {
+			mu.Lock()
+			defer mu.Unlock()
+			calls++
+			requests += n
+			if took <= 0 {
+				t.Errorf("commit took %v", took)
+			}
+		}})
 	for seq := uint64(1); seq <= 50; seq++ {
 		if err := q.Append("dev", seq, []byte("x")); err != nil {
 			t.Fatal(err)
@@ -712,6 +723,11 @@ func TestLoneAppenderNotDelayed(t *testing.T) {
 	}
 	if got := q.Commits(); got != 55 {
 		t.Fatalf("%d commits for 50 appends and 5 removals, want one each", got)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if calls != 55 || requests != 55 {
+		t.Fatalf("OnCommit saw %d commits of %d requests, want 55 of 55", calls, requests)
 	}
 }
 
