@@ -51,7 +51,10 @@ type Options struct {
 	// are re-checked with [Hook.DropRevoked] after each reload.
 	Revoked func(cert *x509.Certificate) bool
 	// Event receives every security event; it must not block for long.
-	Event      func(audit.Event)
+	// start is true for the event that starts a device's quarantine, which
+	// no event budget may hold back (the refusals that follow are ordinary
+	// events).
+	Event      func(e audit.Event, start bool)
 	Metrics    *Metrics
 	Site       string
 	GatewayID  string
@@ -208,9 +211,20 @@ func (h *Hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	return h.session(cl) != nil
 }
 
-// OnACLCheck lets a device subscribe to its own command topics only. Publish
-// permission is decided in OnPublish, so that a denied publish gets its
-// verdict, event and 3.1.1 behaviour like every other rejection.
+// Bounds of a device's subscriptions. Each filter level is a node of
+// mochi's topic tree, built by rescanning the filter from its start, so a
+// deep filter costs memory and quadratic time, and every filter stays while
+// the session lives.
+const (
+	maxFilterLen    = 256 // bytes after devices/{id}/cmd/
+	maxFilterLevels = 8   // levels after devices/{id}/cmd/
+	maxSubs         = 16  // filters held by one session
+)
+
+// OnACLCheck lets a device subscribe to its own command topics only, within
+// the bounds above. Publish permission is decided in OnPublish, so that a
+// denied publish gets its verdict, event and 3.1.1 behaviour like every
+// other rejection.
 func (h *Hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	s := h.session(cl)
 	if s == nil {
@@ -219,13 +233,33 @@ func (h *Hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	if write {
 		return true
 	}
-	if !strings.HasPrefix(topic, s.cmd) && topic+"/" != s.cmd {
-		if h.reject(s, verdict.ACLDenied, fmt.Sprintf("subscribe to %q", truncate(topic, 200))) {
+	if why := subscribeDenied(cl, s.cmd, topic); why != "" {
+		if h.reject(s, verdict.ACLDenied, why) {
 			go h.server.DisconnectClient(cl, packets.ErrNotAuthorized) // after the SUBACK
 		}
 		return false
 	}
 	return true
+}
+
+// subscribeDenied says why a device whose command topics start with cmd
+// may not subscribe to filter, or "" if it may.
+func subscribeDenied(cl *mqtt.Client, cmd, filter string) string {
+	if filter+"/" == cmd {
+		return "" // devices/{id}/cmd itself
+	}
+	rest, ok := strings.CutPrefix(filter, cmd)
+	switch {
+	case !ok:
+		return fmt.Sprintf("subscribe to %q", truncate(filter, 200))
+	case len(rest) > maxFilterLen || strings.Count(rest, "/") >= maxFilterLevels:
+		return fmt.Sprintf("subscribe to a filter of %d bytes and %d levels under %s (limits %d and %d)",
+			len(rest), strings.Count(rest, "/")+1, cmd, maxFilterLen, maxFilterLevels)
+	}
+	if _, held := cl.State.Subscriptions.Get(filter); !held && cl.State.Subscriptions.Len() >= maxSubs {
+		return fmt.Sprintf("subscribe to %q beyond the limit of %d filters", truncate(filter, 200), maxSubs)
+	}
+	return ""
 }
 
 // OnDisconnect forgets the connection.
@@ -330,7 +364,7 @@ func (h *Hook) publish(cl *mqtt.Client, s *session, pk *packets.Packet) (reply e
 	}
 	h.o.Metrics.Rejected.WithLabelValues(string(v)).Inc()
 	reply = replyFor(v, cl.Properties.ProtocolVersion, pk.FixedHeader.Qos)
-	if re := (*resendError)(nil); errors.As(err, &re) {
+	if isResend(err) {
 		h.emit(v, s.id, detail, s.remote)
 		return reply, false
 	}
@@ -364,8 +398,8 @@ func (h *Hook) reject(s *session, v verdict.Verdict, detail string) (quarantined
 		return false
 	}
 	h.o.Metrics.Quarantines.Inc()
-	h.emit(verdict.Quarantined, s.id, fmt.Sprintf("repeated violations (last: %s); quarantined until %s",
-		v, until.UTC().Format(time.RFC3339)), s.remote)
+	h.emitEvent(verdict.Quarantined, s.id, fmt.Sprintf("repeated violations (last: %s); quarantined until %s",
+		v, until.UTC().Format(time.RFC3339)), s.remote, true)
 	return true
 }
 
@@ -426,17 +460,14 @@ func (h *Hook) process(s *session, pk *packets.Packet) error {
 	}
 	// guard
 	sum := sha256.Sum256(pk.Payload)
-	if last, mark, ok := h.o.Queue.Last(s.id); ok && rec.Seq <= last {
-		if rec.Seq == last && bytes.Equal(mark, sum[:]) {
-			return errDuplicate
+	if err := h.seqCheck(s.id, rec.Seq, sum[:]); err != nil {
+		// A resend, answered without a strike, still costs the device's
+		// rate: otherwise resends would be a free way to keep the
+		// signature check busy.
+		if (err == errDuplicate || isResend(err)) && !h.o.Guard.Allow(s.id, len(pk.Payload)) {
+			return verdict.New(verdict.RateLimited, "over the device's message or byte rate (resends of seq %d)", rec.Seq)
 		}
-		if last-rec.Seq < uint64(h.o.ResendWindow) {
-			// Probably a resend of a message stored before its PUBACK was
-			// lost (several can be in flight): a replay verdict, but no
-			// strike towards quarantine.
-			return &resendError{verdict.New(verdict.Replay, "seq %d not above last accepted %d (resend?)", rec.Seq, last)}
-		}
-		return verdict.New(verdict.Replay, "seq %d not above last accepted %d", rec.Seq, last)
+		return err
 	}
 	now := h.o.Now()
 	if err := telemetry.CheckTime(rec.TS, now, h.o.MaxAge); err != nil {
@@ -455,10 +486,44 @@ func (h *Hook) process(s *session, pk *packets.Packet) error {
 		return fmt.Errorf("encode cloud message: %w", err)
 	}
 	err = h.o.Queue.AppendMarked(s.id, rec.Seq, sum[:], data)
-	if errors.Is(err, spool.ErrFull) {
+	switch {
+	case errors.Is(err, spool.ErrFull):
 		return verdict.New(verdict.Overloaded, "queue full")
+	case errors.Is(err, spool.ErrDuplicate):
+		// Another copy (a resend on a new connection) committed first.
+		return errDuplicate
+	case verdict.Of(err) == verdict.Replay:
+		// A later seq committed first: judge it as the guard would have.
+		if e := h.seqCheck(s.id, rec.Seq, sum[:]); e != nil {
+			return e
+		}
 	}
 	return err
+}
+
+// seqCheck is the replay guard: nil for a seq above the device's last
+// accepted one, errDuplicate for a resend of that last message, a
+// [resendError] for a seq just below it, a replay otherwise.
+func (h *Hook) seqCheck(id string, seq uint64, sum []byte) error {
+	last, mark, ok := h.o.Queue.Last(id)
+	switch {
+	case !ok || seq > last:
+		return nil
+	case seq == last && bytes.Equal(mark, sum):
+		return errDuplicate
+	case last-seq < uint64(h.o.ResendWindow):
+		// Probably a resend of a message stored before its PUBACK was
+		// lost (several can be in flight): a replay verdict, but no
+		// strike towards quarantine.
+		return &resendError{verdict.New(verdict.Replay, "seq %d not above last accepted %d (resend?)", seq, last)}
+	default:
+		return verdict.New(verdict.Replay, "seq %d not above last accepted %d", seq, last)
+	}
+}
+
+func isResend(err error) bool {
+	re := (*resendError)(nil)
+	return errors.As(err, &re)
 }
 
 // errDuplicate marks a resend of the device's last accepted message: the
@@ -530,11 +595,15 @@ var cborEnc = func() cbor.UserBufferEncMode {
 }()
 
 func (h *Hook) emit(v verdict.Verdict, dev, detail, remote string) {
+	h.emitEvent(v, dev, detail, remote, false)
+}
+
+func (h *Hook) emitEvent(v verdict.Verdict, dev, detail, remote string, start bool) {
 	if h.o.Event == nil {
 		return
 	}
 	h.o.Event(audit.Event{V: 1, TS: h.o.Now().UnixMilli(), GW: h.o.GatewayID, Dev: dev,
-		Verdict: string(v), Detail: detail, Remote: remote})
+		Verdict: string(v), Detail: detail, Remote: remote}, start)
 }
 
 func peerCert(cl *mqtt.Client) *x509.Certificate {

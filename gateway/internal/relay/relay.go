@@ -553,7 +553,25 @@ func (r *Relay) publishLoop(s *session, stop <-chan struct{}, slots chan struct{
 				return
 			}
 			after = e.Key
+			if failedAlready(tok) {
+				// paho fails a publish it could not hand to its writer
+				// within WriteTimeout, on a connection that may still be
+				// up. Later entries must not overtake it: end the session
+				// now, and the next one resends from this entry.
+				s.kill(fmt.Errorf("publish: %w", tok.Error()))
+				return
+			}
 		}
+	}
+}
+
+// failedAlready reports whether tok completed with an error.
+func failedAlready(tok mqtt.Token) bool {
+	select {
+	case <-tok.Done():
+		return tok.Error() != nil
+	default:
+		return false
 	}
 }
 

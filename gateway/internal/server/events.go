@@ -8,7 +8,6 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/vitalgate/vitalgate/gateway/internal/audit"
-	"github.com/vitalgate/vitalgate/internal/verdict"
 )
 
 // eventGate bounds the security events one source can write to the audit
@@ -37,10 +36,12 @@ func newEventGate() *eventGate {
 }
 
 // admit reports whether e may be written, adding to its detail the count of
-// events of the same source suppressed before it. A quarantine is always
-// written: it is the event that matters most about a flooding device.
-func (g *eventGate) admit(e *audit.Event, now time.Time) bool {
-	if e.Verdict == string(verdict.Quarantined) {
+// events of the same source suppressed before it. The start of a quarantine
+// is always written: it is the event that matters most about a flooding
+// device. The refusals of its reconnects that follow take the budget like
+// any other event.
+func (g *eventGate) admit(e *audit.Event, now time.Time, quarantine bool) bool {
+	if quarantine {
 		return true
 	}
 	g.mu.Lock()

@@ -1,8 +1,12 @@
 package server
 
 import (
+	"bytes"
 	"crypto/tls"
+	"encoding/json"
+	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -172,4 +176,54 @@ func TestRestartKeepsQueueAndSeq(t *testing.T) {
 		t.Fatalf("replay across restart: 0x%02x, want 0x83", code)
 	}
 	waitFor(t, 10*time.Second, "the queue to drain into the embedded cloud", func() bool { return e.gw.Queue().Len() == 0 })
+}
+
+// TestQuarantinedReconnectsTakeTheEventBudget: the start of a quarantine is
+// always written; the refusals of a device that keeps reconnecting are
+// bounded by its event budget (burst 50, then 5/s), so it cannot fill the
+// audit log.
+func TestQuarantinedReconnectsTakeTheEventBudget(t *testing.T) {
+	e := newEnv(t, func(c *config.Config) {
+		c.Quarantine.Violations, c.Quarantine.Window, c.Quarantine.Cooloff = 1, time.Minute, time.Hour
+	})
+	e.device("loop-1")
+	c := e.mustDial5("loop-1")
+	publish5(t, c, "devices/other/telemetry", []byte("x")) // acl_denied: quarantined at once
+	waitFor(t, 10*time.Second, "the quarantine", func() bool { return e.metric("vitalgate_gateway_quarantines_total", "") == 1 })
+	const attempts = 120
+	start := time.Now()
+	for range attempts {
+		if _, _, err := e.dial5("loop-1", "loop-1"); err == nil {
+			t.Fatal("quarantined device admitted")
+		}
+	}
+	elapsed := time.Since(start)
+	e.gw.Close()
+	data, err := os.ReadFile(filepath.Join(e.cfg.Data, AuditFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var starts, refusals int
+	for _, line := range bytes.Split(bytes.TrimSpace(data), []byte("\n")) {
+		var entry struct{ Event audit.Event }
+		if err := json.Unmarshal(line, &entry); err != nil {
+			t.Fatalf("audit line %q: %v", line, err)
+		}
+		switch ev := entry.Event; {
+		case ev.Dev != "loop-1" || ev.Verdict != "quarantined":
+		case strings.HasPrefix(ev.Detail, "repeated violations"):
+			starts++
+		default:
+			refusals++
+		}
+	}
+	// The acl_denied event took one token of the burst.
+	limit := 49 + int(5*elapsed.Seconds()) + 1
+	if starts != 1 || refusals == 0 || refusals > limit {
+		t.Fatalf("%d reconnects in %v: %d quarantine starts and %d refusals written, want 1 and 1 to %d",
+			attempts, elapsed, starts, refusals, limit)
+	}
+	if e.metric("vitalgate_gateway_events_suppressed_total", "") == 0 {
+		t.Fatal("nothing counted as suppressed")
+	}
 }

@@ -425,8 +425,8 @@ func stamp(path string) string {
 
 // event records a security event, if the source's event budget allows:
 // audit log first (the durable record), then the cloud, then the log.
-func (g *Gateway) event(e audit.Event) {
-	if !g.events.admit(&e, time.Now()) {
+func (g *Gateway) event(e audit.Event, quarantine bool) {
+	if !g.events.admit(&e, time.Now(), quarantine) {
 		g.suppressed.Inc()
 		return
 	}
@@ -450,7 +450,7 @@ func (g *Gateway) handshakeOutcome(m *ingest.Metrics) func(string, *tls.Connecti
 			return // a port scan or a dropped TCP connection is not a security event
 		}
 		g.event(audit.Event{V: 1, TS: time.Now().UnixMilli(), GW: g.id, Verdict: "handshake_failed",
-			Detail: err.Error(), Remote: remote})
+			Detail: err.Error(), Remote: remote}, false)
 	}
 }
 

@@ -3,6 +3,7 @@ package server
 import (
 	"bytes"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -176,6 +177,36 @@ func TestRateLimitAndQuarantine(t *testing.T) {
 	}
 }
 
+// TestResendsTakeTheRate: resends are answered without a strike while the
+// device keeps to its rate; beyond it they are rate-limited like any
+// message, so they cannot keep the signature check busy for free.
+func TestResendsTakeTheRate(t *testing.T) {
+	e := newEnv(t, func(c *config.Config) {
+		c.Rate.Messages, c.Rate.Burst = 0.001, 3
+		c.Quarantine.Violations, c.Quarantine.Window, c.Quarantine.Cooloff = 4, time.Minute, time.Hour
+	})
+	e.device("scale-r")
+	a := e.app("ssl://" + e.gw.Cloud().AppsAddr())
+	c := e.mustDial5("scale-r")
+	topic := telemetryTopic("scale-r")
+	m5 := e.sign("scale-r", spo2("scale-r", 5))
+	for i := range 3 { // the message, then two resends of it: the burst
+		if code := publish5(t, c, topic, m5); code != 0 {
+			t.Fatalf("send %d of seq 5: 0x%02x", i, code)
+		}
+	}
+	sends := [][]byte{e.sign("scale-r", spo2("scale-r", 4)), m5, e.sign("scale-r", spo2("scale-r", 3)), m5}
+	for i, m := range sends {
+		if code := publish5(t, c, topic, m); code != packets.ErrQuotaExceeded.Code {
+			t.Fatalf("resend %d over the rate: 0x%02x, want 0x97", i, code)
+		}
+	}
+	waitFor(t, 10*time.Second, "the quarantine event", func() bool { return a.eventsWith(`"verdict":"quarantined"`) >= 1 })
+	if got := len(a.ids()); got != 1 {
+		t.Fatalf("cloud received %d records, want 1", got)
+	}
+}
+
 func TestConnectionIdentity(t *testing.T) {
 	e := newEnv(t, nil)
 	e.device("glu-1")
@@ -194,6 +225,33 @@ func TestConnectionIdentity(t *testing.T) {
 			t.Errorf("subscribe %s granted: 0x%02x", f, got)
 		}
 	}
+}
+
+// TestSubscribeBounds: a device's command filters are bounded in length,
+// depth and number, so that SUBSCRIBE cannot grow the topic tree without
+// limit; re-subscribing to a held filter is not a new one.
+func TestSubscribeBounds(t *testing.T) {
+	e := newEnv(t, nil)
+	e.device("glu-s")
+	c := e.mustDial5("glu-s")
+	cmd := "devices/glu-s/cmd/"
+	want := func(filter string, granted bool) {
+		t.Helper()
+		if got := subscribe5(t, c, filter); (got < 0x80) != granted {
+			t.Errorf("subscribe %.60q (%d bytes): 0x%02x, want granted %v", filter, len(filter), got, granted)
+		}
+	}
+	want(cmd+strings.Repeat("/", 2000), false)
+	want(cmd+strings.Repeat("a", 300), false)
+	want(cmd+"a/b/c/d/e/f/g/h/i", false)
+	want(cmd+"a/b/c/d/e/f/g/h", true)
+	want(cmd+"#", true)
+	want("devices/glu-s/cmd", true)
+	for i := range 13 {
+		want(fmt.Sprintf("%sf%d", cmd, i), true)
+	}
+	want(cmd+"one-more", false) // the 17th
+	want(cmd+"#", true)
 }
 
 // TestResendIsNotReplay: a device that lost a PUBACK resends the same signed

@@ -118,6 +118,13 @@ var ErrFull = errors.New("spool: queue full")
 // ErrClosed is returned by operations on a closed [Queue].
 var ErrClosed = errors.New("spool: queue closed")
 
+// ErrDuplicate is returned by [Queue.AppendMarked] for the device's last
+// accepted seq with the same (non-empty) mark: the record is already stored,
+// nothing was written. Two copies of one message may race (a device resends
+// on a new connection while the first copy waits for its commit); one is
+// stored and the other gets ErrDuplicate, whichever order they commit in.
+var ErrDuplicate = errors.New("spool: duplicate of the last accepted record")
+
 // Options configure [Open]. Zero values take the defaults.
 type Options struct {
 	// MaxRecords bounds the number of queued records (default 1,000,000).
@@ -374,8 +381,9 @@ func (q *Queue) AppendMarked(dev string, seq uint64, mark, data []byte) error {
 	size := int64(len(data))
 	q.mu.Lock()
 	if last, ok := q.last[dev]; ok && seq <= last {
+		err := seqError(seq, last, mark, q.marks[dev])
 		q.mu.Unlock()
-		return replayError(seq, last)
+		return err
 	}
 	if q.count+q.resCount >= q.maxRecs || q.bytes+q.resBytes+size > q.maxBytes {
 		q.mu.Unlock()
@@ -418,6 +426,15 @@ func (q *Queue) submit(r *request) error {
 
 func replayError(seq, last uint64) error {
 	return verdict.New(verdict.Replay, "seq %d not above last accepted %d", seq, last)
+}
+
+// seqError is the answer to an append of seq at or below last, the device's
+// last accepted seq, stored with lastMark.
+func seqError(seq, last uint64, mark, lastMark []byte) error {
+	if seq == last && len(mark) > 0 && bytes.Equal(mark, lastMark) {
+		return ErrDuplicate
+	}
+	return replayError(seq, last)
 }
 
 // Peek returns up to max entries with keys above after, oldest first. Their
@@ -677,11 +694,13 @@ func (q *Queue) commit(batch []*request) {
 				continue
 			}
 			last, ok := st.seen[r.dev]
+			lastMark := st.marks[r.dev]
 			if !ok {
 				last, ok = q.last[r.dev]
+				lastMark = q.marks[r.dev]
 			}
 			if ok && r.seq <= last {
-				st.errs[i] = replayError(r.seq, last)
+				st.errs[i] = seqError(r.seq, last, r.mark, lastMark)
 				r.key = 0
 				continue
 			}

@@ -570,6 +570,82 @@ func BenchmarkAppendParallel(b *testing.B) {
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "appends/s")
 }
 
+// An append of the device's last seq with the same mark is a duplicate
+// (nothing written), with another mark or none a replay; two copies racing
+// to the committer store one record, whichever commits first, in one batch
+// or in two, and the mark survives a reopen.
+func TestDuplicateAppend(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "q.db")
+	q := open(t, path, Options{NoSync: true, CommitDelay: 5 * time.Millisecond})
+	if err := q.AppendMarked("d", 1, []byte("m1"), []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.AppendMarked("d", 1, []byte("m1"), []byte("x")); !errors.Is(err, ErrDuplicate) {
+		t.Fatalf("same seq, same mark: %v, want ErrDuplicate", err)
+	}
+	for _, mark := range [][]byte{[]byte("other"), nil} {
+		if err := q.AppendMarked("d", 1, mark, []byte("x")); verdict.Of(err) != verdict.Replay {
+			t.Fatalf("same seq, mark %q: %v, want a replay", mark, err)
+		}
+	}
+	if err := q.Append("e", 5, []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Append("e", 5, []byte("x")); verdict.Of(err) != verdict.Replay {
+		t.Fatalf("unmarked resend: %v, want a replay", err)
+	}
+
+	// Pairs of copies, with other devices' appends around them so that
+	// batches form.
+	const rounds = 40
+	var dups atomic.Int64
+	for seq := uint64(2); seq < 2+rounds; seq++ {
+		mark := []byte(fmt.Sprintf("m%d", seq))
+		var wg sync.WaitGroup
+		errs := make([]error, 2)
+		for i := range errs {
+			wg.Go(func() { errs[i] = q.AppendMarked("d", seq, mark, []byte("x")) })
+		}
+		for i := range 4 {
+			wg.Go(func() {
+				if err := q.Append(fmt.Sprintf("o%d", i), seq, []byte("y")); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+		nils := 0
+		for _, err := range errs {
+			switch {
+			case err == nil:
+				nils++
+			case errors.Is(err, ErrDuplicate):
+				dups.Add(1)
+			default:
+				t.Fatalf("seq %d: %v", seq, err)
+			}
+		}
+		if nils != 1 {
+			t.Fatalf("seq %d: %d copies stored (%v)", seq, nils, errs)
+		}
+	}
+	n := 0
+	for _, e := range all(t, q) {
+		if e.Dev == "d" {
+			n++
+		}
+	}
+	if n != 1+rounds {
+		t.Fatalf("%d records of d, want %d", n, 1+rounds)
+	}
+	q.Close()
+	q = open(t, path, Options{NoSync: true})
+	last := uint64(1 + rounds)
+	if err := q.AppendMarked("d", last, []byte(fmt.Sprintf("m%d", last)), nil); !errors.Is(err, ErrDuplicate) {
+		t.Fatalf("after a reopen: %v, want ErrDuplicate", err)
+	}
+}
+
 // The mark of a device's last record is stored with its seq, replaced by the
 // next append, and survives a reopen.
 func TestMarkSurvivesReopen(t *testing.T) {
