@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/vitalgate/vitalgate/internal/envelope"
 )
 
 // Config is everything the gateway can be told.
@@ -172,8 +174,9 @@ func (c Config) Validate() error {
 	default:
 		bad("log", "%q is not debug, info, warn or error", c.Log)
 	}
-	if c.MaxPayload < 256 || c.MaxPayload > 16<<20 {
-		bad("max_payload", "%d outside 256..16777216", c.MaxPayload)
+	if c.MaxPayload < 256 || c.MaxPayload > envelope.MaxMessage {
+		// The COSE parser and the record decoder stop at this size.
+		bad("max_payload", "%d outside 256..%d (a 64 KiB record and its COSE headers)", c.MaxPayload, envelope.MaxMessage)
 	}
 	if c.MaxPacket < c.MaxPayload+1024 {
 		bad("max_packet", "%d must exceed max_payload (%d) by at least 1024 so oversized payloads get a too_large verdict", c.MaxPacket, c.MaxPayload)

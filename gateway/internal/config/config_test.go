@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vitalgate/vitalgate/internal/envelope"
 )
 
 func TestDefaultIsValid(t *testing.T) {
@@ -71,6 +73,23 @@ func TestPprofOnlyOnLoopback(t *testing.T) {
 		}
 		if err != nil && !strings.Contains(err.Error(), "pprof:") {
 			t.Errorf("http %q: error %v does not name pprof", c.http, err)
+		}
+	}
+}
+
+// max_payload stops where the COSE parser and the record decoder stop, so a
+// setting cannot promise messages they would refuse.
+func TestMaxPayloadWithinTheParsers(t *testing.T) {
+	for _, c := range []struct {
+		n  int
+		ok bool
+	}{{255, false}, {256, true}, {envelope.MaxMessage, true}, {envelope.MaxMessage + 1, false}, {1 << 20, false}} {
+		cfg := Default()
+		cfg.MaxPayload, cfg.MaxPacket = c.n, c.n+1024
+		cfg.Rate.ByteBurst = max(cfg.Rate.ByteBurst, c.n)
+		err := cfg.Validate()
+		if (err == nil) != c.ok || (err != nil && !strings.Contains(err.Error(), "max_payload:")) {
+			t.Errorf("max_payload %d: %v, want ok=%v", c.n, err, c.ok)
 		}
 	}
 }
