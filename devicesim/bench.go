@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/vitalgate/vitalgate/internal/bench"
+	"github.com/vitalgate/vitalgate/internal/cli"
 )
 
 // benchCmd is `devicesim bench`: the load harness of DESIGN.md section 8.
@@ -78,7 +79,7 @@ func parseBench(args []string, stderr io.Writer) (bench.Config, string, error) {
 		seed     = fs.Int64("seed", 1, "physiology seed")
 		out      = fs.String("out", "", "also write the JSON line to `file`")
 	)
-	if err := fs.Parse(args); err != nil {
+	if err := cli.ParseFlags(fs, args, stderr); err != nil {
 		return bench.Config{}, "", err
 	}
 	if fs.NArg() > 0 {

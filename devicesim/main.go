@@ -28,6 +28,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/vitalgate/vitalgate/internal/cli"
 	"github.com/vitalgate/vitalgate/internal/fleet"
 )
 
@@ -114,7 +115,7 @@ func parse(args []string, stderr io.Writer) (fleet.Config, string, error) {
 		check     = fs.Bool("check-config", false, "validate the configuration and exit")
 		verbose   = fs.Bool("v", false, "log connection problems (debug) on stderr")
 	)
-	if err := fs.Parse(args); err != nil {
+	if err := cli.ParseFlags(fs, args, stderr); err != nil {
 		return fleet.Config{}, "", err
 	}
 	if fs.NArg() > 0 {

@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/vitalgate/vitalgate/gateway/internal/demo"
+	"github.com/vitalgate/vitalgate/internal/cli"
 	"github.com/vitalgate/vitalgate/internal/fleet"
 	"github.com/vitalgate/vitalgate/internal/pki"
 	"github.com/vitalgate/vitalgate/internal/telemetry"
@@ -37,7 +38,7 @@ func runDemo(ctx context.Context, args []string, out io.Writer, terminal bool) e
 	duration := fs.Duration("duration", 0, "stop after this long (0: run until Ctrl-C)")
 	attackers := fs.Int("attackers", 3, "attacking devices, each cycling through attack modes (0: none)")
 	dir := fs.String("dir", "", "directory for the PKI, data and log (default: a new temporary directory; reused if it holds a PKI)")
-	if err := fs.Parse(args); err != nil {
+	if err := cli.ParseFlags(fs, args, out); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
@@ -105,7 +106,7 @@ func signCmd(args []string, out, errOut io.Writer) error {
 	id := fs.String("id", "", "device ID (the certificate's CN)")
 	kind := fs.String("kind", "spo2", "record kind: spo2, bp, glucose, temp, weight or ecg")
 	seq := fs.Uint64("seq", 0, "sequence number: above the last one the gateway accepted from the device")
-	if err := fs.Parse(args); err != nil {
+	if err := cli.ParseFlags(fs, args, out); err != nil {
 		return err
 	}
 	switch {

@@ -23,6 +23,7 @@ import (
 	"github.com/vitalgate/vitalgate/gateway/internal/audit"
 	"github.com/vitalgate/vitalgate/gateway/internal/config"
 	"github.com/vitalgate/vitalgate/gateway/internal/server"
+	"github.com/vitalgate/vitalgate/internal/cli"
 )
 
 func main() {
@@ -64,7 +65,7 @@ func parseConfig(args []string) (config.Config, bool, error) {
 	id := fs.String("id", "", "gateway ID (default: CN of gateway-client.crt)")
 	format := fs.String("format", d.Format, "cloud payload format: cbor or json")
 	logLevel := fs.String("log", d.Log, "log level: debug, info, warn, error")
-	if err := fs.Parse(args); err != nil {
+	if err := cli.ParseFlags(fs, args, os.Stdout); err != nil {
 		return d, false, err
 	}
 	if fs.NArg() > 0 {
@@ -114,6 +115,11 @@ func newLogger(level string, w io.Writer) *slog.Logger {
 }
 
 func run(args []string) error {
+	// Signals are caught from the start: a SIGHUP (log rotation, say) that
+	// arrives while the gateway is still opening its queue must not kill it.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sig)
 	cfg, check, err := parseConfig(args)
 	if err != nil {
 		return err
@@ -134,8 +140,6 @@ func run(args []string) error {
 		g.Close()
 		return err
 	}
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	for s := range sig {
 		if s == syscall.SIGHUP {
 			if err := g.Reload(); err != nil {
@@ -158,7 +162,7 @@ func auditCmd(args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("gateway audit verify", flag.ContinueOnError)
 	data := fs.String("data", config.Default().Data, "gateway data directory")
 	file := fs.String("file", "", "audit log file (default: DATA/"+server.AuditFile+")")
-	if err := fs.Parse(args[1:]); err != nil {
+	if err := cli.ParseFlags(fs, args[1:], out); err != nil {
 		return err
 	}
 	path := *file

@@ -34,8 +34,22 @@ func TestCheckConfig(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "gateway-client.crt") {
 		t.Fatalf("empty PKI directory: %v", err)
 	}
-	if err := run([]string{"--bogus"}); err == nil {
-		t.Fatal("unknown flag accepted")
+	if err := run([]string{"--bogus"}); err == nil || strings.Contains(err.Error(), "\n") || !strings.Contains(err.Error(), "-bogus") {
+		t.Fatalf("unknown flag: %q, want a one-line reason", err)
+	}
+	// Without --cloud the gateway starts the embedded broker: its files
+	// and addresses are checked too.
+	emb := filepath.Join(t.TempDir(), "emb.yaml")
+	os.WriteFile(emb, []byte("embedded:\n  apps: not-an-address\n"), 0o600)
+	if err := run([]string{"--check-config", "--config", emb, "--pki", dir, "--data", data}); err == nil || !strings.Contains(err.Error(), "embedded cloud broker") {
+		t.Fatalf("embedded broker with a bad apps address: %v", err)
+	}
+	os.Remove(filepath.Join(dir, pki.FileBroker))
+	if err := run([]string{"--check-config", "--pki", dir, "--data", data}); err == nil || !strings.Contains(err.Error(), "embedded cloud broker") {
+		t.Fatalf("embedded broker without broker.crt: %v", err)
+	}
+	if err := run([]string{"--check-config", "--pki", dir, "--data", data, "--cloud", "ssl://cloud.example:8883"}); err != nil {
+		t.Fatalf("an outside cloud needs no broker.crt: %v", err)
 	}
 }
 

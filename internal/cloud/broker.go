@@ -48,6 +48,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/vitalgate/vitalgate/internal/listen"
+	"github.com/vitalgate/vitalgate/internal/mqttlog"
 	"github.com/vitalgate/vitalgate/internal/pki"
 )
 
@@ -149,7 +150,7 @@ func (b *Broker) start() error {
 	caps.MaximumQos = 1
 	b.srv = mqtt.New(&mqtt.Options{
 		Capabilities:           caps,
-		Logger:                 b.log.With("component", "mochi"),
+		Logger:                 slog.New(mqttlog.Handler{Handler: b.log.With("component", "mochi").Handler()}),
 		SysTopicResendInterval: 60,
 		// Deliveries queued for a client while one is written go out in
 		// one write, up to this many bytes: an app subscribed to a site
@@ -239,7 +240,7 @@ func (b *Broker) start() error {
 			case <-b.done:
 				return
 			case now := <-t.C:
-				b.hook.expireTokens(now)
+				b.hook.sweep(now)
 			}
 		}
 	})

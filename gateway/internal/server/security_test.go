@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/tls"
 	"encoding/json"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -225,5 +226,31 @@ func TestQuarantinedReconnectsTakeTheEventBudget(t *testing.T) {
 	}
 	if e.metric("vitalgate_gateway_events_suppressed_total", "") == 0 {
 		t.Fatal("nothing counted as suppressed")
+	}
+}
+
+// TestNewFailsCleanly: a gateway that cannot start (here: its HTTP port is
+// taken, the last thing New opens) returns an error instead of panicking,
+// and closes what it had opened: the queue, the audit log and the embedded
+// cloud, so the next start on the same data directory works.
+func TestNewFailsCleanly(t *testing.T) {
+	e := &env{t: t, pki: newPKI(t)}
+	e.cfg = testConfig(t, e.pki)
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	e.cfg.HTTP = busy.Addr().String()
+	g, err := New(e.cfg, quietLog(t))
+	if err == nil || g != nil || !strings.Contains(err.Error(), "http listener") {
+		t.Fatalf("New with a taken HTTP port: %v, %v", g, err)
+	}
+	e.cfg.HTTP = "127.0.0.1:0"
+	e.start() // fails if the queue's file lock was kept
+	e.device("bp-n")
+	c := e.mustDial5("bp-n")
+	if code := publish5(t, c, telemetryTopic("bp-n"), e.sign("bp-n", spo2("bp-n", 1))); code != 0 {
+		t.Fatalf("publish after the failed start: 0x%02x", code)
 	}
 }

@@ -35,6 +35,7 @@ import (
 	"github.com/vitalgate/vitalgate/gateway/internal/relay"
 	"github.com/vitalgate/vitalgate/gateway/internal/spool"
 	"github.com/vitalgate/vitalgate/internal/cloud"
+	"github.com/vitalgate/vitalgate/internal/mqttlog"
 	"github.com/vitalgate/vitalgate/internal/pki"
 	"github.com/vitalgate/vitalgate/internal/telemetry"
 )
@@ -69,6 +70,7 @@ type Gateway struct {
 	devices *ingest.Listener
 	http    *http.Server
 	httpLn  net.Listener
+	closing atomic.Bool
 
 	ctx      context.Context
 	cancel   context.CancelFunc
@@ -96,9 +98,10 @@ func New(cfg config.Config, log *slog.Logger) (g *Gateway, err error) {
 		suppressed: prometheus.NewCounter(prometheus.CounterOpts{Name: "vitalgate_gateway_events_suppressed_total",
 			Help: "Security events not written because their source exceeded its event rate (the rejections are still counted)."})}
 	g.ctx, g.cancel = context.WithCancel(context.Background())
+	built := g // the error returns below set g to nil
 	defer func() {
 		if err != nil {
-			g.Close()
+			built.Close() // what was opened before the failure
 		}
 	}()
 	g.reg.MustRegister(g.suppressed, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -172,13 +175,7 @@ func New(cfg config.Config, log *slog.Logger) (g *Gateway, err error) {
 	// Cloud: the configured brokers, or an embedded one.
 	urls := cfg.Cloud
 	if len(urls) == 0 {
-		cc := cloud.Default()
-		cc.PKI, cc.Listen, cc.Apps, cc.WS, cc.HTTP = cfg.PKI, "127.0.0.1:0", cfg.Embedded.Apps, cfg.Embedded.WS, ""
-		cc.Data = filepath.Join(cfg.Data, CloudDir)
-		if tuneEmbeddedCloud != nil {
-			tuneEmbeddedCloud(&cc)
-		}
-		if g.cloud, err = cloud.New(cc, log.With("component", "cloud")); err != nil {
+		if g.cloud, err = cloud.New(embeddedCloud(cfg), log.With("component", "cloud")); err != nil {
 			return nil, fmt.Errorf("embedded cloud broker: %w", err)
 		}
 		if err := g.cloud.Start(); err != nil {
@@ -230,9 +227,12 @@ func New(cfg config.Config, log *slog.Logger) (g *Gateway, err error) {
 	caps.SharedSubAvailable = 0
 	caps.TopicAliasMaximum = 16
 	caps.Compatibilities.ObscureNotAuthorized = false
+	// Every rejection is already a security event with its verdict: mochi's
+	// own line for it is dropped.
+	mochiLog := slog.New(mqttlog.Handler{Handler: log.With("component", "mqtt").Handler(), Drop: []string{"publish packet error"}})
 	g.mqtt = mqtt.New(&mqtt.Options{
 		Capabilities:             caps,
-		Logger:                   slog.New(quietHandler{log.With("component", "mqtt").Handler()}),
+		Logger:                   mochiLog,
 		ClientNetWriteBufferSize: 2048,
 		ClientNetReadBufferSize:  2048,
 	})
@@ -261,8 +261,21 @@ func New(cfg config.Config, log *slog.Logger) (g *Gateway, err error) {
 	return g, nil
 }
 
+// embeddedCloud is the configuration of the cloud broker the gateway
+// starts when none is configured.
+func embeddedCloud(cfg config.Config) cloud.Config {
+	cc := cloud.Default()
+	cc.PKI, cc.Listen, cc.Apps, cc.WS, cc.HTTP = cfg.PKI, "127.0.0.1:0", cfg.Embedded.Apps, cfg.Embedded.WS, ""
+	cc.Data = filepath.Join(cfg.Data, CloudDir)
+	if tuneEmbeddedCloud != nil {
+		tuneEmbeddedCloud(&cc)
+	}
+	return cc
+}
+
 // Check loads every file the configuration names (certificates, keys, the
-// revocation list, schemas) and checks the data directory, without opening
+// revocation list, schemas, and the embedded cloud broker's files when no
+// cloud is configured) and checks the data directory, without opening
 // the queue or binding a port, so it can run beside a live gateway.
 func Check(cfg config.Config) error {
 	if err := cfg.Validate(); err != nil {
@@ -295,6 +308,12 @@ func Check(cfg config.Config) error {
 	if cfg.Schemas != "" {
 		_, err = telemetry.LoadSchemas(cfg.Schemas)
 		add("schemas", err)
+	}
+	if len(cfg.Cloud) == 0 {
+		// Loads the embedded broker's certificate, key, gateway CA and
+		// token key, and checks its addresses, without binding them.
+		_, err = cloud.New(embeddedCloud(cfg), slog.New(slog.DiscardHandler))
+		add("embedded cloud broker", err)
 	}
 	if err := os.MkdirAll(cfg.Data, 0o700); err != nil {
 		add("data directory", err)
@@ -484,7 +503,7 @@ func (g *Gateway) routes() http.Handler {
 		// need the cloud, but it needs room in the queue.
 		full := g.queue.Len() >= g.cfg.Queue.MaxRecords || g.queue.Bytes() >= g.cfg.Queue.MaxBytes
 		state := map[string]any{"queue": g.queue.Len(), "queue_full": full, "cloud_connected": g.relay.Connected()}
-		if full || g.ctx.Err() != nil {
+		if full || g.closing.Load() {
 			w.WriteHeader(http.StatusServiceUnavailable)
 		}
 		json.NewEncoder(w).Encode(state)
@@ -533,6 +552,7 @@ func (g *Gateway) Queue() *spool.Queue { return g.queue }
 // queue, the audit log and the embedded cloud (hard). Safe to call twice.
 func (g *Gateway) Close() error {
 	g.once.Do(func() {
+		g.closing.Store(true) // /readyz says so while devices drain
 		var errs []error
 		if g.devices != nil {
 			errs = append(errs, g.devices.Close()) // no new devices
@@ -549,6 +569,9 @@ func (g *Gateway) Close() error {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			errs = append(errs, g.http.Shutdown(ctx))
 			cancel()
+		}
+		if g.httpLn != nil {
+			_ = g.httpLn.Close() // not served if Start never ran
 		}
 		g.wg.Wait()
 		if g.audit != nil {
@@ -579,28 +602,3 @@ func setCurves(c *tls.Config, names []string) error {
 	}
 	return nil
 }
-
-// quietHandler drops mochi's per-rejection error line ("publish packet
-// error": every rejection is already a security event with its verdict) and
-// strips the packets mochi attaches to some lines, whose payloads are
-// patient data.
-type quietHandler struct{ slog.Handler }
-
-func (q quietHandler) Handle(ctx context.Context, r slog.Record) error {
-	if r.Message == "publish packet error" {
-		return nil
-	}
-	clean := slog.NewRecord(r.Time, r.Level, r.Message, r.PC)
-	r.Attrs(func(a slog.Attr) bool {
-		if a.Key != "pk" && a.Key != "packet" {
-			clean.AddAttrs(a)
-		}
-		return true
-	})
-	return q.Handler.Handle(ctx, clean)
-}
-
-func (q quietHandler) WithAttrs(a []slog.Attr) slog.Handler {
-	return quietHandler{q.Handler.WithAttrs(a)}
-}
-func (q quietHandler) WithGroup(n string) slog.Handler { return quietHandler{q.Handler.WithGroup(n)} }
