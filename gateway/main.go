@@ -171,7 +171,7 @@ func auditCmd(args []string, out io.Writer) error {
 	}
 	n, err := audit.Verify(path)
 	if err != nil {
-		return fmt.Errorf("audit log %s: %w", path, err)
+		return err // names the file (and the line)
 	}
 	fmt.Fprintf(out, "audit log %s: %d entries, chain intact\n", path, n)
 	return nil

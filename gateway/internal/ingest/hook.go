@@ -136,6 +136,7 @@ func (h *Hook) Provides(b byte) bool {
 func (h *Hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	remote := cl.Net.Remote
 	refuse := func(code packets.Code, v verdict.Verdict, dev, detail string) error {
+		h.o.Metrics.Rejected.WithLabelValues(string(v)).Inc()
 		h.emit(v, dev, detail, remote)
 		_ = h.server.SendConnack(cl, code, false, nil)
 		return code
@@ -234,6 +235,7 @@ func (h *Hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 		return true
 	}
 	if why := subscribeDenied(cl, s.cmd, topic); why != "" {
+		h.o.Metrics.Rejected.WithLabelValues(string(verdict.ACLDenied)).Inc()
 		if h.reject(s, verdict.ACLDenied, why) {
 			go h.server.DisconnectClient(cl, packets.ErrNotAuthorized) // after the SUBACK
 		}

@@ -175,7 +175,7 @@ func New(cfg config.Config, log *slog.Logger) (g *Gateway, err error) {
 	// Cloud: the configured brokers, or an embedded one.
 	urls := cfg.Cloud
 	if len(urls) == 0 {
-		if g.cloud, err = cloud.New(embeddedCloud(cfg), log.With("component", "cloud")); err != nil {
+		if g.cloud, err = cloud.New(embeddedCloud(cfg), log); err != nil {
 			return nil, fmt.Errorf("embedded cloud broker: %w", err)
 		}
 		if err := g.cloud.Start(); err != nil {

@@ -225,6 +225,10 @@ func TestConnectionIdentity(t *testing.T) {
 			t.Errorf("subscribe %s granted: 0x%02x", f, got)
 		}
 	}
+	// Refused CONNECTs and subscriptions are counted with the messages.
+	if m, a := e.rejected("identity_mismatch"), e.rejected("acl_denied"); m != 1 || a != 4 {
+		t.Errorf("rejected_total: identity_mismatch %v, acl_denied %v; want 1 and 4", m, a)
+	}
 }
 
 // TestSubscribeBounds: a device's command filters are bounded in length,
