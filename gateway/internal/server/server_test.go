@@ -147,11 +147,15 @@ func TestMQTT311(t *testing.T) {
 	}
 }
 
+// strictRate: a burst of 3 messages and next to no refill; the fourth
+// violation within a minute quarantines for an hour.
+func strictRate(c *config.Config) {
+	c.Rate.Messages, c.Rate.Burst = 0.001, 3
+	c.Quarantine.Violations, c.Quarantine.Window, c.Quarantine.Cooloff = 4, time.Minute, time.Hour
+}
+
 func TestRateLimitAndQuarantine(t *testing.T) {
-	e := newEnv(t, func(c *config.Config) {
-		c.Rate.Messages, c.Rate.Burst = 0.001, 3
-		c.Quarantine.Violations, c.Quarantine.Window, c.Quarantine.Cooloff = 4, time.Minute, time.Hour
-	})
+	e := newEnv(t, strictRate)
 	e.device("scale-1")
 	a := e.app("ssl://" + e.gw.Cloud().AppsAddr())
 	c := e.mustDial5("scale-1")
@@ -181,10 +185,7 @@ func TestRateLimitAndQuarantine(t *testing.T) {
 // device keeps to its rate; beyond it they are rate-limited like any
 // message, so they cannot keep the signature check busy for free.
 func TestResendsTakeTheRate(t *testing.T) {
-	e := newEnv(t, func(c *config.Config) {
-		c.Rate.Messages, c.Rate.Burst = 0.001, 3
-		c.Quarantine.Violations, c.Quarantine.Window, c.Quarantine.Cooloff = 4, time.Minute, time.Hour
-	})
+	e := newEnv(t, strictRate)
 	e.device("scale-r")
 	a := e.app("ssl://" + e.gw.Cloud().AppsAddr())
 	c := e.mustDial5("scale-r")
