@@ -24,6 +24,7 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/vitalgate/vitalgate/internal/cli"
 	"github.com/vitalgate/vitalgate/internal/cloud"
 	"github.com/vitalgate/vitalgate/internal/pki"
 )
@@ -55,7 +56,6 @@ func oneLine(err error) string {
 // ctx is done.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("broker", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: broker [flags]\n       broker watch --pki DIR --token JWT --site S [--url URL]\n\nflags:")
 		fs.PrintDefaults()
@@ -70,11 +70,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	config := fs.String("config", "", "YAML config file (flags override it)")
 	check := fs.Bool("check-config", false, "validate the configuration and PKI files, then exit")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
-	if err := fs.Parse(args); err != nil {
+	if err := cli.ParseFlags(fs, args, stdout); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+		return fmt.Errorf("unexpected argument %q (see broker --help)", fs.Arg(0))
 	}
 	cfg := d
 	if *config != "" {
@@ -137,7 +137,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 // signature and prints readable vitals until ctx is done.
 func watch(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("broker watch", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	pkiDir := fs.String("pki", "pki", "PKI directory (ca.crt, device-ca.crt, devices/)")
 	token := fs.String("token", "", "app JWT (see `certs token`); or $VITALGATE_TOKEN")
 	site := fs.String("site", "", "site to watch")
@@ -145,7 +144,7 @@ func watch(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	id := fs.String("client-id", "", "MQTT client ID (default: random; set it with --persistent)")
 	persistent := fs.Bool("persistent", false, "keep the session (and its queue) while away")
 	dedup := fs.Int("dedup", 100000, "message IDs remembered to drop duplicates")
-	if err := fs.Parse(args); err != nil {
+	if err := cli.ParseFlags(fs, args, stdout); err != nil {
 		return err
 	}
 	if *token == "" {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -34,6 +35,62 @@ func (s *syncBuf) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// TestMain lets the tests run the real command: with BROKER_TEST_MAIN=1 the
+// test binary is broker.
+func TestMain(m *testing.M) {
+	if os.Getenv("BROKER_TEST_MAIN") == "1" {
+		main()
+		return
+	}
+	os.Exit(m.Run())
+}
+
+// broker runs the test binary as the broker command and returns its exit
+// status, stdout and stderr.
+func broker(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], args...)
+	// atexit_sleep_ms: the race runtime otherwise sleeps a second at every successful exit.
+	cmd.Env = append(os.Environ(), "BROKER_TEST_MAIN=1", "GORACE="+strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return code, stdout.String(), stderr.String()
+}
+
+// DESIGN.md section 9: a bad flag is answered with one line naming it and a
+// non-zero exit, not with the whole usage; --help prints the usage and exits 0.
+func TestBadFlagsOneLine(t *testing.T) {
+	tests := []struct {
+		args   []string
+		stderr string
+	}{
+		{[]string{"--bogus"}, "broker: flag provided but not defined: -bogus (see broker --help)"},
+		{[]string{"--pki"}, "broker: flag needs an argument: -pki (see broker --help)"},
+		{[]string{"--check-config=maybe"}, `broker: invalid boolean value "maybe" for -check-config: parse error (see broker --help)`},
+		{[]string{"extra"}, `broker: unexpected argument "extra" (see broker --help)`},
+		{[]string{"watch", "--bogus"}, "broker: flag provided but not defined: -bogus (see broker watch --help)"},
+	}
+	for _, tt := range tests {
+		code, stdout, stderr := broker(t, tt.args...)
+		if code == 0 || stdout != "" || stderr != tt.stderr+"\n" {
+			t.Errorf("broker %v: exit %d, stdout %q, stderr %q; want non-zero, nothing, %q", tt.args, code, stdout, stderr, tt.stderr)
+		}
+	}
+	for _, args := range [][]string{{"--help"}, {"-h"}, {"watch", "--help"}} {
+		code, stdout, stderr := broker(t, args...)
+		if code != 0 || !strings.Contains(stdout, "-pki") || stderr != "" {
+			t.Errorf("broker %v: exit %d, stdout %q, stderr %q; want 0 and the usage on stdout", args, code, stdout, stderr)
+		}
+	}
 }
 
 func eventually(t *testing.T, what string, cond func() bool) {

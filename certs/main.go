@@ -202,7 +202,7 @@ func setupInit(fs *flag.FlagSet) ([]string, func(io.Writer) error) {
 
 func setupDevice(fs *flag.FlagSet) ([]string, func(io.Writer) error) {
 	dir := fs.String("dir", "", "PKI `DIR`ectory")
-	id := fs.String("id", "", "device `ID` ([A-Za-z0-9._-]{1,64}), the certificate's CN")
+	id := fs.String("id", "", "device `ID` ([A-Za-z0-9._-]{1,64}, not . or ..), the certificate's CN")
 	key := keyFlag(fs)
 	days := fs.Int("days", 365, "validity in days")
 	return []string{"dir", "id"}, func(w io.Writer) error {

@@ -77,7 +77,10 @@ func TestCLI(t *testing.T) {
 		{"device", []string{"device", "--dir", dir, "--id", "pump-1", "--days", "30"}, 0, "pump-1.crt", ""},
 		{"device ed25519", []string{"device", "--dir", dir, "--id", "pump-2", "--key", "ed25519"}, 0, "pump-2.key", ""},
 		{"device exists", []string{"device", "--dir", dir, "--id", "pump-1"}, 1, "", "*exists"},
-		{"device bad id", []string{"device", "--dir", dir, "--id", "a/b"}, 1, "", `certs: device: invalid device ID "a/b" (want [A-Za-z0-9._-]{1,64})`},
+		{"device bad id", []string{"device", "--dir", dir, "--id", "a/b"}, 1, "", `certs: device: invalid device ID "a/b" (want [A-Za-z0-9._-]{1,64}, not . or ..)`},
+		// ".." would write pki.crt and pki.key beside the PKI directory.
+		{"device id dot-dot", []string{"device", "--dir", dir, "--id", ".."}, 1, "", `certs: device: invalid device ID ".." (want [A-Za-z0-9._-]{1,64}, not . or ..)`},
+		{"device id dot", []string{"device", "--dir", dir, "--id", "."}, 1, "", `certs: device: invalid device ID "." (want [A-Za-z0-9._-]{1,64}, not . or ..)`},
 		{"device bad days", []string{"device", "--dir", dir, "--id", "x", "--days", "0"}, 2, "", "certs: device: --days 0: want at least 1"},
 		{"device without id", []string{"device", "--dir", dir}, 2, "", "certs: device: --id is required (see certs device --help)"},
 		{"devices", []string{"devices", "--dir", dir, "--count", "12", "--prefix", "bed"}, 0, "12 issued, 0 existed", ""},
@@ -122,6 +125,14 @@ func TestCLI(t *testing.T) {
 				}
 			}
 		})
+	}
+
+	// Nothing was written outside the PKI directory's devices/.
+	for _, f := range []string{filepath.Join(filepath.Dir(dir), "pki.crt"), filepath.Join(filepath.Dir(dir), "pki.key"),
+		filepath.Join(dir, "devices.crt"), filepath.Join(dir, "devices.key")} {
+		if _, err := os.Stat(f); err == nil {
+			t.Errorf("%s written", f)
+		}
 	}
 
 	// The files the commands wrote are what the library reads.

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -26,6 +27,31 @@ const (
 // maxTokenLen bounds the JWT read from the password field.
 const maxTokenLen = 8 << 10
 
+// Bounds of what one client may ask of the topic index. The contract's
+// topics have 3 or 4 levels (DESIGN.md section 5); mochi builds one node per
+// level of a filter, with work quadratic in the depth, holding the index lock
+// that every publish takes.
+const (
+	maxTopicLevels = 8   // levels of a topic name or filter (after $share/{group}/)
+	maxTopicLen    = 512 // bytes of a topic name or filter (after $share/{group}/)
+	// maxSubscriptions bounds the filters one session holds.
+	maxSubscriptions = 64
+	// maxAppSessions bounds the sessions, connected or not, that one app
+	// principal (token subject) holds: each disconnected persistent session
+	// queues up to max_inflight messages for session_expiry.
+	maxAppSessions = 16
+	// forgetStoppedAfter: the sweep forgets the identity of a client stopped
+	// for longer than this (one mochi dropped without OnDisconnect, e.g.
+	// when the CONNACK could not be written). Normal disconnects are
+	// forgotten at once by OnDisconnect.
+	forgetStoppedAfter = 3 * time.Second
+)
+
+// refusedFilter replaces, in a SUBSCRIBE, a filter beyond maxSubscriptions:
+// mochi finds it invalid and answers 0x8F (MQTT 5) or 0x80 (3.1.1) for it,
+// so the SUBACK keeps one reason code per filter.
+const refusedFilter = "#/subscription-limit"
+
 // identity is what the broker knows of an authenticated connection.
 type identity struct {
 	kind  string
@@ -33,6 +59,9 @@ type identity struct {
 	site  string // gateway's site
 	sites map[string]bool
 	exp   time.Time // apps: token expiry
+	// counted: OnSessionEstablished added the connection to the
+	// connections gauge (under authHook.mu), so forgetting it subtracts it.
+	counted bool
 }
 
 // owner is stored in the session's username (which mochi persists), so that a
@@ -91,8 +120,8 @@ func (h *authHook) ID() string { return "vitalgate-auth" }
 // Provides lists the events the hook handles.
 func (h *authHook) Provides(b byte) bool {
 	switch b {
-	case mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnSessionEstablish,
-		mqtt.OnSessionEstablished, mqtt.OnDisconnect:
+	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnSubscribe,
+		mqtt.OnSessionEstablish, mqtt.OnSessionEstablished, mqtt.OnDisconnect:
 		return true
 	}
 	return false
@@ -113,9 +142,12 @@ func (h *authHook) refuse(cl *mqtt.Client, kind, reason, detail string, attrs ..
 	return false
 }
 
-// OnConnectAuthenticate admits a gateway by its client certificate and an app
-// by its token. It runs after the TLS handshake, before CONNACK.
-func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
+// OnConnect admits a gateway by its client certificate and an app by its
+// token. It runs after the TLS handshake, before CONNACK, and before mochi's
+// OnConnectAuthenticate, which only reads its result: here the broker can
+// still answer with a reason code of its own (quota exceeded), which
+// OnConnectAuthenticate cannot (refusing there always means 0x86).
+func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	var id *identity
 	switch cl.Net.Listener {
 	case listenerGateways:
@@ -123,22 +155,60 @@ func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) boo
 	case listenerApps, listenerWS:
 		id = h.authApp(cl, pk)
 	default:
-		return h.refuse(cl, "unknown", "listener", "no authentication for this listener")
+		h.refuse(cl, "unknown", "listener", "no authentication for this listener")
 	}
 	if id == nil {
-		return false
+		return nil // OnConnectAuthenticate refuses: CONNACK 0x86
 	}
-	// A client ID belongs to the principal that created its session.
-	if prev, ok := h.b.srv.Clients.Get(cl.ID); ok {
-		if owner := string(prev.Properties.Username); owner != "" && owner != id.owner() && id.kind != kindGateway {
-			return h.refuse(cl, id.kind, "client_id_in_use", "client ID belongs to another principal", "owner", owner)
+	prev, held := h.b.srv.Clients.Get(cl.ID)
+	// A client ID belongs to the principal that created its session; for a
+	// gateway that is its site and ID, so a gateway of another site with
+	// the same ID (every `certs init` defaults to gw1) cannot take over the
+	// session, or flap with it. A gateway's own reconnect (its old TCP
+	// connection still open, or a session restored from the store, whose
+	// username mochi persists) has the same owner and takes over.
+	if held {
+		if owner := string(prev.Properties.Username); owner != "" && owner != id.owner() {
+			h.refuse(cl, id.kind, "client_id_in_use", "client ID belongs to another principal", "owner", owner)
+			return nil
+		}
+	}
+	if id.kind == kindApp && !held {
+		if n := h.sessionsOf(id.owner()); n >= maxAppSessions {
+			h.refuse(cl, id.kind, "sessions", fmt.Sprintf("the principal holds %d sessions, the most allowed; reuse a client ID or let a session expire", n),
+				"sub", id.name)
+			code := packets.ErrQuotaExceeded
+			if cl.Properties.ProtocolVersion < 5 {
+				code = packets.ErrBadUsernameOrPassword // 3.1.1: return code 5, not authorized
+			}
+			if err := h.b.srv.SendConnack(cl, code, false, nil); err != nil {
+				return fmt.Errorf("send connack: %w", err)
+			}
+			return code
 		}
 	}
 	cl.Properties.Username = []byte(id.owner())
 	h.mu.Lock()
 	h.ids[cl] = id
 	h.mu.Unlock()
-	return true
+	return nil
+}
+
+// OnConnectAuthenticate admits the connections OnConnect identified.
+func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, _ packets.Packet) bool {
+	return h.get(cl) != nil
+}
+
+// sessionsOf counts the sessions, connected or not, whose owner is owner.
+// Apps connect rarely, so a walk of every session is affordable.
+func (h *authHook) sessionsOf(owner string) int {
+	n := 0
+	for _, cl := range h.b.srv.Clients.GetAll() {
+		if string(cl.Properties.Username) == owner {
+			n++
+		}
+	}
+	return n
 }
 
 func (h *authHook) authGateway(cl *mqtt.Client) *identity {
@@ -286,8 +356,14 @@ func (h *authHook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
 
 // OnSessionEstablished counts the connection.
 func (h *authHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
-	if id := h.get(cl); id != nil {
+	h.mu.Lock()
+	id := h.ids[cl]
+	if id != nil {
+		id.counted = true
 		h.b.m.connections.WithLabelValues(id.kind).Inc()
+	}
+	h.mu.Unlock()
+	if id != nil {
 		h.b.log.Info("connected", "kind", id.kind, "name", id.name, "site", id.site, "client", cl.ID, "remote", cl.Net.Remote)
 	}
 }
@@ -295,14 +371,54 @@ func (h *authHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 // OnDisconnect forgets the connection's identity. Sessions restored from the
 // store also pass here, without an identity.
 func (h *authHook) OnDisconnect(cl *mqtt.Client, err error, _ bool) {
+	h.forget(cl, err)
+}
+
+// forget drops the identity of cl, once: from OnDisconnect, or from the sweep
+// for a client mochi stopped without calling OnDisconnect (it returns from
+// its connection handler without it when the CONNACK or the resend of the
+// session's inflight messages fails). Only a counted connection leaves the
+// gauge.
+func (h *authHook) forget(cl *mqtt.Client, err error) {
 	h.mu.Lock()
 	id, ok := h.ids[cl]
 	delete(h.ids, cl)
-	h.mu.Unlock()
-	if ok {
+	if ok && id.counted {
 		h.b.m.connections.WithLabelValues(id.kind).Dec()
-		h.b.log.Info("disconnected", "kind", id.kind, "name", id.name, "client", cl.ID, "error", err)
 	}
+	h.mu.Unlock()
+	if !ok {
+		return
+	}
+	if id.counted {
+		h.b.log.Info("disconnected", "kind", id.kind, "name", id.name, "client", cl.ID, "error", err)
+	} else {
+		h.b.log.Info("connection dropped before its session was established", "kind", id.kind, "name", id.name,
+			"client", cl.ID, "error", err)
+	}
+}
+
+// forgetStopped forgets the identities of clients stopped for longer than
+// forgetStoppedAfter (see forget).
+func (h *authHook) forgetStopped(now time.Time) {
+	var stale []*mqtt.Client
+	h.mu.RLock()
+	for cl := range h.ids {
+		if t := cl.StopTime(); t != 0 && now.Sub(time.Unix(t, 0)) > forgetStoppedAfter {
+			stale = append(stale, cl)
+		}
+	}
+	h.mu.RUnlock()
+	for _, cl := range stale {
+		h.forget(cl, cl.StopCause())
+	}
+}
+
+// sweep is the broker's periodic check: it forgets the identities of
+// stopped clients, then disconnects apps whose token has expired.
+func (h *authHook) sweep(now time.Time) {
+	h.forgetStopped(now)
+	h.expireTokens(now)
 }
 
 // OnACLCheck decides publishes (write) and subscriptions and deliveries
@@ -322,24 +438,87 @@ func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 		ok, action = gatewayMayPublish(id, topic), "publish"
 	case write:
 		ok, action = false, "publish"
-	case id.kind == kindApp:
-		ok = appMayRead(id, topic) && time.Now().Before(id.exp)
+	default:
+		ok = mayRead(id, topic, time.Now())
 	}
 	if !ok {
 		h.b.m.aclDenied.WithLabelValues(id.kind, action).Inc()
-		h.b.log.Warn("acl denied", "kind", id.kind, "name", id.name, "action", action, "topic", topic, "client", cl.ID)
+		h.b.log.Warn("acl denied", "kind", id.kind, "name", id.name, "action", action, "topic", clip(topic), "client", cl.ID)
 	}
 	return ok
+}
+
+// mayRead decides a subscription or a delivery: apps read the sites of
+// their token while it is valid; gateways read nothing.
+func mayRead(id *identity, topic string, now time.Time) bool {
+	return id.kind == kindApp && appMayRead(id, topic) && now.Before(id.exp)
+}
+
+// OnSubscribe bounds the filters a session holds to maxSubscriptions. It sees
+// the SUBSCRIBE before mochi checks its filters (OnACLCheck cannot count:
+// mochi also calls it for every delivery). A filter beyond the bound is
+// replaced by an invalid one, so mochi refuses it (0x8F, 3.1.1: 0x80) and
+// stores nothing; filters the session holds already, and filters that
+// OnACLCheck will refuse anyway, do not count.
+func (h *authHook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	held := cl.State.Subscriptions.Len()
+	if held+len(pk.Filters) <= maxSubscriptions {
+		return pk
+	}
+	id := h.get(cl)
+	now := time.Now()
+	filters := slices.Clone(pk.Filters)
+	seen := make(map[string]bool, len(filters))
+	refused := 0
+	for i, sub := range filters {
+		if _, ok := cl.State.Subscriptions.Get(sub.Filter); ok || seen[sub.Filter] {
+			continue // resubscribing replaces the subscription
+		}
+		if id == nil || !mayRead(id, sub.Filter, now) {
+			continue // OnACLCheck refuses it
+		}
+		if held < maxSubscriptions {
+			held++
+			seen[sub.Filter] = true
+			continue
+		}
+		refused++
+		filters[i].Filter = refusedFilter
+		h.b.m.aclDenied.WithLabelValues(id.kind, "subscribe").Inc()
+		h.b.log.Warn("acl denied", "kind", id.kind, "name", id.name, "action", "subscribe", "topic", clip(sub.Filter),
+			"client", cl.ID, "detail", fmt.Sprintf("the session holds %d subscriptions, the most allowed", maxSubscriptions))
+	}
+	if refused > 0 {
+		pk.Filters = filters
+	}
+	return pk
+}
+
+// clip shortens a topic or filter for a log line.
+func clip(s string) string {
+	if len(s) > 128 {
+		return s[:128] + "..."
+	}
+	return s
 }
 
 // Top-level topic prefixes of DESIGN.md section 5.
 var prefixes = map[string]bool{"telemetry": true, "security": true, "gateways": true}
 
+// topicBounded: at most maxTopicLen bytes and maxTopicLevels levels.
+func topicBounded(topic string) bool {
+	return len(topic) <= maxTopicLen && strings.Count(topic, "/") < maxTopicLevels
+}
+
 // gatewayMayPublish: telemetry/{site}/..., security/{site}/{gw}[/...] and
-// gateways/{site}/{gw}/... for the certificate's site and gateway ID. The
-// gateway ID level is checked too, so one gateway cannot speak for another
-// of its site (its status or its security events).
+// gateways/{site}/{gw}/... for the certificate's site and gateway ID, within
+// the bounds of topicBounded. The gateway ID level is checked too, so one
+// gateway cannot speak for another of its site (its status or its security
+// events).
 func gatewayMayPublish(id *identity, topic string) bool {
+	if !topicBounded(topic) {
+		return false
+	}
 	lv := strings.Split(topic, "/")
 	if len(lv) < 3 || !prefixes[lv[0]] || lv[1] != id.site {
 		return false
@@ -357,8 +536,8 @@ func gatewayMayPublish(id *identity, topic string) bool {
 
 // appMayRead: a filter or topic under telemetry/, security/ or gateways/ of a
 // site in the token, both first levels literal (so `#`, `+/...` and
-// `telemetry/+/...` are refused). A shared subscription is judged by the
-// filter after `$share/{group}/`.
+// `telemetry/+/...` are refused), within the bounds of topicBounded. A shared
+// subscription is judged by the filter after `$share/{group}/`.
 func appMayRead(id *identity, filter string) bool {
 	if rest, ok := strings.CutPrefix(filter, "$share/"); ok {
 		_, f, found := strings.Cut(rest, "/")
@@ -366,6 +545,9 @@ func appMayRead(id *identity, filter string) bool {
 			return false
 		}
 		filter = f
+	}
+	if !topicBounded(filter) {
+		return false
 	}
 	lv := strings.SplitN(filter, "/", 3)
 	if len(lv) < 2 || !prefixes[lv[0]] {

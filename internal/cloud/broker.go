@@ -45,6 +45,7 @@ import (
 	pebbledb "github.com/cockroachdb/pebble"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/storage/pebble"
+	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/vitalgate/vitalgate/internal/listen"
@@ -176,7 +177,7 @@ func (b *Broker) start() error {
 			mode = pebble.Sync
 		}
 		b.store = new(pebble.Hook)
-		err := b.srv.AddHook(b.store, &pebble.Options{
+		err := b.srv.AddHook(grantedStore{b.store}, &pebble.Options{
 			Path:    filepath.Join(b.cfg.Data, "pebble"),
 			Mode:    mode,
 			Options: &pebbledb.Options{Logger: pebbleLogger{b.log}},
@@ -316,6 +317,30 @@ func (b *Broker) Close() error {
 		b.log.Info("cloud broker stopped")
 	})
 	return b.closeErr
+}
+
+// grantedStore is mochi's pebble store, keeping only the subscriptions that
+// were granted. pebble's OnSubscribed stores every filter of a SUBSCRIBE,
+// refused ones too (with the refusal code as QoS), and a restart would
+// subscribe them: a session would queue what it was refused (until its next
+// CONNECT prunes it) and an over-deep filter would be rebuilt at every start.
+type grantedStore struct{ *pebble.Hook }
+
+// OnSubscribed stores the granted filters of a SUBSCRIBE.
+func (s grantedStore) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
+	var filters packets.Subscriptions
+	var granted []byte
+	for i, f := range pk.Filters {
+		if i < len(codes) && codes[i] < packets.ErrUnspecifiedError.Code {
+			filters = append(filters, f)
+			granted = append(granted, codes[i])
+		}
+	}
+	if len(filters) == 0 {
+		return
+	}
+	pk.Filters = filters
+	s.Hook.OnSubscribed(cl, pk, granted)
 }
 
 // pebbleLogger sends pebble's chatter to debug and its fatal errors to error.

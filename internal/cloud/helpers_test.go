@@ -308,25 +308,37 @@ func (c *rawClient) publish(topic string, payload []byte) (byte, error) {
 
 // subscribe sends a SUBSCRIBE of one filter and returns the SUBACK code.
 func (c *rawClient) subscribe(filter string) (byte, error) {
-	c.id++
-	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, ProtocolVersion: 5,
-		PacketID: c.id, Filters: packets.Subscriptions{{Filter: filter, Qos: 1}}}
-	if err := c.send(pk, (*packets.Packet).SubscribeEncode); err != nil {
+	codes, err := c.subscribeAll(filter)
+	if err != nil {
 		return 0, err
+	}
+	return codes[0], nil
+}
+
+// subscribeAll sends one SUBSCRIBE of the filters and returns the SUBACK's
+// codes, checking that there is one per filter.
+func (c *rawClient) subscribeAll(filters ...string) ([]byte, error) {
+	c.id++
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, ProtocolVersion: 5, PacketID: c.id}
+	for _, f := range filters {
+		pk.Filters = append(pk.Filters, packets.Subscription{Filter: f, Qos: 1})
+	}
+	if err := c.send(pk, (*packets.Packet).SubscribeEncode); err != nil {
+		return nil, err
 	}
 	for i := 0; i < 100; i++ {
 		ack, err := c.read()
 		if err != nil {
-			return 0, err
+			return nil, err
 		}
 		if ack.FixedHeader.Type == packets.Suback && ack.PacketID == c.id {
-			if len(ack.ReasonCodes) != 1 {
-				return 0, fmt.Errorf("suback with %d codes", len(ack.ReasonCodes))
+			if len(ack.ReasonCodes) != len(filters) {
+				return nil, fmt.Errorf("suback with %d codes for %d filters", len(ack.ReasonCodes), len(filters))
 			}
-			return ack.ReasonCodes[0], nil
+			return ack.ReasonCodes, nil
 		}
 	}
-	return 0, fmt.Errorf("no SUBACK")
+	return nil, fmt.Errorf("no SUBACK")
 }
 
 // scrape returns the /metrics text.

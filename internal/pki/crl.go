@@ -86,7 +86,7 @@ var revokeMu sync.Mutex
 // It fails when the device has no certificate; revoking a device twice is not an error (the CRL is unchanged).
 func Revoke(dir, id string) error {
 	if !ValidDeviceID(id) {
-		return fmt.Errorf("invalid device ID %q (want [A-Za-z0-9._-]{1,64})", id)
+		return fmt.Errorf("invalid device ID %q (want "+idSyntax+")", id)
 	}
 	certFile, _ := DevicePaths(dir, id)
 	if !exists(certFile) {

@@ -23,9 +23,17 @@ func DevicePaths(dir, id string) (certFile, keyFile string) {
 	return base + ".crt", base + ".key"
 }
 
-// ValidDeviceID reports whether id is a device ID: 1 to 64 of [A-Za-z0-9._-].
+// idSyntax describes, in errors, what [ValidDeviceID] accepts.
+const idSyntax = "[A-Za-z0-9._-]{1,64}, not . or .."
+
+// ValidDeviceID reports whether id is a device ID: 1 to 64 of [A-Za-z0-9._-],
+// but not "." or "..". An ID names files (devices/ID.crt, devices/ID.key, see
+// [DevicePaths]), and "." or ".." would name the devices directory or the
+// PKI directory itself: `certs device --id ..` wrote pki.crt and pki.key
+// beside the PKI directory. The same check keeps them out of sites and
+// gateway IDs, which are topic levels.
 func ValidDeviceID(id string) bool {
-	if len(id) == 0 || len(id) > 64 {
+	if len(id) == 0 || len(id) > 64 || id == "." || id == ".." {
 		return false
 	}
 	for i := 0; i < len(id); i++ {
@@ -65,7 +73,7 @@ func validity(days int) (time.Duration, error) {
 // pair to issue a new one.
 func IssueDevice(dir, id string, key KeyAlg, days int) error {
 	if !ValidDeviceID(id) {
-		return fmt.Errorf("invalid device ID %q (want [A-Za-z0-9._-]{1,64})", id)
+		return fmt.Errorf("invalid device ID %q (want "+idSyntax+")", id)
 	}
 	if _, err := ParseKeyAlg(string(key)); err != nil {
 		return err

@@ -41,10 +41,10 @@ func Init(dir string, o InitOptions) error {
 		o.GatewayID = DefaultGatewayID
 	}
 	if !ValidDeviceID(o.Site) { // the site is a topic level: the same alphabet as IDs
-		return fmt.Errorf("invalid site %q (want [A-Za-z0-9._-]{1,64})", o.Site)
+		return fmt.Errorf("invalid site %q (want "+idSyntax+")", o.Site)
 	}
 	if !ValidDeviceID(o.GatewayID) {
-		return fmt.Errorf("invalid gateway ID %q (want [A-Za-z0-9._-]{1,64})", o.GatewayID)
+		return fmt.Errorf("invalid gateway ID %q (want "+idSyntax+")", o.GatewayID)
 	}
 	if _, err := ParseKeyAlg(string(o.Key)); err != nil {
 		return err

@@ -448,3 +448,44 @@ func TestLoadErrors(t *testing.T) {
 		t.Error("ValidDeviceID")
 	}
 }
+
+// "." and ".." are made of the ID alphabet but name directories: as device
+// IDs they put a device's files outside devices/ (DevicePaths(dir, "..") is
+// the PKI directory's own name with .crt and .key beside it).
+func TestDeviceIDNotDotOrDotDot(t *testing.T) {
+	for _, id := range []string{".", ".."} {
+		if ValidDeviceID(id) {
+			t.Errorf("ValidDeviceID(%q) = true", id)
+		}
+	}
+	for _, id := range []string{"...", ".a", "a..b", "a."} {
+		if !ValidDeviceID(id) {
+			t.Errorf("ValidDeviceID(%q) = false", id)
+		}
+	}
+	parent := t.TempDir()
+	dir := filepath.Join(parent, "pki")
+	if err := Init(dir, InitOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{".", ".."} {
+		if err := IssueDevice(dir, id, P256, 0); err == nil {
+			t.Errorf("IssueDevice(%q) succeeded", id)
+		}
+		if err := Revoke(dir, id); err == nil {
+			t.Errorf("Revoke(%q) succeeded", id)
+		}
+		if err := Init(t.TempDir(), InitOptions{Site: id}); err == nil {
+			t.Errorf("Init with site %q succeeded", id)
+		}
+		if err := Init(t.TempDir(), InitOptions{GatewayID: id}); err == nil {
+			t.Errorf("Init with gateway ID %q succeeded", id)
+		}
+	}
+	for _, f := range []string{filepath.Join(parent, "pki.crt"), filepath.Join(parent, "pki.key"),
+		filepath.Join(dir, "devices.crt"), filepath.Join(dir, "devices.key")} {
+		if _, err := os.Stat(f); err == nil {
+			t.Errorf("%s written", f)
+		}
+	}
+}

@@ -48,7 +48,7 @@ func MintToken(dir, sub string, sites []string, ttl time.Duration) (string, erro
 	}
 	for _, s := range sites {
 		if !validSite(s) {
-			return "", fmt.Errorf("invalid site %q (want [A-Za-z0-9._-]{1,64})", s)
+			return "", fmt.Errorf("invalid site %q (want "+idSyntax+")", s)
 		}
 	}
 	if ttl <= 0 {
