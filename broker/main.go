@@ -69,7 +69,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	httpAddr := fs.String("http", d.HTTP, "/metrics, /healthz, /readyz listener (empty: off)")
 	config := fs.String("config", "", "YAML config file (flags override it)")
 	check := fs.Bool("check-config", false, "validate the configuration and PKI files, then exit")
-	level := fs.String("log-level", "info", "debug, info, warn or error")
+	level := fs.String("log-level", d.LogLevel, "debug, info, warn or error")
 	if err := cli.ParseFlags(fs, args, stdout); err != nil {
 		return err
 	}
@@ -97,16 +97,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			cfg.Data = *data
 		case "http":
 			cfg.HTTP = *httpAddr
+		case "log-level":
+			cfg.LogLevel = *level
 		}
 	})
-	var lv slog.Level
-	if err := lv.UnmarshalText([]byte(*level)); err != nil {
-		return fmt.Errorf("--log-level: %w", err)
-	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lv}))
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
+		lv = slog.LevelInfo // empty log_level
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lv}))
 	if *check {
 		if _, err := cloud.New(cfg, log); err != nil {
 			return err

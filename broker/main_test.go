@@ -156,6 +156,16 @@ func TestCheckConfig(t *testing.T) {
 	if strings.Contains(oneLine(err), "\n") {
 		t.Error("reason is not one line")
 	}
+	// log_level is a key too, and its flag overrides it.
+	if err := os.WriteFile(cfgFile, []byte("log_level: loud\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := run(context.Background(), []string{"--pki", dir, "--config", cfgFile, "--check-config"}, &out, &syncBuf{}); err == nil || !strings.Contains(err.Error(), "log_level") {
+		t.Fatalf("bad log_level: %v", err)
+	}
+	if err := run(context.Background(), []string{"--pki", dir, "--config", cfgFile, "--log-level", "debug", "--check-config"}, &out, &syncBuf{}); err != nil {
+		t.Fatalf("--log-level over the file: %v", err)
+	}
 	if err := os.WriteFile(cfgFile, []byte("nosuchkey: 1\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -121,18 +121,25 @@ func parse(args []string, stderr io.Writer) (fleet.Config, string, error) {
 	if fs.NArg() > 0 {
 		return fleet.Config{}, "", fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	cfg := d
+	// The file holds the fields of fleet.Config and what only this command
+	// does with them: the report file and verbose logging.
+	file := struct {
+		fleet.Config `yaml:",inline"`
+		Report       string `yaml:"report"`
+		Verbose      bool   `yaml:"verbose"`
+	}{Config: d}
 	if *config != "" {
 		b, err := os.ReadFile(*config)
 		if err != nil {
-			return cfg, "", fmt.Errorf("read config: %w", err)
+			return file.Config, "", fmt.Errorf("read config: %w", err)
 		}
 		dec := yaml.NewDecoder(strings.NewReader(string(b)))
 		dec.KnownFields(true)
-		if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
-			return cfg, "", fmt.Errorf("config %s: %w", *config, err)
+		if err := dec.Decode(&file); err != nil && !errors.Is(err, io.EOF) {
+			return file.Config, "", fmt.Errorf("config %s: %w", *config, err)
 		}
 	}
+	cfg := file.Config
 	var errs []error
 	fs.Visit(func(f *flag.Flag) {
 		switch f.Name {
@@ -186,19 +193,23 @@ func parse(args []string, stderr io.Writer) (fleet.Config, string, error) {
 			cfg.Window = *window
 		case "drain":
 			cfg.Drain = *drain
+		case "report":
+			file.Report = *report
+		case "v":
+			file.Verbose = *verbose
 		}
 	})
 	if err := errors.Join(append(errs, cfg.Validate())...); err != nil {
 		return cfg, "", err
 	}
-	if *verbose {
+	if file.Verbose {
 		cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	if *check {
 		fmt.Fprintln(stderr, "devicesim: configuration ok")
 		return cfg, "", flag.ErrHelp
 	}
-	return cfg, *report, nil
+	return cfg, file.Report, nil
 }
 
 // live is the one-line progress display: rewritten in place about four

@@ -66,13 +66,19 @@ func TestUnreachable(t *testing.T) {
 
 func TestConfigFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "sim.yaml")
-	yaml := "devices: 7\nrate: 2.5\nmqtt: 0\nqos: 0\nattack: replay\nkinds: [ecg, spo2]\nduration: 90s\n"
+	yaml := "devices: 7\nrate: 2.5\nmqtt: 0\nqos: 0\nattack: replay\nkinds: [ecg, spo2]\nduration: 90s\nreport: r.json\nverbose: true\n"
 	if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cfg, _, err := parse([]string{"--config", path, "--devices", "9"}, &bytes.Buffer{})
+	cfg, report, err := parse([]string{"--config", path, "--devices", "9"}, &bytes.Buffer{})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if report != "r.json" || cfg.Logger == nil {
+		t.Errorf("report %q, logger %v: the file's report and verbose keys were not applied", report, cfg.Logger)
+	}
+	if _, report, _ := parse([]string{"--config", path, "--report", "-"}, &bytes.Buffer{}); report != "-" {
+		t.Errorf("--report over the file: %q", report)
 	}
 	if cfg.Devices != 9 || cfg.Rate != 2.5 || cfg.MQTT != fleet.MQTTMix || cfg.QoS != 0 || cfg.Attack != "replay" ||
 		len(cfg.Kinds) != 2 || cfg.Duration.Seconds() != 90 {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"time"
@@ -57,6 +58,9 @@ type Config struct {
 	// ConnectTimeout is the time a new connection has to finish its TLS
 	// handshake and send CONNECT.
 	ConnectTimeout time.Duration `yaml:"connect_timeout"`
+	// LogLevel is the `broker` command's log level: debug, info, warn or
+	// error. (The gateway's embedded broker logs through the gateway.)
+	LogLevel string `yaml:"log_level"`
 }
 
 // Default returns a configuration that runs on a laptop: loopback listeners
@@ -75,6 +79,7 @@ func Default() Config {
 		MaxClients:       20000,
 		SessionExpiry:    7 * 24 * time.Hour,
 		ConnectTimeout:   10 * time.Second,
+		LogLevel:         "info",
 	}
 }
 
@@ -121,6 +126,11 @@ func (c Config) Validate() error {
 				bad(field, "%q is also %s", v, other)
 			}
 			addrs[v] = field
+		}
+	}
+	if c.LogLevel != "" {
+		if err := new(slog.Level).UnmarshalText([]byte(c.LogLevel)); err != nil {
+			bad("log_level", "%q: want debug, info, warn or error", c.LogLevel)
 		}
 	}
 	checkAddr("listen", c.Listen, true)
