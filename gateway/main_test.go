@@ -51,6 +51,14 @@ func TestCheckConfig(t *testing.T) {
 	if err := run([]string{"--check-config", "--pki", dir, "--data", data, "--cloud", "ssl://cloud.example:8883"}); err != nil {
 		t.Fatalf("an outside cloud needs no broker.crt: %v", err)
 	}
+	// The embedded broker binds the gateway to its certificate: another
+	// site could never connect.
+	if err := pki.Init(dir, pki.InitOptions{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := run([]string{"--check-config", "--pki", dir, "--data", data, "--site", "elsewhere"}); err == nil || !strings.Contains(err.Error(), `site "elsewhere" differs`) {
+		t.Fatalf("--site other than the certificate's: %v", err)
+	}
 }
 
 func TestAuditVerifyCommand(t *testing.T) {

@@ -113,6 +113,12 @@ func New(cfg config.Config, log *slog.Logger) (g *Gateway, err error) {
 		return nil, fmt.Errorf("gateway client certificate: %w", err)
 	}
 	g.site, g.id = pki.ParseSiteAndID(gwCert)
+	if err := identityMismatch(cfg, g.site, g.id); err != nil {
+		if len(cfg.Cloud) == 0 {
+			return nil, err
+		}
+		log.Warn("configured identity differs from the gateway client certificate: a VitalGate cloud broker will refuse it", "error", err)
+	}
 	if cfg.Site != "" {
 		g.site = cfg.Site
 	}
@@ -261,6 +267,22 @@ func New(cfg config.Config, log *slog.Logger) (g *Gateway, err error) {
 	return g, nil
 }
 
+// identityMismatch says how the configured site and ID differ from those of
+// the gateway client certificate (certSite, certID). The embedded broker,
+// like the standalone one, binds a gateway to its certificate: a gateway
+// configured otherwise would be refused at every reconnect while its queue
+// grows.
+func identityMismatch(cfg config.Config, certSite, certID string) error {
+	var errs []error
+	if cfg.Site != "" && certSite != "" && cfg.Site != certSite {
+		errs = append(errs, fmt.Errorf("site %q differs from the certificate's OU %q", cfg.Site, certSite))
+	}
+	if cfg.ID != "" && certID != "" && cfg.ID != certID {
+		errs = append(errs, fmt.Errorf("gateway ID %q differs from the certificate's CN %q", cfg.ID, certID))
+	}
+	return errors.Join(errs...)
+}
+
 // embeddedCloud is the configuration of the cloud broker the gateway
 // starts when none is configured.
 func embeddedCloud(cfg config.Config) cloud.Config {
@@ -291,8 +313,12 @@ func Check(cfg config.Config) error {
 	gw, err := pki.LoadCert(p(pki.FileGatewayClient))
 	add("gateway client certificate", err)
 	if err == nil {
-		if site, id := pki.ParseSiteAndID(gw); (site == "" && cfg.Site == "") || (id == "" && cfg.ID == "") {
+		site, id := pki.ParseSiteAndID(gw)
+		if (site == "" && cfg.Site == "") || (id == "" && cfg.ID == "") {
 			errs = append(errs, fmt.Errorf("%s names no site (OU) or gateway ID (CN), and none is configured", p(pki.FileGatewayClient)))
+		}
+		if len(cfg.Cloud) == 0 {
+			add("embedded cloud broker", identityMismatch(cfg, site, id))
 		}
 	}
 	_, err = pki.ClientTLS(p(pki.FileCA), p(pki.FileGatewayClient), p(pki.FileGatewayClientKey))
