@@ -183,24 +183,91 @@ func TestCloudOutage(t *testing.T) {
 	}
 	startCloud(t, e.pki, cloudData, gwAddr, appsAddr)
 	waitFor(t, 30*time.Second, "the queue to drain", func() bool { return e.gw.Queue().Len() == 0 })
-	// The queue is empty only once the cloud acknowledged everything; the app
-	// now collects what its persistent session kept. mochi resends a session's
-	// in-flight messages when the session resumes, so an app that misses some
-	// reconnects, as a real one would.
-	seen := a.ids()
+	if seen := e.collect(a.ids(), appsAddr, 150); len(seen) != 150 {
+		t.Fatalf("%d of 150 distinct records reached the app", len(seen))
+	}
+}
+
+// collect gathers, into seen, the records the app's persistent session kept
+// at the cloud, until it holds want distinct IDs or 30 s have passed. The
+// queue is empty only once the cloud acknowledged everything; mochi resends
+// a session's in-flight messages when the session resumes, so an app that
+// misses some reconnects, as a real one would.
+func (e *env) collect(seen map[string]int, appsAddr string, want int) map[string]int {
 	deadline := time.Now().Add(30 * time.Second)
-	for len(seen) < 150 && time.Now().Before(deadline) {
-		a2 := e.persistentApp("ssl://" + appsAddr)
+	for len(seen) < want && time.Now().Before(deadline) {
+		a := e.persistentApp("ssl://" + appsAddr)
 		end := time.Now().Add(3 * time.Second)
-		for time.Now().Before(end) && len(a2.ids())+len(seen) < 150 {
+		for time.Now().Before(end) && len(a.ids())+len(seen) < want {
 			time.Sleep(20 * time.Millisecond)
 		}
-		for k := range a2.ids() {
+		for k := range a.ids() {
 			seen[k]++
 		}
-		a2.c.Disconnect(10)
+		a.c.Disconnect(10)
 	}
-	if len(seen) != 150 {
-		t.Fatalf("%d of 150 distinct records reached the app", len(seen))
+	return seen
+}
+
+// TestCloudOutageOfAMinute is the outage of DESIGN.md section 8: two
+// devices keep sending through 60 s without the cloud; the queue holds what
+// the gateway acknowledged, and all of it reaches the app once the cloud is
+// back, although the relay's reconnect backoff has grown to its ceiling.
+func TestCloudOutageOfAMinute(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a 60-second outage")
+	}
+	e := &env{t: t, pki: newPKI(t)}
+	cloudData := t.TempDir()
+	gwAddr, appsAddr := freeAddr(t), freeAddr(t)
+	cl := startCloud(t, e.pki, cloudData, gwAddr, appsAddr)
+	a := e.persistentApp("ssl://" + appsAddr)
+	e.cfg = testConfig(t, e.pki)
+	e.cfg.Cloud = []string{"ssl://" + gwAddr}
+	e.start()
+	devs := []string{"oxi-m1", "bp-m2"}
+	conns := make([]*paho5.Client, len(devs))
+	for i, id := range devs {
+		e.device(id)
+		conns[i] = e.mustDial5(id)
+	}
+	waitFor(t, 10*time.Second, "the relay to connect", func() bool { return e.metric("vitalgate_relay_connected", "") == 1 })
+
+	cl.Close() // outage
+	a.c.Disconnect(10)
+	start := time.Now()
+	var mu sync.Mutex
+	acked := map[string]bool{}
+	var wg sync.WaitGroup
+	for i, id := range devs {
+		wg.Go(func() {
+			// 4 records a second, at most 240: under the cloud's queue bound
+			// for the app's offline session (max_inflight 1024).
+			for seq := uint64(1); seq <= 240 && time.Since(start) < time.Minute; seq++ {
+				for _, s := range publishStream(t, conns[i], e, id, seq, seq) {
+					mu.Lock()
+					acked[fmt.Sprintf("%s:%d", id, s)] = true
+					mu.Unlock()
+				}
+				time.Sleep(250 * time.Millisecond)
+			}
+		})
+	}
+	wg.Wait()
+	if len(acked) < 200 {
+		t.Fatalf("only %d records acknowledged during the outage", len(acked))
+	}
+	if n := e.gw.Queue().Len(); n < len(acked) {
+		t.Fatalf("queue holds %d records after the outage, %d were acknowledged", n, len(acked))
+	}
+	t.Logf("%d records acknowledged in %v without the cloud", len(acked), time.Since(start).Round(time.Second))
+
+	startCloud(t, e.pki, cloudData, gwAddr, appsAddr)
+	waitFor(t, 30*time.Second, "the queue to drain", func() bool { return e.gw.Queue().Len() == 0 })
+	seen := e.collect(map[string]int{}, appsAddr, len(acked))
+	for id := range acked {
+		if seen[id] == 0 {
+			t.Errorf("acknowledged record %s never reached the app", id)
+		}
 	}
 }
