@@ -5,7 +5,6 @@ import (
 	"context"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -14,6 +13,7 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/vitalgate/vitalgate/internal/cli/clitest"
 	"github.com/vitalgate/vitalgate/internal/cloud"
 	"github.com/vitalgate/vitalgate/internal/envelope"
 	"github.com/vitalgate/vitalgate/internal/pki"
@@ -37,33 +37,14 @@ func (s *syncBuf) String() string {
 	return s.b.String()
 }
 
-// TestMain lets the tests run the real command: with BROKER_TEST_MAIN=1 the
-// test binary is broker.
-func TestMain(m *testing.M) {
-	if os.Getenv("BROKER_TEST_MAIN") == "1" {
-		main()
-		return
-	}
-	os.Exit(m.Run())
-}
+// TestMain lets the tests run the real command (clitest.Run).
+func TestMain(m *testing.M) { clitest.Main(m, "BROKER_TEST_MAIN", main) }
 
 // broker runs the test binary as the broker command and returns its exit
 // status, stdout and stderr.
 func broker(t *testing.T, args ...string) (int, string, string) {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], args...)
-	// atexit_sleep_ms: the race runtime otherwise sleeps a second at every successful exit.
-	cmd.Env = append(os.Environ(), "BROKER_TEST_MAIN=1", "GORACE="+strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
-	return code, stdout.String(), stderr.String()
+	return clitest.Run(t, "BROKER_TEST_MAIN", args...)
 }
 
 // DESIGN.md section 9: a bad flag is answered with one line naming it and a

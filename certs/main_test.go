@@ -1,42 +1,24 @@
 package main
 
 import (
-	"bytes"
 	"crypto/x509"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/vitalgate/vitalgate/internal/cli/clitest"
 	"github.com/vitalgate/vitalgate/internal/pki"
 )
 
-// TestMain lets the tests run the real command: with CERTS_TEST_MAIN=1 the test binary is certs.
-func TestMain(m *testing.M) {
-	if os.Getenv("CERTS_TEST_MAIN") == "1" {
-		main()
-		return
-	}
-	os.Exit(m.Run())
-}
+// TestMain lets the tests run the real command (clitest.Run).
+func TestMain(m *testing.M) { clitest.Main(m, "CERTS_TEST_MAIN", main) }
 
-// certs runs the test binary as the certs command and returns its exit status, stdout and stderr.
+// certs runs the test binary as the certs command and returns its exit
+// status, stdout and stderr.
 func certs(t *testing.T, args ...string) (int, string, string) {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], args...)
-	// atexit_sleep_ms: the race runtime otherwise sleeps a second at every successful exit.
-	cmd.Env = append(os.Environ(), "CERTS_TEST_MAIN=1", "GORACE="+strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
-	return code, stdout.String(), stderr.String()
+	return clitest.Run(t, "CERTS_TEST_MAIN", args...)
 }
 
 func TestCLI(t *testing.T) {

@@ -155,17 +155,32 @@ func TestKillNineLosesNothing(t *testing.T) {
 	t.Logf("%d records acknowledged across a SIGKILL, all delivered (%d distinct ids at the cloud)", len(acked), len(a.ids()))
 }
 
+// outsideCloud is a standalone cloud broker with persistent state, and an
+// app with a persistent session on it.
+type outsideCloud struct {
+	broker                 *cloud.Broker
+	app                    *app
+	data, gwAddr, appsAddr string
+}
+
+// startWithOutsideCloud starts a gateway relaying to an outside cloud
+// broker, which a test can stop and start again on the same addresses.
+func startWithOutsideCloud(t *testing.T) (*env, outsideCloud) {
+	e := &env{t: t, pki: newPKI(t)}
+	o := outsideCloud{data: t.TempDir(), gwAddr: freeAddr(t), appsAddr: freeAddr(t)}
+	o.broker = startCloud(t, e.pki, o.data, o.gwAddr, o.appsAddr)
+	o.app = e.persistentApp("ssl://" + o.appsAddr)
+	e.cfg = testConfig(t, e.pki)
+	e.cfg.Cloud = []string{"ssl://" + o.gwAddr}
+	e.start()
+	return e, o
+}
+
 // TestCloudOutage: while the cloud broker is down the queue holds what the
 // gateway acknowledged; when it is back, everything drains.
 func TestCloudOutage(t *testing.T) {
-	e := &env{t: t, pki: newPKI(t)}
-	cloudData := t.TempDir()
-	gwAddr, appsAddr := freeAddr(t), freeAddr(t)
-	cl := startCloud(t, e.pki, cloudData, gwAddr, appsAddr)
-	a := e.persistentApp("ssl://" + appsAddr)
-	e.cfg = testConfig(t, e.pki)
-	e.cfg.Cloud = []string{"ssl://" + gwAddr}
-	e.start()
+	e, o := startWithOutsideCloud(t)
+	cl, a, cloudData, gwAddr, appsAddr := o.broker, o.app, o.data, o.gwAddr, o.appsAddr
 	e.device("glu-o")
 	c := e.mustDial5("glu-o")
 	if got := publishStream(t, c, e, "glu-o", 1, 50); len(got) != 50 {
@@ -217,14 +232,8 @@ func TestCloudOutageOfAMinute(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a 60-second outage")
 	}
-	e := &env{t: t, pki: newPKI(t)}
-	cloudData := t.TempDir()
-	gwAddr, appsAddr := freeAddr(t), freeAddr(t)
-	cl := startCloud(t, e.pki, cloudData, gwAddr, appsAddr)
-	a := e.persistentApp("ssl://" + appsAddr)
-	e.cfg = testConfig(t, e.pki)
-	e.cfg.Cloud = []string{"ssl://" + gwAddr}
-	e.start()
+	e, o := startWithOutsideCloud(t)
+	cl, a, cloudData, gwAddr, appsAddr := o.broker, o.app, o.data, o.gwAddr, o.appsAddr
 	devs := []string{"oxi-m1", "bp-m2"}
 	conns := make([]*paho5.Client, len(devs))
 	for i, id := range devs {
