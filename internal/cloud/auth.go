@@ -166,9 +166,14 @@ func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	// the same ID (every `certs init` defaults to gw1) cannot take over the
 	// session, or flap with it. A gateway's own reconnect (its old TCP
 	// connection still open, or a session restored from the store, whose
-	// username mochi persists) has the same owner and takes over.
+	// username mochi persists) has the same owner and takes over. A gateway
+	// also takes over a session an app made under its ID: its relay uses a
+	// clean session, so its ID is free between connections, and an app that
+	// took it would otherwise lock the gateway out for session_expiry.
 	if held {
-		if owner := string(prev.Properties.Username); owner != "" && owner != id.owner() {
+		owner := string(prev.Properties.Username)
+		appSession := strings.HasPrefix(owner, "app:")
+		if owner != "" && owner != id.owner() && !(id.kind == kindGateway && appSession) {
 			h.refuse(cl, id.kind, "client_id_in_use", "client ID belongs to another principal", "owner", owner)
 			return nil
 		}

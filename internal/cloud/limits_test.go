@@ -406,3 +406,43 @@ func TestRefusedSubscriptionsNotStored(t *testing.T) {
 		t.Fatalf("site2 telemetry has subscribers after the restart: %v", subs.Subscriptions)
 	}
 }
+
+// A gateway takes back its client ID from an app that made a session under
+// it: the relay connects with a clean session, so the ID is free between its
+// connections, and an app holding it (even across a restart, from the store)
+// must not lock the gateway out. The app cannot take it while the gateway
+// holds it.
+func TestGatewayTakesItsClientIDFromAnApp(t *testing.T) {
+	dir := testPKI(t)
+	data := t.TempDir()
+	b, _ := startBroker(t, testConfig(dir, data))
+	tok := mint(t, dir, "site1")
+	squat := func(b *Broker) {
+		t.Helper()
+		pahoClient(t, "ssl://"+b.AppsAddr(), appTLS(t, dir), "gw1", "app", tok, false).Disconnect(50)
+		eventually(t, "the app's session under gw1", func() bool { cl, ok := b.srv.Clients.Get("gw1"); return ok && cl.Closed() })
+	}
+	gateway := func(b *Broker) paho.Client {
+		t.Helper()
+		c, err := pahoConnect("ssl://"+b.GatewayAddr(), gatewayTLS(t, dir), "gw1", "", "", true)
+		if err != nil {
+			t.Fatalf("the gateway locked out of its client ID: %v", err)
+		}
+		return c
+	}
+	squat(b)
+	gateway(b).Disconnect(50)
+	squat(b)
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b2, _ := startBroker(t, testConfig(dir, data))
+	if cl, ok := b2.srv.Clients.Get("gw1"); !ok || !strings.HasPrefix(string(cl.Properties.Username), "app:") {
+		t.Fatal("the app's session under gw1 was not restored")
+	}
+	g := gateway(b2)
+	defer g.Disconnect(50)
+	if _, err := pahoConnect("ssl://"+b2.AppsAddr(), appTLS(t, dir), "gw1", "app", tok, false); err == nil {
+		t.Fatal("an app took the client ID of a connected gateway")
+	}
+}
