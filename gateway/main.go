@@ -117,7 +117,7 @@ func newLogger(level string, w io.Writer) *slog.Logger {
 func run(args []string) error {
 	// Signals are caught from the start: a SIGHUP (log rotation, say) that
 	// arrives while the gateway is still opening its queue must not kill it.
-	sig := make(chan os.Signal, 1)
+	sig := make(chan os.Signal, 8) // a HUP then a TERM during a slow start: both kept
 	signal.Notify(sig, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sig)
 	cfg, check, err := parseConfig(args)

@@ -22,6 +22,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -124,7 +125,7 @@ func (h *Hook) ID() string { return "vitalgate-ingest" }
 // Provides declares the events the hook handles.
 func (h *Hook) Provides(b byte) bool {
 	return bytes.Contains([]byte{
-		mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck,
+		mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnSubscribe,
 		mqtt.OnDisconnect, mqtt.OnPublish,
 	}, []byte{b})
 }
@@ -234,19 +235,59 @@ func (h *Hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	if write {
 		return true
 	}
-	if why := subscribeDenied(cl, s.cmd, topic); why != "" {
-		h.o.Metrics.Rejected.WithLabelValues(string(verdict.ACLDenied)).Inc()
-		if h.reject(s, verdict.ACLDenied, why) {
-			go h.server.DisconnectClient(cl, packets.ErrNotAuthorized) // after the SUBACK
-		}
+	if why := subscribeDenied(s.cmd, topic); why != "" {
+		h.denySubscription(cl, s, why)
 		return false
 	}
 	return true
 }
 
+// denySubscription reports a refused filter: a rejection and a strike.
+func (h *Hook) denySubscription(cl *mqtt.Client, s *session, why string) {
+	h.o.Metrics.Rejected.WithLabelValues(string(verdict.ACLDenied)).Inc()
+	if h.reject(s, verdict.ACLDenied, why) {
+		go h.server.DisconnectClient(cl, packets.ErrNotAuthorized) // after the SUBACK
+	}
+}
+
+// refusedFilter replaces, in a SUBSCRIBE, a filter beyond maxSubs: mochi
+// finds it invalid and answers 0x8F (3.1.1: 0x80) for it, so the SUBACK
+// keeps one reason code per filter.
+const refusedFilter = "#/subscription-limit"
+
+// OnSubscribe bounds the filters a session holds to maxSubs. The count is
+// kept here, where mochi hands over the SUBSCRIBE before checking its
+// filters, because mochi also calls OnACLCheck for every delivery to the
+// device, whose topic is no new filter. Filters the session holds already,
+// and filters OnACLCheck refuses anyway, do not count.
+func (h *Hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	held := cl.State.Subscriptions.Len()
+	s := h.session(cl)
+	if held+len(pk.Filters) <= maxSubs || s == nil {
+		return pk
+	}
+	filters := slices.Clone(pk.Filters)
+	counted := make(map[string]bool, len(filters))
+	for i, sub := range filters {
+		if _, ok := cl.State.Subscriptions.Get(sub.Filter); ok || counted[sub.Filter] || subscribeDenied(s.cmd, sub.Filter) != "" {
+			continue
+		}
+		if held < maxSubs {
+			held++
+			counted[sub.Filter] = true
+			continue
+		}
+		filters[i].Filter = refusedFilter
+		h.denySubscription(cl, s, fmt.Sprintf("subscribe to %q beyond the limit of %d filters", truncate(sub.Filter, 200), maxSubs))
+	}
+	pk.Filters = filters
+	return pk
+}
+
 // subscribeDenied says why a device whose command topics start with cmd
-// may not subscribe to filter, or "" if it may.
-func subscribeDenied(cl *mqtt.Client, cmd, filter string) string {
+// may not subscribe to filter (or receive a message on it), or "" if it
+// may.
+func subscribeDenied(cmd, filter string) string {
 	if filter+"/" == cmd {
 		return "" // devices/{id}/cmd itself
 	}
@@ -257,9 +298,6 @@ func subscribeDenied(cl *mqtt.Client, cmd, filter string) string {
 	case len(rest) > maxFilterLen || strings.Count(rest, "/") >= maxFilterLevels:
 		return fmt.Sprintf("subscribe to a filter of %d bytes and %d levels under %s (limits %d and %d)",
 			len(rest), strings.Count(rest, "/")+1, cmd, maxFilterLen, maxFilterLevels)
-	}
-	if _, held := cl.State.Subscriptions.Get(filter); !held && cl.State.Subscriptions.Len() >= maxSubs {
-		return fmt.Sprintf("subscribe to %q beyond the limit of %d filters", truncate(filter, 200), maxSubs)
 	}
 	return ""
 }

@@ -2,11 +2,13 @@ package server
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"strings"
 	"testing"
 	"time"
 
+	paho5 "github.com/eclipse/paho.golang/paho"
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/vitalgate/vitalgate/gateway/internal/config"
@@ -257,6 +259,15 @@ func TestSubscribeBounds(t *testing.T) {
 	}
 	want(cmd+"one-more", false) // the 17th
 	want(cmd+"#", true)
+	// One SUBSCRIBE over the limit: a reason code per filter, the held
+	// filter granted again.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	sa, err := c.Subscribe(ctx, &paho5.Subscribe{Subscriptions: []paho5.SubscribeOptions{
+		{Topic: cmd + "#", QoS: 1}, {Topic: cmd + "x1", QoS: 1}, {Topic: cmd + "x2", QoS: 1}}})
+	if sa == nil || len(sa.Reasons) != 3 || sa.Reasons[0] >= 0x80 || sa.Reasons[1] < 0x80 || sa.Reasons[2] < 0x80 {
+		t.Fatalf("three filters over the limit: %+v, %v", sa, err)
+	}
 }
 
 // TestResendIsNotReplay: a device that lost a PUBACK resends the same signed
