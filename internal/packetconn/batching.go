@@ -16,6 +16,14 @@ const maxPending = 256 << 10
 // closeGrace bounds how long Close waits for the last flush.
 const closeGrace = time.Second
 
+// flushChunk is how much of a flush one write deadline covers. A flush of
+// maxPending bytes under a single deadline would cut off a link slower than
+// maxPending per timeout (26 KiB/s with the relay's 10 s) although it moves;
+// per chunk, only a link slower than flushChunk per timeout is cut off. TLS
+// writes records of at most 16 KiB, one system call each, so chunks add no
+// writes. A variable for tests.
+var flushChunk = 32 << 10
+
 // Batching is a net.Conn whose writes are queued and written by a flusher
 // goroutine: packets written while the flusher is in a write go out together,
 // in one write (one TLS record and one system call on a *tls.Conn). For a
@@ -27,8 +35,10 @@ const closeGrace = time.Second
 // Write returns as soon as its bytes are queued, so a write error shows on
 // a later Write (and on Close). When a flush fails the connection is closed,
 // so the reader sees the loss at once. Each flush has its own write deadline
-// of the timeout given to [NewBatching], never later than a deadline set
-// with SetWriteDeadline or SetDeadline.
+// of the timeout given to [NewBatching], renewed for every 32 KiB of it (so
+// it bounds the time without progress, not the time of a large flush on a
+// slow link), never later than a deadline set with SetWriteDeadline or
+// SetDeadline.
 type Batching struct {
 	net.Conn
 	timeout time.Duration
@@ -39,6 +49,7 @@ type Batching struct {
 	spare    []byte    // the flusher's previous buffer, reused
 	err      error     // first write error
 	closed   bool
+	closeBy  time.Time // set by Close: no write runs past it
 	flushing bool          // the flusher is in a write
 	limit    time.Time     // SetWriteDeadline's: no flush runs past it (zero: none)
 	done     chan struct{} // closed when the flusher has exited
@@ -87,17 +98,23 @@ func (b *Batching) flush() {
 		}
 		out := b.buf
 		b.buf, b.spare = b.spare[:0], nil
-		// Set under mu, so that a later Close or SetWriteDeadline, which
-		// also set it under mu, overrides it rather than the reverse.
-		_ = b.Conn.SetWriteDeadline(b.deadline())
 		b.flushing = true
 		b.cond.Broadcast() // room for writers waiting on maxPending
-		b.mu.Unlock()
-		_, err := b.Conn.Write(out)
+		var err error
+		for rest := out; len(rest) > 0 && err == nil; {
+			n := min(len(rest), flushChunk)
+			// Set under mu, so that a later Close or SetWriteDeadline,
+			// which also set it under mu, overrides it rather than the
+			// reverse.
+			_ = b.Conn.SetWriteDeadline(b.deadline())
+			b.mu.Unlock()
+			_, err = b.Conn.Write(rest[:n])
+			b.mu.Lock()
+			rest = rest[n:]
+		}
 		if err != nil {
 			_ = b.Conn.Close()
 		}
-		b.mu.Lock()
 		b.flushing = false
 		if err != nil {
 			b.err = err
@@ -114,7 +131,7 @@ func (b *Batching) deadline() time.Time {
 	var d time.Time
 	switch {
 	case b.closed:
-		d = time.Now().Add(closeGrace)
+		d = b.closeBy // not renewed per chunk: Close waits closeGrace in all
 	case b.timeout > 0:
 		d = time.Now().Add(b.timeout)
 	}
@@ -129,7 +146,9 @@ func (b *Batching) deadline() time.Time {
 func (b *Batching) Close() error {
 	b.mu.Lock()
 	already := b.closed
-	b.closed = true
+	if !already {
+		b.closed, b.closeBy = true, time.Now().Add(closeGrace)
+	}
 	if !already && b.flushing {
 		_ = b.Conn.SetWriteDeadline(b.deadline()) // bounds the flush in progress
 	}

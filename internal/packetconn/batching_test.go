@@ -215,3 +215,76 @@ func TestBatchingDeadlines(t *testing.T) {
 		t.Fatalf("second Close: %v, want net.ErrClosed", err)
 	}
 }
+
+// A large flush is written in chunks, each under a deadline of its own, so
+// the timeout bounds the time without progress: a slow link that moves is
+// not cut off by a flush that takes longer than the timeout in all.
+func TestBatchingDeadlinePerChunk(t *testing.T) {
+	defer func(n int) { flushChunk = n }(flushChunk)
+	flushChunk = 1 << 10
+	g := newGated()
+	b := NewBatching(g, time.Hour)
+	mustWrite(t, b, "A")
+	<-g.entered // the flusher is inside the write of A: the next write is one flush
+	mustWrite(t, b, string(bytes.Repeat([]byte("x"), 3*1024+10)))
+	g.gate <- struct{}{}
+	var deadlines []time.Time
+	for range 4 {
+		<-g.entered
+		g.mu.Lock()
+		deadlines = append(deadlines, g.deadline)
+		g.mu.Unlock()
+		time.Sleep(2 * time.Millisecond) // the next chunk's deadline is later
+		g.gate <- struct{}{}
+	}
+	close(g.gate)
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	writes, _ := g.got()
+	sizes := []int{}
+	for _, w := range writes {
+		sizes = append(sizes, len(w))
+	}
+	if len(sizes) != 5 || sizes[1] != 1024 || sizes[2] != 1024 || sizes[3] != 1024 || sizes[4] != 10 {
+		t.Fatalf("writes of %v bytes, want 1, then 1024, 1024, 1024, 10", sizes)
+	}
+	for i := 1; i < len(deadlines); i++ {
+		if !deadlines[i].After(deadlines[i-1]) {
+			t.Fatalf("chunk %d's deadline %v is not after chunk %d's %v", i, deadlines[i], i-1, deadlines[i-1])
+		}
+	}
+}
+
+// Close bounds the whole remaining flush by closeGrace, not each chunk.
+func TestBatchingCloseDeadlineNotRenewed(t *testing.T) {
+	defer func(n int) { flushChunk = n }(flushChunk)
+	flushChunk = 1 << 10
+	g := newGated()
+	b := NewBatching(g, time.Hour)
+	mustWrite(t, b, string(bytes.Repeat([]byte("x"), 3*1024)))
+	<-g.entered // chunk 1
+	closed := make(chan error)
+	go func() { closed <- b.Close() }()
+	deadline := func() time.Time {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		return g.deadline
+	}
+	for time.Until(deadline()) > closeGrace {
+		time.Sleep(time.Millisecond) // until Close has capped chunk 1
+	}
+	byClose := deadline()
+	for chunk := 2; chunk <= 3; chunk++ {
+		time.Sleep(2 * time.Millisecond) // a renewed deadline would be later
+		g.gate <- struct{}{}
+		<-g.entered
+		if d := deadline(); !d.Equal(byClose) {
+			t.Fatalf("chunk %d after Close has deadline %v, want Close's %v", chunk, d, byClose)
+		}
+	}
+	close(g.gate)
+	if err := <-closed; err != nil {
+		t.Fatal(err)
+	}
+}

@@ -48,7 +48,9 @@ type Config struct {
 	ConnectTimeout time.Duration
 	// KeepAlive is the MQTT keepalive; default 15 s.
 	KeepAlive time.Duration
-	// WriteTimeout bounds one packet write; default 10 s.
+	// WriteTimeout bounds a write to the cloud that makes no progress (paho's
+	// hand-off of a packet to its writer, and each 32 KiB of a batched write);
+	// default 10 s.
 	WriteTimeout time.Duration
 	// BackoffMin and BackoffMax bound the jittered reconnect delay; default 100 ms and 10 s.
 	BackoffMin, BackoffMax time.Duration
