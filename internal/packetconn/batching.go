@@ -49,7 +49,7 @@ type Batching struct {
 	spare    []byte    // the flusher's previous buffer, reused
 	err      error     // first write error
 	closed   bool
-	closeBy  time.Time // set by Close: no write runs past it
+	closeBy  time.Time     // set by Close: no write runs past it
 	flushing bool          // the flusher is in a write
 	limit    time.Time     // SetWriteDeadline's: no flush runs past it (zero: none)
 	done     chan struct{} // closed when the flusher has exited
