@@ -16,12 +16,13 @@ const maxPending = 256 << 10
 // closeGrace bounds how long Close waits for the last flush.
 const closeGrace = time.Second
 
-// flushChunk is how much of a flush one write deadline covers. A flush of
-// maxPending bytes under a single deadline would cut off a link slower than
-// maxPending per timeout (26 KiB/s with the relay's 10 s) although it moves;
-// per chunk, only a link slower than flushChunk per timeout is cut off. TLS
+// flushChunk is the most one flush writes, under one write deadline. A flush
+// of maxPending bytes would cut off a link slower than maxPending per timeout
+// (26 KiB/s with the relay's 10 s) although it moves, and a writer waiting
+// for room would wait for all of it; in chunks, only a link slower than
+// flushChunk per timeout is cut off, and room frees chunk by chunk. TLS
 // writes records of at most 16 KiB, one system call each, so chunks add no
-// writes. A variable for tests.
+// system calls. A variable for tests.
 var flushChunk = 32 << 10
 
 // Batching is a net.Conn whose writes are queued and written by a flusher
@@ -96,25 +97,28 @@ func (b *Batching) flush() {
 		if len(b.buf) == 0 || b.err != nil {
 			return
 		}
-		out := b.buf
-		b.buf, b.spare = b.spare[:0], nil
+		// Take what is queued, at most flushChunk: the rest waits for the
+		// next turn, and writers waiting for room get it chunk by chunk.
+		var out []byte
+		if len(b.buf) <= flushChunk {
+			out = b.buf
+			b.buf, b.spare = b.spare[:0], nil
+		} else {
+			out = append(b.spare[:0], b.buf[:flushChunk]...)
+			b.spare = nil
+			b.buf = b.buf[:copy(b.buf, b.buf[flushChunk:])]
+		}
+		// Set under mu, so that a later Close or SetWriteDeadline, which
+		// also set it under mu, overrides it rather than the reverse.
+		_ = b.Conn.SetWriteDeadline(b.deadline())
 		b.flushing = true
 		b.cond.Broadcast() // room for writers waiting on maxPending
-		var err error
-		for rest := out; len(rest) > 0 && err == nil; {
-			n := min(len(rest), flushChunk)
-			// Set under mu, so that a later Close or SetWriteDeadline,
-			// which also set it under mu, overrides it rather than the
-			// reverse.
-			_ = b.Conn.SetWriteDeadline(b.deadline())
-			b.mu.Unlock()
-			_, err = b.Conn.Write(rest[:n])
-			b.mu.Lock()
-			rest = rest[n:]
-		}
+		b.mu.Unlock()
+		_, err := b.Conn.Write(out)
 		if err != nil {
 			_ = b.Conn.Close()
 		}
+		b.mu.Lock()
 		b.flushing = false
 		if err != nil {
 			b.err = err
