@@ -101,6 +101,13 @@ type Relay struct {
 	removals chan []uint64
 	rmMu     sync.Mutex
 	removing map[uint64]struct{}
+
+	// publish sends one telemetry entry QoS 1 (a seam for tests).
+	publish func(c mqtt.Client, topic string, payload []byte) mqtt.Token
+}
+
+func publishQoS1(c mqtt.Client, topic string, payload []byte) mqtt.Token {
+	return c.Publish(topic, 1, false, payload)
 }
 
 type metrics struct {
@@ -160,6 +167,7 @@ func New(cfg Config, q Queue) (*Relay, error) {
 		removing:    make(map[uint64]struct{}),
 		statusTopic: "gateways/" + cfg.Site + "/" + cfg.GatewayID + "/status",
 		eventTopic:  "security/" + cfg.Site + "/" + cfg.GatewayID,
+		publish:     publishQoS1,
 	}, nil
 }
 
@@ -547,7 +555,7 @@ func (r *Relay) publishLoop(s *session, stop <-chan struct{}, slots chan struct{
 			if !acquire(slots, stop, s.dead) {
 				return
 			}
-			tok := s.c.Publish(topic, 1, false, payload)
+			tok := r.publish(s.c, topic, payload)
 			r.m.publishedC.Inc()
 			if !pending.put(inflight{key: e.Key, tok: tok}) {
 				return

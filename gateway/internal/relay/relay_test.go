@@ -79,6 +79,29 @@ func TestRelayDeliversEveryEntry(t *testing.T) {
 	}
 }
 
+// A publish that paho fails at once, on a connection that stays up (its
+// writer busy past WriteTimeout), ends the session before any later entry is
+// sent: the next session resends from the failed entry, so no entry of a
+// device overtakes an earlier one, and everything arrives.
+func TestRelayPublishFailureKeepsOrder(t *testing.T) {
+	rec := newRecorder(t)
+	b := startBroker(t, "127.0.0.1:0", nil, rec)
+	q := openQueue(t, rec)
+	devs := devices(3)
+	fill(t, q.Queue, devs, 1, 200)
+	r := build(t, baseConfig(b.url()), q)
+	r.FailNthPublish(100)
+	r.run(t)
+	waitFor(t, "queue drained", func() bool { return q.Len() == 0 })
+	if got := rec.distinct(); got != 600 {
+		t.Fatalf("broker got %d distinct entries, want 600", got)
+	}
+	rec.checkOrder(t)
+	if got := r.metric(t, "vitalgate_relay_reconnects_total"); got < 1 {
+		t.Errorf("reconnects_total = %v: the failed publish did not end the session", got)
+	}
+}
+
 // TestRelayBrokerRestart stops the broker while publishes await their PUBACK,
 // checks that the queue still holds everything not acknowledged, then restarts
 // a broker on the same port and checks that everything drains in order.
