@@ -326,17 +326,24 @@ func (h *Hook) session(cl *mqtt.Client) *session {
 // since it connected, or has expired. The gateway calls it after reloading
 // the CRL, and periodically.
 func (h *Hook) DropRevoked() int {
+	type dropped struct {
+		cl     *mqtt.Client
+		s      *session
+		reason string
+	}
+	var drop []dropped
 	h.mu.RLock()
-	var drop []*mqtt.Client
 	for cl, s := range h.sessions {
 		if reason := h.invalid(s.cert); reason != "" {
-			drop = append(drop, cl)
-			h.emit(verdict.ACLDenied, s.id, reason+": connection closed", s.remote)
+			drop = append(drop, dropped{cl, s, reason})
 		}
 	}
 	h.mu.RUnlock()
-	for _, cl := range drop {
-		_ = h.server.DisconnectClient(cl, packets.ErrNotAuthorized)
+	// Events are written outside the lock: a CONNECT waiting for it would
+	// hold up every publish's session lookup behind it.
+	for _, d := range drop {
+		h.emit(verdict.ACLDenied, d.s.id, d.reason+": connection closed", d.s.remote)
+		_ = h.server.DisconnectClient(d.cl, packets.ErrNotAuthorized)
 	}
 	return len(drop)
 }
