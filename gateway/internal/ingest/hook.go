@@ -411,7 +411,7 @@ func (h *Hook) publish(cl *mqtt.Client, s *session, pk *packets.Packet) (reply e
 	}
 	h.o.Metrics.Rejected.WithLabelValues(string(v)).Inc()
 	reply = replyFor(v, cl.Properties.ProtocolVersion, pk.FixedHeader.Qos)
-	if isResend(err) {
+	if isNoStrike(err) {
 		h.emit(v, s.id, detail, s.remote)
 		return reply, false
 	}
@@ -511,14 +511,21 @@ func (h *Hook) process(s *session, pk *packets.Packet) error {
 		// A resend, answered without a strike, still costs the device's
 		// rate: otherwise resends would be a free way to keep the
 		// signature check busy.
-		if (err == errDuplicate || isResend(err)) && !h.o.Guard.Allow(s.id, len(pk.Payload)) {
+		if (err == errDuplicate || isNoStrike(err)) && !h.o.Guard.Allow(s.id, len(pk.Payload)) {
 			return verdict.New(verdict.RateLimited, "over the device's message or byte rate (resends of seq %d)", rec.Seq)
 		}
 		return err
 	}
 	now := h.o.Now()
 	if err := telemetry.CheckTime(rec.TS, now, h.o.MaxAge); err != nil {
-		return err
+		e := (*verdict.Error)(nil)
+		if !errors.As(err, &e) || e.Verdict != verdict.Stale {
+			return err
+		}
+		if !h.o.Guard.Allow(s.id, len(pk.Payload)) {
+			return verdict.New(verdict.RateLimited, "over the device's message or byte rate (stale records)")
+		}
+		return &noStrike{e}
 	}
 	if !h.o.Guard.Allow(s.id, len(pk.Payload)) {
 		return verdict.New(verdict.RateLimited, "over the device's message or byte rate")
@@ -550,7 +557,7 @@ func (h *Hook) process(s *session, pk *packets.Packet) error {
 
 // seqCheck is the replay guard: nil for a seq above the device's last
 // accepted one, errDuplicate for a resend of that last message, a
-// [resendError] for a seq just below it, a replay otherwise.
+// [noStrike] for a seq just below it, a replay otherwise.
 func (h *Hook) seqCheck(id string, seq uint64, sum []byte) error {
 	last, mark, ok := h.o.Queue.Last(id)
 	switch {
@@ -562,14 +569,14 @@ func (h *Hook) seqCheck(id string, seq uint64, sum []byte) error {
 		// Probably a resend of a message stored before its PUBACK was
 		// lost (several can be in flight): a replay verdict, but no
 		// strike towards quarantine.
-		return &resendError{verdict.New(verdict.Replay, "seq %d not above last accepted %d (resend?)", seq, last)}
+		return &noStrike{verdict.New(verdict.Replay, "seq %d not above last accepted %d (resend?)", seq, last)}
 	default:
 		return verdict.New(verdict.Replay, "seq %d not above last accepted %d", seq, last)
 	}
 }
 
-func isResend(err error) bool {
-	re := (*resendError)(nil)
+func isNoStrike(err error) bool {
+	re := (*noStrike)(nil)
 	return errors.As(err, &re)
 }
 
@@ -581,12 +588,15 @@ func isResend(err error) bool {
 // different message reusing the seq is a replay.
 var errDuplicate = errors.New("duplicate of the last accepted message")
 
-// resendError is a replay close enough to the last accepted seq to be an
-// honest resend; it is rejected but does not count towards quarantine.
-type resendError struct{ err *verdict.Error }
+// noStrike is a rejection that says nothing against the device, so it does
+// not count towards quarantine: a replay close enough to the last accepted
+// seq to be an honest resend, or a record older than the accepted age (a
+// device that was offline longer than that uploads its backlog). Both
+// still take the device's rate budget.
+type noStrike struct{ err *verdict.Error }
 
-func (e *resendError) Error() string { return e.err.Error() }
-func (e *resendError) Unwrap() error { return e.err }
+func (e *noStrike) Error() string { return e.err.Error() }
+func (e *noStrike) Unwrap() error { return e.err }
 
 // cloudMessage builds the queue entry: the cloud topic and the payload of
 // DESIGN.md section 5. In CBOR the record is the device's own bytes.

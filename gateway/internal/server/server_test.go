@@ -210,6 +210,47 @@ func TestResendsTakeTheRate(t *testing.T) {
 	}
 }
 
+// TestStaleBacklogIsNoStrike: a device back from a long time offline
+// uploads records older than the accepted age; each is refused as stale,
+// but none counts towards quarantine, so its fresh records still get in.
+// Stale records take the rate budget, so a flood of them is rate-limited.
+func TestStaleBacklogIsNoStrike(t *testing.T) {
+	e := newEnv(t, func(c *config.Config) {
+		c.Rate.Messages, c.Rate.Burst = 0.001, 12
+		c.Quarantine.Violations, c.Quarantine.Window, c.Quarantine.Cooloff = 4, time.Minute, time.Hour
+	})
+	e.device("glu-b")
+	c := e.mustDial5("glu-b")
+	topic := telemetryTopic("glu-b")
+	for seq := uint64(1); seq <= 10; seq++ {
+		rec := spo2("glu-b", seq)
+		rec.TS = time.Now().Add(-8 * 24 * time.Hour).UnixMilli()
+		if code := publish5(t, c, topic, e.sign("glu-b", rec)); code != verdict.Stale.Code().Code {
+			t.Fatalf("stale record %d: 0x%02x, want 0x%02x", seq, code, verdict.Stale.Code().Code)
+		}
+	}
+	if code := publish5(t, c, topic, e.sign("glu-b", spo2("glu-b", 11))); code != 0 {
+		t.Fatalf("fresh record after the backlog: 0x%02x, want 0x00", code)
+	}
+	if q := e.metric("vitalgate_gateway_quarantines_total", ""); q != 0 {
+		t.Fatalf("%v quarantines for a stale backlog", q)
+	}
+	// Beyond the burst of 12 (10 stale, 1 fresh, and this one), stale
+	// records are rate-limited, which counts.
+	for seq := uint64(12); seq <= 20; seq++ {
+		rec := spo2("glu-b", seq)
+		rec.TS = time.Now().Add(-8 * 24 * time.Hour).UnixMilli()
+		code := publish5(t, c, topic, e.sign("glu-b", rec))
+		if seq > 12 && code != packets.ErrQuotaExceeded.Code {
+			t.Fatalf("stale record %d over the rate: 0x%02x, want 0x97", seq, code)
+		}
+		if e.metric("vitalgate_gateway_quarantines_total", "") == 1 {
+			return
+		}
+	}
+	t.Fatal("a flood of stale records was never quarantined")
+}
+
 func TestConnectionIdentity(t *testing.T) {
 	e := newEnv(t, nil)
 	e.device("glu-1")
