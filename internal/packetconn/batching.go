@@ -9,20 +9,25 @@ import (
 	"time"
 )
 
-// maxPending bounds the bytes a [Batching] holds for its flusher; a Write
-// beyond it waits until the flusher has taken the buffer.
-const maxPending = 256 << 10
+// maxPending bounds the bytes a [Batching] holds that are not written yet,
+// queued or in the flush in progress; a Write beyond it waits until the
+// flusher has written enough (one Write of any size is let in when nothing is
+// held). 512 KiB is what a queue of 256 KiB beside a flush of as much held
+// before flushes were chunked.
+const maxPending = 512 << 10
 
 // closeGrace bounds how long Close waits for the last flush.
 const closeGrace = time.Second
 
-// flushChunk is the most one flush writes, under one write deadline. A flush
-// of maxPending bytes would cut off a link slower than maxPending per timeout
-// (26 KiB/s with the relay's 10 s) although it moves, and a writer waiting
-// for room would wait for all of it; in chunks, only a link slower than
-// flushChunk per timeout is cut off, and room frees chunk by chunk. TLS
-// writes records of at most 16 KiB, one system call each, so chunks add no
-// system calls. A variable for tests.
+// flushChunk is the most one write of a flush carries, under one write
+// deadline. A flush of maxPending bytes under one deadline would cut off a
+// link slower than maxPending per timeout (26 KiB/s with the relay's 10 s)
+// although it moves, and a writer waiting for room would wait for all of it;
+// in chunks, the deadline bounds the time without progress, and room frees
+// chunk by chunk (a caller's own deadline, such as paho's per packet, still
+// caps it). On a *tls.Conn, which writes records of at most 16 KiB with one
+// system call each, chunks add no system calls; on plain TCP, one per chunk.
+// A variable for tests.
 var flushChunk = 32 << 10
 
 // Batching is a net.Conn whose writes are queued and written by a flusher
@@ -44,16 +49,18 @@ type Batching struct {
 	net.Conn
 	timeout time.Duration
 
-	mu       sync.Mutex
-	cond     sync.Cond // buf gained data, the flusher took buf, or the state changed
-	buf      []byte    // queued bytes
-	spare    []byte    // the flusher's previous buffer, reused
-	err      error     // first write error
-	closed   bool
-	closeBy  time.Time     // set by Close: no write runs past it
-	flushing bool          // the flusher is in a write
-	limit    time.Time     // SetWriteDeadline's: no flush runs past it (zero: none)
-	done     chan struct{} // closed when the flusher has exited
+	mu        sync.Mutex
+	cond      sync.Cond // buf gained data, the flusher took buf, or the state changed
+	buf       []byte    // queued bytes
+	spare     []byte    // the flusher's previous buffer, reused
+	err       error     // first write error
+	closed    bool
+	closeBy   time.Time     // set by Close: no write runs past it
+	flushing  bool          // the flusher is in a write
+	unwritten int           // bytes of the flush in progress not written yet
+	waiting   int           // writers waiting for room
+	limit     time.Time     // SetWriteDeadline's: no flush runs past it (zero: none)
+	done      chan struct{} // closed when the flusher has exited
 }
 
 // NewBatching wraps c and starts its flusher. timeout bounds each flush
@@ -65,12 +72,14 @@ func NewBatching(c net.Conn, timeout time.Duration) *Batching {
 	return b
 }
 
-// Write queues p. It blocks only while maxPending bytes are already queued.
+// Write queues p. It blocks only while maxPending bytes are held already.
 func (b *Batching) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	for b.err == nil && !b.closed && len(b.buf) > 0 && len(b.buf)+len(p) > maxPending {
+	for b.err == nil && !b.closed && b.held() > 0 && b.held()+len(p) > maxPending {
+		b.waiting++
 		b.cond.Wait()
+		b.waiting--
 	}
 	switch {
 	case b.err != nil:
@@ -97,29 +106,30 @@ func (b *Batching) flush() {
 		if len(b.buf) == 0 || b.err != nil {
 			return
 		}
-		// Take what is queued, at most flushChunk: the rest waits for the
-		// next turn, and writers waiting for room get it chunk by chunk.
-		var out []byte
-		if len(b.buf) <= flushChunk {
-			out = b.buf
-			b.buf, b.spare = b.spare[:0], nil
-		} else {
-			out = append(b.spare[:0], b.buf[:flushChunk]...)
-			b.spare = nil
-			b.buf = b.buf[:copy(b.buf, b.buf[flushChunk:])]
-		}
-		// Set under mu, so that a later Close or SetWriteDeadline, which
-		// also set it under mu, overrides it rather than the reverse.
-		_ = b.Conn.SetWriteDeadline(b.deadline())
+		out := b.buf
+		b.buf, b.spare = b.spare[:0], nil
 		b.flushing = true
-		b.cond.Broadcast() // room for writers waiting on maxPending
-		b.mu.Unlock()
-		_, err := b.Conn.Write(out)
+		var err error
+		for rest := out; len(rest) > 0 && err == nil; {
+			n := min(len(rest), flushChunk)
+			b.unwritten = len(rest)
+			// Set under mu, so that a later Close or SetWriteDeadline,
+			// which also set it under mu, overrides it rather than the
+			// reverse.
+			_ = b.Conn.SetWriteDeadline(b.deadline())
+			b.mu.Unlock()
+			_, err = b.Conn.Write(rest[:n])
+			b.mu.Lock()
+			rest = rest[n:]
+			b.unwritten = len(rest)
+			if b.waiting > 0 {
+				b.cond.Broadcast() // room for writers waiting on maxPending
+			}
+		}
 		if err != nil {
 			_ = b.Conn.Close()
 		}
-		b.mu.Lock()
-		b.flushing = false
+		b.flushing, b.unwritten = false, 0
 		if err != nil {
 			b.err = err
 			b.cond.Broadcast()
@@ -129,6 +139,9 @@ func (b *Batching) flush() {
 		}
 	}
 }
+
+// held is the number of bytes not written yet. Called with mu held.
+func (b *Batching) held() int { return len(b.buf) + b.unwritten }
 
 // deadline is the write deadline of a flush starting now. Called with mu held.
 func (b *Batching) deadline() time.Time {

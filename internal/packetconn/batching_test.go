@@ -139,13 +139,14 @@ func TestBatchingBoundsQueuedBytes(t *testing.T) {
 		}
 		wrote <- n
 	}()
-	// The writer fills the buffer up to the bound and waits there.
+	// The writer fills the buffer up to the bound (counting the flush in
+	// progress) and waits there.
 	for {
 		b.mu.Lock()
-		queued := len(b.buf)
+		queued := b.held()
 		b.mu.Unlock()
 		if queued > maxPending {
-			t.Fatalf("%d bytes queued, bound %d", queued, maxPending)
+			t.Fatalf("%d bytes held, bound %d", queued, maxPending)
 		}
 		if queued+len(chunk) > maxPending {
 			break
@@ -286,5 +287,41 @@ func TestBatchingCloseDeadlineNotRenewed(t *testing.T) {
 	close(g.gate)
 	if err := <-closed; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A writer waiting for room is let in as soon as the flush in progress has
+// written enough of its chunks, not after all of it: on a slow link the wait
+// (paho's hand-off, bounded by its write timeout) follows the progress.
+func TestBatchingRoomFreesChunkByChunk(t *testing.T) {
+	defer func(n int) { flushChunk = n }(flushChunk)
+	flushChunk = 8 << 10
+	g := newGated()
+	b := NewBatching(g, time.Hour)
+	defer func() {
+		close(g.gate)
+		b.Close()
+	}()
+	mustWrite(t, b, string(bytes.Repeat([]byte("a"), 32<<10)))
+	<-g.entered // chunk 1 of 4 in progress (the rest: 33 chunks, within entered's buffer)
+	mustWrite(t, b, string(bytes.Repeat([]byte("b"), maxPending-32<<10)))
+	admitted := make(chan error)
+	go func() {
+		_, err := b.Write(bytes.Repeat([]byte("c"), 8<<10))
+		admitted <- err
+	}()
+	select {
+	case err := <-admitted:
+		t.Fatalf("a write beyond the bound returned at once: %v", err)
+	case <-time.After(20 * time.Millisecond):
+	}
+	g.gate <- struct{}{} // chunk 1 written
+	if err := <-admitted; err != nil {
+		t.Fatal(err)
+	}
+	<-g.entered // chunk 2 in progress
+	writes, _ := g.got()
+	if n := len(bytes.Join(writes, nil)); n != 8<<10 {
+		t.Fatalf("the waiting writer got in after %d bytes were written, want one chunk (8192)", n)
 	}
 }
