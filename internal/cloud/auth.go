@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -16,6 +15,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/vitalgate/vitalgate/internal/pki"
+	"github.com/vitalgate/vitalgate/internal/subcap"
 )
 
 // Kinds of client, as metrics and logs name them.
@@ -46,11 +46,6 @@ const (
 	// forgotten at once by OnDisconnect.
 	forgetStoppedAfter = 3 * time.Second
 )
-
-// refusedFilter replaces, in a SUBSCRIBE, a filter beyond maxSubscriptions:
-// mochi finds it invalid and answers 0x8F (MQTT 5) or 0x80 (3.1.1) for it,
-// so the SUBACK keeps one reason code per filter.
-const refusedFilter = "#/subscription-limit"
 
 // identity is what the broker knows of an authenticated connection.
 type identity struct {
@@ -466,37 +461,16 @@ func mayRead(id *identity, topic string, now time.Time) bool {
 // stores nothing; filters the session holds already, and filters that
 // OnACLCheck will refuse anyway, do not count.
 func (h *authHook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
-	held := cl.State.Subscriptions.Len()
-	if held+len(pk.Filters) <= maxSubscriptions {
-		return pk
-	}
 	id := h.get(cl)
+	if id == nil {
+		return pk // OnACLCheck refuses every filter
+	}
 	now := time.Now()
-	filters := slices.Clone(pk.Filters)
-	seen := make(map[string]bool, len(filters))
-	refused := 0
-	for i, sub := range filters {
-		if _, ok := cl.State.Subscriptions.Get(sub.Filter); ok || seen[sub.Filter] {
-			continue // resubscribing replaces the subscription
-		}
-		if id == nil || !mayRead(id, sub.Filter, now) {
-			continue // OnACLCheck refuses it
-		}
-		if held < maxSubscriptions {
-			held++
-			seen[sub.Filter] = true
-			continue
-		}
-		refused++
-		filters[i].Filter = refusedFilter
+	return subcap.Apply(cl, pk, maxSubscriptions, func(f string) bool { return mayRead(id, f, now) }, func(f string) {
 		h.b.m.aclDenied.WithLabelValues(id.kind, "subscribe").Inc()
-		h.b.log.Warn("acl denied", "kind", id.kind, "name", id.name, "action", "subscribe", "topic", clip(sub.Filter),
+		h.b.log.Warn("acl denied", "kind", id.kind, "name", id.name, "action", "subscribe", "topic", clip(f),
 			"client", cl.ID, "detail", fmt.Sprintf("the session holds %d subscriptions, the most allowed", maxSubscriptions))
-	}
-	if refused > 0 {
-		pk.Filters = filters
-	}
-	return pk
+	})
 }
 
 // clip shortens a topic or filter for a log line.

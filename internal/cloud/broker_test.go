@@ -148,13 +148,7 @@ func TestGatewayPublishesOnlyUnderItsSite(t *testing.T) {
 func TestAppSubscribesOnlyItsSites(t *testing.T) {
 	dir := testPKI(t)
 	b, _ := startBroker(t, testConfig(dir, ""))
-	app, err := rawDial(t, b.AppsAddr(), appTLS(t, dir))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if code, err := app.connect("app1", "app", mint(t, dir, "site1")); err != nil || code != 0 {
-		t.Fatalf("app connect: code %#x err %v", code, err)
-	}
+	app := connectedApp(t, b, dir, "app1", mint(t, dir, "site1"))
 	denied := packets.ErrNotAuthorized.Code
 	cases := []struct {
 		filter string

@@ -369,3 +369,17 @@ func eventually(t *testing.T, what string, cond func() bool) {
 }
 
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+// connectedApp dials the apps listener and connects as clientID with tok,
+// failing the test unless the CONNACK is success.
+func connectedApp(t *testing.T, b *Broker, dir, clientID, tok string) *rawClient {
+	t.Helper()
+	c, err := rawDial(t, b.AppsAddr(), appTLS(t, dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, err := c.connect(clientID, "app", tok); err != nil || code != 0 {
+		t.Fatalf("app %s connect: code %#x err %v", clientID, code, err)
+	}
+	return c
+}

@@ -44,13 +44,7 @@ func TestIdentityOfDroppedConnectionForgotten(t *testing.T) {
 	tok := mint(t, dir, "site1")
 
 	// A live app across the sweep keeps its identity and its count.
-	live, err := rawDial(t, b.AppsAddr(), appTLS(t, dir))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if code, err := live.connect("live", "app", tok); err != nil || code != 0 {
-		t.Fatalf("live app connect: %#x %v", code, err)
-	}
+	live := connectedApp(t, b, dir, "live", tok)
 
 	const n = 20
 	for i := 0; i < n; i++ {
@@ -99,13 +93,7 @@ func TestIdentityOfDroppedConnectionForgotten(t *testing.T) {
 func TestDeepAndLongTopicsRefused(t *testing.T) {
 	dir := testPKI(t)
 	b, _ := startBroker(t, testConfig(dir, ""))
-	app, err := rawDial(t, b.AppsAddr(), appTLS(t, dir))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if code, err := app.connect("deep", "app", mint(t, dir, "site1")); err != nil || code != 0 {
-		t.Fatalf("app connect: %#x %v", code, err)
-	}
+	app := connectedApp(t, b, dir, "deep", mint(t, dir, "site1"))
 	denied := packets.ErrNotAuthorized.Code
 	eight := "telemetry/site1/a/b/c/d/e/f"                // 8 levels
 	nine := "telemetry/site1/a/b/c/d/e/f/g"               // 9 levels
@@ -164,13 +152,7 @@ func TestDeepAndLongTopicsRefused(t *testing.T) {
 func TestSubscriptionsPerSessionBounded(t *testing.T) {
 	dir := testPKI(t)
 	b, logs := startBroker(t, testConfig(dir, ""))
-	app, err := rawDial(t, b.AppsAddr(), appTLS(t, dir))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if code, err := app.connect("many", "app", mint(t, dir, "site1")); err != nil || code != 0 {
-		t.Fatalf("app connect: %#x %v", code, err)
-	}
+	app := connectedApp(t, b, dir, "many", mint(t, dir, "site1"))
 	dev := func(i int) string { return fmt.Sprintf("telemetry/site1/dev-%05d/#", i) }
 	var first []string
 	for i := 0; i < maxSubscriptions-2; i++ {

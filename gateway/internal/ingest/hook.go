@@ -22,7 +22,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -39,6 +38,7 @@ import (
 	"github.com/vitalgate/vitalgate/gateway/internal/spool"
 	"github.com/vitalgate/vitalgate/internal/envelope"
 	"github.com/vitalgate/vitalgate/internal/pki"
+	"github.com/vitalgate/vitalgate/internal/subcap"
 	"github.com/vitalgate/vitalgate/internal/telemetry"
 	"github.com/vitalgate/vitalgate/internal/verdict"
 )
@@ -250,38 +250,16 @@ func (h *Hook) denySubscription(cl *mqtt.Client, s *session, why string) {
 	}
 }
 
-// refusedFilter replaces, in a SUBSCRIBE, a filter beyond maxSubs: mochi
-// finds it invalid and answers 0x8F (3.1.1: 0x80) for it, so the SUBACK
-// keeps one reason code per filter.
-const refusedFilter = "#/subscription-limit"
-
-// OnSubscribe bounds the filters a session holds to maxSubs. The count is
-// kept here, where mochi hands over the SUBSCRIBE before checking its
-// filters, because mochi also calls OnACLCheck for every delivery to the
-// device, whose topic is no new filter. Filters the session holds already,
-// and filters OnACLCheck refuses anyway, do not count.
+// OnSubscribe bounds the filters a session holds to maxSubs (see
+// [subcap]); a filter beyond it is refused like any other, with a strike.
 func (h *Hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
-	held := cl.State.Subscriptions.Len()
 	s := h.session(cl)
-	if held+len(pk.Filters) <= maxSubs || s == nil {
-		return pk
+	if s == nil {
+		return pk // OnACLCheck refuses every filter
 	}
-	filters := slices.Clone(pk.Filters)
-	counted := make(map[string]bool, len(filters))
-	for i, sub := range filters {
-		if _, ok := cl.State.Subscriptions.Get(sub.Filter); ok || counted[sub.Filter] || subscribeDenied(s.cmd, sub.Filter) != "" {
-			continue
-		}
-		if held < maxSubs {
-			held++
-			counted[sub.Filter] = true
-			continue
-		}
-		filters[i].Filter = refusedFilter
-		h.denySubscription(cl, s, fmt.Sprintf("subscribe to %q beyond the limit of %d filters", truncate(sub.Filter, 200), maxSubs))
-	}
-	pk.Filters = filters
-	return pk
+	return subcap.Apply(cl, pk, maxSubs, func(f string) bool { return subscribeDenied(s.cmd, f) == "" }, func(f string) {
+		h.denySubscription(cl, s, fmt.Sprintf("subscribe to %q beyond the limit of %d filters", truncate(f, 200), maxSubs))
+	})
 }
 
 // subscribeDenied says why a device whose command topics start with cmd
