@@ -92,7 +92,7 @@ func (cl *Clients) Delete(id string) {
 func (cl *Clients) GetByListener(id string) []*Client {
 	cl.RLock()
 	defer cl.RUnlock()
-	clients := make([]*Client, 0, cl.Len())
+	clients := make([]*Client, 0, len(cl.internal)) // VitalGate patch: cl.Len() took the read lock held here again
 	for _, client := range cl.internal {
 		if client.Net.Listener == id && !client.Closed() {
 			clients = append(clients, client)
@@ -155,6 +155,7 @@ type ClientState struct {
 	open            context.Context      // indicate that the client is open for packet exchange
 	cancelOpen      context.CancelFunc   // cancel function for open context
 	outboundQty     int32                // number of messages currently in the outbound queue
+	packetIDMu      sync.Mutex           // VitalGate patch: NextPacketID's own lock
 	Keepalive       uint16               // the number of seconds the connection can wait
 	ServerKeepalive bool                 // keepalive was set by the server
 }
@@ -273,9 +274,14 @@ func (cl *Client) refreshDeadline(keepalive uint16) {
 // NextPacketID returns the next available (unused) packet id for the client.
 // If no unused packet ids are available, an error is returned and the client
 // should be disconnected.
+//
+// VitalGate patch: it takes a lock of its own. It took the client's write
+// lock, which WritePacket holds for as long as a write to the connection
+// blocks, so every publisher delivering QoS 1 to a client that stopped
+// reading stopped too, inside its own read loop.
 func (cl *Client) NextPacketID() (i uint32, err error) {
-	cl.Lock()
-	defer cl.Unlock()
+	cl.State.packetIDMu.Lock()
+	defer cl.State.packetIDMu.Unlock()
 
 	i = atomic.LoadUint32(&cl.State.packetID)
 	started := i
@@ -308,7 +314,16 @@ func (cl *Client) ResendInflightMessages(force bool) error {
 
 	for _, tk := range cl.State.Inflight.GetAll(false) {
 		if tk.FixedHeader.Type == packets.Publish {
-			tk.FixedHeader.Dup = true // [MQTT-3.3.1-1] [MQTT-3.3.1-3]
+			// VitalGate patch: a resend takes send quota like a first send
+			// (mochi resent the whole session at once, past the client's
+			// Receive Maximum); what finds none waits as pending.
+			if cl.State.Inflight.FlowControlled() && !cl.State.Inflight.TakeSendQuota() {
+				cl.State.Inflight.ReturnPending(tk.PacketID)
+				continue
+			}
+			if !cl.State.Inflight.Unpend(tk.PacketID) { // sent before: a resend
+				tk.FixedHeader.Dup = true // [MQTT-3.3.1-1] [MQTT-3.3.1-3]
+			}
 		}
 
 		cl.ops.hooks.OnQosPublish(cl, tk, tk.Created, 0)

@@ -590,6 +590,10 @@ func (s *Server) inheritClientSession(pk packets.Packet, cl *Client) bool {
 		// from increasing memory usage by inflights + subs * client-id.
 		s.UnsubscribeClient(existing)
 		existing.ClearInflights()
+		// VitalGate patch: ClearInflights subtracted the messages the new
+		// session took over from the gauge, and their PUBACKs subtract them
+		// again (the gauge went negative).
+		atomic.AddInt64(&s.Info.Inflight, int64(cl.State.Inflight.Len()))
 
 		s.Log.Debug("session taken over", "client", cl.ID, "old_remote", existing.Net.Remote, "new_remote", cl.Net.Remote)
 
@@ -716,18 +720,57 @@ func (s *Server) processPacket(cl *Client, pk packets.Packet) error {
 		return err
 	}
 
-	if cl.State.Inflight.Len() > 0 && atomic.LoadInt32(&cl.State.Inflight.sendQuota) > 0 {
-		next, ok := cl.State.Inflight.NextImmediate()
-		if ok {
-			_ = cl.WritePacket(next)
-			if ok := cl.State.Inflight.Delete(next.PacketID); ok {
-				atomic.AddInt64(&s.Info.Inflight, -1)
-			}
-			cl.State.Inflight.DecreaseSendQuota()
-		}
+	// VitalGate patch: an acknowledgement frees send quota; send what
+	// waits for it. (mochi wrote one waiting message here and deleted it
+	// from the in-flight map, so its PUBACK freed no quota and a client
+	// with a Receive Maximum stopped receiving after a burst.)
+	if cl.State.Inflight.HasPending() {
+		s.sendPending(cl)
 	}
 
 	return nil
+}
+
+// sendPending hands the client's pending QoS messages to its writer, oldest
+// first, while it has send quota (VitalGate patch). A message stays pending
+// while the client is offline or its write queue is full; the next
+// acknowledgement, or its next session, sends it.
+func (s *Server) sendPending(cl *Client) {
+	for cl.State.Inflight.HasPending() {
+		flow := cl.State.Inflight.FlowControlled()
+		if flow && !cl.State.Inflight.TakeSendQuota() {
+			return
+		}
+		pk, ok := cl.State.Inflight.TakeNextPending()
+		if !ok {
+			if flow {
+				cl.State.Inflight.IncreaseSendQuota()
+			}
+			continue // another sender took it; look again
+		}
+		if !s.enqueue(cl, &pk) {
+			cl.State.Inflight.ReturnPending(pk.PacketID)
+			if flow {
+				cl.State.Inflight.IncreaseSendQuota()
+			}
+			return
+		}
+	}
+}
+
+// enqueue puts pk on the client's write queue without blocking; it reports
+// false when the client is offline or the queue is full (VitalGate patch).
+func (s *Server) enqueue(cl *Client, pk *packets.Packet) bool {
+	if cl.Net.Conn == nil || cl.Closed() {
+		return false
+	}
+	select {
+	case cl.State.outbound <- pk:
+		atomic.AddInt32(&cl.State.outboundQty, 1)
+		return true
+	default:
+		return false
+	}
 }
 
 // processConnect processes a Connect packet. The packet cannot be used to establish
@@ -1063,9 +1106,10 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 
 	if out.FixedHeader.Qos > 0 {
 		if cl.State.Inflight.Len() >= int(s.Options.Capabilities.MaximumInflight) {
-			// add hook?
+			// VitalGate patch: the drop reaches the hooks, so the owner can
+			// count it per client (mochi only logged it, at every message).
 			atomic.AddInt64(&s.Info.InflightDropped, 1)
-			s.Log.Warn("client store quota reached", "client", cl.ID, "listener", cl.Net.Listener)
+			s.hooks.OnPublishDropped(cl, pk)
 			return out, packets.ErrQuotaExceeded
 		}
 
@@ -1078,35 +1122,44 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 		}
 
 		out.PacketID = uint16(i) // [MQTT-2.2.1-4]
-		sentQuota := atomic.LoadInt32(&cl.State.Inflight.sendQuota)
 
-		if ok := cl.State.Inflight.Set(out); ok { // [MQTT-4.3.2-3] [MQTT-4.3.3-3]
-			atomic.AddInt64(&s.Info.Inflight, 1)
-			s.hooks.OnQosPublish(cl, out, out.Created, 0)
-			cl.State.Inflight.DecreaseSendQuota()
-		}
-
-		if sentQuota == 0 && atomic.LoadInt32(&cl.State.Inflight.maximumSendQuota) > 0 {
-			out.Expiry = -1
-			cl.State.Inflight.Set(out)
+		// VitalGate patch: without send quota (the client's Receive
+		// Maximum reached), or behind messages already waiting for it, the
+		// message waits as pending and goes out in order as the client
+		// acknowledges (sendPending); it is never dropped for want of
+		// quota or of room in the write queue, only at MaximumInflight.
+		inflight := cl.State.Inflight
+		if inflight.FlowControlled() && (inflight.HasPending() || !inflight.TakeSendQuota()) {
+			if ok := inflight.SetPending(out); ok { // [MQTT-4.3.2-3] [MQTT-4.3.3-3]
+				atomic.AddInt64(&s.Info.Inflight, 1)
+				s.hooks.OnQosPublish(cl, out, out.Created, 0)
+			}
+			s.sendPending(cl)
 			return out, nil
 		}
+		if ok := inflight.Set(out); ok { // [MQTT-4.3.2-3] [MQTT-4.3.3-3]
+			atomic.AddInt64(&s.Info.Inflight, 1)
+			s.hooks.OnQosPublish(cl, out, out.Created, 0)
+		}
+		if cl.Net.Conn == nil || cl.Closed() {
+			return out, packets.CodeDisconnect // kept for the session's next connection
+		}
+		if !s.enqueue(cl, &out) {
+			inflight.ReturnPending(out.PacketID) // the write queue is full: send it later
+			if inflight.FlowControlled() {
+				inflight.IncreaseSendQuota()
+			}
+		}
+		return out, nil
 	}
 
 	if cl.Net.Conn == nil || cl.Closed() {
 		return out, packets.CodeDisconnect
 	}
 
-	select {
-	case cl.State.outbound <- &out:
-		atomic.AddInt32(&cl.State.outboundQty, 1)
-	default:
+	if !s.enqueue(cl, &out) {
 		atomic.AddInt64(&s.Info.MessagesDropped, 1)
 		cl.ops.hooks.OnPublishDropped(cl, pk)
-		if out.FixedHeader.Qos > 0 {
-			cl.State.Inflight.Delete(out.PacketID) // packet was dropped due to irregular circumstances, so rollback inflight.
-			cl.State.Inflight.IncreaseSendQuota()
-		}
 		return out, packets.ErrPendingClientWritesExceeded
 	}
 
@@ -1680,7 +1733,9 @@ func (s *Server) loadClients(v []storage.Client) {
 func (s *Server) loadInflight(v []storage.Message) {
 	for _, msg := range v {
 		if client, ok := s.Clients.Get(msg.Client); ok {
-			client.State.Inflight.Set(msg.ToPacket())
+			if client.State.Inflight.Set(msg.ToPacket()) {
+				atomic.AddInt64(&s.Info.Inflight, 1) // VitalGate patch: the gauge counts restored messages, which their PUBACKs subtract
+			}
 		}
 	}
 }

@@ -1,0 +1,234 @@
+package cloud
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	packets5 "github.com/eclipse/paho.golang/packets"
+	paho5 "github.com/eclipse/paho.golang/paho"
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// The tests in this file cover the patches to mochi's in-flight handling in
+// third_party/mochi (see its PATCHES.md).
+
+// TestInflightNoRecursiveReadLock: NextImmediate took the in-flight map's
+// read lock and called GetAll, which took it again; a Set (write lock)
+// waiting in between locked the map for ever, and with it the client's
+// PUBACK processing and every publisher delivering to it.
+func TestInflightNoRecursiveReadLock(t *testing.T) {
+	in := mqtt.NewInflights()
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		for i := 0; i < 20000; i++ {
+			in.NextImmediate()
+			in.GetAll(true)
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		for i := 0; i < 20000; i++ {
+			id := uint16(i%64 + 1)
+			in.Set(packets.Packet{PacketID: id, Expiry: -1, FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}})
+			in.Delete(id)
+		}
+	}()
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the in-flight map deadlocked: NextImmediate and Set did not finish")
+	}
+}
+
+// app5 is an MQTT 5 app (paho.golang) that counts what it receives and
+// acknowledges each message after its handler returns.
+type app5 struct {
+	c    *paho5.Client
+	conn net.Conn
+	mu   sync.Mutex
+	seen map[string]int
+	errs []string
+}
+
+func dialApp5(t *testing.T, b *Broker, dir, clientID, tok string, receiveMax uint16, cleanStart bool, expiry uint32) *app5 {
+	t.Helper()
+	conn, err := tls.Dial("tcp", b.AppsAddr(), appTLS(t, dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &app5{conn: conn, seen: map[string]int{}}
+	a.c = paho5.NewClient(paho5.ClientConfig{
+		Conn: packets5.NewThreadSafeConn(conn),
+		OnPublishReceived: []func(paho5.PublishReceived) (bool, error){func(pr paho5.PublishReceived) (bool, error) {
+			a.mu.Lock()
+			a.seen[string(pr.Packet.Payload)]++
+			a.mu.Unlock()
+			return true, nil
+		}},
+		OnClientError: func(err error) {
+			a.mu.Lock()
+			a.errs = append(a.errs, err.Error())
+			a.mu.Unlock()
+		},
+	})
+	cp := &paho5.Connect{ClientID: clientID, KeepAlive: 30, CleanStart: cleanStart, Password: []byte(tok), PasswordFlag: true,
+		Properties: &paho5.ConnectProperties{SessionExpiryInterval: &expiry}}
+	if receiveMax > 0 {
+		cp.Properties.ReceiveMaximum = &receiveMax
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	ack, err := a.c.Connect(ctx, cp)
+	if err != nil || ack.ReasonCode != 0 {
+		t.Fatalf("app %s connect: %v %+v", clientID, err, ack)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	return a
+}
+
+func (a *app5) subscribe(t *testing.T, filter string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	sa, err := a.c.Subscribe(ctx, &paho5.Subscribe{Subscriptions: []paho5.SubscribeOptions{{Topic: filter, QoS: 1}}})
+	if err != nil || len(sa.Reasons) != 1 || sa.Reasons[0] != 1 {
+		t.Fatalf("subscribe %s: %v %+v", filter, err, sa)
+	}
+}
+
+// distinct is the number of distinct payloads received.
+func (a *app5) distinct() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.seen)
+}
+
+// gauge reads one series from the broker's /metrics.
+func gauge(t *testing.T, b *Broker, name string) float64 {
+	t.Helper()
+	for _, line := range strings.Split(scrape(t, b), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("%s: %v", line, err)
+			}
+			return f
+		}
+	}
+	t.Fatalf("no %s in /metrics", name)
+	return 0
+}
+
+// TestReceiveMaximumBurst: apps with a Receive Maximum of 1, 5 and 20 and
+// one without get every message of bursts that a gateway publishes while
+// they acknowledge, round after round. Before the patch the apps with a
+// Receive Maximum were wedged after the first burst (mochi sent a message
+// held back for quota and then forgot it, so its PUBACK freed no quota),
+// and the in-flight gauge stuck above zero.
+func TestReceiveMaximumBurst(t *testing.T) {
+	dir := testPKI(t)
+	b, _ := startBroker(t, testConfig(dir, ""))
+	tok := mint(t, dir, "site1")
+	var apps []*app5
+	for i, rm := range []uint16{1, 5, 20, 0} {
+		a := dialApp5(t, b, dir, fmt.Sprintf("app-rm%d-%d", rm, i), tok, rm, true, 0)
+		a.subscribe(t, "telemetry/site1/#")
+		apps = append(apps, a)
+	}
+	gw := pahoClient(t, "ssl://"+b.GatewayAddr(), gatewayTLS(t, dir), "gw1", "", "", true)
+	const rounds, burst = 3, 400
+	for r := 0; r < rounds; r++ {
+		var last interface{ WaitTimeout(time.Duration) bool }
+		for i := 0; i < burst; i++ {
+			last = gw.Publish(fmt.Sprintf("telemetry/site1/dev-%03d/spo2", i%7), 1, false, fmt.Sprintf("r%d-%d", r, i))
+		}
+		if !last.WaitTimeout(waitFor) {
+			t.Fatalf("round %d: the broker stopped acknowledging the gateway", r)
+		}
+		want := (r + 1) * burst
+		for i, a := range apps {
+			eventually(t, fmt.Sprintf("round %d: app %d gets %d messages", r, i, want),
+				func() bool { return a.distinct() == want })
+		}
+	}
+	eventually(t, "in-flight gauge back to 0", func() bool { return gauge(t, b, "vitalgate_cloud_inflight") == 0 })
+	for i, a := range apps {
+		a.mu.Lock()
+		if len(a.errs) > 0 {
+			t.Errorf("app %d client errors: %v", i, a.errs)
+		}
+		a.mu.Unlock()
+	}
+}
+
+// TestReceiveMaximumPersistentSession: an app with a persistent session and
+// a Receive Maximum of 20 goes away while a backlog accumulates, comes back
+// and gets all of it; the in-flight gauge returns to 0 and is never negative
+// (mochi subtracted a taken-over session's messages twice).
+func TestReceiveMaximumPersistentSession(t *testing.T) {
+	dir := testPKI(t)
+	b, _ := startBroker(t, testConfig(dir, t.TempDir()))
+	tok := mint(t, dir, "site1")
+	a := dialApp5(t, b, dir, "app-persist", tok, 20, true, 3600)
+	a.subscribe(t, "telemetry/site1/#")
+	_ = a.conn.Close() // gone without DISCONNECT: the session stays
+	eventually(t, "app's connection ended", func() bool { return gauge(t, b, `vitalgate_cloud_connections{kind="app"}`) == 0 })
+
+	gw := pahoClient(t, "ssl://"+b.GatewayAddr(), gatewayTLS(t, dir), "gw1", "", "", true)
+	const backlog = 400
+	var last interface{ WaitTimeout(time.Duration) bool }
+	for i := 0; i < backlog; i++ {
+		last = gw.Publish("telemetry/site1/dev-00001/spo2", 1, false, fmt.Sprintf("m%d", i))
+	}
+	if !last.WaitTimeout(waitFor) {
+		t.Fatal("the broker stopped acknowledging the gateway")
+	}
+	back := dialApp5(t, b, dir, "app-persist", tok, 20, false, 3600)
+	eventually(t, fmt.Sprintf("backlog of %d delivered after reconnect", backlog), func() bool {
+		if g := gauge(t, b, "vitalgate_cloud_inflight"); g < 0 {
+			t.Fatalf("in-flight gauge negative: %v", g)
+		}
+		return back.distinct() == backlog
+	})
+	eventually(t, "in-flight gauge back to 0", func() bool { return gauge(t, b, "vitalgate_cloud_inflight") == 0 })
+	// Still delivering: a new message reaches the resumed session.
+	wait(t, gw.Publish("telemetry/site1/dev-00001/spo2", 1, false, "after"), "publish after")
+	eventually(t, "a message after the backlog delivered", func() bool { return back.distinct() == backlog+1 })
+	eventually(t, "in-flight gauge back to 0", func() bool { return gauge(t, b, "vitalgate_cloud_inflight") == 0 })
+}
+
+// TestInflightPendingInOrder: messages waiting for send quota leave in the
+// order they were queued, and a message taken stays in flight.
+func TestInflightPendingInOrder(t *testing.T) {
+	in := mqtt.NewInflights()
+	// Packet IDs wrap, so the order is by arrival, not by ID.
+	for _, id := range []uint16{65535, 1, 2, 7, 3} {
+		in.SetPending(packets.Packet{PacketID: id})
+	}
+	var got []uint16
+	for in.HasPending() {
+		pk, ok := in.TakeNextPending()
+		if !ok {
+			t.Fatal("HasPending but nothing to take")
+		}
+		got = append(got, pk.PacketID)
+	}
+	if fmt.Sprint(got) != "[65535 1 2 7 3]" {
+		t.Fatalf("pending order %v, want [65535 1 2 7 3]", got)
+	}
+	if in.Len() != 5 {
+		t.Fatalf("%d in flight, want 5: a message taken awaits its PUBACK", in.Len())
+	}
+}
