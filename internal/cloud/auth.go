@@ -6,8 +6,10 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -57,6 +59,8 @@ type identity struct {
 	// counted: OnSessionEstablished added the connection to the
 	// connections gauge (under authHook.mu), so forgetting it subtracts it.
 	counted bool
+	// dropping: a delivery to this connection was dropped (logged once).
+	dropping atomic.Bool
 }
 
 // owner is stored in the session's username (which mochi persists), so that a
@@ -116,7 +120,7 @@ func (h *authHook) ID() string { return "vitalgate-auth" }
 func (h *authHook) Provides(b byte) bool {
 	switch b {
 	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnSubscribe,
-		mqtt.OnSessionEstablish, mqtt.OnSessionEstablished, mqtt.OnDisconnect:
+		mqtt.OnSessionEstablish, mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnPublishDropped:
 		return true
 	}
 	return false
@@ -369,9 +373,48 @@ func (h *authHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 }
 
 // OnDisconnect forgets the connection's identity. Sessions restored from the
-// store also pass here, without an identity.
+// store also pass here, without an identity. A connection closed because a
+// write to it made no progress within the write timeout is a slow consumer:
+// counted, and logged with the reason.
 func (h *authHook) OnDisconnect(cl *mqtt.Client, err error, _ bool) {
+	if we, ok := cl.Net.Conn.(interface{ WriteErr() error }); ok {
+		var ne net.Error
+		if werr := we.WriteErr(); errors.As(werr, &ne) && ne.Timeout() {
+			kind, name := kindOfListener(cl.Net.Listener), ""
+			if id := h.get(cl); id != nil {
+				kind, name = id.kind, id.name
+			}
+			h.b.m.slowConsumers.WithLabelValues(kind).Inc()
+			h.b.log.Warn("slow consumer disconnected: it read nothing within the write timeout",
+				"kind", kind, "name", name, "client", cl.ID, "remote", cl.Net.Remote,
+				"queued", cl.State.Inflight.Len())
+		}
+	}
 	h.forget(cl, err)
+}
+
+// OnPublishDropped counts a delivery dropped for a client: its session held
+// max_inflight QoS 1 messages, or its write queue was full for a QoS 0 one.
+// The first drop of a connection is logged.
+func (h *authHook) OnPublishDropped(cl *mqtt.Client, pk packets.Packet) {
+	id := h.get(cl)
+	kind, name := kindOfListener(cl.Net.Listener), ""
+	if id != nil {
+		kind, name = id.kind, id.name
+	}
+	h.b.m.deliveriesDropped.WithLabelValues(kind).Inc()
+	if id == nil || !id.dropping.Swap(true) {
+		h.b.log.Warn("dropping deliveries to a client that does not keep up", "kind", kind, "name", name,
+			"client", cl.ID, "queued", cl.State.Inflight.Len(), "topic", clip(pk.TopicName))
+	}
+}
+
+// kindOfListener is the kind of client a listener serves.
+func kindOfListener(listener string) string {
+	if listener == listenerGateways {
+		return kindGateway
+	}
+	return kindApp
 }
 
 // forget drops the identity of cl, once: from OnDisconnect, or from the sweep

@@ -192,14 +192,15 @@ func (b *Broker) start() error {
 		return fail(fmt.Errorf("listen for gateways on %s: %w", b.cfg.Listen, err))
 	}
 	if b.cfg.Apps != "" {
-		b.apps = listen.NewListener(b.srv, listenerApps, b.cfg.Apps, b.appTLS, b.cfg.ConnectTimeout)
+		b.apps = listen.NewListener(b.srv, listenerApps, b.cfg.Apps, b.appTLS, b.cfg.ConnectTimeout).BatchWrites(b.cfg.AppWriteTimeout)
 		if err := b.srv.AddListener(b.apps); err != nil {
 			return fail(fmt.Errorf("listen for apps on %s: %w", b.cfg.Apps, err))
 		}
 	}
 	if b.cfg.WS != "" {
 		b.ws = &wsListener{id: listenerWS, address: b.cfg.WS, tls: b.appTLS, deadline: b.cfg.ConnectTimeout, gate: listen.NewGate(b.srv),
-			maxMsg: int64(2*b.cfg.MaxPacket + 4096)}
+			writeTimeout: b.cfg.AppWriteTimeout,
+			maxMsg:       int64(2*b.cfg.MaxPacket + 4096)}
 		if err := b.srv.AddListener(b.ws); err != nil {
 			return fail(fmt.Errorf("listen for apps (websocket) on %s: %w", b.cfg.WS, err))
 		}

@@ -58,6 +58,11 @@ type Config struct {
 	// ConnectTimeout is the time a new connection has to finish its TLS
 	// handshake and send CONNECT.
 	ConnectTimeout time.Duration `yaml:"connect_timeout"`
+	// AppWriteTimeout bounds the time a write to an app may make no
+	// progress: an app that stops reading for this long is disconnected (its
+	// persistent session keeps up to MaxInflight messages), so a slow
+	// consumer never holds up the gateways or other apps.
+	AppWriteTimeout time.Duration `yaml:"app_write_timeout"`
 	// LogLevel is the `broker` command's log level: debug, info, warn or
 	// error. (The gateway's embedded broker logs through the gateway.)
 	LogLevel string `yaml:"log_level"`
@@ -79,6 +84,7 @@ func Default() Config {
 		MaxClients:       20000,
 		SessionExpiry:    7 * 24 * time.Hour,
 		ConnectTimeout:   10 * time.Second,
+		AppWriteTimeout:  30 * time.Second,
 		LogLevel:         "info",
 	}
 }
@@ -157,6 +163,9 @@ func (c Config) Validate() error {
 	}
 	if c.ConnectTimeout < 100*time.Millisecond || c.ConnectTimeout > 5*time.Minute {
 		bad("connect_timeout", "%s outside 100ms..5m", c.ConnectTimeout)
+	}
+	if c.AppWriteTimeout < 100*time.Millisecond || c.AppWriteTimeout > 10*time.Minute {
+		bad("app_write_timeout", "%s outside 100ms..10m", c.AppWriteTimeout)
 	}
 	return errors.Join(errs...)
 }

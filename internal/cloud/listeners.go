@@ -36,19 +36,21 @@ const gatewayWriteTimeout = 30 * time.Second
 // busy port is only logged); this one binds in Init, bounds the handshake
 // time and the WebSocket message size.
 type wsListener struct {
-	id        string
-	address   string
-	tls       *tls.Config
-	deadline  time.Duration
-	maxMsg    int64
-	ln        net.Listener
-	srv       *http.Server
-	upgrader  websocket.Upgrader
-	establish listeners.EstablishFn
-	gate      *listen.Gate
-	end       atomic.Bool
-	once      sync.Once
-	log       *slog.Logger
+	id       string
+	address  string
+	tls      *tls.Config
+	deadline time.Duration
+	maxMsg   int64
+	// writeTimeout bounds a write without progress (see Config.AppWriteTimeout).
+	writeTimeout time.Duration
+	ln           net.Listener
+	srv          *http.Server
+	upgrader     websocket.Upgrader
+	establish    listeners.EstablishFn
+	gate         *listen.Gate
+	end          atomic.Bool
+	once         sync.Once
+	log          *slog.Logger
 }
 
 var _ listeners.Listener = (*wsListener)(nil)
@@ -97,7 +99,7 @@ func (l *wsListener) handle(w http.ResponseWriter, r *http.Request) {
 	}
 	defer c.Close()
 	c.SetReadLimit(l.maxMsg)
-	conn := &wsConn{Conn: c.UnderlyingConn(), c: c}
+	conn := &wsConn{Conn: c.UnderlyingConn(), c: c, timeout: l.writeTimeout}
 	_ = conn.SetDeadline(time.Now().Add(l.deadline))
 	l.gate.Do(conn, func() {
 		if err := l.establish(l.id, conn); err != nil && !errors.Is(err, io.EOF) {
@@ -129,12 +131,35 @@ func (l *wsListener) Close(listeners.CloseFn) {
 }
 
 // wsConn presents a WebSocket as the byte stream mochi reads MQTT from
-// (binary messages only).
+// (binary messages only). Each write has a deadline of timeout (never later
+// than one set with SetWriteDeadline); a write that fails closes the
+// connection, so mochi ends the client at once.
 type wsConn struct {
 	net.Conn
-	c  *websocket.Conn
-	r  io.Reader
-	mu sync.Mutex // serialises writers
+	c       *websocket.Conn
+	r       io.Reader
+	timeout time.Duration
+	mu      sync.Mutex // serialises writers
+
+	limitMu sync.Mutex
+	limit   time.Time // SetWriteDeadline's (zero: none)
+	err     error     // the write error that closed the connection
+}
+
+// SetWriteDeadline sets a limit that no later write runs past, and the
+// deadline of a write in progress.
+func (ws *wsConn) SetWriteDeadline(t time.Time) error {
+	ws.limitMu.Lock()
+	ws.limit = t
+	ws.limitMu.Unlock()
+	return ws.Conn.SetWriteDeadline(t)
+}
+
+// WriteErr is the write error that closed the connection, if one did.
+func (ws *wsConn) WriteErr() error {
+	ws.limitMu.Lock()
+	defer ws.limitMu.Unlock()
+	return ws.err
 }
 
 func (ws *wsConn) Read(p []byte) (int, error) {
@@ -164,7 +189,22 @@ func (ws *wsConn) Read(p []byte) (int, error) {
 func (ws *wsConn) Write(p []byte) (int, error) {
 	ws.mu.Lock()
 	defer ws.mu.Unlock()
+	ws.limitMu.Lock()
+	d := ws.limit
+	if ws.timeout > 0 {
+		if t := time.Now().Add(ws.timeout); d.IsZero() || t.Before(d) {
+			d = t
+		}
+	}
+	ws.limitMu.Unlock()
+	_ = ws.c.SetWriteDeadline(d)
 	if err := ws.c.WriteMessage(websocket.BinaryMessage, p); err != nil {
+		ws.limitMu.Lock()
+		if ws.err == nil {
+			ws.err = err
+		}
+		ws.limitMu.Unlock()
+		_ = ws.Conn.Close()
 		return 0, err
 	}
 	return len(p), nil

@@ -15,6 +15,10 @@ type metrics struct {
 	connections  *prometheus.GaugeVec   // kind
 	authFailures *prometheus.CounterVec // kind, reason
 	aclDenied    *prometheus.CounterVec // kind, action
+	// deliveriesDropped counts messages dropped for a client that does not
+	// keep up; slowConsumers the clients disconnected for it.
+	deliveriesDropped *prometheus.CounterVec // kind
+	slowConsumers     *prometheus.CounterVec // kind
 }
 
 func newMetrics(info func() *mqtt.Server) *metrics {
@@ -30,8 +34,16 @@ func newMetrics(info func() *mqtt.Server) *metrics {
 			Name: "vitalgate_cloud_acl_denied_total", Help: "Refused publishes and subscriptions by kind and action.",
 		}, []string{"kind", "action"}),
 	}
+	m.deliveriesDropped = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "vitalgate_cloud_deliveries_dropped_total", Help: "Messages dropped for a client that does not keep up (its session at max_inflight, or its write queue full for QoS 0), by kind.",
+	}, []string{"kind"})
+	m.slowConsumers = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "vitalgate_cloud_slow_consumers_total", Help: "Clients disconnected because a write to them made no progress within the write timeout, by kind.",
+	}, []string{"kind"})
 	for _, k := range []string{kindGateway, kindApp} {
 		m.connections.WithLabelValues(k)
+		m.deliveriesDropped.WithLabelValues(k)
+		m.slowConsumers.WithLabelValues(k)
 	}
 	stat := func(f func(s *mqtt.Server) int64) func() float64 {
 		return func() float64 {
@@ -42,7 +54,7 @@ func newMetrics(info func() *mqtt.Server) *metrics {
 			return float64(f(s))
 		}
 	}
-	m.reg.MustRegister(m.connections, m.authFailures, m.aclDenied,
+	m.reg.MustRegister(m.connections, m.authFailures, m.aclDenied, m.deliveriesDropped, m.slowConsumers,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "vitalgate_cloud_messages_in_total", Help: "PUBLISH packets received from clients.",

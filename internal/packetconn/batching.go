@@ -178,6 +178,14 @@ func (b *Batching) Close() error {
 	return b.Conn.Close()
 }
 
+// WriteErr is the write error that closed the connection, if one did (a
+// flush that made no progress within the timeout, for one).
+func (b *Batching) WriteErr() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.err
+}
+
 // ConnectionState is the TLS state of the wrapped connection, the zero value
 // if it is not a TLS connection.
 func (b *Batching) ConnectionState() tls.ConnectionState {
