@@ -2,11 +2,14 @@ package cloud
 
 import (
 	"crypto"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -120,7 +123,8 @@ func (h *authHook) ID() string { return "vitalgate-auth" }
 func (h *authHook) Provides(b byte) bool {
 	switch b {
 	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnSubscribe,
-		mqtt.OnSessionEstablish, mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnPublishDropped:
+		mqtt.OnSessionEstablish, mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnPublishDropped,
+		mqtt.OnUnsubscribe:
 		return true
 	}
 	return false
@@ -509,11 +513,64 @@ func (h *authHook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packe
 		return pk // OnACLCheck refuses every filter
 	}
 	now := time.Now()
+	pk.Filters = scopeShares(id, pk.Filters)
 	return subcap.Apply(cl, pk, maxSubscriptions, func(f string) bool { return mayRead(id, f, now) }, func(f string) {
 		h.b.m.aclDenied.WithLabelValues(id.kind, "subscribe").Inc()
 		h.b.log.Warn("acl denied", "kind", id.kind, "name", id.name, "action", "subscribe", "topic", clip(f),
 			"client", cl.ID, "detail", fmt.Sprintf("the session holds %d subscriptions, the most allowed", maxSubscriptions))
 	})
+}
+
+// OnUnsubscribe names an app's shared subscriptions as OnSubscribe stored
+// them, in its principal's scope.
+func (h *authHook) OnUnsubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if id := h.get(cl); id != nil {
+		pk.Filters = scopeShares(id, pk.Filters)
+	}
+	return pk
+}
+
+// badShare replaces a malformed shared subscription filter: mochi finds it
+// invalid and refuses it (0x8F, MQTT 3.1.1: 0x80).
+const badShare = "#/malformed-share"
+
+// scopeShares puts the share groups of subs in the scope of the app's
+// principal: `$share/{group}/{filter}` becomes
+// `$share/{scope}.{group}/{filter}`, where scope is derived from the token
+// subject, so apps of different principals that pick the same group name
+// each get every message (a group shares the load of one principal's
+// instances only). A share name that is empty or holds a wildcard, or one
+// without a filter after it, is malformed (MQTT 5 section 4.8.2) and is
+// refused. It returns subs itself when nothing changes.
+func scopeShares(id *identity, subs packets.Subscriptions) packets.Subscriptions {
+	var out packets.Subscriptions
+	for i, sub := range subs {
+		prefix, rest, ok := strings.Cut(sub.Filter, "/")
+		if !ok || !strings.EqualFold(prefix, "$share") {
+			continue
+		}
+		if out == nil {
+			out = slices.Clone(subs)
+		}
+		group, filter, ok := strings.Cut(rest, "/")
+		if !ok || group == "" || filter == "" || strings.ContainsAny(group, "+#") || id.kind != kindApp {
+			out[i].Filter = badShare
+			continue
+		}
+		out[i].Filter = "$share/" + id.shareScope() + "." + group + "/" + filter
+	}
+	if out == nil {
+		return subs
+	}
+	return out
+}
+
+// shareScope names the app's principal in its share groups: the first 8
+// bytes of the SHA-256 of the token subject, in hex (subjects may hold `/`
+// and wildcards, which a share name may not).
+func (id *identity) shareScope() string {
+	sum := sha256.Sum256([]byte(id.name))
+	return hex.EncodeToString(sum[:8])
 }
 
 // clip shortens a topic or filter for a log line.
