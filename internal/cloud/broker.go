@@ -298,16 +298,29 @@ func (b *Broker) HTTPAddr() string {
 // began).
 func (b *Broker) Ready() bool { return b.ready.Load() }
 
+// shutdownTimeout bounds the wait for mochi's shutdown (a variable for tests).
+var shutdownTimeout = 15 * time.Second
+
 // Close stops the broker: /readyz turns unready, listeners stop accepting,
 // clients are disconnected (gateways' wills are published), the store is
-// flushed and closed, then the HTTP server stops. It is safe to call twice.
+// flushed and closed, then the HTTP server stops. The wait for the clients'
+// goroutines is bounded by 15 seconds: a client that does not end by then
+// (one held by a hook or a dependency) is left behind with an error, so a
+// SIGTERM always ends the broker. It is safe to call twice.
 func (b *Broker) Close() error {
 	b.closeOnce.Do(func() {
 		b.ready.Store(false)
 		b.startOnce.Do(func() {}) // a later Start fails
 		close(b.done)
 		if b.started.Load() {
-			b.closeErr = b.srv.Close() // listeners, clients, then hooks (store)
+			stopped := make(chan error, 1)
+			go func() { stopped <- b.srv.Close() }() // listeners, clients, then hooks (store)
+			select {
+			case b.closeErr = <-stopped:
+			case <-time.After(shutdownTimeout):
+				b.closeErr = fmt.Errorf("cloud broker shutdown: clients still running after %s; stopping without them (the store may not be closed cleanly)", shutdownTimeout)
+				b.log.Error("shutdown timed out", "error", b.closeErr, "clients", b.srv.Clients.Len())
+			}
 		}
 		if b.httpSrv != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

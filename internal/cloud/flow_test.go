@@ -232,3 +232,53 @@ func TestInflightPendingInOrder(t *testing.T) {
 		t.Fatalf("%d in flight, want 5: a message taken awaits its PUBACK", in.Len())
 	}
 }
+
+// stuckHook holds every PUBLISH on "stuck/..." until release is closed: a
+// client goroutine that does not end, as the in-flight deadlock left them.
+type stuckHook struct {
+	mqtt.HookBase
+	held, release chan struct{}
+	once          sync.Once
+}
+
+func (h *stuckHook) ID() string           { return "stuck" }
+func (h *stuckHook) Provides(b byte) bool { return b == mqtt.OnPublish }
+func (h *stuckHook) OnPublish(_ *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if strings.HasPrefix(pk.TopicName, "telemetry/site1/stuck") {
+		h.once.Do(func() { close(h.held) })
+		<-h.release
+	}
+	return pk, nil
+}
+
+// TestCloseBounded: Close returns, with an error, when a client's goroutine
+// never ends; before, a SIGTERM left the broker waiting for ever.
+func TestCloseBounded(t *testing.T) {
+	old := shutdownTimeout
+	shutdownTimeout = 500 * time.Millisecond
+	t.Cleanup(func() { shutdownTimeout = old })
+	dir := testPKI(t)
+	b, _ := startBroker(t, testConfig(dir, ""))
+	h := &stuckHook{held: make(chan struct{}), release: make(chan struct{})}
+	if err := b.srv.AddHook(h, nil); err != nil {
+		t.Fatal(err)
+	}
+	gw := pahoClient(t, "ssl://"+b.GatewayAddr(), gatewayTLS(t, dir), "gw1", "", "", true)
+	gw.Publish("telemetry/site1/stuck/x", 1, false, "p")
+	select {
+	case <-h.held:
+	case <-time.After(waitFor):
+		t.Fatal("the publish did not reach the hook")
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- b.Close() }()
+	select {
+	case err := <-closed:
+		if err == nil || !strings.Contains(err.Error(), "clients still running") {
+			t.Fatalf("Close = %v, want the timeout error", err)
+		}
+	case <-time.After(waitFor):
+		t.Fatal("Close did not return")
+	}
+	close(h.release)
+}
