@@ -1,4 +1,4 @@
-// Command broker is the cloud MQTT broker of DESIGN.md section 6: mutual TLS
+// Command broker is the cloud MQTT broker (docs/design.md#the-shape): mutual TLS
 // for gateways, JWT for clinicians' apps, persistent sessions. It creates a
 // development PKI on first start when the --pki directory has no ca.crt.
 //

@@ -47,7 +47,7 @@ func broker(t *testing.T, args ...string) (int, string, string) {
 	return clitest.Run(t, "BROKER_TEST_MAIN", args...)
 }
 
-// DESIGN.md section 9: a bad flag is answered with one line naming it and a
+// As docs/operations.md promises, a bad flag is answered with one line naming it and a
 // non-zero exit, not with the whole usage; --help prints the usage and exits 0.
 func TestBadFlagsOneLine(t *testing.T) {
 	tests := []struct {

@@ -1,4 +1,4 @@
-// Command certs manages the deployment's PKI directory (DESIGN section 9): the CAs, the gateway and broker
+// Command certs manages the deployment's PKI directory (docs/design.md#the-pki-directory): the CAs, the gateway and broker
 // certificates, device certificates, the device revocation list and app tokens.
 //
 //	certs init    --dir DIR [--site SITE] [--gateway-id ID] [--hosts h1,h2] [--key p256|ed25519] [--force]

@@ -17,7 +17,7 @@ import (
 	"github.com/vitalgate/vitalgate/internal/cli"
 )
 
-// benchCmd is `devicesim bench`: the load harness of DESIGN.md section 8.
+// benchCmd is `devicesim bench`: the load harness of docs/design.md#figures.
 // It starts the cloud broker and the gateway as child processes (the fleet
 // and the clinician app run in this one), measures every figure in one run, shows a one-line progress on
 // stderr and prints the result as one JSON line on stdout (and to --out).
@@ -60,7 +60,7 @@ func parseBench(args []string, stderr io.Writer) (bench.Config, string, error) {
 	fs := flag.NewFlagSet("devicesim bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: devicesim bench [flags]\n\nMeasures the gateway (DESIGN.md section 8) in one run: cloud broker and gateway as\nchild processes, fleet and app in this one, temporary PKI and data. Prints one JSON line.\n\n")
+		fmt.Fprintf(stderr, "usage: devicesim bench [flags]\n\nMeasures the gateway (docs/design.md#figures) in one run: cloud broker and gateway as\nchild processes, fleet and app in this one, temporary PKI and data. Prints one JSON line.\n\n")
 		fs.PrintDefaults()
 	}
 	var (

@@ -1,5 +1,5 @@
 // Command devicesim runs a fleet of simulated home-care devices against the
-// gateway (DESIGN.md sections 8 and 9): realistic vitals, attack modes, a
+// gateway (docs/design.md#figures, docs/operations.md#devicesim): realistic vitals, attack modes, a
 // live one-line summary on stderr and a final report.
 //
 //	devicesim [--pki DIR] [--gateway ADDR] [--devices N] [--rate R] [--duration D]

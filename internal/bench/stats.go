@@ -1,5 +1,5 @@
 // Package bench is the load harness of `devicesim bench` and of the gateway's
-// BenchmarkPipeline: it measures the figures of DESIGN.md section 8 in one
+// BenchmarkPipeline: it measures the figures of docs/design.md#figures in one
 // run, on the same machine and with the same messages.
 //
 // # Pieces

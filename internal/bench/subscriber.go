@@ -25,7 +25,7 @@ type SubscriberConfig struct {
 	Password string // an app JWT at the cloud broker
 	Filter   string // topic filter, subscribed QoS 1
 	// Latency, when set, is asked the PUBLISH-to-delivery time of each
-	// delivered cloud message by its ID (DESIGN.md section 5).
+	// delivered cloud message by its ID (docs/apps.md#messages).
 	Latency func(id string, now time.Time) (time.Duration, bool)
 	// Samples bounds the latencies kept.
 	Samples int

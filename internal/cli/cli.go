@@ -9,7 +9,7 @@ import (
 )
 
 // ParseFlags parses args into fs. A bad flag is an error of one line, naming
-// the flag and pointing at --help (DESIGN.md section 9: a one-line reason),
+// the flag and pointing at --help (docs/operations.md: a one-line reason),
 // instead of the whole usage; --help prints the usage to out and returns
 // [flag.ErrHelp].
 func ParseFlags(fs *flag.FlagSet, args []string, out io.Writer) error {

@@ -33,7 +33,7 @@ const (
 const maxTokenLen = 8 << 10
 
 // Bounds of what one client may ask of the topic index. The contract's
-// topics have 3 or 4 levels (DESIGN.md section 5); mochi builds one node per
+// topics have 3 or 4 levels (docs/apps.md#messages); mochi builds one node per
 // level of a filter, with work quadratic in the depth, holding the index lock
 // that every publish takes.
 const (
@@ -76,7 +76,7 @@ func (id *identity) owner() string {
 	return "app:" + id.name
 }
 
-// AppClaims are the claims of an app token (DESIGN.md section 6): the
+// AppClaims are the claims of an app token (docs/design.md#trust): the
 // subject, the sites the app may read, and the registered claims (iss, aud,
 // exp, iat).
 type AppClaims struct {
@@ -581,7 +581,7 @@ func clip(s string) string {
 	return s
 }
 
-// Top-level topic prefixes of DESIGN.md section 5.
+// Top-level topic prefixes of docs/apps.md#messages.
 var prefixes = map[string]bool{"telemetry": true, "security": true, "gateways": true}
 
 // topicBounded: at most maxTopicLen bytes and maxTopicLevels levels.
@@ -635,7 +635,7 @@ func appMayRead(id *identity, filter string) bool {
 	return id.sites[lv[1]]
 }
 
-// validName: the character set of IDs (DESIGN.md section 2), which also
+// validName: the character set of IDs (docs/design.md#trust), which also
 // keeps MQTT wildcards and level separators out of sites and gateway IDs.
 func validName(s string) bool {
 	if len(s) == 0 || len(s) > 64 {

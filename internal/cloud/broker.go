@@ -1,4 +1,4 @@
-// Package cloud is the cloud-side MQTT broker of DESIGN.md section 6, built on
+// Package cloud is the cloud-side MQTT broker (docs/design.md#the-shape), built on
 // mochi-mqtt: gateways connect with mutual TLS and publish under their own
 // site; clinicians' apps connect over TLS or WebSocket+TLS with a JWT as the
 // MQTT password and may only subscribe to the sites of their token.

@@ -17,7 +17,7 @@ import (
 // --config`, overridden by flags. Start from [Default] and check with
 // [Config.Validate].
 type Config struct {
-	// PKI is the PKI directory of DESIGN.md section 9 (broker.crt, broker.key,
+	// PKI is the PKI directory (docs/design.md#the-pki-directory; broker.crt, broker.key,
 	// gateway-ca.crt, app-token.pub are read from it).
 	PKI string `yaml:"pki"`
 	// Listen is the gateways' listener: MQTT over mutual TLS, client
@@ -69,7 +69,7 @@ type Config struct {
 }
 
 // Default returns a configuration that runs on a laptop: loopback listeners
-// on the ports of DESIGN.md and state under ./broker-data.
+// on the documented ports (docs/operations.md#broker) and state under ./broker-data.
 func Default() Config {
 	return Config{
 		PKI:              "pki",

@@ -18,7 +18,7 @@ const MessageVersion = 1
 const MaxMessage = 2*telemetry.MaxPayload + 4096
 
 // Message is what a gateway publishes to telemetry/{site}/{dev}/{kind}
-// (DESIGN.md section 5): the record as accepted, and the device's original
+// (docs/apps.md#messages): the record as accepted, and the device's original
 // COSE_Sign1 so a consumer can check the device signature end to end. ID
 // ("{dev}:{seq}") is stable across redelivery: consumers drop duplicates by
 // it. As JSON, Sig is base64 (encoding/json's []byte).

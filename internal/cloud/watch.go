@@ -148,7 +148,7 @@ func (w *Watcher) verifier(id string) (*envelope.Verifier, error) {
 	return v, nil
 }
 
-// shortNames are the display names of the codes of DESIGN.md section 3.
+// shortNames are the display names of the codes of docs/protocol.md#the-record.
 var shortNames = map[string]string{
 	"MDC_PULS_OXIM_SAT_O2":              "SpO2",
 	"MDC_PULS_OXIM_PULS_RATE":           "pulse",

@@ -1,6 +1,9 @@
 // Package docstest checks the documentation against the code: the test
-// vectors printed in docs/protocol.md, and the commands, keys and metrics
-// named in README.md and docs/operations.md.
+// vectors printed in docs/protocol.md; the commands, keys and metrics named
+// in README.md and docs/operations.md; the links and anchors of every
+// document and of the code's citations of them; what docs/design.md and
+// docs/apps.md state that the code decides; and that nothing sends its
+// reader to a file outside the repository.
 package docstest
 
 import (

@@ -1,5 +1,5 @@
 // Package envelope signs and verifies the COSE_Sign1 envelope (RFC 9052) a
-// device wraps around its telemetry record (DESIGN.md section 3).
+// device wraps around its telemetry record (docs/protocol.md#3-the-message-cose_sign1-around-a-cbor-record).
 //
 // # Rules
 //

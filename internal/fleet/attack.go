@@ -17,7 +17,7 @@ import (
 	"github.com/vitalgate/vitalgate/internal/verdict"
 )
 
-// Attack modes of --attack (DESIGN.md section 9): the verdicts a client can
+// Attack modes of --attack (docs/operations.md#devicesim): the verdicts a client can
 // provoke, plus revoked and flood.
 const (
 	AttackBadSignature     = string(verdict.BadSignature)
@@ -234,5 +234,5 @@ func tooLarge(dev string, key crypto.Signer, rec telemetry.Record) ([]byte, erro
 	return nil, fmt.Errorf("too_large: could not size the payload")
 }
 
-// telemetryTopic is the telemetry topic of device id (DESIGN.md section 3).
+// telemetryTopic is the telemetry topic of device id (docs/protocol.md#3-the-message-cose_sign1-around-a-cbor-record).
 func telemetryTopic(id string) string { return "devices/" + id + "/telemetry" }

@@ -22,8 +22,8 @@
 //
 // # Verdicts
 //
-// With MQTT 5 the PUBACK reason code is the gateway's verdict (DESIGN.md
-// section 4). Several verdicts share a code, so counts are kept by reason
+// With MQTT 5 the PUBACK reason code is the gateway's verdict
+// (docs/protocol.md#4-verdicts-and-reason-codes). Several verdicts share a code, so counts are kept by reason
 // code, and, for attack messages, by the attack's expected verdict when the
 // code matches it. With MQTT 3.1.1 a rejected message is acknowledged like
 // an accepted one: rejections are invisible there.
@@ -79,7 +79,7 @@ const (
 // Config describes a fleet. Start from [Default]: a zero field means its
 // default, except QoS, where 0 is QoS 0.
 type Config struct {
-	PKI          string        `yaml:"pki" json:"pki"`                     // PKI directory (DESIGN.md section 9)
+	PKI          string        `yaml:"pki" json:"pki"`                     // PKI directory (docs/design.md#the-pki-directory)
 	Gateway      string        `yaml:"gateway" json:"gateway"`             // host:port of the gateway's device listener
 	Devices      int           `yaml:"devices" json:"devices"`             // 1..MaxDevices
 	Rate         float64       `yaml:"rate" json:"rate"`                   // records per second per device
@@ -107,7 +107,7 @@ type Config struct {
 	Logger *slog.Logger `yaml:"-" json:"-"`
 }
 
-// Default returns the defaults of DESIGN.md section 1: 50 devices against a
+// Default returns the defaults of docs/design.md#the-shape: 50 devices against a
 // local gateway, one record per second each, MQTT 5, QoS 1.
 func Default() Config {
 	return Config{
@@ -335,7 +335,7 @@ type Report struct {
 // codeName is the key of a reason code in the maps of [Stats].
 func codeName(c byte) string { return fmt.Sprintf("0x%02x", c) }
 
-// codeVerdicts lists the verdicts of DESIGN.md section 4 behind a code.
+// codeVerdicts lists the verdicts of docs/protocol.md#4-verdicts-and-reason-codes behind a code.
 func codeVerdicts(c byte) string {
 	var vs []string
 	for _, v := range verdict.All() {

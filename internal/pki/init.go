@@ -26,7 +26,7 @@ const (
 	DefaultGatewayID = "gw1"
 )
 
-// Init writes a complete PKI directory (DESIGN section 9): the root CA, the device and gateway CAs, an empty CRL
+// Init writes a complete PKI directory (docs/design.md#the-pki-directory): the root CA, the device and gateway CAs, an empty CRL
 // signed by the device CA, the gateway's server and client certificates, the broker's server certificate, the
 // app token key pair, and an empty devices directory.
 //
@@ -89,7 +89,7 @@ func Init(dir string, o InitOptions) error {
 		add(certName, encodeCert(der))
 		return &issuer{cert: cert, key: key}, nil
 	}
-	// The root key is not kept (DESIGN section 9 has no ca.key): nothing signs with the root after Init.
+	// The root key is not kept (docs/design.md#the-pki-directory has no ca.key): nothing signs with the root after Init.
 	root, err := pair(nil, Profiles.Root, Request{CommonName: "VitalGate Root CA"}, FileCA, "")
 	if err != nil {
 		return err

@@ -47,7 +47,7 @@ import (
 	"path/filepath"
 )
 
-// Names of the files and directories of a PKI directory (DESIGN section 9).
+// Names of the files and directories of a PKI directory (docs/design.md#the-pki-directory).
 const (
 	FileCA               = "ca.crt"
 	FileDeviceCA         = "device-ca.crt"

@@ -1,4 +1,4 @@
-// Package telemetry is the device record of DESIGN.md section 3: its Go
+// Package telemetry is the device record of docs/protocol.md#3-the-message-cose_sign1-around-a-cbor-record: its Go
 // form, its strict CBOR decoding, its deterministic encoding, and the
 // per-kind schemas that decide whether a decoded record is plausible.
 //
@@ -20,7 +20,7 @@
 // # Schemas
 //
 // Schemas are data: [DefaultSchemas] reads the embedded schemas.yaml (the
-// table of DESIGN.md section 3) and [LoadSchemas] reads a deployment's own
+// table of docs/protocol.md#the-record) and [LoadSchemas] reads a deployment's own
 // file in the same format, which may add kinds.
 package telemetry
 
@@ -48,7 +48,7 @@ const (
 	Version = 1
 )
 
-// Record is one signed measurement report of a device (DESIGN.md section 3).
+// Record is one signed measurement report of a device (docs/protocol.md#3-the-message-cose_sign1-around-a-cbor-record).
 type Record struct {
 	V    int           `cbor:"v" json:"v"`
 	Dev  string        `cbor:"dev" json:"dev"`
@@ -131,7 +131,7 @@ func init() {
 
 // Decode parses a record strictly. It returns a [*verdict.Error] with
 // verdict TooLarge when b exceeds [MaxPayload], and Malformed when b is not
-// exactly one record as DESIGN.md section 3 defines it. Decode does not
+// exactly one record as docs/protocol.md#3-the-message-cose_sign1-around-a-cbor-record defines it. Decode does not
 // judge the values: that is [Schemas.Check] and [CheckTime].
 func Decode(b []byte) (*Record, error) {
 	if len(b) > MaxPayload {

@@ -164,7 +164,7 @@ func TestDefaultSchemasTable(t *testing.T) {
 	if got := strings.Join(s.Kinds(), ","); got != "bp,ecg,glucose,spo2,temp,weight" {
 		t.Errorf("kinds %s", got)
 	}
-	// DESIGN.md section 3, row by row
+	// docs/protocol.md#the-record, row by row
 	want := map[string][]telemetry.ObsSpec{
 		"spo2": {{Code: "MDC_PULS_OXIM_SAT_O2", Unit: "%", Min: 0, Max: 100, Required: true},
 			{Code: "MDC_PULS_OXIM_PULS_RATE", Unit: "/min", Min: 20, Max: 350, Required: true}},

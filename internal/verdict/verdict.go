@@ -1,5 +1,5 @@
 // Package verdict names the outcome of every message the gateway receives
-// (DESIGN.md section 4) and maps each outcome to its MQTT 5 reason code.
+// (docs/protocol.md#4-verdicts-and-reason-codes) and maps each outcome to its MQTT 5 reason code.
 //
 // Stages report a rejection as an [*Error] carrying its [Verdict]; the
 // gateway turns that into a PUBACK reason code with [Verdict.Code], a
@@ -17,7 +17,7 @@ import (
 // wire contract: they appear in security events and in --attack names.
 type Verdict string
 
-// The verdicts of DESIGN.md section 4.
+// The verdicts of docs/protocol.md#4-verdicts-and-reason-codes.
 const (
 	Accepted         Verdict = "accepted"
 	ACLDenied        Verdict = "acl_denied"
@@ -34,7 +34,7 @@ const (
 	Overloaded       Verdict = "overloaded"
 )
 
-// All lists every verdict, accepted first, in the order of DESIGN.md.
+// All lists every verdict, accepted first, in the order of docs/protocol.md#4-verdicts-and-reason-codes.
 func All() []Verdict {
 	return []Verdict{Accepted, ACLDenied, TooLarge, Malformed, BadSignature, IdentityMismatch,
 		Replay, Stale, Future, Schema, RateLimited, Quarantined, Overloaded}

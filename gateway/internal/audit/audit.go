@@ -1,4 +1,4 @@
-// Package audit keeps the gateway's security events (DESIGN.md section 5) in
+// Package audit keeps the gateway's security events (docs/apps.md#security-events) in
 // a hash-chained, append-only log on disk, so that an edited, removed,
 // inserted or reordered entry is detected by [Verify] or by hand.
 //
@@ -70,7 +70,7 @@ import (
 	"time"
 )
 
-// Event is a security event of DESIGN.md section 5.
+// Event is a security event of docs/apps.md#security-events.
 type Event struct {
 	V       int    `json:"v" cbor:"v"`
 	TS      int64  `json:"ts" cbor:"ts"`

@@ -577,7 +577,7 @@ func (e *noStrike) Error() string { return e.err.Error() }
 func (e *noStrike) Unwrap() error { return e.err }
 
 // cloudMessage builds the queue entry: the cloud topic and the payload of
-// DESIGN.md section 5. In CBOR the record is the device's own bytes.
+// docs/apps.md#messages. In CBOR the record is the device's own bytes.
 func (h *Hook) cloudMessage(rec *telemetry.Record, raw, sig []byte, now time.Time) ([]byte, error) {
 	topic := "telemetry/" + h.o.Site + "/" + rec.Dev + "/" + rec.Kind
 	id := rec.Dev + ":" + strconv.FormatUint(rec.Seq, 10)

@@ -175,7 +175,7 @@ func New(cfg Config, q Queue) (*Relay, error) {
 func (r *Relay) Connected() bool { return r.connected.Load() }
 
 // PublishEvent queues one security event payload (the JSON or CBOR event of
-// DESIGN section 5) for security/{site}/{gw} with QoS 1. It never blocks: when
+// docs/apps.md#security-events) for security/{site}/{gw} with QoS 1. It never blocks: when
 // the buffer is full the event is dropped and vitalgate_relay_events_dropped_total
 // counts it (events are also kept in the audit log). Events wait in the buffer
 // while the relay is disconnected. The relay keeps payload; callers must not modify it.

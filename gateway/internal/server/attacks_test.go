@@ -128,7 +128,7 @@ func checkLegit(t *testing.T, a *app, prefix string, rep fleet.Report, legit []s
 	}
 }
 
-// TestAttacks runs the fleet's attack modes (DESIGN.md section 9) against
+// TestAttacks runs the fleet's attack modes (docs/operations.md#devicesim) against
 // one gateway with its embedded cloud, each with its own devices: every
 // attack message gets exactly the verdict the mode names (MQTT 5 reason
 // code), the gateway counts it in vitalgate_gateway_rejected_total, a
@@ -334,7 +334,7 @@ func (e *env) counter(name string) float64 {
 }
 
 // TestQuarantineTripAnswered: the message that trips the quarantine still
-// gets its verdict in the PUBACK (DESIGN.md section 4: with MQTT 5 the device
+// gets its verdict in the PUBACK (docs/protocol.md#4-verdicts-and-reason-codes: with MQTT 5 the device
 // gets the reason code in its PUBACK) before the gateway disconnects the
 // device. The hook disconnects from a goroutine (`go DisconnectClient`) that
 // races mochi's PUBACK write; a few trips in 100 lose the PUBACK, so the

@@ -26,7 +26,7 @@ const benchDevices = 500
 // (see startBenchGateway).
 const benchCloudInflight = 16384
 
-// BenchmarkPipeline is the whole path of DESIGN.md section 1: benchDevices
+// BenchmarkPipeline is the whole path of docs/design.md#the-stages: benchDevices
 // MQTT 5 devices over mutual TLS publish b.N pre-signed ES256 records QoS 1
 // (the six kinds round-robin) into a gateway with its embedded cloud broker
 // on loopback, and a clinician app at the cloud counts the deliveries. It
@@ -35,7 +35,7 @@ const benchCloudInflight = 16384
 //	msgs/s         validated messages delivered at the cloud per second, end to end
 //	p50-ms p99-ms  device PUBLISH to cloud delivery, at that (peak) load
 //	verify-msgs/s  envelope verification alone on GOMAXPROCS goroutines, each of the b.N messages once
-//	ratio          msgs/s / verify-msgs/s (DESIGN.md section 8: >= 0.6)
+//	ratio          msgs/s / verify-msgs/s (the harness's target >= 0.6, docs/design.md#figures)
 //	cloud-dropped  acknowledged by the cloud to the gateway, never delivered to the app
 //
 // Devices, cloud and app share the process and the cores with the gateway,

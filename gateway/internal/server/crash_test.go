@@ -224,7 +224,7 @@ func (e *env) collect(seen map[string]int, appsAddr string, want int) map[string
 	return seen
 }
 
-// TestCloudOutageOfAMinute is the outage of DESIGN.md section 8: two
+// TestCloudOutageOfAMinute is the outage of docs/design.md#figures: two
 // devices keep sending through 60 s without the cloud; the queue holds what
 // the gateway acknowledged, and all of it reaches the app once the cloud is
 // back, although the relay's reconnect backoff has grown to its ceiling.

@@ -19,7 +19,7 @@ import (
 	"github.com/vitalgate/vitalgate/internal/verdict"
 )
 
-// Outside brokers as the cloud (DESIGN.md section 6): the gateway relays
+// Outside brokers as the cloud (docs/design.md#trust): the gateway relays
 // into Mosquitto, into NATS server with MQTT, and into a 3-node NATS
 // cluster whose node it uses is lost mid-stream. The cloudtest helpers skip
 // a test when the broker is not installed.

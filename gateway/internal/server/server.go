@@ -3,7 +3,7 @@
 // queue, the audit log, the relay to the cloud (or an embedded cloud broker
 // when none is configured), and the HTTP endpoints for operations.
 //
-// [New] reads like the pipeline of DESIGN.md section 1, top to bottom.
+// [New] reads like the pipeline of docs/design.md#the-stages, top to bottom.
 package server
 
 import (

@@ -1,5 +1,5 @@
 // Package spool is the gateway's durable store-and-forward queue
-// (DESIGN.md sections 3 and 5): a message the gateway has acknowledged to a
+// (docs/protocol.md, docs/apps.md#messages): a message the gateway has acknowledged to a
 // device is on disk, and stays there until the cloud has acknowledged it.
 //
 // # Storage
@@ -10,7 +10,7 @@
 //     version byte 1, uvarint len(dev), dev, uvarint seq, varint enqueue
 //     time (Unix milliseconds), data.
 //   - last: device ID -> big-endian uint64 last accepted seq, the replay
-//     window of DESIGN.md section 3, kept across restarts, followed by the
+//     window of docs/protocol.md#time-sequence-numbers-and-replay, kept across restarts, followed by the
 //     caller's mark of that record (see [Queue.AppendMarked]), if any.
 //   - lastlog: the last seqs written since "last" was last brought up to
 //     date. key = big-endian uint64 commit number, value = version byte 1,

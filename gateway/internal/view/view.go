@@ -43,7 +43,7 @@ type Row struct {
 }
 
 // Event is a security event as the gateway publishes it at
-// security/{site}/{gateway} (DESIGN.md section 5).
+// security/{site}/{gateway} (docs/apps.md#security-events).
 type Event struct {
 	V       int    `json:"v"`
 	TS      int64  `json:"ts"`

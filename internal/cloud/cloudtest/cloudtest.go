@@ -1,8 +1,8 @@
 // Package cloudtest starts outside MQTT brokers for tests: Mosquitto and NATS
 // server with MQTT (single node or a cluster), configured with the broker
-// identity of a PKI directory (DESIGN.md section 9) and requiring client
+// identity of a PKI directory (docs/design.md#the-pki-directory) and requiring client
 // certificates from the gateway CA. Any 3.1.1 broker must serve as the cloud
-// (DESIGN.md section 6); these are the two the gateway is tested against.
+// (docs/design.md#trust); these are the two the gateway is tested against.
 //
 // Each Start function skips the test when the program is not installed.
 package cloudtest
@@ -119,7 +119,7 @@ func GatewayTLS(t testing.TB, dir string) *tls.Config {
 
 // StartMosquitto runs Mosquitto on a loopback port with TLS (broker.crt),
 // client certificates from the gateway CA required (the certificate's CN is
-// the username), TCP_NODELAY on (DESIGN.md section 10). It skips the test
+// the username), TCP_NODELAY on (docs/design.md#pitfalls). It skips the test
 // when mosquitto is not installed.
 func StartMosquitto(t testing.TB, dir string) *Proc {
 	t.Helper()

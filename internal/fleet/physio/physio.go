@@ -3,7 +3,7 @@
 //
 // # Models
 //
-// [New] returns a [Model] for one of the six kinds of DESIGN.md section 3.
+// [New] returns a [Model] for one of the six kinds of docs/protocol.md#3-the-message-cose_sign1-around-a-cbor-record.
 // Each model is a small stateful process driven by the time it is sampled at:
 //
 //   - heart rate: a daily rhythm (lowest around 03:00), an Ornstein-Uhlenbeck
@@ -20,7 +20,7 @@
 //     at 250 Hz in one-second chunks of 250 samples, in mV, with the beat
 //     rate following the heart rate.
 //
-// Every value stays inside the possible ranges of DESIGN.md section 3, and
+// Every value stays inside the possible ranges of docs/protocol.md#the-record, and
 // in fact inside narrower physiological bounds (see the clamps in each
 // model). A model is deterministic: the same seed and the same sampling
 // times give the same values. Models are not safe for concurrent use.
@@ -33,7 +33,7 @@ import (
 	"time"
 )
 
-// The kinds of DESIGN.md section 3.
+// The kinds of docs/protocol.md#the-record.
 const (
 	SpO2    = "spo2"
 	BP      = "bp"

@@ -10,7 +10,7 @@ import (
 
 var t0 = time.Date(2025, 3, 10, 0, 0, 0, 0, time.UTC)
 
-// rng is a DESIGN.md section 3 possible range.
+// rng is a possible range of docs/protocol.md#the-record.
 type rng struct{ lo, hi float64 }
 
 var designRanges = map[string]rng{
@@ -31,7 +31,7 @@ type series struct {
 }
 
 // simulate samples m every step over span and checks every observation
-// against the DESIGN ranges and units.
+// against the ranges and units of docs/protocol.md#the-record.
 func simulate(t *testing.T, m Model, span, step time.Duration) series {
 	t.Helper()
 	s := series{vals: map[string][]float64{}, hours: map[string][]float64{}}
