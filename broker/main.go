@@ -1,6 +1,7 @@
 // Command broker is the cloud MQTT broker (docs/design.md#the-shape): mutual TLS
 // for gateways, JWT for clinicians' apps, persistent sessions. It creates a
-// development PKI on first start when the --pki directory has no ca.crt.
+// development PKI on first start when the default ./pki has no ca.crt (any
+// other --pki directory only with --dev-pki).
 //
 //	broker [--pki DIR] [--listen ADDR] [--apps ADDR] [--ws ADDR] [--data DIR] [--http ADDR] [--config FILE] [--check-config]
 //	broker watch --pki DIR --token JWT --site S [--url ssl://127.0.0.1:8884]
@@ -61,7 +62,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fs.PrintDefaults()
 	}
 	d := cloud.Default()
-	pkiDir := fs.String("pki", d.PKI, "PKI directory (a development PKI is created there if it has no ca.crt)")
+	pkiDir := fs.String("pki", d.PKI, "PKI `directory` as certs init writes it")
+	devPKI := fs.Bool("dev-pki", false, "create a throwaway development PKI in the PKI directory if it has no ca.crt (done without asking only for the default ./pki)")
 	listen := fs.String("listen", d.Listen, "gateways' mTLS listener")
 	apps := fs.String("apps", d.Apps, "apps' TLS listener (empty: off)")
 	ws := fs.String("ws", d.WS, "apps' WebSocket+TLS listener (empty: off)")
@@ -117,6 +119,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return nil
 	}
 	if _, err := os.Stat(filepath.Join(cfg.PKI, pki.FileCA)); errors.Is(err, os.ErrNotExist) {
+		// A development PKI only where one is expected: the default
+		// directory, or when asked. A mistyped --pki must not start a
+		// broker that no gateway trusts.
+		if !*devPKI && filepath.Clean(cfg.PKI) != filepath.Clean(d.PKI) {
+			return fmt.Errorf("no %s in %s: create the deployment's PKI with `certs init --dir %s`, point --pki at it, or pass --dev-pki for a throwaway development PKI",
+				pki.FileCA, cfg.PKI, cfg.PKI)
+		}
 		if err := pki.Init(cfg.PKI, pki.InitOptions{}); err != nil {
 			return fmt.Errorf("create development PKI: %w", err)
 		}
@@ -140,7 +149,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 func watch(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("broker watch", flag.ContinueOnError)
 	pkiDir := fs.String("pki", "pki", "PKI directory (ca.crt, device-ca.crt, devices/)")
-	token := fs.String("token", "", "app JWT (see `certs token`); or $VITALGATE_TOKEN")
+	token := fs.String("token", "", "app `JWT` (from certs token); default $VITALGATE_TOKEN")
 	site := fs.String("site", "", "site to watch")
 	url := fs.String("url", "ssl://127.0.0.1:8884", "broker URL: ssl://, mqtts:// or wss://")
 	id := fs.String("client-id", "", "MQTT client ID (default: random; set it with --persistent)")

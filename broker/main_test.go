@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -85,13 +86,28 @@ func eventually(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// TestMistypedPKIRefused: a --pki without ca.crt is an error that says what
+// to do, and nothing is created there (it used to become a development PKI
+// that no gateway trusts).
+func TestMistypedPKIRefused(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "pki-typo")
+	err := run(context.Background(), []string{"--pki", dir, "--listen", "127.0.0.1:0", "--apps", "", "--ws", "", "--http", "",
+		"--data", ""}, &syncBuf{}, &syncBuf{})
+	if err == nil || !strings.Contains(err.Error(), "certs init --dir "+dir) || !strings.Contains(err.Error(), "--dev-pki") {
+		t.Fatalf("run = %v, want an error naming certs init and --dev-pki", err)
+	}
+	if _, serr := os.Stat(dir); !errors.Is(serr, os.ErrNotExist) {
+		t.Fatalf("%s was created: %v", dir, serr)
+	}
+}
+
 func TestRunCreatesDevPKIAndStops(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "pki")
 	ctx, cancel := context.WithCancel(context.Background())
 	var stderr syncBuf
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"--pki", dir, "--listen", "127.0.0.1:0", "--apps", "127.0.0.1:0", "--ws", "",
+		done <- run(ctx, []string{"--pki", dir, "--dev-pki", "--listen", "127.0.0.1:0", "--apps", "127.0.0.1:0", "--ws", "",
 			"--http", "127.0.0.1:0", "--data", t.TempDir()}, &syncBuf{}, &stderr)
 	}()
 	eventually(t, "broker started", func() bool { return strings.Contains(stderr.String(), "cloud broker started") })

@@ -22,7 +22,7 @@ import (
 // and the clinician app run in this one), measures every figure in one run, shows a one-line progress on
 // stderr and prints the result as one JSON line on stdout (and to --out).
 func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	cfg, out, err := parseBench(args, stderr)
+	cfg, out, err := parseBench(args, stdout)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
@@ -56,11 +56,11 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	return 0
 }
 
-func parseBench(args []string, stderr io.Writer) (bench.Config, string, error) {
+func parseBench(args []string, helpOut io.Writer) (bench.Config, string, error) {
 	fs := flag.NewFlagSet("devicesim bench", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(helpOut)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: devicesim bench [flags]\n\nMeasures the gateway (docs/design.md#figures) in one run: cloud broker and gateway as\nchild processes, fleet and app in this one, temporary PKI and data. Prints one JSON line.\n\n")
+		fmt.Fprintf(fs.Output(), "usage: devicesim bench [flags]\n\nMeasures the gateway (docs/design.md#figures) in one run: cloud broker and gateway as\nchild processes, fleet and app in this one, temporary PKI and data. Prints one JSON line.\n\n")
 		fs.PrintDefaults()
 	}
 	var (
@@ -79,7 +79,7 @@ func parseBench(args []string, stderr io.Writer) (bench.Config, string, error) {
 		seed     = fs.Int64("seed", 1, "physiology seed")
 		out      = fs.String("out", "", "also write the JSON line to `file`")
 	)
-	if err := cli.ParseFlags(fs, args, stderr); err != nil {
+	if err := cli.ParseFlags(fs, args, helpOut); err != nil {
 		return bench.Config{}, "", err
 	}
 	if fs.NArg() > 0 {

@@ -36,19 +36,11 @@ func main() {
 	os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
 }
 
-// exitError carries an exit status.
-type exitError struct {
-	code int
-	err  error
-}
-
-func (e *exitError) Error() string { return e.err.Error() }
-
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 && args[0] == "bench" {
 		return benchCmd(ctx, args[1:], stdout, stderr)
 	}
-	cfg, report, err := parse(args, stderr)
+	cfg, report, err := parse(args, stdout, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
@@ -81,14 +73,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 // parse reads --config (YAML with the fields of fleet.Config) and then the
 // flags, which override it.
-func parse(args []string, stderr io.Writer) (fleet.Config, string, error) {
+func parse(args []string, stdout, stderr io.Writer) (fleet.Config, string, error) {
 	d := fleet.Default()
 	fs := flag.NewFlagSet("devicesim", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: devicesim [flags]\n\nA fleet of simulated devices against the gateway. Flags override --config.\n\n")
+		fmt.Fprintf(fs.Output(), "usage: devicesim [flags]\n       devicesim bench [flags]\n\nA fleet of simulated devices against the gateway. Flags override --config.\n\n")
 		fs.PrintDefaults()
-		fmt.Fprintf(stderr, "\nattack modes: %s\n", strings.Join(fleet.Attacks(), ", "))
+		fmt.Fprintf(fs.Output(), "\nattack modes: %s\n", strings.Join(fleet.Attacks(), ", "))
 	}
 	var (
 		config    = fs.String("config", "", "YAML `file` with the fields of the simulator's configuration")
@@ -115,7 +107,7 @@ func parse(args []string, stderr io.Writer) (fleet.Config, string, error) {
 		check     = fs.Bool("check-config", false, "validate the configuration and exit")
 		verbose   = fs.Bool("v", false, "log connection problems (debug) on stderr")
 	)
-	if err := cli.ParseFlags(fs, args, stderr); err != nil {
+	if err := cli.ParseFlags(fs, args, stdout); err != nil {
 		return fleet.Config{}, "", err
 	}
 	if fs.NArg() > 0 {

@@ -31,8 +31,13 @@ func freeAddr(t *testing.T) string {
 }
 
 func TestHelpAndBadFlags(t *testing.T) {
-	if code, _, e := runCLI("--help"); code != 0 || !strings.Contains(e, "-gateway host:port") || !strings.Contains(e, "bad_signature") {
-		t.Errorf("--help: %d %q", code, e)
+	// The usage goes to stdout, once (it was printed twice, on stderr).
+	if code, o, e := runCLI("--help"); code != 0 || !strings.Contains(o, "-gateway host:port") || !strings.Contains(o, "bad_signature") ||
+		strings.Count(o, "usage: devicesim [flags]") != 1 || e != "" {
+		t.Errorf("--help: %d stdout %q stderr %q", code, o, e)
+	}
+	if code, o, e := runCLI("bench", "--help"); code != 0 || strings.Count(o, "usage: devicesim bench") != 1 || e != "" {
+		t.Errorf("bench --help: %d stdout %q stderr %q", code, o, e)
 	}
 	for _, args := range [][]string{
 		{"--mqtt", "4"}, {"--qos", "2"}, {"--attack", "nope"}, {"--devices", "10001"}, {"--bogus"}, {"extra"},
@@ -70,14 +75,14 @@ func TestConfigFile(t *testing.T) {
 	if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cfg, report, err := parse([]string{"--config", path, "--devices", "9"}, &bytes.Buffer{})
+	cfg, report, err := parse([]string{"--config", path, "--devices", "9"}, &bytes.Buffer{}, &bytes.Buffer{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if report != "r.json" || cfg.Logger == nil {
 		t.Errorf("report %q, logger %v: the file's report and verbose keys were not applied", report, cfg.Logger)
 	}
-	if _, report, _ := parse([]string{"--config", path, "--report", "-"}, &bytes.Buffer{}); report != "-" {
+	if _, report, _ := parse([]string{"--config", path, "--report", "-"}, &bytes.Buffer{}, &bytes.Buffer{}); report != "-" {
 		t.Errorf("--report over the file: %q", report)
 	}
 	if cfg.Devices != 9 || cfg.Rate != 2.5 || cfg.MQTT != fleet.MQTTMix || cfg.QoS != 0 || cfg.Attack != "replay" ||
