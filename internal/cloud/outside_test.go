@@ -114,6 +114,10 @@ func TestGatewayPublishesThroughNATS(t *testing.T) {
 // the cluster half of the failover goal, with paho's own failover in place
 // of the gateway relay (gateway/internal/relay cannot be imported from here;
 // see cloudtest for the helpers a relay test can use).
+// clusterDeliveryWait bounds the wait for the acknowledged messages in
+// TestNATSClusterFailover.
+const clusterDeliveryWait = 90 * time.Second
+
 func TestNATSClusterFailover(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a 3-node cluster")
@@ -166,9 +170,18 @@ func TestNATSClusterFailover(t *testing.T) {
 	for i := n / 2; i < n; i++ {
 		publish(i)
 	}
+	// Wait on the condition, not on a per-message deadline: after the node
+	// is lost, the cluster may take a while (a JetStream leader election on
+	// a loaded machine) before it delivers again.
 	got := map[string]bool{}
+	deadline := time.After(clusterDeliveryWait)
 	for len(got) < len(acked) {
-		got[string(in.next(t).Payload())] = true
+		select {
+		case m := <-in.ch:
+			got[string(m.Payload())] = true
+		case <-deadline:
+			t.Fatalf("%d of %d acknowledged messages delivered within %s", len(got), len(acked), clusterDeliveryWait)
+		}
 	}
 	for k := range acked {
 		if !got[k] {

@@ -271,17 +271,25 @@ type Stats struct {
 }
 
 // String is the one-line progress display:
-// "connected 50/50 sent 1200 acked 1190 rejected{bad_signature:10} 398 msg/s p50 2.1ms p99 8.0ms".
+// "connected 50/50 sent 1200 acked 1190 rejected 10 (bad_signature:10) | 398 msg/s p50 2.1ms p99 8.0ms".
 func (s Stats) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "connected %d/%d sent %d acked %d rejected{", s.Connected, s.Devices, s.Sent, s.Acked)
-	for i, k := range sortedKeys(s.Rejected) {
-		if i > 0 {
-			b.WriteByte(' ')
-		}
-		fmt.Fprintf(&b, "%s:%d", k, s.Rejected[k])
+	var rejected uint64
+	for _, n := range s.Rejected {
+		rejected += n
 	}
-	fmt.Fprintf(&b, "} %.0f msg/s p50 %s p99 %s", s.MsgRate, ms(s.P50), ms(s.P99))
+	fmt.Fprintf(&b, "connected %d/%d sent %d acked %d rejected %d", s.Connected, s.Devices, s.Sent, s.Acked, rejected)
+	for i, k := range sortedKeys(s.Rejected) {
+		sep := " "
+		if i == 0 {
+			sep = " ("
+		}
+		fmt.Fprintf(&b, "%s%s:%d", sep, k, s.Rejected[k])
+	}
+	if rejected > 0 {
+		b.WriteByte(')')
+	}
+	fmt.Fprintf(&b, " | %.0f msg/s p50 %s p99 %s", s.MsgRate, ms(s.P50), ms(s.P99))
 	if s.Buffered > 0 {
 		fmt.Fprintf(&b, " buffered %d", s.Buffered)
 	}

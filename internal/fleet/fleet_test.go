@@ -250,7 +250,7 @@ func TestDurationAndDrain(t *testing.T) {
 		t.Errorf("codes %v p50 %v p99 %v", st.Codes, st.P50, st.P99)
 	}
 	line := st.String()
-	if !strings.HasPrefix(line, "connected 0/2 sent ") || !strings.Contains(line, "msg/s p50 ") {
+	if !strings.HasPrefix(line, "connected 0/2 sent ") || !strings.Contains(line, " rejected 0 | ") || !strings.Contains(line, " msg/s p50 ") {
 		t.Errorf("progress line %q", line)
 	}
 }
