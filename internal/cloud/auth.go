@@ -64,6 +64,8 @@ type identity struct {
 	counted bool
 	// dropping: a delivery to this connection was dropped (logged once).
 	dropping atomic.Bool
+	// expiring: the token expired and the disconnect is under way.
+	expiring atomic.Bool
 }
 
 // owner is stored in the session's username (which mochi persists), so that a
@@ -260,6 +262,13 @@ func (h *authHook) authApp(cl *mqtt.Client, pk packets.Packet) *identity {
 	}
 	var c AppClaims
 	_, err := h.parser.ParseWithClaims(string(tok), &c, func(*jwt.Token) (any, error) { return h.key, nil })
+	if err == nil && !time.Now().Before(c.ExpiresAt.Time) {
+		// The parser's leeway is for clocks that disagree on iat and nbf;
+		// exp is one rule for CONNECT and deliveries alike: valid before
+		// exp, not after (a CONNECT accepted in the leeway then had every
+		// subscription and delivery refused).
+		err = jwt.ErrTokenExpired
+	}
 	if err != nil {
 		reason := tokenReason(err)
 		h.refuse(cl, kindApp, reason, flatTokenError(reason))
@@ -354,6 +363,7 @@ func (h *authHook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
 	for _, m := range prev.State.Inflight.GetAll(false) {
 		if m.FixedHeader.Type == packets.Publish && !appMayRead(id, m.TopicName) {
 			if prev.State.Inflight.Delete(m.PacketID) {
+				atomic.AddInt64(&h.b.srv.Info.Inflight, -1)
 				if h.b.store != nil {
 					h.b.store.OnQosDropped(prev, m)
 				}
@@ -487,6 +497,15 @@ func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 		ok, action = false, "publish"
 	default:
 		ok = mayRead(id, topic, time.Now())
+		if !ok && id.kind == kindApp && appMayRead(id, topic) {
+			// Only the token's time is up. Disconnect now rather than at
+			// the next sweep, and let this delivery through (at most the
+			// moment it takes to disconnect): refused, it was lost to a
+			// persistent session; from the disconnect on, the session
+			// queues what arrives for the next CONNECT.
+			h.expire(cl, id)
+			return true
+		}
 	}
 	if !ok {
 		h.b.m.aclDenied.WithLabelValues(id.kind, action).Inc()
@@ -664,6 +683,16 @@ func validSubject(s string) bool {
 }
 
 // expireTokens disconnects apps whose token has expired.
+// expire disconnects an app whose token expired, once, without holding up
+// the caller (a publisher delivering to it).
+func (h *authHook) expire(cl *mqtt.Client, id *identity) {
+	if id.expiring.Swap(true) {
+		return
+	}
+	h.b.log.Info("token expired: disconnecting", "client", cl.ID, "name", id.name)
+	h.b.goroutine(func() { _ = h.b.srv.DisconnectClient(cl, packets.ErrNotAuthorized) })
+}
+
 func (h *authHook) expireTokens(now time.Time) {
 	var late []*mqtt.Client
 	h.mu.RLock()
@@ -674,16 +703,10 @@ func (h *authHook) expireTokens(now time.Time) {
 	}
 	h.mu.RUnlock()
 	for _, cl := range late {
-		h.b.log.Info("token expired: disconnecting", "client", cl.ID, "name", h.nameOf(cl))
-		_ = h.b.srv.DisconnectClient(cl, packets.ErrNotAuthorized)
+		if id := h.get(cl); id != nil {
+			h.expire(cl, id)
+		}
 	}
-}
-
-func (h *authHook) nameOf(cl *mqtt.Client) string {
-	if id := h.get(cl); id != nil {
-		return id.name
-	}
-	return ""
 }
 
 // verifyGatewayCert is the gateway listener's VerifyConnection: the chain

@@ -232,6 +232,12 @@ func TestBadTokensRefusedAtConnect(t *testing.T) {
 		{"expired", sign(jwt.SigningMethodES256, key, claims(func(c *AppClaims) {
 			c.ExpiresAt = jwt.NewNumericDate(now.Add(-time.Hour))
 		})), "expired"},
+		// Within the parser's clock leeway: refused all the same (one rule
+		// for CONNECT and deliveries; it was accepted, then every
+		// subscription refused).
+		{"expired_10s_ago", sign(jwt.SigningMethodES256, key, claims(func(c *AppClaims) {
+			c.ExpiresAt = jwt.NewNumericDate(now.Add(-10 * time.Second))
+		})), "expired"},
 		{"forged", sign(jwt.SigningMethodES256, other, claims(nil)), "bad_signature"},
 		{"wrong_audience", sign(jwt.SigningMethodES256, key, claims(func(c *AppClaims) {
 			c.Audience = jwt.ClaimStrings{"someone-else"}
@@ -268,7 +274,7 @@ func TestBadTokensRefusedAtConnect(t *testing.T) {
 			}
 		})
 	}
-	if !strings.Contains(scrape(t, b), `vitalgate_cloud_auth_failures_total{kind="app",reason="expired"} 2`) {
+	if !strings.Contains(scrape(t, b), `vitalgate_cloud_auth_failures_total{kind="app",reason="expired"} 4`) {
 		t.Errorf("expired tokens not counted:\n%s", grepLines(scrape(t, b), "auth_failures"))
 	}
 }

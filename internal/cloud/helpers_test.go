@@ -356,13 +356,19 @@ func scrape(t *testing.T, b *Broker) string {
 	return string(body)
 }
 
-// eventually polls cond until it holds or the deadline passes.
+// eventually polls cond until it holds or waitFor passes.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(waitFor)
+	eventuallyWithin(t, waitFor, what, cond)
+}
+
+// eventuallyWithin polls cond until it holds or d passes.
+func eventuallyWithin(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s", what, waitFor)
+			t.Fatalf("%s: not within %s", what, d)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vitalgate/vitalgate/internal/pki"
 )
 
 // TestSlowAppDoesNotStallTheSite: an app subscribes to its site at QoS 1,
@@ -59,11 +61,58 @@ func TestSlowAppDoesNotStallTheSite(t *testing.T) {
 			t.Fatalf("publish %d not acknowledged within %s: a slow app stalled the gateway", i+batch, waitFor)
 		}
 	}
-	eventually(t, fmt.Sprintf("the other app gets all %d", total), func() bool { return good.distinct() == total })
+	// 16 MB through a Receive Maximum of 20 on a busy machine: a generous
+	// bound, the wait ends as soon as the count is reached.
+	eventuallyWithin(t, time.Minute, fmt.Sprintf("the other app gets all %d", total), func() bool { return good.distinct() == total })
 	eventually(t, "the slow app disconnected and counted", func() bool {
 		return gauge(t, b, `vitalgate_cloud_slow_consumers_total{kind="app"}`) == 1
 	})
 	if !strings.Contains(logs.String(), "slow consumer disconnected") {
 		t.Fatal("no log line for the slow consumer")
+	}
+}
+
+// TestTokenExpiryLosesNothing: an app with a persistent session whose token
+// expires while a gateway publishes is disconnected at expiry and, back with
+// a fresh token, has every message: none refused in between (deliveries to
+// an expired token were refused until the sweep disconnected it, and lost to
+// its session).
+func TestTokenExpiryLosesNothing(t *testing.T) {
+	dir := testPKI(t)
+	b, _ := startBroker(t, testConfig(dir, ""))
+	short, err := pki.MintToken(dir, "nurse", []string{"site1"}, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := dialApp5(t, b, dir, "nurse-1", short, 20, true, 3600)
+	a.subscribe(t, "telemetry/site1/#")
+	gw := pahoClient(t, "ssl://"+b.GatewayAddr(), gatewayTLS(t, dir), "gw1", "", "", true)
+	sent := 0
+	for end := time.Now().Add(4 * time.Second); time.Now().Before(end); sent++ {
+		wait(t, gw.Publish("telemetry/site1/dev-00001/spo2", 1, false, fmt.Sprintf("m%04d", sent)), "publish")
+		time.Sleep(20 * time.Millisecond)
+	}
+	eventually(t, "the expired app disconnected", func() bool { return gauge(t, b, `vitalgate_cloud_connections{kind="app"}`) == 0 })
+	before := a.distinct()
+	fresh, err := pki.MintToken(dir, "nurse", []string{"site1"}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back := dialApp5(t, b, dir, "nurse-1", fresh, 20, false, 3600)
+	eventually(t, fmt.Sprintf("all %d messages received across the expiry", sent), func() bool {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		back.mu.Lock()
+		defer back.mu.Unlock()
+		for i := 0; i < sent; i++ {
+			k := fmt.Sprintf("m%04d", i)
+			if a.seen[k] == 0 && back.seen[k] == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	if before == 0 || before == sent {
+		t.Fatalf("the first connection got %d of %d: the token did not expire mid-stream", before, sent)
 	}
 }
