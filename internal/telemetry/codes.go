@@ -1,7 +1,7 @@
 package telemetry
 
 // IEEE 11073-10101 reference IDs of the observations in the default schemas
-// (DESIGN.md section 3). Deployments may add others in their schema file.
+// of the device protocol. Deployments may add others in their schema file.
 const (
 	CodeSpO2      = "MDC_PULS_OXIM_SAT_O2"
 	CodeSpO2Pulse = "MDC_PULS_OXIM_PULS_RATE"

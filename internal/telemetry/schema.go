@@ -73,7 +73,7 @@ var defaultSchemas = sync.OnceValue(func() *Schemas {
 	return s
 })
 
-// DefaultSchemas returns the schemas of DESIGN.md section 3, read once from
+// DefaultSchemas returns the schemas of the device protocol, read once from
 // the embedded schemas.yaml. The result is shared and must not be modified.
 func DefaultSchemas() *Schemas { return defaultSchemas() }
 

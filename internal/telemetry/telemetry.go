@@ -1,6 +1,6 @@
-// Package telemetry is the device record of DESIGN.md section 3: its Go
-// form, its strict CBOR decoding, its deterministic encoding, and the
-// per-kind schemas that decide whether a decoded record is plausible.
+// Package telemetry is the device record: its Go form, its strict CBOR
+// decoding, its deterministic encoding, and the per-kind schemas that decide
+// whether a decoded record is plausible.
 //
 // # Pipeline
 //
@@ -15,12 +15,15 @@
 //
 // [Decode] refuses duplicate map keys, indefinite lengths, unknown keys,
 // non-text keys, tags, nesting deeper than [MaxDepth], missing keys, wrong
-// types, NaN and infinities, and trailing bytes. It never clamps or repairs.
+// types, null and undefined (also for the optional keys), NaN, infinities and
+// negative zero, heads (integers, lengths) not in their shortest form (RFC
+// 8949 section 4.2.1; floats may have any width), and trailing bytes. It
+// never clamps or repairs.
 //
 // # Schemas
 //
 // Schemas are data: [DefaultSchemas] reads the embedded schemas.yaml (the
-// table of DESIGN.md section 3) and [LoadSchemas] reads a deployment's own
+// table of the device protocol) and [LoadSchemas] reads a deployment's own
 // file in the same format, which may add kinds.
 package telemetry
 
@@ -48,7 +51,7 @@ const (
 	Version = 1
 )
 
-// Record is one signed measurement report of a device (DESIGN.md section 3).
+// Record is one signed measurement report of a device.
 type Record struct {
 	V    int           `cbor:"v" json:"v"`
 	Dev  string        `cbor:"dev" json:"dev"`
@@ -131,7 +134,8 @@ func init() {
 
 // Decode parses a record strictly. It returns a [*verdict.Error] with
 // verdict TooLarge when b exceeds [MaxPayload], and Malformed when b is not
-// exactly one record as DESIGN.md section 3 defines it. Decode does not
+// exactly one record as the device protocol defines it (see the package
+// documentation for the rules). Decode does not
 // judge the values: that is [Schemas.Check] and [CheckTime].
 func Decode(b []byte) (*Record, error) {
 	if len(b) > MaxPayload {
@@ -146,6 +150,9 @@ func Decode(b []byte) (*Record, error) {
 	var w wireRecord
 	if err := decMode.Unmarshal(b, &w); err != nil {
 		return nil, verdict.New(verdict.Malformed, "record: %s", clip(err.Error(), 160))
+	}
+	if err := scan(b); err != nil {
+		return nil, err
 	}
 	switch {
 	case w.V == nil:

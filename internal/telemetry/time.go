@@ -6,7 +6,7 @@ import (
 	"github.com/vitalgate/vitalgate/internal/verdict"
 )
 
-// Time window of DESIGN.md section 3.
+// Time window of a record's ts.
 const (
 	// MaxSkew is how far in the future (gateway clock) a record's ts may be.
 	MaxSkew = 5 * time.Minute
