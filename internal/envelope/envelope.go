@@ -7,12 +7,14 @@
 // attached payload and empty external AAD. Its protected header carries alg
 // ES256 for a P-256 key or EdDSA for an Ed25519 key; any other alg, or none,
 // fails as bad_signature. A kid, protected or unprotected, must equal the
-// device ID. Messages over [MaxMessage] bytes are refused before parsing.
+// device ID. Every head (integer, length, tag) must have its shortest form
+// (RFC 8949 section 4.2.1), or the message is malformed. Messages over
+// [MaxMessage] bytes are refused before parsing.
 //
 // # Errors
 //
 // [Verifier.Verify] returns a [*verdict.Error]: TooLarge, Malformed (not a
-// COSE_Sign1, detached payload, bad headers) or BadSignature (alg, kid or
+// COSE_Sign1, detached payload, bad headers, a non-minimal head) or BadSignature (alg, kid or
 // signature). Details are fixed phrases: no crypto internals.
 package envelope
 

@@ -102,6 +102,33 @@ func TestAgreesWithGoCOSE(t *testing.T) {
 	}
 }
 
+// TestVerifyRefusesNonMinimalHeads widens each head of valid messages in
+// turn (tag, array, header maps and their labels and values, byte-string
+// lengths), keeping its value: Verify refuses every one as malformed (go-cose
+// accepts those inside the array).
+func TestVerifyRefusesNonMinimalHeads(t *testing.T) {
+	for _, c := range testvectors.Cases() {
+		if c.Verdict != verdict.Accepted || len(c.Msg) > 1024 {
+			continue
+		}
+		hs, err := testvectors.Heads(c.Msg)
+		if err != nil {
+			t.Fatalf("%s: %v", c.Name, err)
+		}
+		v := verifier(t, c.Key)
+		for _, h := range hs {
+			if !h.Minimal {
+				t.Fatalf("%s: a valid vector with a non-minimal head at byte %d", c.Name, h.Off)
+			}
+			msg := testvectors.Widen(c.Msg, h.Off)
+			_, err := v.Verify(msg)
+			if verdict.Of(err) != verdict.Malformed || !strings.Contains(err.Error(), "non-minimal CBOR head") {
+				t.Errorf("%s: head at byte %d (0x%02x) widened: %v", c.Name, h.Off, c.Msg[h.Off], err)
+			}
+		}
+	}
+}
+
 func TestSignVerify(t *testing.T) {
 	p384, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
 	for _, key := range []string{testvectors.P256, testvectors.Ed25519} {
@@ -204,7 +231,8 @@ func TestConcurrentVerify(t *testing.T) {
 }
 
 // FuzzVerify: Verify never panics, fails only with its three verdicts,
-// allocates a bounded amount, and accepts nothing go-cose would refuse.
+// allocates a bounded amount, accepts nothing go-cose would refuse and no
+// non-minimal head (by an independent walker).
 func FuzzVerify(f *testing.F) {
 	for _, c := range testvectors.Cases() {
 		if len(c.Msg) <= envelope.MaxMessage {
@@ -233,6 +261,15 @@ func FuzzVerify(f *testing.F) {
 			ref, rerr := goCOSEVerify(msg, testvectors.PublicKey(keys[i]))
 			if rerr != nil || !bytes.Equal(ref, payload) {
 				t.Fatalf("accepted, but go-cose says %v", rerr)
+			}
+			hs, herr := testvectors.Heads(msg)
+			if herr != nil {
+				t.Fatalf("accepted, but not well-formed: %v", herr)
+			}
+			for _, h := range hs {
+				if !h.Minimal {
+					t.Fatalf("accepted a non-minimal head at byte %d", h.Off)
+				}
 			}
 		}
 	})

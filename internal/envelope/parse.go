@@ -11,8 +11,9 @@ import (
 // whole record check (38 allocations, ~2.5 µs per message). It accepts a
 // subset of what go-cose accepts (FuzzVerify checks that every message it
 // accepts also verifies with go-cose) and is strict: definite lengths only,
-// no tags inside, no duplicate or shared header labels, no header parameters
-// but alg and kid, no trailing bytes.
+// every head (integer, length, tag) in its shortest form (RFC 8949 section
+// 4.2.1; floats may have any width), no tags inside, no duplicate or shared
+// header labels, no header parameters but alg and kid, no trailing bytes.
 
 // Limits on headers: enough for alg, kid, content type and a few more.
 const (
@@ -33,6 +34,7 @@ var (
 	errLabel      = errors.New("unsupported header parameter")
 	errIndefinite = errors.New("indefinite length")
 	errTag        = errors.New("tag inside the message")
+	errNonMinimal = errors.New("non-minimal CBOR head (use the shortest form)")
 )
 
 // sign1 is a parsed COSE_Sign1. Slices point into the message.
@@ -74,7 +76,9 @@ func (l label) is(v int64) bool {
 }
 
 // head reads a definite-length CBOR head at b[0]: major type, argument,
-// head length.
+// head length. An argument (integer, length, tag) must be in its shortest
+// form: errNonMinimal, with major set, otherwise. Major type 7 is not checked
+// here: its ai 25..27 are floats of a chosen width, not arguments.
 func head(b []byte) (major byte, arg uint64, n int, err error) {
 	if len(b) == 0 {
 		return 0, 0, 0, errTruncated
@@ -87,27 +91,35 @@ func head(b []byte) (major byte, arg uint64, n int, err error) {
 		if len(b) < 2 {
 			return 0, 0, 0, errTruncated
 		}
-		return major, uint64(b[1]), 2, nil
+		arg, n = uint64(b[1]), 2
 	case ai == 25:
 		if len(b) < 3 {
 			return 0, 0, 0, errTruncated
 		}
-		return major, uint64(binary.BigEndian.Uint16(b[1:])), 3, nil
+		arg, n = uint64(binary.BigEndian.Uint16(b[1:])), 3
 	case ai == 26:
 		if len(b) < 5 {
 			return 0, 0, 0, errTruncated
 		}
-		return major, uint64(binary.BigEndian.Uint32(b[1:])), 5, nil
+		arg, n = uint64(binary.BigEndian.Uint32(b[1:])), 5
 	case ai == 27:
 		if len(b) < 9 {
 			return 0, 0, 0, errTruncated
 		}
-		return major, binary.BigEndian.Uint64(b[1:]), 9, nil
+		arg, n = binary.BigEndian.Uint64(b[1:]), 9
 	case ai == 31:
 		return 0, 0, 0, errIndefinite
+	default:
+		return 0, 0, 0, errTruncated // 28..30 are reserved
 	}
-	return 0, 0, 0, errTruncated // 28..30 are reserved
+	if major != 7 && arg < minArg[ai-24] {
+		return major, 0, 0, errNonMinimal
+	}
+	return major, arg, n, nil
 }
+
+// minArg is the smallest argument that needs ai 24, 25, 26, 27.
+var minArg = [4]uint64{24, 1 << 8, 1 << 16, 1 << 32}
 
 // bstr reads a definite-length byte string at b[0].
 func bstr(b []byte) (content []byte, n int, err error) {
@@ -276,10 +288,19 @@ func (m *sign1) headerMap(b []byte, bucket int, seen []label) (int, []label, err
 func parseSign1(msg []byte, m *sign1) error {
 	*m = sign1{}
 	b := msg
-	if len(b) > 0 && b[0] == 0xd2 { // tag 18
+	if len(b) > 0 && b[0]>>5 == 6 { // tag 18 (0xd2) or nothing
+		if b[0] != 0xd2 {
+			if _, _, _, err := head(b); errors.Is(err, errNonMinimal) {
+				return err
+			}
+			return errNotSign1
+		}
 		b = b[1:]
 	}
 	if len(b) == 0 || b[0] != 0x84 { // array of 4
+		if major, _, _, err := head(b); errors.Is(err, errNonMinimal) && major == 4 {
+			return err
+		}
 		return errNotSign1
 	}
 	n := 1

@@ -57,7 +57,7 @@ func malformed(err error) error {
 	case errors.Is(err, errDetached), errors.Is(err, errEmptySig), errors.Is(err, errTrailing),
 		errors.Is(err, errHeaderDup), errors.Is(err, errCrit), errors.Is(err, errKidType),
 		errors.Is(err, errIndefinite), errors.Is(err, errTag), errors.Is(err, errNotSign1),
-		errors.Is(err, errLabel):
+		errors.Is(err, errLabel), errors.Is(err, errNonMinimal):
 		return verdict.New(verdict.Malformed, "%v", err)
 	case errors.Is(err, errHeader):
 		return verdict.New(verdict.Malformed, "invalid COSE header")

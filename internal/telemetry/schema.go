@@ -212,7 +212,7 @@ func (s *Schemas) Check(r *Record) error {
 	}
 	// seen[i] is 1 + the index in r.Obs of spec i's observation.
 	var seenBuf [16]int
-	seen := seenBuf[:0]
+	var seen []int
 	if len(ks.obs) <= len(seenBuf) {
 		seen = seenBuf[:len(ks.obs)]
 	} else {

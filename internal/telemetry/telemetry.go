@@ -15,7 +15,10 @@
 //
 // [Decode] refuses duplicate map keys, indefinite lengths, unknown keys,
 // non-text keys, tags, nesting deeper than [MaxDepth], missing keys, wrong
-// types, NaN and infinities, and trailing bytes. It never clamps or repairs.
+// types, null and undefined (also for the optional keys), NaN, infinities and
+// negative zero, heads (integers, lengths) not in their shortest form (RFC
+// 8949 section 4.2.1; floats may have any width), and trailing bytes. It
+// never clamps or repairs.
 //
 // # Schemas
 //
@@ -146,6 +149,9 @@ func Decode(b []byte) (*Record, error) {
 	var w wireRecord
 	if err := decMode.Unmarshal(b, &w); err != nil {
 		return nil, verdict.New(verdict.Malformed, "record: %s", clip(err.Error(), 160))
+	}
+	if err := scan(b); err != nil {
+		return nil, err
 	}
 	switch {
 	case w.V == nil:

@@ -103,7 +103,8 @@ func TestValueNumbers(t *testing.T) {
 		{[]byte{0xf9, 0xc0, 0x00}, -2},
 		{[]byte{0xf9, 0x00, 0x01}, math.Ldexp(1, -24)}, // smallest subnormal
 		{[]byte{0xf9, 0x7b, 0xff}, 65504},
-		{[]byte{0xf9, 0x80, 0x00}, math.Copysign(0, -1)},
+		{[]byte{0xf9, 0x00, 0x00}, 0},
+		{[]byte{0xfb, 0x3f, 0xf0, 0, 0, 0, 0, 0, 0}, 1}, // floats may be wider than needed
 		{[]byte{0xfa, 0x3f, 0xc0, 0x00, 0x00}, 1.5},
 		{[]byte{0xfb, 0x40, 0x42, 0x66, 0x66, 0x66, 0x66, 0x66, 0x66}, 36.8},
 	}
@@ -115,7 +116,13 @@ func TestValueNumbers(t *testing.T) {
 	}
 	for _, bad := range [][]byte{nil, {0xf9, 0x7c, 0x00}, {0xf9, 0xfc, 0x00}, {0xf9, 0x7e, 0x00}, {0xf4}, {0xf6},
 		{0x61, 'a'}, {0x41, 1}, {0x82, 0x01}, {0x81, 0x01, 0x02}, {0x18}, {0x9f, 0x01, 0xff}, {0x81, 0x81, 0x01},
-		{0xc1, 0x01}, {0x01, 0x02}, {0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01}} {
+		{0xc1, 0x01}, {0x01, 0x02}, {0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01},
+		// negative zero in every width, as a value and as a sample
+		{0xf9, 0x80, 0x00}, {0xfa, 0x80, 0, 0, 0}, {0xfb, 0x80, 0, 0, 0, 0, 0, 0, 0},
+		{0x81, 0xf9, 0x80, 0x00}, {0x81, 0xfa, 0x80, 0, 0, 0}, {0x81, 0xfb, 0x80, 0, 0, 0, 0, 0, 0},
+		// non-minimal heads: integers, negative integers, array lengths
+		{0x18, 0x17}, {0x19, 0x00, 0xff}, {0x1a, 0x00, 0x00, 0xff, 0xff}, {0x1b, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff},
+		{0x38, 0x00}, {0x98, 0x01, 0x01}, {0x81, 0x18, 0x01}} {
 		var v telemetry.Value
 		if err := v.UnmarshalCBOR(bad); err == nil {
 			t.Errorf("% x: accepted as %v", bad, v)
@@ -124,6 +131,64 @@ func TestValueNumbers(t *testing.T) {
 	var v telemetry.Value
 	if err := v.UnmarshalCBOR([]byte{0x83, 0x01, 0xf9, 0x3c, 0x00, 0x20}); err != nil || !reflect.DeepEqual(v.Samples, []float64{1, 1, -1}) {
 		t.Errorf("samples: %v %v", v, err)
+	}
+}
+
+// TestDecodeRefusesNonMinimalHeads widens each head (integer, length) of
+// real records in turn, keeping its value: Decode refuses every one.
+func TestDecodeRefusesNonMinimalHeads(t *testing.T) {
+	for _, r := range []*telemetry.Record{testvectors.SpO2Record(), testvectors.ECGRecord(3)} {
+		b, err := telemetry.Encode(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hs, err := testvectors.Heads(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, h := range hs {
+			if !h.Minimal {
+				t.Fatalf("%s: Encode wrote a non-minimal head at byte %d", r.Kind, h.Off)
+			}
+			if b[h.Off]&0x1f == 27 {
+				continue // 8-byte argument: no longer form
+			}
+			n++
+			_, err := telemetry.Decode(testvectors.Widen(b, h.Off))
+			if verdict.Of(err) != verdict.Malformed || !strings.Contains(err.Error(), "non-minimal CBOR head") {
+				t.Errorf("%s: head at byte %d (0x%02x) widened: %v", r.Kind, h.Off, b[h.Off], err)
+			}
+		}
+		if n < 20 {
+			t.Fatalf("%s: only %d heads", r.Kind, n)
+		}
+	}
+}
+
+// TestEncodeNegativeZero: Encode writes a negative zero as 0, which Decode
+// accepts, and leaves the caller's samples alone.
+func TestEncodeNegativeZero(t *testing.T) {
+	negZero := math.Copysign(0, -1)
+	r := testvectors.ECGRecord(3)
+	r.Obs[0].Val.Samples[1] = negZero
+	s := testvectors.SpO2Record()
+	s.Obs[0].Val = telemetry.Scalar(negZero)
+	for _, rec := range []*telemetry.Record{r, s} {
+		b, err := telemetry.Encode(rec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := telemetry.Decode(b)
+		if err != nil {
+			t.Fatalf("%s: %v", rec.Kind, err)
+		}
+		if v := got.Obs[0].Val; math.Signbit(v.Num) || (v.Samples != nil && math.Signbit(v.Samples[1])) {
+			t.Errorf("%s: decoded %v", rec.Kind, v)
+		}
+	}
+	if !math.Signbit(r.Obs[0].Val.Samples[1]) {
+		t.Error("Encode changed the caller's samples")
 	}
 }
 
@@ -294,7 +359,8 @@ func TestCheckTime(t *testing.T) {
 }
 
 // FuzzDecode: Decode never panics, fails only with malformed/too_large,
-// allocates a bounded amount, and what it accepts re-encodes to itself.
+// allocates a bounded amount, accepts only minimal heads (by an independent
+// walker), and what it accepts re-encodes to itself.
 func FuzzDecode(f *testing.F) {
 	for _, c := range testvectors.Cases() {
 		if c.Payload != nil {
@@ -316,6 +382,15 @@ func FuzzDecode(f *testing.F) {
 				t.Fatalf("verdict %q: %v", v, err)
 			}
 			return
+		}
+		if hs, err := testvectors.Heads(b); err != nil {
+			t.Fatalf("accepted, but not well-formed: %v", err)
+		} else {
+			for _, h := range hs {
+				if !h.Minimal {
+					t.Fatalf("accepted a non-minimal head at byte %d", h.Off)
+				}
+			}
 		}
 		if err := schemas.Check(r); err != nil && verdict.Of(err) != verdict.Schema {
 			t.Fatalf("Check: %v", err)

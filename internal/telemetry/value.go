@@ -32,14 +32,18 @@ func Waveform(samples []float64) Value {
 func (v Value) IsWaveform() bool { return v.Samples != nil }
 
 var (
-	errNotNumber = errors.New("val: not a number or array of numbers")
-	errNonFinite = errors.New("val: NaN or infinite number")
-	errTooMany   = errors.New("val: too many samples")
+	errNotNumber  = errors.New("val: not a number or array of numbers")
+	errNonFinite  = errors.New("val: NaN or infinite number")
+	errNegZero    = errors.New("val: negative zero (-0.0); send 0")
+	errTooMany    = errors.New("val: too many samples")
+	errNonMinimal = errors.New("val: non-minimal CBOR head (use the shortest form)")
 )
 
 // UnmarshalCBOR implements cbor.Unmarshaler. It accepts an integer, a
-// float16/32/64, or a definite-length array of those; NaN and infinities are
-// refused. It parses by hand: this is the hot path of waveform records.
+// float16/32/64, or a definite-length array of those; NaN, infinities and
+// negative zero are refused, and so are integers and array lengths not in
+// their shortest form (floats may have any width). It parses by hand: this is
+// the hot path of waveform records.
 func (v *Value) UnmarshalCBOR(b []byte) error {
 	if len(b) == 0 {
 		return errNotNumber
@@ -74,6 +78,9 @@ func (v *Value) UnmarshalCBOR(b []byte) error {
 			if bits&0x7f800000 == 0x7f800000 {
 				return errNonFinite
 			}
+			if bits == 0x80000000 {
+				return errNegZero
+			}
 			s[i] = float64(math.Float32frombits(bits))
 			off += 5
 			continue
@@ -93,23 +100,35 @@ func (v *Value) UnmarshalCBOR(b []byte) error {
 }
 
 // readHead reads the argument of a definite-length head: b[0] is the
-// initial byte. It returns the argument and the head's length.
+// initial byte. It returns the argument and the head's length; an argument
+// not in its shortest form is errNonMinimal.
 func readHead(b []byte) (uint64, int, error) {
 	ai := b[0] & 0x1f
+	var arg uint64
+	var n int
 	switch {
 	case ai < 24:
 		return uint64(ai), 1, nil
 	case ai == 24 && len(b) >= 2:
-		return uint64(b[1]), 2, nil
+		arg, n = uint64(b[1]), 2
 	case ai == 25 && len(b) >= 3:
-		return uint64(binary.BigEndian.Uint16(b[1:])), 3, nil
+		arg, n = uint64(binary.BigEndian.Uint16(b[1:])), 3
 	case ai == 26 && len(b) >= 5:
-		return uint64(binary.BigEndian.Uint32(b[1:])), 5, nil
+		arg, n = uint64(binary.BigEndian.Uint32(b[1:])), 5
 	case ai == 27 && len(b) >= 9:
-		return binary.BigEndian.Uint64(b[1:]), 9, nil
+		arg, n = binary.BigEndian.Uint64(b[1:]), 9
+	default:
+		return 0, 0, errNotNumber
 	}
-	return 0, 0, errNotNumber
+	if arg < minArg[ai-24] {
+		return 0, 0, errNonMinimal
+	}
+	return arg, n, nil
 }
+
+// minArg is the smallest argument that needs ai 24, 25, 26, 27 (RFC 8949
+// section 4.2.1: the shortest form).
+var minArg = [4]uint64{24, 1 << 8, 1 << 16, 1 << 32}
 
 // readNumber reads one CBOR integer or float from the start of b.
 func readNumber(b []byte) (float64, int, error) {
@@ -144,6 +163,9 @@ func readNumber(b []byte) (float64, int, error) {
 		if math.IsNaN(f) || math.IsInf(f, 0) {
 			return 0, 0, errNonFinite
 		}
+		if f == 0 && math.Signbit(f) {
+			return 0, 0, errNegZero
+		}
 		return f, n, nil
 	}
 	return 0, 0, errNotNumber
@@ -168,20 +190,31 @@ func float16to64(h uint16) float64 {
 }
 
 // MarshalCBOR implements cbor.Marshaler: the shortest float encoding that
-// keeps each value exact (RFC 8949 core deterministic encoding).
+// keeps each value exact (RFC 8949 core deterministic encoding). A negative
+// zero is written as 0, which is what [Value.UnmarshalCBOR] accepts.
 func (v Value) MarshalCBOR() ([]byte, error) {
 	if v.Samples == nil {
 		if !finite(v.Num) {
 			return nil, errNonFinite
 		}
+		if v.Num == 0 {
+			return encMode.Marshal(0.0)
+		}
 		return encMode.Marshal(v.Num)
 	}
-	for _, f := range v.Samples {
+	s, copied := v.Samples, false
+	for i, f := range v.Samples {
 		if !finite(f) {
 			return nil, errNonFinite
 		}
+		if f == 0 && math.Signbit(f) {
+			if !copied {
+				s, copied = append([]float64(nil), v.Samples...), true
+			}
+			s[i] = 0
+		}
 	}
-	return encMode.Marshal(v.Samples)
+	return encMode.Marshal(s)
 }
 
 // MarshalJSON implements json.Marshaler: a number or an array of numbers.

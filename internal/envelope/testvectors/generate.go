@@ -166,6 +166,18 @@ func Generate() ([]Case, error) {
 	g.signed("valid_ts_at_future_limit", ed, rspo2().set("ts", cInt(Now.UnixMilli()+telemetry.MaxSkew.Milliseconds())).bytes(), verdict.Accepted, "")
 	g.signed("valid_ts_at_stale_limit", ed, rspo2().set("ts", cInt(Now.UnixMilli()-MaxAge.Milliseconds())).bytes(), verdict.Accepted, "")
 	g.signed("valid_ecg_4096_samples", ed, enc(ECGRecord(telemetry.MaxSamples)), verdict.Accepted, "")
+	// heads at the boundaries of their shortest forms
+	g.signed("valid_seq_24", ed, rspo2().set("seq", cUint(24)).set("bat", cUint(24)).bytes(), verdict.Accepted, "")
+	g.signed("valid_seq_256", ed, rspo2().set("seq", cUint(256)).bytes(), verdict.Accepted, "")
+	g.signed("valid_seq_65536", ed, rspo2().set("seq", cUint(65536)).bytes(), verdict.Accepted, "")
+	g.signed("valid_seq_4294967296", ed, rspo2().set("seq", cUint(1<<32)).bytes(), verdict.Accepted, "")
+	// floats of any width, not only the shortest; a positive zero
+	g.signed("valid_float_any_width", ed, rrec("spo2",
+		robs("MDC_PULS_OXIM_SAT_O2", cFloat64(97), "%"),
+		robs("MDC_PULS_OXIM_PULS_RATE", cFloat32(72), "/min")).bytes(), verdict.Accepted, "")
+	g.signed("valid_val_zero", ed, rrec("spo2", robs("MDC_PULS_OXIM_SAT_O2", []byte{0xf9, 0x00, 0x00}, "%"), spo2Obs()[1]).bytes(), verdict.Accepted, "")
+	g.signed("valid_samples_mixed_widths", ed, rrec("ecg", robs("MDC_ECG_ELEC_POTL_II", cArr(cUint(0), cInt(-1),
+		[]byte{0xf9, 0x3c, 0x00}, cFloat32(0.5), cFloat64(0.25), []byte{0xf9, 0x00, 0x00}, cFloat64(0)), "mV").set("period_ms", cUint(4))).bytes(), verdict.Accepted, "")
 
 	// too_large
 	big := rspo2().set("pad", cBytes(bytes.Repeat([]byte{0}, envelope.MaxMessage))).bytes()
@@ -188,7 +200,7 @@ func Generate() ([]Case, error) {
 	env("envelope_bare_record", spo2, "not a COSE_Sign1")
 	env("envelope_wrong_tag_17", append([]byte{0xd1}, good[1:]...), "not a COSE_Sign1")
 	env("envelope_wrong_tag_98", append([]byte{0xd8, 0x62}, good[1:]...), "not a COSE_Sign1")
-	env("envelope_tag_18_long_form", append([]byte{0xd8, 0x12}, good[1:]...), "not a COSE_Sign1")
+	env("envelope_tag_18_long_form", append([]byte{0xd8, 0x12}, good[1:]...), "non-minimal")
 	env("envelope_array_of_3", cat([]byte{0xd2, 0x83}, cBytes(protAlg(algEdDSA)), []byte{0xa0}, cBytes(spo2)), "not a COSE_Sign1")
 	env("envelope_indefinite_array", cat([]byte{0xd2, 0x9f}, good[2:], []byte{0xff}), "not a COSE_Sign1")
 	env("envelope_truncated", good[:len(good)/2], "")
@@ -206,6 +218,27 @@ func Generate() ([]Case, error) {
 	env("envelope_dup_protected_label", sign1{key: Signer(ed), protected: rmap{{cUint(1), cInt(algEdDSA)}, {cUint(1), cInt(algEdDSA)}}.bytes(), payload: spo2}.build(), "duplicate header")
 	env("envelope_crit", sign1{key: Signer(ed), protected: rmap{{cUint(1), cInt(algEdDSA)}, {cUint(2), cArr(cUint(99))}, {cUint(99), cUint(1)}}.bytes(), payload: spo2}.build(), "critical")
 	env("envelope_tag_in_header", sign1{key: Signer(ed), protected: protAlg(algEdDSA), unprotected: rmap{{cUint(99), cat([]byte{0xc1}, cUint(1))}}.bytes(), payload: spo2}.build(), "tag")
+
+	// non-minimal heads: otherwise valid and signed, as a lenient parser
+	// (go-cose) would accept them
+	const nm = "non-minimal CBOR head"
+	offUnprot := 2 + len(cBytes(base.protected))
+	offPayload := offUnprot + 1
+	offSig := offPayload + len(cBytes(spo2))
+	env("envelope_tag_18_2_byte_form", append([]byte{0xd9, 0x00, 0x12}, good[1:]...), nm)
+	env("envelope_array_long_form", widen(good, 1), nm)
+	env("envelope_untagged_array_long_form", widen(good[1:], 0), nm)
+	env("envelope_protected_bstr_long_form", widen(good, 2), nm)
+	env("envelope_unprotected_map_long_form", widen(good, offUnprot), nm)
+	env("envelope_payload_bstr_long_form", widen(good, offPayload), nm)
+	env("envelope_signature_bstr_long_form", widen(good, offSig), nm)
+	env("envelope_protected_map_long_form", sign1{key: Signer(ed), protected: widen(base.protected, 0), payload: spo2}.build(), nm)
+	env("envelope_alg_label_long_form", sign1{key: Signer(ed), protected: rmap{{wide(0, 1), cInt(algEdDSA)}}.bytes(), payload: spo2}.build(), nm)
+	env("envelope_alg_long_form", sign1{key: Signer(ed), protected: rmap{{cUint(1), widen(cInt(algEdDSA), 0)}}.bytes(), payload: spo2}.build(), nm)
+	env("envelope_kid_long_form", sign1{key: Signer(ed), protected: rmap{{cUint(1), cInt(algEdDSA)}, {cUint(4), cat(wide(2, uint64(len(DeviceID))), []byte(DeviceID))}}.bytes(), payload: spo2}.build(), nm)
+	env("envelope_unprotected_kid_long_form", sign1{key: Signer(ed), protected: protAlg(algEdDSA), payload: spo2,
+		unprotected: rmap{{cUint(4), cat(wide(2, uint64(len(DeviceID))), []byte(DeviceID))}}.bytes()}.build(), nm)
+	env("envelope_header_value_long_form", sign1{key: Signer(ed), protected: protAlg(algEdDSA), unprotected: rmap{{cUint(99), wide(0, 5)}}.bytes(), payload: spo2}.build(), nm)
 
 	// malformed record, properly signed
 	rec := func(name string, payload []byte, detail string) {
@@ -250,6 +283,36 @@ func Generate() ([]Case, error) {
 	rec("record_bat_300", rspo2().set("bat", cUint(300)).bytes(), "")
 	rec("record_bat_negative", rspo2().set("bat", cInt(-1)).bytes(), "")
 	rec("record_4097_samples", enc(ECGRecord(telemetry.MaxSamples+1)), "max number of elements")
+	// non-minimal heads anywhere in the record
+	rec("record_nonminimal_seq_5", rspo2().set("seq", []byte{0x18, 0x05}).bytes(), "non-minimal CBOR head at byte")
+	rec("record_nonminimal_seq_42", rspo2().set("seq", wide(0, seq)).bytes(), "non-minimal CBOR head at byte")
+	rec("record_nonminimal_seq_uint64", rspo2().set("seq", widen(widen(wide(0, seq), 0), 0)).bytes(), "non-minimal CBOR head at byte")
+	rec("record_nonminimal_bat", rspo2().set("bat", wide(0, bat)).bytes(), "non-minimal CBOR head at byte")
+	rec("record_nonminimal_map", widen(rspo2().bytes(), 0), "non-minimal CBOR head at byte 0")
+	rec("record_nonminimal_obs_array", rspo2().set("obs", widen(obsArr(spo2Obs()...), 0)).bytes(), "non-minimal CBOR head at byte")
+	rec("record_nonminimal_obs_map", rspo2().set("obs", cArr(widen(spo2Obs()[0].bytes(), 0), spo2Obs()[1].bytes())).bytes(), "non-minimal CBOR head at byte")
+	rec("record_nonminimal_text", rspo2().set("dev", cat(wide(3, uint64(len(DeviceID))), []byte(DeviceID))).bytes(), "non-minimal CBOR head at byte")
+	rec("record_nonminimal_key", rspo2().del("seq").add(kv{cat(wide(3, 3), []byte("seq")), cUint(seq)}).bytes(), "non-minimal CBOR head at byte")
+	rec("record_nonminimal_val", rrec("spo2", robs("MDC_PULS_OXIM_SAT_O2", wide(0, 97), "%"), spo2Obs()[1]).bytes(), "non-minimal CBOR head")
+	rec("record_nonminimal_val_negative", rrec("spo2", robs("MDC_PULS_OXIM_SAT_O2", []byte{0x38, 0x00}, "%"), spo2Obs()[1]).bytes(), "non-minimal CBOR head")
+	rec("record_nonminimal_samples_array", rrec("ecg", robs("MDC_ECG_ELEC_POTL_II", widen(cArr(cFloat32(0.5), cFloat32(0.25)), 0), "mV").set("period_ms", cUint(4))).bytes(), "non-minimal CBOR head")
+	rec("record_nonminimal_sample", rrec("ecg", robs("MDC_ECG_ELEC_POTL_II", cArr(cFloat32(0.5), wide(0, 1)), "mV").set("period_ms", cUint(4))).bytes(), "non-minimal CBOR head")
+	rec("record_nonminimal_period_ms", rrec("ecg", robs("MDC_ECG_ELEC_POTL_II", cArr(cFloat32(0.5)), "mV").set("period_ms", wide(0, 4))).bytes(), "non-minimal CBOR head at byte")
+	// null and undefined: an optional key is left out, never null
+	rec("record_bat_null", rspo2().set("bat", []byte{0xf6}).bytes(), `"bat" is null`)
+	rec("record_bat_undefined", rspo2().set("bat", []byte{0xf7}).bytes(), `"bat" is undefined`)
+	rec("record_period_ms_null", rrec("ecg", robs("MDC_ECG_ELEC_POTL_II", cArr(cFloat32(0.5)), "mV").set("period_ms", []byte{0xf6})).bytes(), `"period_ms" is null`)
+	rec("record_period_ms_undefined", rrec("ecg", robs("MDC_ECG_ELEC_POTL_II", cArr(cFloat32(0.5)), "mV").set("period_ms", []byte{0xf7})).bytes(), `"period_ms" is undefined`)
+	rec("record_seq_undefined", rspo2().set("seq", []byte{0xf7}).bytes(), `"seq" is undefined`)
+	rec("record_code_null", rrec("spo2", robs("MDC_PULS_OXIM_SAT_O2", cUint(97), "%").set("code", []byte{0xf6}), spo2Obs()[1]).bytes(), `"code" is null`)
+	rec("record_obs_null_item", rspo2().set("obs", cArr(spo2Obs()[0].bytes(), []byte{0xf6})).bytes(), `null inside "obs"`)
+	rec("record_val_undefined", rrec("spo2", robs("MDC_PULS_OXIM_SAT_O2", []byte{0xf7}, "%"), spo2Obs()[1]).bytes(), "val")
+	// negative zero, in any width, as a value or a sample
+	rec("record_val_negative_zero_f16", rrec("spo2", robs("MDC_PULS_OXIM_SAT_O2", []byte{0xf9, 0x80, 0x00}, "%"), spo2Obs()[1]).bytes(), "negative zero")
+	rec("record_val_negative_zero_f32", rrec("spo2", robs("MDC_PULS_OXIM_SAT_O2", cFloat32(float32(math.Copysign(0, -1))), "%"), spo2Obs()[1]).bytes(), "negative zero")
+	rec("record_val_negative_zero_f64", rrec("spo2", robs("MDC_PULS_OXIM_SAT_O2", cFloat64(math.Copysign(0, -1)), "%"), spo2Obs()[1]).bytes(), "negative zero")
+	rec("record_sample_negative_zero_f32", rrec("ecg", robs("MDC_ECG_ELEC_POTL_II", cArr(cFloat32(0.5), cFloat32(float32(math.Copysign(0, -1)))), "mV").set("period_ms", cUint(4))).bytes(), "negative zero")
+	rec("record_sample_negative_zero_f16", rrec("ecg", robs("MDC_ECG_ELEC_POTL_II", cArr(cFloat32(0.5), []byte{0xf9, 0x80, 0x00}), "mV").set("period_ms", cUint(4))).bytes(), "negative zero")
 
 	// bad_signature
 	flip := func(b []byte, i int) []byte { out := append([]byte{}, b...); out[i] ^= 0x01; return out }
