@@ -126,7 +126,7 @@ func (h *Hook) ID() string { return "vitalgate-ingest" }
 func (h *Hook) Provides(b byte) bool {
 	return bytes.Contains([]byte{
 		mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnSubscribe,
-		mqtt.OnDisconnect, mqtt.OnPublish,
+		mqtt.OnDisconnect, mqtt.OnPublish, mqtt.OnPacketRead,
 	}, []byte{b})
 }
 
@@ -278,6 +278,32 @@ func subscribeDenied(cmd, filter string) string {
 			len(rest), strings.Count(rest, "/")+1, cmd, maxFilterLen, maxFilterLevels)
 	}
 	return ""
+}
+
+// OnPacketRead refuses a QoS 2 PUBLISH before mochi sees it: the CONNACK
+// advertised a maximum QoS of 1, and mochi would otherwise lower the QoS,
+// store the record and answer with a PUBACK, which the device takes for a
+// protocol error and resends. MQTT 5 gets DISCONNECT 0x9B (QoS not
+// supported); MQTT 3.1.1, which has no such answer, has its connection
+// closed. Nothing is stored; the refusal is a malformed verdict with a
+// strike.
+func (h *Hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if pk.FixedHeader.Type != packets.Publish || pk.FixedHeader.Qos < 2 {
+		return pk, nil
+	}
+	h.o.Metrics.Rejected.WithLabelValues(string(verdict.Malformed)).Inc()
+	detail := fmt.Sprintf("QoS 2 PUBLISH to %q (maximum QoS 1): connection closed", truncate(pk.TopicName, 200))
+	if s := h.session(cl); s != nil {
+		h.reject(s, verdict.Malformed, detail)
+	} else {
+		h.emit(verdict.Malformed, "", detail, cl.Net.Remote)
+	}
+	if cl.Properties.ProtocolVersion == 5 {
+		_ = h.server.DisconnectClient(cl, packets.ErrQosNotSupported)
+	}
+	// mochi passes on only this error, which ends its read loop and so
+	// closes the connection.
+	return pk, packets.ErrRejectPacket
 }
 
 // OnDisconnect forgets the connection.
