@@ -101,8 +101,8 @@ const (
 	queueSize     = 4096
 	syncInterval  = 200 * time.Millisecond
 	retryInterval = time.Second // while writes fail
-	bufferSize   = 64 << 10
-	maxLine      = 1 << 20 // longer lines are refused by Verify and Open
+	bufferSize    = 64 << 10
+	maxLine       = 1 << 20 // longer lines are refused by Verify and Open
 )
 
 // ErrOverflow is returned by [Log.Append] when the write buffer is full: the
