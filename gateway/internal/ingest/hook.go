@@ -86,6 +86,15 @@ type Hook struct {
 	draining atomic.Bool
 	inflight sync.RWMutex // held for reading by each OnPublish
 	unacked  atomic.Int64 // stored QoS 1 messages whose PUBACK is not written yet
+
+	storeErr atomic.Pointer[StoreError] // since the last successful append
+}
+
+// StoreError is a failure of the queue to store messages (a full disk, say):
+// the last error, and when the failures began.
+type StoreError struct {
+	Err   error
+	Since time.Time
 }
 
 // session is what the gateway knows of one authenticated connection.
@@ -395,6 +404,7 @@ func (h *Hook) publish(cl *mqtt.Client, s *session, pk *packets.Packet) (reply e
 	h.o.Metrics.Latency.Observe(time.Since(start).Seconds())
 	if err == nil || err == errDuplicate {
 		if err == nil {
+			h.storeErr.Store(nil)
 			h.o.Metrics.Accepted.Inc()
 		} else {
 			h.o.Metrics.Duplicates.Inc()
@@ -406,6 +416,7 @@ func (h *Hook) publish(cl *mqtt.Client, s *session, pk *packets.Packet) (reply e
 	}
 	v := verdict.Of(err)
 	if v == "" { // not a verdict: an internal failure of the queue
+		h.noteStoreError(err)
 		h.o.Log.Error("enqueue failed", "dev", s.id, "error", err)
 		v, err = verdict.Overloaded, verdict.New(verdict.Overloaded, "queue unavailable")
 	}
@@ -434,6 +445,19 @@ func (h *Hook) publish(cl *mqtt.Client, s *session, pk *packets.Packet) (reply e
 	_ = h.server.DisconnectClient(cl, packets.ErrNotAuthorized)
 	return packets.ErrRejectPacket, false
 }
+
+// noteStoreError records a failure to store a message.
+func (h *Hook) noteStoreError(err error) {
+	since := h.o.Now()
+	if prev := h.storeErr.Load(); prev != nil {
+		since = prev.Since
+	}
+	h.storeErr.Store(&StoreError{Err: err, Since: since})
+}
+
+// StoreError is the queue's failure to store messages, or nil if the last
+// message that reached the queue was stored (or none failed).
+func (h *Hook) StoreError() *StoreError { return h.storeErr.Load() }
 
 // reject reports a rejection and counts it towards quarantine. It reports
 // whether this strike started a quarantine, in which case the caller
