@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package fulldisk gives tests a real filesystem that fills up: a small
 // tmpfs mounted for the test, and a file that fills it. Mounting needs root
 // (CAP_SYS_ADMIN); where it is not possible the test is skipped.

@@ -221,9 +221,10 @@ func New(cfg config.Config, log *slog.Logger) (g *Gateway, err error) {
 		ResendWindow: cfg.MaxInflight,
 		Log:          log.With("component", "ingest"),
 	})
+	maxConns := connCap(cfg.MaxConnections, log)
 	caps := mqtt.NewDefaultServerCapabilities()
 	caps.MaximumPacketSize = uint32(cfg.MaxPacket)
-	caps.MaximumClients = int64(cfg.MaxConnections)
+	caps.MaximumClients = int64(maxConns)
 	caps.MaximumClientWritesPending = 64 // a device receives nothing but acks and commands
 	caps.ReceiveMaximum = uint16(cfg.MaxInflight)
 	caps.MaximumInflight = uint16(cfg.MaxInflight)
@@ -247,7 +248,7 @@ func New(cfg config.Config, log *slog.Logger) (g *Gateway, err error) {
 		return nil, fmt.Errorf("ingest hook: %w", err)
 	}
 	if g.devices, err = ingest.Listen(cfg.Listen, ingest.ListenerConfig{
-		TLS: deviceTLS, MaxConns: cfg.MaxConnections, AcceptRate: cfg.AcceptRate, HandshakeTimeout: cfg.HandshakeTimeout,
+		TLS: deviceTLS, MaxConns: maxConns, AcceptRate: cfg.AcceptRate, HandshakeTimeout: cfg.HandshakeTimeout,
 		OnHandshake: g.handshakeOutcome(metrics), OnRefused: func(remote string) {
 			metrics.Handshakes.WithLabelValues("refused").Inc()
 		},
@@ -266,6 +267,22 @@ func New(cfg config.Config, log *slog.Logger) (g *Gateway, err error) {
 		g.http = &http.Server{Handler: g.routes(), ReadHeaderTimeout: 5 * time.Second}
 	}
 	return g, nil
+}
+
+// connCap is max_connections, lowered with a warning to what the limit of
+// open files allows (see [ingest.ConnCap]).
+func connCap(configured int, log *slog.Logger) int {
+	nofile, err := nofileLimit()
+	if err != nil {
+		log.Warn("cannot read the open-file limit; max_connections not checked against it", "error", err)
+		return configured
+	}
+	limit, lowered := ingest.ConnCap(configured, nofile)
+	if lowered {
+		log.Warn("max_connections lowered to fit the open-file limit (raise the limit, e.g. LimitNOFILE= in systemd, or lower max_connections)",
+			"max_connections", configured, "effective", limit, "nofile", nofile, "reserved", ingest.FDReserve)
+	}
+	return limit
 }
 
 // identityMismatch says how the configured site and ID differ from those of
