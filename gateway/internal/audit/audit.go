@@ -356,8 +356,8 @@ func (l *Log) run() {
 			l.noteLoss()
 			l.flushSync()
 		}
-		if !armed && l.lost > 0 {
-			timer.Reset(retryInterval) // retry the gap record even if no event comes
+		if !armed && (l.lost > 0 || l.failing.Load() != nil) {
+			timer.Reset(retryInterval) // retry what failed even if no event comes
 			armed = true
 		}
 	}
