@@ -566,9 +566,9 @@ func Verify(path string) (n int, err error) {
 
 // Report is the result of [Check].
 type Report struct {
-	Entries int   // entries that verified
-	Gaps    []Gap // records of events missing from the log, in order
-	Missing uint64
+	Entries int    // entries that verified
+	Gaps    []Gap  // records of events missing from the log, in order
+	Missing uint64 // events the gaps account for
 }
 
 // Gap is an entry recording events the log does not hold: dropped because
