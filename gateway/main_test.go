@@ -82,3 +82,28 @@ func TestAuditVerifyCommand(t *testing.T) {
 		t.Fatalf("edited log: %v", err)
 	}
 }
+
+// A log whose chain records a gap (events lost to a full disk) is not
+// reported intact: the command lists the gap and fails.
+func TestAuditVerifyGap(t *testing.T) {
+	data := t.TempDir()
+	l, err := audit.Open(filepath.Join(data, "audit.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Append(audit.Event{V: 1, TS: 1, GW: "gw1", Dev: "d", Verdict: "replay", Detail: "x"})
+	l.Append(audit.Event{V: 1, TS: 2, GW: "gw1", Verdict: "overloaded",
+		Detail: "audit: 4 events lost (writes failing since 2026-01-02T03:04:05Z: no space left on device)"})
+	l.Append(audit.Event{V: 1, TS: 3, GW: "gw1", Dev: "d", Verdict: "replay", Detail: "y"})
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	err = auditCmd([]string{"verify", "--data", data}, &out)
+	if err == nil || !strings.Contains(err.Error(), "incomplete: 4 events not recorded (1 gaps)") {
+		t.Fatalf("log with a gap: %v", err)
+	}
+	if s := out.String(); strings.Contains(s, "intact") || !strings.Contains(s, "line 2: audit: 4 events lost") {
+		t.Fatalf("output %q", s)
+	}
+}

@@ -50,6 +50,18 @@
 // visible in the log. Memory stays bounded and the message path never
 // blocks.
 //
+// # Write errors
+//
+// A failed write or fsync (a full disk, say) does not stop the log. The
+// writer cuts the file back to the end of the last entry it synced, so no
+// partial line is left, counts the entries it could not keep as lost and
+// reports the error through [Log.Err] until a write succeeds again. It
+// retries every second, and with every new event. The first entry that
+// reaches the disk afterwards is a gap record, hash-chained like any other:
+// verdict "overloaded", detail "audit: N events lost (writes failing since
+// TIME: ERROR)". [Check] lists gap records and drop records as gaps, so a
+// log with missing events is never reported as complete.
+//
 // One Log must be the only writer of its file.
 package audit
 
@@ -63,6 +75,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -85,10 +98,11 @@ type Event struct {
 const Anchor = "0000000000000000000000000000000000000000000000000000000000000000"
 
 const (
-	queueSize    = 4096
-	syncInterval = 200 * time.Millisecond
-	bufferSize   = 64 << 10
-	maxLine      = 1 << 20 // longer lines are refused by Verify and Open
+	queueSize     = 4096
+	syncInterval  = 200 * time.Millisecond
+	retryInterval = time.Second // while writes fail
+	bufferSize    = 64 << 10
+	maxLine       = 1 << 20 // longer lines are refused by Verify and Open
 )
 
 // ErrOverflow is returned by [Log.Append] when the write buffer is full: the
@@ -109,6 +123,14 @@ func (e *LineError) Error() string {
 	return fmt.Sprintf("audit log %s: line %d: %s", e.Path, e.Line, e.Reason)
 }
 
+// file is what the log needs of its file; tests put a failing one in.
+type file interface {
+	io.Writer
+	Sync() error
+	Truncate(size int64) error
+	Close() error
+}
+
 // item is an event or a sync request for the writer.
 type item struct {
 	e    Event
@@ -118,15 +140,17 @@ type item struct {
 // Log appends events to the chain. Its methods are safe for concurrent use.
 type Log struct {
 	path string
-	f    *os.File
+	f    file
 
 	closeMu sync.RWMutex // Append and Sync send under the read lock; Close closes ch under the write lock
 	closed  bool
 	ch      chan item
 	done    chan struct{}
 
-	dropped atomic.Uint64
-	failed  atomic.Pointer[error] // first write error, sticky
+	dropped     atomic.Uint64
+	failing     atomic.Pointer[error] // the last write error, until a write succeeds
+	writeErrors atomic.Uint64
+	lostTotal   atomic.Uint64
 
 	closeOnce sync.Once
 	closeErr  error
@@ -137,43 +161,68 @@ type Log struct {
 	prev   string
 	lastGW string
 	dirty  bool
+
+	// What is on disk and synced: its size and its last entry.
+	size     int64
+	syncedN  uint64
+	syncedAt string
+	pending  int64  // bytes written to bw since then
+	events   uint64 // events among them
+	drops    uint64 // events dropped that their drop records count
+	gap      bool   // the gap record is among them
+	trunc    bool   // the file still has to be cut back to size
+
+	lost      uint64 // events lost to write errors, not yet recorded
+	lostSince time.Time
+	lostWhy   string
 }
 
 // Open opens the log at path for appending, creating it if needed, and
 // resumes the chain from its last line. It refuses a file whose last line is
 // incomplete or broken: appending to it would hide the damage.
-func Open(path string) (*Log, error) {
+func Open(path string) (*Log, error) { return open(path, nil) }
+
+// open is Open with the file wrapped by wrap, if not nil.
+func open(path string, wrap func(*os.File) file) (*Log, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open audit log: %w", err)
 	}
-	n, prev, err := resume(path, f)
+	n, prev, size, err := resume(path, f)
 	if err != nil {
 		f.Close()
 		return nil, err
 	}
+	var lf file = f
+	if wrap != nil {
+		lf = wrap(f)
+	}
 	l := &Log{
-		path: path,
-		f:    f,
-		ch:   make(chan item, queueSize),
-		done: make(chan struct{}),
-		bw:   bufio.NewWriterSize(f, bufferSize),
-		n:    n,
-		prev: prev,
+		path:     path,
+		f:        lf,
+		ch:       make(chan item, queueSize),
+		done:     make(chan struct{}),
+		bw:       bufio.NewWriterSize(lf, bufferSize),
+		n:        n,
+		prev:     prev,
+		size:     size,
+		syncedN:  n,
+		syncedAt: prev,
 	}
 	go l.run()
 	return l, nil
 }
 
-// resume reads the last line of f and returns its number and hash.
-func resume(path string, f *os.File) (uint64, string, error) {
+// resume reads the last line of f and returns its number and hash, and the
+// size of f.
+func resume(path string, f *os.File) (n uint64, hash string, size int64, err error) {
 	st, err := f.Stat()
 	if err != nil {
-		return 0, "", fmt.Errorf("open audit log: %w", err)
+		return 0, "", 0, fmt.Errorf("open audit log: %w", err)
 	}
-	size := st.Size()
+	size = st.Size()
 	if size == 0 {
-		return 0, Anchor, nil
+		return 0, Anchor, 0, nil
 	}
 	// Read backwards until the start of the last line.
 	var tail []byte
@@ -185,11 +234,11 @@ func resume(path string, f *os.File) (uint64, string, error) {
 		off -= chunk
 		buf := make([]byte, chunk)
 		if _, err := f.ReadAt(buf, off); err != nil && err != io.EOF {
-			return 0, "", fmt.Errorf("open audit log: read %s: %w", path, err)
+			return 0, "", 0, fmt.Errorf("open audit log: read %s: %w", path, err)
 		}
 		tail = append(buf, tail...)
 		if tail[len(tail)-1] != '\n' {
-			return 0, "", fmt.Errorf("audit log %s: the last line is incomplete (truncated tail); refusing to append to a broken chain", path)
+			return 0, "", 0, fmt.Errorf("audit log %s: the last line is incomplete (truncated tail); refusing to append to a broken chain", path)
 		}
 		if i := bytes.LastIndexByte(tail[:len(tail)-1], '\n'); i >= 0 {
 			tail = tail[i+1:]
@@ -199,23 +248,22 @@ func resume(path string, f *os.File) (uint64, string, error) {
 			break
 		}
 		if int64(len(tail)) > maxLine {
-			return 0, "", fmt.Errorf("audit log %s: the last line is longer than %d bytes; refusing to append to a broken chain", path, maxLine)
+			return 0, "", 0, fmt.Errorf("audit log %s: the last line is longer than %d bytes; refusing to append to a broken chain", path, maxLine)
 		}
 	}
-	n, _, hash, err := parseLine(tail[:len(tail)-1])
+	n, _, hash, _, err = parseLine(tail[:len(tail)-1])
 	if err != nil {
-		return 0, "", fmt.Errorf("audit log %s: the last line is broken (%s); refusing to append to a broken chain", path, err)
+		return 0, "", 0, fmt.Errorf("audit log %s: the last line is broken (%s); refusing to append to a broken chain", path, err)
 	}
-	return n, hash, nil
+	return n, hash, size, nil
 }
 
 // Append queues e for the log and returns without waiting for the disk. It
 // returns [ErrOverflow] if the buffer is full (the event is dropped and the
-// drop recorded), [ErrClosed] after Close, or the writer's first I/O error.
+// drop recorded), or [ErrClosed] after Close. While writes fail (see
+// [Log.Err]) events are still queued: each is written once the disk takes
+// it again, or counted in the gap record.
 func (l *Log) Append(e Event) error {
-	if p := l.failed.Load(); p != nil {
-		return *p
-	}
 	l.closeMu.RLock()
 	defer l.closeMu.RUnlock()
 	if l.closed {
@@ -230,7 +278,9 @@ func (l *Log) Append(e Event) error {
 	}
 }
 
-// Sync writes every event appended before the call and fsyncs the file.
+// Sync writes every event appended before the call and fsyncs the file. It
+// returns the write error if that failed (the events are then counted as
+// lost, and recorded as a gap once writes succeed again).
 func (l *Log) Sync() error {
 	l.closeMu.RLock()
 	if l.closed {
@@ -252,7 +302,7 @@ func (l *Log) Close() error {
 		close(l.ch)
 		l.closeMu.Unlock()
 		<-l.done
-		err := l.err()
+		err := l.Err()
 		if cerr := l.f.Close(); cerr != nil && err == nil {
 			err = fmt.Errorf("close audit log: %w", cerr)
 		}
@@ -261,16 +311,21 @@ func (l *Log) Close() error {
 	return l.closeErr
 }
 
-func (l *Log) err() error {
-	if p := l.failed.Load(); p != nil {
+// Err is the error of the last write or fsync if it failed and no write has
+// succeeded since: while it is not nil, events are not being recorded.
+func (l *Log) Err() error {
+	if p := l.failing.Load(); p != nil {
 		return *p
 	}
 	return nil
 }
 
-func (l *Log) fail(err error) {
-	l.failed.CompareAndSwap(nil, &err)
-}
+// WriteErrors is the number of writes and fsyncs that failed.
+func (l *Log) WriteErrors() uint64 { return l.writeErrors.Load() }
+
+// Lost is the number of events lost to write errors (each recorded in a gap
+// record once writes succeed again).
+func (l *Log) Lost() uint64 { return l.lostTotal.Load() }
 
 // run is the writer goroutine.
 func (l *Log) run() {
@@ -282,16 +337,15 @@ func (l *Log) run() {
 		select {
 		case it, ok := <-l.ch:
 			if !ok {
-				l.noteDropped()
+				l.noteLoss()
 				l.flushSync()
 				return
 			}
+			l.noteLoss()
 			if it.sync != nil {
-				l.noteDropped()
 				it.sync <- l.flushSync()
 				continue
 			}
-			l.noteDropped()
 			l.write(it.e)
 			if !armed {
 				timer.Reset(syncInterval)
@@ -299,58 +353,126 @@ func (l *Log) run() {
 			}
 		case <-timer.C:
 			armed = false
+			l.noteLoss()
 			l.flushSync()
+		}
+		if !armed && (l.lost > 0 || l.failing.Load() != nil) {
+			timer.Reset(retryInterval) // retry what failed even if no event comes
+			armed = true
 		}
 	}
 }
 
-// noteDropped records dropped events in the chain.
-func (l *Log) noteDropped() {
+// noteLoss records dropped events, and events lost to write errors, in the
+// chain.
+func (l *Log) noteLoss() {
 	if n := l.dropped.Swap(0); n > 0 {
-		l.write(Event{V: 1, TS: time.Now().UnixMilli(), GW: l.lastGW, Verdict: "overloaded",
-			Detail: fmt.Sprintf("audit: %d events dropped", n)})
+		l.writeEntry(Event{V: 1, TS: time.Now().UnixMilli(), GW: l.lastGW, Verdict: "overloaded",
+			Detail: fmt.Sprintf("audit: %d events dropped", n)}, n, false)
+	}
+	if l.lost > 0 && !l.gap {
+		l.writeEntry(Event{V: 1, TS: time.Now().UnixMilli(), GW: l.lastGW, Verdict: "overloaded",
+			Detail: fmt.Sprintf("audit: %d events lost (writes failing since %s: %s)",
+				l.lost, l.lostSince.UTC().Format(time.RFC3339), l.lostWhy)}, 0, true)
 	}
 }
 
-// write appends one entry to the buffer.
+// write appends one event to the buffer.
 func (l *Log) write(e Event) {
-	if l.err() != nil {
-		return
-	}
 	if e.GW != "" {
 		l.lastGW = e.GW
 	}
+	l.writeEntry(e, 0, false)
+}
+
+// writeEntry appends one entry to the buffer. drops is the count a drop
+// record carries; gap marks the gap record.
+func (l *Log) writeEntry(e Event, drops uint64, gap bool) {
+	switch {
+	case drops > 0:
+		l.drops += drops
+	case gap:
+		l.gap = true
+	default:
+		l.events++
+	}
+	if l.trunc {
+		if err := l.f.Truncate(l.size); err != nil {
+			l.failed(fmt.Errorf("audit log %s: cut back to the last synced entry: %w", l.path, err))
+			return
+		}
+		l.trunc = false
+	}
 	line, hash, err := encodeLine(l.n+1, l.prev, e)
 	if err != nil {
-		l.fail(fmt.Errorf("audit log %s: encode event: %w", l.path, err))
+		l.failed(fmt.Errorf("audit log %s: encode event: %w", l.path, err))
 		return
 	}
 	if _, err := l.bw.Write(line); err != nil {
-		l.fail(fmt.Errorf("audit log %s: write: %w", l.path, err))
+		l.failed(fmt.Errorf("audit log %s: write: %w", l.path, err))
 		return
 	}
+	l.pending += int64(len(line))
 	l.n++
 	l.prev = hash
 	l.dirty = true
 }
 
 func (l *Log) flushSync() error {
-	if err := l.err(); err != nil {
-		return err
-	}
 	if !l.dirty {
-		return nil
+		return l.Err()
 	}
 	if err := l.bw.Flush(); err != nil {
-		l.fail(fmt.Errorf("audit log %s: write: %w", l.path, err))
-		return l.err()
+		return l.failed(fmt.Errorf("audit log %s: write: %w", l.path, err))
 	}
 	if err := l.f.Sync(); err != nil {
-		l.fail(fmt.Errorf("audit log %s: sync: %w", l.path, err))
-		return l.err()
+		return l.failed(fmt.Errorf("audit log %s: sync: %w", l.path, err))
 	}
-	l.dirty = false
+	l.size += l.pending
+	l.syncedN, l.syncedAt = l.n, l.prev
+	l.pending, l.events, l.drops, l.dirty = 0, 0, 0, false
+	if l.gap {
+		l.gap, l.lost, l.lostWhy = false, 0, ""
+	}
+	l.failing.Store(nil)
 	return nil
+}
+
+// failed handles a failed write or fsync: what was written since the last
+// sync is cut off the file (it may hold a partial line, and after a failed
+// fsync nothing says what reached the disk), its events are counted as
+// lost and its drop counts are carried over, and the chain continues from
+// the last synced entry. It returns err.
+func (l *Log) failed(err error) error {
+	l.writeErrors.Add(1)
+	if l.lost == 0 && !l.gap {
+		l.lostSince = time.Now()
+	}
+	if l.lostWhy == "" {
+		l.lostWhy = cause(err)
+	}
+	l.lost += l.events
+	l.lostTotal.Add(l.events)
+	l.dropped.Add(l.drops)
+	l.n, l.prev = l.syncedN, l.syncedAt
+	l.pending, l.events, l.drops, l.gap, l.dirty = 0, 0, 0, false, false
+	l.bw.Reset(l.f)
+	if terr := l.f.Truncate(l.size); terr != nil {
+		l.trunc = true // retried before the next entry
+	}
+	l.failing.Store(&err)
+	return err
+}
+
+// cause is the innermost message of err ("no space left on device").
+func cause(err error) string {
+	for {
+		u := errors.Unwrap(err)
+		if u == nil {
+			return err.Error()
+		}
+		err = u
+	}
 }
 
 // encodeLine returns the line (with its newline) of entry n and its hash.
@@ -389,8 +511,8 @@ func buildLine(n uint64, prev, hash string, ev []byte) []byte {
 }
 
 // parseLine checks one line (without its newline) on its own: canonical
-// form and hash. It returns the entry number, prev and hash.
-func parseLine(line []byte) (n uint64, prev, hash string, err error) {
+// form and hash. It returns the entry number, prev, hash and event.
+func parseLine(line []byte) (n uint64, prev, hash string, e Event, err error) {
 	var raw struct {
 		N     *uint64         `json:"n"`
 		Prev  string          `json:"prev"`
@@ -400,29 +522,28 @@ func parseLine(line []byte) (n uint64, prev, hash string, err error) {
 	d := json.NewDecoder(bytes.NewReader(line))
 	d.DisallowUnknownFields()
 	if err := d.Decode(&raw); err != nil {
-		return 0, "", "", fmt.Errorf("not a valid entry: %v", err)
+		return 0, "", "", Event{}, fmt.Errorf("not a valid entry: %v", err)
 	}
 	if raw.N == nil || raw.Event == nil || !isHash(raw.Prev) || !isHash(raw.Hash) {
-		return 0, "", "", errors.New("not a valid entry: missing n, event, prev or hash")
+		return 0, "", "", Event{}, errors.New("not a valid entry: missing n, event, prev or hash")
 	}
-	var e Event
 	d = json.NewDecoder(bytes.NewReader(raw.Event))
 	d.DisallowUnknownFields()
 	if err := d.Decode(&e); err != nil {
-		return 0, "", "", fmt.Errorf("not a valid event: %v", err)
+		return 0, "", "", Event{}, fmt.Errorf("not a valid event: %v", err)
 	}
 	ev, err := json.Marshal(e)
 	if err != nil {
-		return 0, "", "", fmt.Errorf("not a valid event: %v", err)
+		return 0, "", "", Event{}, fmt.Errorf("not a valid event: %v", err)
 	}
 	want := buildLine(*raw.N, raw.Prev, raw.Hash, ev)
 	if !bytes.Equal(want[:len(want)-1], line) {
-		return 0, "", "", errors.New("not in canonical form (edited)")
+		return 0, "", "", Event{}, errors.New("not in canonical form (edited)")
 	}
 	if entryHash(*raw.N, raw.Prev, ev) != raw.Hash {
-		return 0, "", "", errors.New("hash does not match the entry (edited)")
+		return 0, "", "", Event{}, errors.New("hash does not match the entry (edited)")
 	}
-	return *raw.N, raw.Prev, raw.Hash, nil
+	return *raw.N, raw.Prev, raw.Hash, e, nil
 }
 
 func isHash(s string) bool {
@@ -437,11 +558,38 @@ func isHash(s string) bool {
 // line and why: edited (bad hash or not canonical), removed, inserted or
 // reordered (wrong number or prev), or truncated (no final newline). Whole
 // lines removed from the end cannot be seen from the file alone: compare n
-// with a count kept elsewhere.
+// with a count kept elsewhere. [Check] also lists the gaps the log records.
 func Verify(path string) (n int, err error) {
+	r, err := Check(path)
+	return r.Entries, err
+}
+
+// Report is the result of [Check].
+type Report struct {
+	Entries int    // entries that verified
+	Gaps    []Gap  // records of events missing from the log, in order
+	Missing uint64 // events the gaps account for
+}
+
+// Gap is an entry recording events the log does not hold: dropped because
+// the buffer was full, or lost because writes failed.
+type Gap struct {
+	Line   int
+	Events uint64
+	Detail string
+}
+
+// gapDetail matches the detail of a drop record and of a gap record.
+var gapDetail = regexp.MustCompile(`^audit: ([0-9]+) events (dropped|lost)\b`)
+
+// Check is [Verify] that also returns the gaps recorded in the chain (see
+// Write errors in the package documentation): Missing is the number of
+// events they account for.
+func Check(path string) (Report, error) {
+	var rep Report
 	f, err := os.Open(path)
 	if err != nil {
-		return 0, fmt.Errorf("verify audit log: %w", err)
+		return rep, fmt.Errorf("verify audit log: %w", err)
 	}
 	defer f.Close()
 	r := bufio.NewReaderSize(f, 64<<10)
@@ -449,10 +597,10 @@ func Verify(path string) (n int, err error) {
 	for line := 1; ; line++ {
 		b, err := readLine(r)
 		if err == io.EOF {
-			return n, nil
+			return rep, nil
 		}
-		bad := func(format string, args ...any) (int, error) {
-			return n, &LineError{Path: path, Line: line, Reason: fmt.Sprintf(format, args...)}
+		bad := func(format string, args ...any) (Report, error) {
+			return rep, &LineError{Path: path, Line: line, Reason: fmt.Sprintf(format, args...)}
 		}
 		switch {
 		case errors.Is(err, errTruncated):
@@ -460,9 +608,9 @@ func Verify(path string) (n int, err error) {
 		case errors.Is(err, errTooLong):
 			return bad("longer than %d bytes", maxLine)
 		case err != nil:
-			return n, fmt.Errorf("verify audit log %s: %w", path, err)
+			return rep, fmt.Errorf("verify audit log %s: %w", path, err)
 		}
-		num, p, hash, err := parseLine(b)
+		num, p, hash, e, err := parseLine(b)
 		if err != nil {
 			return bad("%v", err)
 		}
@@ -476,7 +624,12 @@ func Verify(path string) (n int, err error) {
 			return bad("prev does not match the hash of line %d (lines removed, inserted or reordered)", line-1)
 		}
 		prev = hash
-		n++
+		rep.Entries++
+		if m := gapDetail.FindStringSubmatch(e.Detail); m != nil && e.Verdict == "overloaded" && e.Dev == "" && e.Remote == "" {
+			n, _ := strconv.ParseUint(m[1], 10, 64)
+			rep.Gaps = append(rep.Gaps, Gap{Line: line, Events: n, Detail: e.Detail})
+			rep.Missing += n
+		}
 	}
 }
 

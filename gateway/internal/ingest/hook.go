@@ -86,6 +86,15 @@ type Hook struct {
 	draining atomic.Bool
 	inflight sync.RWMutex // held for reading by each OnPublish
 	unacked  atomic.Int64 // stored QoS 1 messages whose PUBACK is not written yet
+
+	storeErr atomic.Pointer[StoreError] // since the last successful append
+}
+
+// StoreError is a failure of the queue to store messages (a full disk, say):
+// the last error, and when the failures began.
+type StoreError struct {
+	Err   error
+	Since time.Time
 }
 
 // session is what the gateway knows of one authenticated connection.
@@ -126,7 +135,7 @@ func (h *Hook) ID() string { return "vitalgate-ingest" }
 func (h *Hook) Provides(b byte) bool {
 	return bytes.Contains([]byte{
 		mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnSubscribe,
-		mqtt.OnDisconnect, mqtt.OnPublish,
+		mqtt.OnDisconnect, mqtt.OnPublish, mqtt.OnPacketRead,
 	}, []byte{b})
 }
 
@@ -280,6 +289,32 @@ func subscribeDenied(cmd, filter string) string {
 	return ""
 }
 
+// OnPacketRead refuses a QoS 2 PUBLISH before mochi sees it: the CONNACK
+// advertised a maximum QoS of 1, and mochi would otherwise lower the QoS,
+// store the record and answer with a PUBACK, which the device takes for a
+// protocol error and resends. MQTT 5 gets DISCONNECT 0x9B (QoS not
+// supported); MQTT 3.1.1, which has no such answer, has its connection
+// closed. Nothing is stored; the refusal is a malformed verdict with a
+// strike.
+func (h *Hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if pk.FixedHeader.Type != packets.Publish || pk.FixedHeader.Qos < 2 {
+		return pk, nil
+	}
+	h.o.Metrics.Rejected.WithLabelValues(string(verdict.Malformed)).Inc()
+	detail := fmt.Sprintf("QoS 2 PUBLISH to %q (maximum QoS 1): connection closed", truncate(pk.TopicName, 200))
+	if s := h.session(cl); s != nil {
+		h.reject(s, verdict.Malformed, detail)
+	} else {
+		h.emit(verdict.Malformed, "", detail, cl.Net.Remote)
+	}
+	if cl.Properties.ProtocolVersion == 5 {
+		_ = h.server.DisconnectClient(cl, packets.ErrQosNotSupported)
+	}
+	// mochi passes on only this error, which ends its read loop and so
+	// closes the connection.
+	return pk, packets.ErrRejectPacket
+}
+
 // OnDisconnect forgets the connection.
 func (h *Hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) { h.forget(cl) }
 
@@ -369,6 +404,7 @@ func (h *Hook) publish(cl *mqtt.Client, s *session, pk *packets.Packet) (reply e
 	h.o.Metrics.Latency.Observe(time.Since(start).Seconds())
 	if err == nil || err == errDuplicate {
 		if err == nil {
+			h.storeErr.Store(nil)
 			h.o.Metrics.Accepted.Inc()
 		} else {
 			h.o.Metrics.Duplicates.Inc()
@@ -380,6 +416,7 @@ func (h *Hook) publish(cl *mqtt.Client, s *session, pk *packets.Packet) (reply e
 	}
 	v := verdict.Of(err)
 	if v == "" { // not a verdict: an internal failure of the queue
+		h.noteStoreError(err)
 		h.o.Log.Error("enqueue failed", "dev", s.id, "error", err)
 		v, err = verdict.Overloaded, verdict.New(verdict.Overloaded, "queue unavailable")
 	}
@@ -408,6 +445,19 @@ func (h *Hook) publish(cl *mqtt.Client, s *session, pk *packets.Packet) (reply e
 	_ = h.server.DisconnectClient(cl, packets.ErrNotAuthorized)
 	return packets.ErrRejectPacket, false
 }
+
+// noteStoreError records a failure to store a message.
+func (h *Hook) noteStoreError(err error) {
+	since := h.o.Now()
+	if prev := h.storeErr.Load(); prev != nil {
+		since = prev.Since
+	}
+	h.storeErr.Store(&StoreError{Err: err, Since: since})
+}
+
+// StoreError is the queue's failure to store messages, or nil if the last
+// message that reached the queue was stored (or none failed).
+func (h *Hook) StoreError() *StoreError { return h.storeErr.Load() }
 
 // reject reports a rejection and counts it towards quarantine. It reports
 // whether this strike started a quarantine, in which case the caller

@@ -131,3 +131,28 @@ func TestListenerMaxConns(t *testing.T) {
 	}
 	third.Close()
 }
+
+// The connection cap leaves FDReserve descriptors of the open-file limit to
+// the rest of the gateway, and at least a quarter of a small limit to
+// devices.
+func TestConnCap(t *testing.T) {
+	for _, c := range []struct {
+		max     int
+		nofile  uint64
+		want    int
+		lowered bool
+	}{
+		{20000, 1024, 512, true},       // ulimit -n 1024 and the default max_connections
+		{20000, 1 << 20, 20000, false}, // systemd's default hard limit
+		{20000, 20000 + FDReserve, 20000, false},
+		{20000, 20000 + FDReserve - 1, 19999, true},
+		{100, 256, 64, true}, // a quarter of a small limit
+		{10, 256, 10, false},
+		{20000, 0, 1, true},
+	} {
+		got, lowered := ConnCap(c.max, c.nofile)
+		if got != c.want || lowered != c.lowered {
+			t.Errorf("ConnCap(%d, %d) = %d, %v; want %d, %v", c.max, c.nofile, got, lowered, c.want, c.lowered)
+		}
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -27,8 +28,34 @@ type ListenerConfig struct {
 	// OnHandshake is told the outcome of every handshake: err is nil on
 	// success. It is called from the handshake's goroutine.
 	OnHandshake func(remote string, state *tls.ConnectionState, err error)
-	// OnRefused is told of a connection closed because MaxConns was reached.
+	// OnRefused is told of a connection closed because MaxConns was reached,
+	// and of one the kernel could not hand over because the process is out
+	// of file descriptors (remote is "" then).
 	OnRefused func(remote string)
+}
+
+// FDReserve is the number of file descriptors [ConnCap] keeps for
+// everything but device connections: the queue and audit files, the HTTP
+// endpoints, the cloud connections, an embedded cloud broker and its
+// clients, and the process's own.
+const FDReserve = 512
+
+// ConnCap is the cap on device connections the process can honour with a
+// limit of nofile open files (RLIMIT_NOFILE): maxConns, lowered to nofile
+// minus [FDReserve] (at least a quarter of nofile) when that is smaller.
+// Above it, half-open connections would use up every descriptor: accept
+// fails with EMFILE, the other files and a valid device's connection can no
+// longer be opened, and nothing is refused or counted. lowered reports a
+// lowered cap.
+func ConnCap(maxConns int, nofile uint64) (limit int, lowered bool) {
+	avail := nofile / 4
+	if nofile > FDReserve && nofile-FDReserve > avail {
+		avail = nofile - FDReserve
+	}
+	if avail >= uint64(maxConns) {
+		return maxConns, false
+	}
+	return max(int(avail), 1), true
 }
 
 // Listener is a net.Listener for mochi's listeners.NewNet that hands over only
@@ -87,6 +114,11 @@ func (l *Listener) acceptLoop() {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
 				continue
+			}
+			if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+				if l.cfg.OnRefused != nil {
+					l.cfg.OnRefused("") // a connection waits that cannot be taken
+				}
 			}
 			// Resource exhaustion (EMFILE and friends): back off briefly.
 			select {
@@ -174,6 +206,9 @@ func (l *Listener) Close() error {
 
 // Addr is the bound address.
 func (l *Listener) Addr() net.Addr { return l.raw.Addr() }
+
+// MaxConns is the cap on device connections, handshaking ones included.
+func (l *Listener) MaxConns() int { return cap(l.slots) }
 
 // Open is the number of device connections, handshaking ones included.
 func (l *Listener) Open() int64 { return l.open.Load() }

@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"testing"
 	"time"
 
@@ -58,8 +60,13 @@ func (d *rawDevice) send(encode func(*bytes.Buffer) error) {
 
 func (d *rawDevice) publish(id uint16, topic string, payload []byte) {
 	d.t.Helper()
+	d.publishQos(1, id, topic, payload)
+}
+
+func (d *rawDevice) publishQos(qos byte, id uint16, topic string, payload []byte) {
+	d.t.Helper()
 	d.send(func(b *bytes.Buffer) error {
-		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, ProtocolVersion: d.version,
+		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: qos}, ProtocolVersion: d.version,
 			PacketID: id, TopicName: topic, Payload: payload}
 		return pk.PublishEncode(b)
 	})
@@ -73,8 +80,8 @@ func (d *rawDevice) ping() {
 	})
 }
 
-// read returns the next packet the gateway wrote (CONNACK, PUBACK and
-// PINGRESP are decoded).
+// read returns the next packet the gateway wrote (CONNACK, PUBACK,
+// DISCONNECT and PINGRESP are decoded).
 func (d *rawDevice) read() packets.Packet {
 	d.t.Helper()
 	d.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -100,6 +107,8 @@ func (d *rawDevice) read() packets.Packet {
 		err = pk.ConnackDecode(body)
 	case packets.Puback:
 		err = pk.PubackDecode(body)
+	case packets.Disconnect:
+		err = pk.DisconnectDecode(body)
 	}
 	if err != nil {
 		d.t.Fatalf("decode packet type %d: %v", pk.FixedHeader.Type, err)
@@ -151,4 +160,42 @@ func TestOnePubackPerPublish(t *testing.T) {
 		commits, timed := e.metric("vitalgate_queue_commits_total", ""), e.metric("vitalgate_queue_commit_seconds", "")
 		return commits >= 1 && timed == commits
 	})
+}
+
+// A QoS 2 PUBLISH is refused, not stored: MQTT 5 gets DISCONNECT 0x9B (the
+// CONNACK advertised maximum QoS 1), MQTT 3.1.1 and 3.1 have the connection
+// closed without any packet, since they have no way to say why. Before, the
+// QoS was lowered, the record stored and a PUBACK sent, which the device
+// takes for a protocol error.
+func TestQos2PublishRefused(t *testing.T) {
+	e := newEnv(t, nil)
+	for _, version := range []byte{3, 4, 5} {
+		t.Run(fmt.Sprintf("v%d", version), func(t *testing.T) {
+			id := fmt.Sprintf("t-qos2-%d", version)
+			e.device(id)
+			d := e.rawDial(id, version)
+			d.publishQos(2, 1, telemetryTopic(id), e.sign(id, spo2(id, 1)))
+			if version == 5 {
+				pk := d.read()
+				if pk.FixedHeader.Type != packets.Disconnect || pk.ReasonCode != packets.ErrQosNotSupported.Code {
+					t.Fatalf("got packet type %d reason 0x%02x, want DISCONNECT 0x9b", pk.FixedHeader.Type, pk.ReasonCode)
+				}
+			}
+			d.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if b, err := d.r.ReadByte(); err == nil {
+				t.Fatalf("gateway wrote a packet (first byte 0x%02x), want the connection closed", b)
+			} else if errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatal("connection still open 10 s after a QoS 2 PUBLISH")
+			}
+			if _, ok := e.gw.Queue().LastSeq(id); ok {
+				t.Fatal("the QoS 2 record was stored")
+			}
+		})
+	}
+	if got := e.metric("vitalgate_gateway_accepted_total", ""); got != 0 {
+		t.Fatalf("accepted %v, want 0", got)
+	}
+	if got := e.rejected("malformed"); got != 3 {
+		t.Fatalf("malformed rejections %v, want 3", got)
+	}
 }

@@ -177,6 +177,7 @@ func New(cfg config.Config, log *slog.Logger) (g *Gateway, err error) {
 		return nil, fmt.Errorf("open audit log: %w", err)
 	}
 	g.registerQueueMetrics()
+	g.registerAuditMetrics()
 
 	// Cloud: the configured brokers, or an embedded one.
 	urls := cfg.Cloud
@@ -220,9 +221,10 @@ func New(cfg config.Config, log *slog.Logger) (g *Gateway, err error) {
 		ResendWindow: cfg.MaxInflight,
 		Log:          log.With("component", "ingest"),
 	})
+	maxConns := connCap(cfg.MaxConnections, log)
 	caps := mqtt.NewDefaultServerCapabilities()
 	caps.MaximumPacketSize = uint32(cfg.MaxPacket)
-	caps.MaximumClients = int64(cfg.MaxConnections)
+	caps.MaximumClients = int64(maxConns)
 	caps.MaximumClientWritesPending = 64 // a device receives nothing but acks and commands
 	caps.ReceiveMaximum = uint16(cfg.MaxInflight)
 	caps.MaximumInflight = uint16(cfg.MaxInflight)
@@ -246,7 +248,7 @@ func New(cfg config.Config, log *slog.Logger) (g *Gateway, err error) {
 		return nil, fmt.Errorf("ingest hook: %w", err)
 	}
 	if g.devices, err = ingest.Listen(cfg.Listen, ingest.ListenerConfig{
-		TLS: deviceTLS, MaxConns: cfg.MaxConnections, AcceptRate: cfg.AcceptRate, HandshakeTimeout: cfg.HandshakeTimeout,
+		TLS: deviceTLS, MaxConns: maxConns, AcceptRate: cfg.AcceptRate, HandshakeTimeout: cfg.HandshakeTimeout,
 		OnHandshake: g.handshakeOutcome(metrics), OnRefused: func(remote string) {
 			metrics.Handshakes.WithLabelValues("refused").Inc()
 		},
@@ -265,6 +267,22 @@ func New(cfg config.Config, log *slog.Logger) (g *Gateway, err error) {
 		g.http = &http.Server{Handler: g.routes(), ReadHeaderTimeout: 5 * time.Second}
 	}
 	return g, nil
+}
+
+// connCap is max_connections, lowered with a warning to what the limit of
+// open files allows (see [ingest.ConnCap]).
+func connCap(configured int, log *slog.Logger) int {
+	nofile, err := nofileLimit()
+	if err != nil {
+		log.Warn("cannot read the open-file limit; max_connections not checked against it", "error", err)
+		return configured
+	}
+	limit, lowered := ingest.ConnCap(configured, nofile)
+	if lowered {
+		log.Warn("max_connections lowered to fit the open-file limit (raise the limit, e.g. LimitNOFILE= in systemd, or lower max_connections)",
+			"max_connections", configured, "effective", limit, "nofile", nofile, "reserved", ingest.FDReserve)
+	}
+	return limit
 }
 
 // identityMismatch says how the configured site and ID differ from those of
@@ -419,9 +437,11 @@ func (g *Gateway) loadSchemas() error {
 
 // watchFiles reloads crl.pem and the schema file when they change; after a
 // CRL reload it drops the sessions of devices revoked since they connected.
+// It also logs the audit log's failures and recoveries.
 func (g *Gateway) watchFiles() {
 	crl := filepath.Join(g.cfg.PKI, pki.FileCRL)
 	lastCRL, lastSchemas, lastSweep := g.crlStamp, g.schemaStamp, time.Now()
+	auditFailing := false
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
@@ -430,6 +450,7 @@ func (g *Gateway) watchFiles() {
 			return
 		case <-t.C:
 		}
+		auditFailing = g.watchAudit(auditFailing)
 		if time.Since(lastSweep) > time.Minute {
 			lastSweep = time.Now()
 			g.hook.DropRevoked() // certificates that expired while connected
@@ -518,6 +539,73 @@ func (g *Gateway) registerQueueMetrics() {
 	)
 }
 
+func (g *Gateway) registerAuditMetrics() {
+	g.reg.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "vitalgate_audit_write_errors_total", Help: "Failed writes and fsyncs of the audit log."},
+			func() float64 { return float64(g.audit.WriteErrors()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "vitalgate_audit_events_lost_total", Help: "Security events lost to audit log write errors (each loss is recorded in the log as a gap)."},
+			func() float64 { return float64(g.audit.Lost()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "vitalgate_audit_failing", Help: "1 while the audit log cannot be written: security events are not being recorded."},
+			func() float64 {
+				if g.audit.Err() != nil {
+					return 1
+				}
+				return 0
+			}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "vitalgate_queue_failing", Help: "1 while the queue fails to store messages (not full: failing, a full disk say); devices get overloaded."},
+			func() float64 {
+				if g.hook.StoreError() != nil {
+					return 1
+				}
+				return 0
+			}),
+	)
+}
+
+// notReady lists why the gateway cannot take devices' messages now, or
+// nothing if it can.
+func (g *Gateway) notReady() []string {
+	var why []string
+	if g.closing.Load() {
+		why = append(why, "shutting down")
+	}
+	if g.queue.Len() >= g.cfg.Queue.MaxRecords || g.queue.Bytes() >= g.cfg.Queue.MaxBytes {
+		why = append(why, "queue: full")
+	}
+	if e := g.hook.StoreError(); e != nil {
+		why = append(why, fmt.Sprintf("queue: %s (failing since %s)", rootCause(e.Err), e.Since.UTC().Format(time.RFC3339)))
+	}
+	if err := g.audit.Err(); err != nil {
+		why = append(why, "audit: "+rootCause(err)+" (security events are not being recorded)")
+	}
+	return why
+}
+
+// rootCause is the innermost message of err ("no space left on device"),
+// without the paths the wrappers add.
+func rootCause(err error) string {
+	for {
+		u := errors.Unwrap(err)
+		if u == nil {
+			return err.Error()
+		}
+		err = u
+	}
+}
+
+// watchAudit logs when the audit log starts failing and when it writes
+// again; failing is the state of the previous call.
+func (g *Gateway) watchAudit(failing bool) bool {
+	err := g.audit.Err()
+	switch {
+	case err != nil && !failing:
+		g.log.Error("audit log cannot be written: security events are not being recorded (retrying every second)", "error", err)
+	case err == nil && failing:
+		g.log.Warn("audit log written again; the events lost meanwhile are recorded in it as a gap", "lost_total", g.audit.Lost())
+	}
+	return err != nil
+}
+
 func (g *Gateway) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(g.reg, promhttp.HandlerOpts{}))
@@ -525,11 +613,15 @@ func (g *Gateway) routes() http.Handler {
 		w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		// Ready means devices can be accepted: store-and-forward does not
-		// need the cloud, but it needs room in the queue.
+		// Ready means devices' messages can be taken and audited:
+		// store-and-forward does not need the cloud, but it needs a queue
+		// that stores and an audit log that writes.
+		why := g.notReady()
 		full := g.queue.Len() >= g.cfg.Queue.MaxRecords || g.queue.Bytes() >= g.cfg.Queue.MaxBytes
-		state := map[string]any{"queue": g.queue.Len(), "queue_full": full, "cloud_connected": g.relay.Connected()}
-		if full || g.closing.Load() {
+		state := map[string]any{"ready": len(why) == 0, "reasons": append([]string{}, why...),
+			"queue": g.queue.Len(), "queue_full": full, "cloud_connected": g.relay.Connected()}
+		w.Header().Set("Content-Type", "application/json")
+		if len(why) > 0 {
 			w.WriteHeader(http.StatusServiceUnavailable)
 		}
 		json.NewEncoder(w).Encode(state)
