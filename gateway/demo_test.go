@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vitalgate/vitalgate/gateway/internal/demo"
 	"github.com/vitalgate/vitalgate/internal/envelope"
 	"github.com/vitalgate/vitalgate/internal/pki"
 	"github.com/vitalgate/vitalgate/internal/telemetry"
@@ -126,6 +127,11 @@ func TestDemo(t *testing.T) {
 	for _, v := range firstPhase {
 		if r[v] == 0 {
 			t.Errorf("no %s rejections counted in the final view (%v)", v, r)
+		}
+	}
+	for _, line := range strings.Split(final, "\n") {
+		if strings.HasPrefix(line, demo.AttackerPrefix+"-") {
+			t.Errorf("an attacker shown as a patient row: %q", line)
 		}
 	}
 	if strings.Contains(final, "SIG BAD") || strings.Contains(final, "REC DIFFERS") {

@@ -24,6 +24,10 @@ func TestSlowAppDoesNotStallTheSite(t *testing.T) {
 	dir := testPKI(t)
 	cfg := testConfig(dir, "")
 	cfg.AppWriteTimeout = 2 * time.Second
+	// Room for the whole run in each session, so that the other app, on a
+	// busy machine, is not cut off at max_inflight (a bounded queue that is
+	// the subject of other tests) while it catches up.
+	cfg.MaxInflight = 4096
 	b, logs := startBroker(t, cfg)
 	tok := mint(t, dir, "site1")
 

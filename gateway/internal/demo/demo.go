@@ -62,7 +62,7 @@ type Options struct {
 	Out       io.Writer     // the view (default os.Stdout)
 	Terminal  bool          // redraw in place with ANSI codes and colours; else append plain snapshots
 	Refresh   time.Duration // redraw interval (default 500ms on a terminal, 2s otherwise)
-	Phase     time.Duration // how long an attacker stays in one mode (default 30s)
+	Phase     time.Duration // how long an attacker stays in one mode (default: 30s, shorter to fit every mode of its cycle into Duration)
 }
 
 // Result says where a run left its files and what it saw last.
@@ -108,9 +108,29 @@ func (o *Options) defaults() {
 		}
 	}
 	if o.Phase <= 0 {
-		o.Phase = 30 * time.Second
+		o.Phase = fitPhase(o.Duration)
 	}
 }
+
+// fitPhase is the default attack phase: 30 s, or shorter (down to 5 s) so
+// that every mode of an attacker's cycle runs within a demo of duration d
+// (0: unbounded). A phase also takes phaseDrain to collect its answers, and
+// the fleet takes a few seconds to start.
+func fitPhase(d time.Duration) time.Duration {
+	const full, least, startup = 30 * time.Second, 5 * time.Second, 5 * time.Second
+	if d <= 0 {
+		return full
+	}
+	n := 0
+	for _, c := range AttackCycles {
+		n = max(n, len(c))
+	}
+	p := (d-startup)/time.Duration(n) - phaseDrain
+	return min(max(p, least), full)
+}
+
+// phaseDrain is how long an attack phase waits for its last answers.
+const phaseDrain = 2 * time.Second
 
 // Validate reports bad options.
 func (o Options) Validate() error {
@@ -224,7 +244,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 				mu.Unlock()
 				ac := fleet.Default()
 				ac.PKI, ac.Gateway, ac.Devices, ac.Prefix = res.PKI, res.DeviceAddr, 1, prefix
-				ac.Attack, ac.Attackers, ac.Duration, ac.Drain = mode, 1, o.Phase, 2*time.Second
+				ac.Attack, ac.Attackers, ac.Duration, ac.Drain = mode, 1, o.Phase, phaseDrain
 				ac.Rate, ac.AttackBudget = 0.5, 5 // 10 violations a minute at most: under the quarantine threshold
 				ac.Seed = int64(k + 100)
 				ac.Logger = log.With("component", "attacker", "mode", mode)
@@ -350,6 +370,12 @@ func connectApp(pkiDir, addr, site string, v *view.View) (mqtt3.Client, error) {
 			s, err := w.Handle(m.Topic(), m.Payload())
 			if err != nil {
 				s = nil
+			}
+			if s != nil && s.Msg != nil && strings.HasPrefix(s.Msg.Rec.Dev, AttackerPrefix+"-") {
+				// An attacker's valid records between its attacks: not a
+				// patient, so not a row of the clinician view (its
+				// rejections show below the table).
+				return
 			}
 			v.Telemetry(s)
 		})
