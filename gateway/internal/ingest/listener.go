@@ -271,7 +271,7 @@ type mochiListener struct {
 
 func (m *mochiListener) ID() string                  { return m.id }
 func (m *mochiListener) Address() string             { return m.l.Addr().String() }
-func (m *mochiListener) Protocol() string            { return "tcp" }
+func (m *mochiListener) Protocol() string            { return "tls" } // mutual TLS: every connection has completed its handshake
 func (m *mochiListener) Init(log *slog.Logger) error { m.log = log; return nil }
 
 // Serve hands every connection that completed its handshake to mochi.
