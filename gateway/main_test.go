@@ -30,9 +30,22 @@ func TestCheckConfig(t *testing.T) {
 	if err := run([]string{"--check-config", "--config", cfg, "--pki", dir, "--data", data, "--listen", "127.0.0.1:0", "--format", "json"}); err != nil {
 		t.Fatalf("flags over file: %v", err)
 	}
-	err = run([]string{"--check-config", "--pki", t.TempDir(), "--data", data})
+	// A PKI directory without a PKI (a typo, say) is one error that says
+	// how to make one, in a real start as in --check-config.
+	empty := t.TempDir()
+	for _, args := range [][]string{{"--check-config"}, {"--listen", "127.0.0.1:0", "--http", ""}} {
+		err = run(append(args, "--pki", empty, "--data", data))
+		if err == nil || !strings.Contains(err.Error(), "certs init --dir "+empty) || strings.Contains(err.Error(), "gateway-client.crt") {
+			t.Fatalf("%v with an empty PKI directory: %v", args, err)
+		}
+	}
+	os.Remove(filepath.Join(dir, pki.FileGatewayClient))
+	err = run([]string{"--check-config", "--pki", dir, "--data", data})
 	if err == nil || !strings.Contains(err.Error(), "gateway-client.crt") {
-		t.Fatalf("empty PKI directory: %v", err)
+		t.Fatalf("PKI without gateway-client.crt: %v", err)
+	}
+	if err := pki.Init(dir, pki.InitOptions{Force: true}); err != nil {
+		t.Fatal(err)
 	}
 	if err := run([]string{"--bogus"}); err == nil || strings.Contains(err.Error(), "\n") || !strings.Contains(err.Error(), "-bogus") {
 		t.Fatalf("unknown flag: %q, want a one-line reason", err)

@@ -94,6 +94,9 @@ func New(cfg config.Config, log *slog.Logger) (g *Gateway, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	if err := pkiPresent(cfg.PKI); err != nil {
+		return nil, err
+	}
 	g = &Gateway{cfg: cfg, log: log, reg: prometheus.NewRegistry(), events: newEventGate(),
 		suppressed: prometheus.NewCounter(prometheus.CounterOpts{Name: "vitalgate_gateway_events_suppressed_total",
 			Help: "Security events not written because their source exceeded its event rate (the rejections are still counted)."})}
@@ -313,12 +316,26 @@ func embeddedCloud(cfg config.Config) cloud.Config {
 	return cc
 }
 
+// pkiPresent checks that dir holds a PKI at all (its ca.crt), so that a
+// mistyped --pki is one error that says what to do rather than a missing
+// file per certificate.
+func pkiPresent(dir string) error {
+	if _, err := os.Stat(filepath.Join(dir, pki.FileCA)); errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("no PKI in %s (no %s): create one with `certs init --dir %s --site SITE --gateway-id ID`, or point --pki at the deployment's",
+			dir, pki.FileCA, dir)
+	}
+	return nil
+}
+
 // Check loads every file the configuration names (certificates, keys, the
 // revocation list, schemas, and the embedded cloud broker's files when no
 // cloud is configured) and checks the data directory, without opening
 // the queue or binding a port, so it can run beside a live gateway.
 func Check(cfg config.Config) error {
 	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	if err := pkiPresent(cfg.PKI); err != nil {
 		return err
 	}
 	p := func(name string) string { return filepath.Join(cfg.PKI, name) }
