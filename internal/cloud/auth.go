@@ -532,7 +532,11 @@ func (h *authHook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packe
 		return pk // OnACLCheck refuses every filter
 	}
 	now := time.Now()
-	pk.Filters = scopeShares(id, pk.Filters)
+	pk.Filters = scopeShares(id, pk.Filters, func(f string) {
+		h.b.m.aclDenied.WithLabelValues(id.kind, "subscribe").Inc()
+		h.b.log.Warn("acl denied", "kind", id.kind, "name", id.name, "action", "subscribe", "topic", clip(f),
+			"client", cl.ID, "detail", "malformed shared subscription (an empty share name, a wildcard in it, or no filter)")
+	})
 	return subcap.Apply(cl, pk, maxSubscriptions, func(f string) bool { return mayRead(id, f, now) }, func(f string) {
 		h.b.m.aclDenied.WithLabelValues(id.kind, "subscribe").Inc()
 		h.b.log.Warn("acl denied", "kind", id.kind, "name", id.name, "action", "subscribe", "topic", clip(f),
@@ -544,7 +548,7 @@ func (h *authHook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packe
 // them, in its principal's scope.
 func (h *authHook) OnUnsubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	if id := h.get(cl); id != nil {
-		pk.Filters = scopeShares(id, pk.Filters)
+		pk.Filters = scopeShares(id, pk.Filters, func(string) {})
 	}
 	return pk
 }
@@ -560,8 +564,9 @@ const badShare = "#/malformed-share"
 // each get every message (a group shares the load of one principal's
 // instances only). A share name that is empty or holds a wildcard, or one
 // without a filter after it, is malformed (MQTT 5 section 4.8.2) and is
-// refused. It returns subs itself when nothing changes.
-func scopeShares(id *identity, subs packets.Subscriptions) packets.Subscriptions {
+// refused, and reported to refused. It returns subs itself when nothing
+// changes.
+func scopeShares(id *identity, subs packets.Subscriptions, refused func(filter string)) packets.Subscriptions {
 	var out packets.Subscriptions
 	for i, sub := range subs {
 		prefix, rest, ok := strings.Cut(sub.Filter, "/")
@@ -574,6 +579,7 @@ func scopeShares(id *identity, subs packets.Subscriptions) packets.Subscriptions
 		group, filter, ok := strings.Cut(rest, "/")
 		if !ok || group == "" || filter == "" || strings.ContainsAny(group, "+#") || id.kind != kindApp {
 			out[i].Filter = badShare
+			refused(sub.Filter)
 			continue
 		}
 		out[i].Filter = "$share/" + id.shareScope() + "." + group + "/" + filter

@@ -2,6 +2,7 @@ package cloud
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -73,5 +74,8 @@ func TestMalformedShareNamesRefused(t *testing.T) {
 		if code, err := app.subscribe(tc.filter); err != nil || code != tc.code {
 			t.Errorf("subscribe %q: code %#x err %v, want %#x", tc.filter, code, err, tc.code)
 		}
+	}
+	if !strings.Contains(scrape(t, b), `vitalgate_cloud_acl_denied_total{action="subscribe",kind="app"} 5`) {
+		t.Errorf("malformed shares not counted:\n%s", grepLines(scrape(t, b), "acl_denied"))
 	}
 }
