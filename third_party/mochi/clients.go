@@ -318,7 +318,10 @@ func (cl *Client) ResendInflightMessages(force bool) error {
 			// (mochi resent the whole session at once, past the client's
 			// Receive Maximum); what finds none waits as pending.
 			if cl.State.Inflight.FlowControlled() && !cl.State.Inflight.TakeSendQuota() {
-				cl.State.Inflight.ReturnPending(tk.PacketID)
+				if !cl.State.Inflight.IsPending(tk.PacketID) {
+					tk.FixedHeader.Dup = true // sent on an earlier connection
+				}
+				cl.State.Inflight.SetPending(tk)
 				continue
 			}
 			if !cl.State.Inflight.Unpend(tk.PacketID) { // sent before: a resend
@@ -364,7 +367,14 @@ func (cl *Client) ClearExpiredInflights(now, maximumExpiry int64) []uint16 {
 		enforced := maximumExpiry > 0 && now-tk.Created > maximumExpiry
 
 		if expired || enforced {
+			// VitalGate patch: a message sent and never acknowledged held
+			// a unit of send quota; give it back, or the client's Receive
+			// Maximum shrinks with every expiry.
+			sent := tk.FixedHeader.Type == packets.Publish && !cl.State.Inflight.IsPending(tk.PacketID)
 			if ok := cl.State.Inflight.Delete(tk.PacketID); ok {
+				if sent {
+					cl.State.Inflight.IncreaseSendQuota()
+				}
 				cl.ops.hooks.OnQosDropped(cl, tk)
 				atomic.AddInt64(&cl.ops.info.Inflight, -1)
 				deleted = append(deleted, tk.PacketID)

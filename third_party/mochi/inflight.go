@@ -114,6 +114,14 @@ func (i *Inflight) TakeNextPending() (packets.Packet, bool) {
 	return i.internal[best], true
 }
 
+// IsPending reports whether id waits for send quota.
+func (i *Inflight) IsPending(id uint16) bool {
+	i.RLock()
+	defer i.RUnlock()
+	_, ok := i.pending[id]
+	return ok
+}
+
 // Unpend clears the pending mark of id and reports whether it was pending.
 func (i *Inflight) Unpend(id uint16) bool {
 	i.Lock()
