@@ -6,7 +6,7 @@
 //	size      payload within the limit
 //	verify    COSE_Sign1 signature with the certificate's key ([envelope.Verifier])
 //	decode    strict CBOR record ([telemetry.Decode]); dev equals the TLS identity
-//	guard     replay (seq above the last accepted), time window, rate limits
+//	guard     replay (seq above the last accepted, by a bounded jump), time window, rate limits
 //	schema    the kind's codes, units and ranges ([telemetry.Schemas])
 //	enqueue   durable append to the store-and-forward queue (group commit)
 //
@@ -534,13 +534,14 @@ func (h *Hook) process(s *session, pk *packets.Packet) error {
 }
 
 // seqCheck is the replay guard: nil for a seq above the device's last
-// accepted one, errDuplicate for a resend of that last message, a
-// [noStrike] for a seq just below it, a replay otherwise.
+// accepted one (by at most the queue's limit on a jump), errDuplicate for a
+// resend of that last message, a [noStrike] for a seq just below it, a
+// replay otherwise.
 func (h *Hook) seqCheck(id string, seq uint64, sum []byte) error {
 	last, mark, ok := h.o.Queue.Last(id)
 	switch {
 	case !ok || seq > last:
-		return nil
+		return h.o.Queue.CheckJump(seq, last, ok)
 	case seq == last && bytes.Equal(mark, sum):
 		return errDuplicate
 	case last-seq < uint64(h.o.ResendWindow):
@@ -576,8 +577,8 @@ type noStrike struct{ err *verdict.Error }
 func (e *noStrike) Error() string { return e.err.Error() }
 func (e *noStrike) Unwrap() error { return e.err }
 
-// cloudMessage builds the queue entry: the cloud topic and the payload of
-// DESIGN.md section 5. In CBOR the record is the device's own bytes.
+// cloudMessage builds the queue entry: the cloud topic and the cloud
+// payload. In CBOR the record is the device's own bytes.
 func (h *Hook) cloudMessage(rec *telemetry.Record, raw, sig []byte, now time.Time) ([]byte, error) {
 	topic := "telemetry/" + h.o.Site + "/" + rec.Dev + "/" + rec.Kind
 	id := rec.Dev + ":" + strconv.FormatUint(rec.Seq, 10)
