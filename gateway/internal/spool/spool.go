@@ -89,6 +89,7 @@ import (
 
 	"github.com/vitalgate/vitalgate/internal/verdict"
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 // Defaults of [Options].
@@ -324,10 +325,10 @@ func (q *Queue) openChecked(path string, noSync bool) (err error) {
 		NoSync:         noSync,
 	})
 	if err != nil {
-		if errors.Is(err, bolt.ErrTimeout) {
+		if errors.Is(err, berrors.ErrTimeout) {
 			return fmt.Errorf("open queue %s: in use by another process (a running gateway?)", path)
 		}
-		if errors.Is(err, bolt.ErrInvalid) || errors.Is(err, bolt.ErrVersionMismatch) || errors.Is(err, bolt.ErrChecksum) {
+		if errors.Is(err, berrors.ErrInvalid) || errors.Is(err, berrors.ErrVersionMismatch) || errors.Is(err, berrors.ErrChecksum) {
 			return fmt.Errorf("%w: %s: %v", ErrCorrupt, path, err)
 		}
 		return fmt.Errorf("open queue %s: %w", path, err)
@@ -597,7 +598,7 @@ func (q *Queue) peekDisk(after uint64, max int) ([]Entry, error) {
 		return nil
 	})
 	if err != nil {
-		if errors.Is(err, bolt.ErrDatabaseNotOpen) {
+		if errors.Is(err, berrors.ErrDatabaseNotOpen) {
 			return nil, ErrClosed
 		}
 		return nil, fmt.Errorf("peek queue: %w", err)
