@@ -5,6 +5,7 @@
 //	gateway [--config FILE] [--pki DIR] [--listen ADDR] [--cloud URL,...] [--data DIR] [--http ADDR] [--site S] [--id ID]
 //	gateway --check-config [flags]
 //	gateway audit verify [--data DIR | --file FILE]
+//	gateway replay reset --data DIR --id DEVICE
 //	gateway demo [--devices N] [--duration D]
 package main
 
@@ -19,11 +20,14 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/vitalgate/vitalgate/gateway/internal/audit"
 	"github.com/vitalgate/vitalgate/gateway/internal/config"
 	"github.com/vitalgate/vitalgate/gateway/internal/server"
+	"github.com/vitalgate/vitalgate/gateway/internal/spool"
 	"github.com/vitalgate/vitalgate/internal/cli"
+	"github.com/vitalgate/vitalgate/internal/pki"
 )
 
 func main() {
@@ -32,6 +36,8 @@ func main() {
 	switch {
 	case len(args) > 0 && args[0] == "audit":
 		err = auditCmd(args[1:], os.Stdout)
+	case len(args) > 0 && args[0] == "replay":
+		err = replayCmd(args[1:], os.Stdout)
 	case len(args) > 0 && args[0] == "demo":
 		err = demoCmd(args[1:])
 	default:
@@ -50,7 +56,7 @@ func main() {
 func parseConfig(args []string) (config.Config, bool, error) {
 	fs := flag.NewFlagSet("gateway", flag.ContinueOnError)
 	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: gateway [flags]            run the gateway\n       gateway audit verify [flags]  check the audit log's hash chain\n       gateway demo [flags]          broker, gateway, fleet and a clinician view in one process\n\nflags:")
+		fmt.Fprintln(fs.Output(), "usage: gateway [flags]            run the gateway\n       gateway audit verify [flags]  check the audit log's hash chain\n       gateway replay reset [flags]  forget one device's last seq (stopped gateway)\n       gateway demo [flags]          broker, gateway, fleet and a clinician view in one process\n\nflags:")
 		fs.PrintDefaults()
 	}
 	d := config.Default()
@@ -65,6 +71,7 @@ func parseConfig(args []string) (config.Config, bool, error) {
 	id := fs.String("id", "", "gateway ID (default: CN of gateway-client.crt)")
 	format := fs.String("format", d.Format, "cloud payload format: cbor or json")
 	logLevel := fs.String("log", d.Log, "log level: debug, info, warn, error")
+	resetQueue := fs.Bool("reset-queue", false, "if the queue is refused as corrupt or lost, move it aside (queue.db.corrupt-TIME) and start an empty one; a security event records it")
 	if err := cli.ParseFlags(fs, args, os.Stdout); err != nil {
 		return d, false, err
 	}
@@ -103,6 +110,8 @@ func parseConfig(args []string) (config.Config, bool, error) {
 			c.Format = *format
 		case "log":
 			c.Log = *logLevel
+		case "reset-queue":
+			c.ResetQueue = *resetQueue
 		}
 	})
 	return c, *check, c.Validate()
@@ -183,4 +192,67 @@ func auditCmd(args []string, out io.Writer) error {
 		fmt.Fprintf(out, "  line %d: %s\n", g.Line, g.Detail)
 	}
 	return fmt.Errorf("audit log %s is incomplete: %d events not recorded (%d gaps)", path, rep.Missing, len(rep.Gaps))
+}
+
+// replayCmd is `gateway replay reset`: it forgets one device's last accepted
+// seq, so that the device is judged as new at its next record. It is the
+// operator's step after re-issuing the certificate of a device whose seq
+// space was closed (a record signed with its stolen key jumped its seq far
+// ahead). It works on a stopped gateway: the queue is locked while one runs.
+func replayCmd(args []string, out io.Writer) error {
+	const usage = "usage: gateway replay reset --data DIR --id DEVICE [--pki DIR]"
+	if len(args) == 0 || args[0] != "reset" {
+		return errors.New(usage)
+	}
+	fs := flag.NewFlagSet("gateway replay reset", flag.ContinueOnError)
+	data := fs.String("data", config.Default().Data, "gateway data directory (of queue.db and audit.log)")
+	dev := fs.String("id", "", "device ID whose replay state to reset")
+	pkiDir := fs.String("pki", config.Default().PKI, "PKI directory, for the gateway ID the audit event names (optional)")
+	if err := cli.ParseFlags(fs, args[1:], out); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q; %s", fs.Arg(0), usage)
+	}
+	if !pki.ValidDeviceID(*dev) {
+		return fmt.Errorf("--id %q is not a device ID; %s", *dev, usage)
+	}
+	path := filepath.Join(*data, server.QueueFile)
+	if _, err := os.Stat(path); err != nil {
+		return fmt.Errorf("no queue: %w", err) // never create one here
+	}
+	q, err := spool.Open(path, spool.Options{})
+	if err != nil {
+		return err // names the file; says so when a gateway holds it
+	}
+	last, _, ok := q.Last(*dev)
+	if ok {
+		err = q.Forget(*dev)
+	}
+	if cerr := q.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("device %s has no replay state in %s: nothing reset", *dev, path)
+	}
+	gw := ""
+	if c, err := pki.LoadCert(filepath.Join(*pkiDir, pki.FileGatewayClient)); err == nil {
+		_, gw = pki.ParseSiteAndID(c)
+	}
+	detail := fmt.Sprintf("replay state reset by the operator: last accepted seq %d forgotten; the next record is judged as the device's first", last)
+	l, err := audit.Open(filepath.Join(*data, server.AuditFile))
+	if err == nil {
+		err = l.Append(audit.Event{V: 1, TS: time.Now().UnixMilli(), GW: gw, Dev: *dev, Verdict: server.EventReplayReset, Detail: detail})
+		if cerr := l.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("replay state of %s reset, but the audit event was not written: %w", *dev, err)
+	}
+	fmt.Fprintf(out, "device %s: %s\n", *dev, detail)
+	return nil
 }

@@ -40,6 +40,7 @@ type Config struct {
 	MaxInflight      int           `yaml:"max_inflight"`      // QoS 1 messages a device may have unacknowledged
 	Curves           []string      `yaml:"curves"`            // TLS key exchange preference; empty: Go's default (hybrid PQ first)
 	MaxAge           time.Duration `yaml:"max_age"`           // oldest ts accepted
+	MaxSeqJump       uint64        `yaml:"max_seq_jump"`      // farthest a device's seq may advance in one record
 	Schemas          string        `yaml:"schemas"`           // schema file; empty: built-in
 
 	Rate       RateConfig  `yaml:"rate"`
@@ -47,6 +48,11 @@ type Config struct {
 	Queue      QueueConfig `yaml:"queue"`
 	Relay      RelayConfig `yaml:"relay"`
 	Embedded   Embedded    `yaml:"embedded"`
+
+	// ResetQueue (--reset-queue, never from the file: it is one start's
+	// decision) moves a queue that is refused as corrupt or lost aside and
+	// starts an empty one.
+	ResetQueue bool `yaml:"-"`
 }
 
 // Embedded configures the cloud broker the gateway starts in-process when no
@@ -102,6 +108,7 @@ func Default() Config {
 		AcceptRate:       1000,
 		MaxInflight:      64,
 		MaxAge:           7 * 24 * time.Hour,
+		MaxSeqJump:       1 << 32, // spool.DefaultMaxSeqJump
 		Rate:             RateConfig{Messages: 20, Burst: 200, Bytes: 256 << 10, ByteBurst: 4 << 20},
 		Quarantine:       Quarantine{Violations: 20, Window: time.Minute, Cooloff: 10 * time.Minute},
 		Queue:            QueueConfig{MaxRecords: 1_000_000, MaxBytes: 1 << 30, CommitDelay: time.Millisecond},
@@ -124,6 +131,10 @@ func Load(path string) (Config, error) {
 	}
 	return c, nil
 }
+
+// MinSeqJump is the smallest max_seq_jump: a device's seq has gaps (records
+// refused, QoS 0 lost, numbers reserved in blocks across reboots).
+const MinSeqJump = 1 << 16
 
 // Curve names accepted in Curves.
 var CurveNames = []string{"X25519MLKEM768", "X25519", "P256", "P384", "P521"}
@@ -204,6 +215,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxAge < time.Minute {
 		bad("max_age", "%v is under a minute", c.MaxAge)
+	}
+	if c.MaxSeqJump < MinSeqJump {
+		bad("max_seq_jump", "%d is under %d", c.MaxSeqJump, MinSeqJump)
 	}
 	if c.Schemas != "" {
 		if _, err := os.Stat(c.Schemas); err != nil {

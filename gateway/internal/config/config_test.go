@@ -46,11 +46,12 @@ func TestValidateReportsEverything(t *testing.T) {
 	c.Curves = []string{"X448"}
 	c.HTTP, c.Pprof = "", true
 	c.Queue.CommitDelay = time.Second
+	c.MaxSeqJump = 10
 	err := c.Validate()
 	if err == nil {
 		t.Fatal("no error")
 	}
-	for _, key := range []string{"listen:", "scheme must be", "port required", "format:", "max_packet:", "curves:", "pprof:", "queue.commit_delay:"} {
+	for _, key := range []string{"listen:", "scheme must be", "port required", "format:", "max_packet:", "curves:", "pprof:", "queue.commit_delay:", "max_seq_jump:"} {
 		if !strings.Contains(err.Error(), key) {
 			t.Errorf("missing %q in:\n%v", key, err)
 		}

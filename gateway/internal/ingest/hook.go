@@ -6,7 +6,7 @@
 //	size      payload within the limit
 //	verify    COSE_Sign1 signature with the certificate's key ([envelope.Verifier])
 //	decode    strict CBOR record ([telemetry.Decode]); dev equals the TLS identity
-//	guard     replay (seq above the last accepted), time window, rate limits
+//	guard     replay (seq above the last accepted, by a bounded jump), time window, rate limits
 //	schema    the kind's codes, units and ranges ([telemetry.Schemas])
 //	enqueue   durable append to the store-and-forward queue (group commit)
 //
@@ -584,13 +584,14 @@ func (h *Hook) process(s *session, pk *packets.Packet) error {
 }
 
 // seqCheck is the replay guard: nil for a seq above the device's last
-// accepted one, errDuplicate for a resend of that last message, a
-// [noStrike] for a seq just below it, a replay otherwise.
+// accepted one (by at most the queue's limit on a jump), errDuplicate for a
+// resend of that last message, a [noStrike] for a seq just below it, a
+// replay otherwise.
 func (h *Hook) seqCheck(id string, seq uint64, sum []byte) error {
 	last, mark, ok := h.o.Queue.Last(id)
 	switch {
 	case !ok || seq > last:
-		return nil
+		return h.o.Queue.CheckJump(seq, last, ok)
 	case seq == last && bytes.Equal(mark, sum):
 		return errDuplicate
 	case last-seq < uint64(h.o.ResendWindow):

@@ -171,10 +171,11 @@ func New(cfg config.Config, log *slog.Logger) (g *Gateway, err error) {
 		Name: "vitalgate_queue_commit_seconds", Help: "Time of one queue write transaction (page writes and two fdatasyncs).",
 		Buckets: ingest.LatencyBuckets})
 	g.reg.MustRegister(commitTime)
-	if g.queue, err = spool.Open(filepath.Join(cfg.Data, QueueFile), spool.Options{
-		MaxRecords: cfg.Queue.MaxRecords, MaxBytes: cfg.Queue.MaxBytes, CommitDelay: delay,
-		OnCommit: func(_ int, took time.Duration) { commitTime.Observe(took.Seconds()) }}); err != nil {
-		return nil, fmt.Errorf("open queue: %w", err)
+	reset, err := g.openQueue(spool.Options{
+		MaxRecords: cfg.Queue.MaxRecords, MaxBytes: cfg.Queue.MaxBytes, CommitDelay: delay, MaxSeqJump: cfg.MaxSeqJump,
+		OnCommit: func(_ int, took time.Duration) { commitTime.Observe(took.Seconds()) }})
+	if err != nil {
+		return nil, err
 	}
 	if g.audit, err = audit.Open(filepath.Join(cfg.Data, AuditFile)); err != nil {
 		return nil, fmt.Errorf("open audit log: %w", err)
@@ -202,6 +203,11 @@ func New(cfg config.Config, log *slog.Logger) (g *Gateway, err error) {
 		Format: cfg.Format, Window: cfg.Relay.Window, Logger: log, Registerer: g.reg,
 	}, g.queue); err != nil {
 		return nil, fmt.Errorf("relay: %w", err)
+	}
+
+	if reset != "" {
+		// Audit log, cloud and log: the relay queues it until connected.
+		g.event(audit.Event{V: 1, TS: time.Now().UnixMilli(), GW: g.id, Verdict: EventQueueReset, Detail: reset}, true)
 	}
 
 	// Devices: one mochi server, one hook, one admission-controlled listener.
@@ -286,6 +292,48 @@ func connCap(configured int, log *slog.Logger) int {
 			"max_connections", configured, "effective", limit, "nofile", nofile, "reserved", ingest.FDReserve)
 	}
 	return limit
+}
+
+// EventQueueReset is the security event of a start with --reset-queue that
+// moved a corrupt or lost queue aside.
+const EventQueueReset = "queue_reset"
+
+// EventReplayReset is the security event of `gateway replay reset`, which
+// forgets one device's last accepted seq.
+const EventReplayReset = "replay_reset"
+
+// openQueue opens the queue. One that is refused as corrupt or lost is moved
+// aside and replaced by an empty one if the configuration says so
+// (--reset-queue); reset then says what happened, for the security event.
+func (g *Gateway) openQueue(o spool.Options) (reset string, err error) {
+	path := filepath.Join(g.cfg.Data, QueueFile)
+	g.queue, err = spool.Open(path, o)
+	refused := errors.Is(err, spool.ErrCorrupt) || errors.Is(err, spool.ErrLost)
+	switch {
+	case err == nil:
+		if g.cfg.ResetQueue {
+			g.log.Warn("--reset-queue given, but the queue is sound: nothing reset", "queue", path)
+		}
+		return "", nil
+	case refused && !g.cfg.ResetQueue:
+		return "", fmt.Errorf("open queue: %w; to move it aside and start an empty queue (its undelivered records and every device's replay state are then lost), start once with --reset-queue", err)
+	case !refused:
+		return "", fmt.Errorf("open queue: %w", err)
+	}
+	why := err
+	moved, err := spool.Reset(path)
+	if err != nil {
+		return "", fmt.Errorf("open queue: %v; %w", why, err)
+	}
+	if g.queue, err = spool.Open(path, o); err != nil {
+		return "", fmt.Errorf("open queue after reset: %w", err)
+	}
+	reset = fmt.Sprintf("queue reset by --reset-queue: %v", why)
+	if moved != "" {
+		reset += "; the old file is now " + moved
+	}
+	g.log.Warn("queue reset: started with an empty queue; every device's replay state is gone", "reason", reset)
+	return reset, nil
 }
 
 // identityMismatch says how the configured site and ID differ from those of

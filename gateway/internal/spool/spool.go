@@ -49,6 +49,19 @@
 // request alone fails with a [verdict.Replay] error, the others in the batch
 // commit.
 //
+// # Replay
+//
+// A seq at or below the device's last accepted one is a replay; so is one
+// more than [Options.MaxSeqJump] past it (or, for a device's first record,
+// past 0), so one record cannot use up a device's seq space. [Queue.Forget]
+// resets a device (the operator's tool, on a stopped gateway).
+//
+// # Damage
+//
+// [Open] checks the file before bbolt maps it and refuses a damaged or lost
+// queue ([ErrCorrupt], [ErrLost]) with an error instead of a crash;
+// [Reset] moves such a file aside.
+//
 // # Bounds
 //
 // [Options.MaxRecords] and [Options.MaxBytes] (the sum of Data lengths)
@@ -70,12 +83,14 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/vitalgate/vitalgate/internal/verdict"
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 // Defaults of [Options].
@@ -87,6 +102,10 @@ const (
 	// it cut the commits by about 60 % and the machine's load from ~85 % to
 	// ~71 % (docs/performance.md, finding 16).
 	DefaultCommitDelay = time.Millisecond
+	// DefaultMaxSeqJump: 2^32 is 6.8 years of a device at 20 messages
+	// a second, the default rate limit, and leaves 2^32 such jumps before
+	// a seq could reach 2^64-1.
+	DefaultMaxSeqJump = 1 << 32
 )
 
 var (
@@ -148,6 +167,12 @@ type Options struct {
 	// transaction with the number of requests it served and the time the
 	// transaction took (its page writes and fdatasyncs, not the delay).
 	OnCommit func(requests int, took time.Duration)
+	// MaxSeqJump bounds how far a device's seq may advance past its last
+	// accepted one, and a device's first seq (counted from 0): a record
+	// beyond it is refused as a replay ("seq jump"), so that no single
+	// record (say seq 2^64-1, signed with a stolen key) closes a device's
+	// seq space for good. 0: DefaultMaxSeqJump.
+	MaxSeqJump uint64
 }
 
 // Entry is one queued record.
@@ -171,6 +196,8 @@ type request struct {
 	key   uint64 // assigned by the commit, 0 if refused
 	// Remove
 	keys []uint64
+	// Forget
+	forget bool
 
 	done chan error // buffered 1
 }
@@ -183,6 +210,7 @@ type Queue struct {
 	maxRecs  int
 	maxBytes int64
 	maxBatch int
+	maxJump  uint64
 	delay    time.Duration
 	onCommit func(int, time.Duration)
 	notify   chan struct{}
@@ -218,7 +246,13 @@ type Queue struct {
 // Open opens or creates the queue at path and recovers its state: bbolt's
 // commits are atomic, so after a crash the file holds exactly the committed
 // transactions. Open scans the queue once to count records and bytes.
-func Open(path string, o Options) (*Queue, error) {
+//
+// Open does not trust the file: it refuses one that is damaged with an
+// error wrapping [ErrCorrupt] (see checkFile; bbolt's consistency check
+// runs too), and, once a queue was created at path (its marker file, path
+// + [MarkerSuffix], says so), a missing or empty file with [ErrLost]. It
+// never crashes on a bad file. [Reset] moves a refused queue aside.
+func Open(path string, o Options) (q *Queue, err error) {
 	if o.MaxRecords <= 0 {
 		o.MaxRecords = DefaultMaxRecords
 	}
@@ -231,20 +265,17 @@ func Open(path string, o Options) (*Queue, error) {
 	if o.CommitDelay == 0 {
 		o.CommitDelay = DefaultCommitDelay
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{
-		Timeout:        time.Second,
-		FreelistType:   bolt.FreelistMapType,
-		NoFreelistSync: true,
-		NoSync:         o.NoSync,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("open queue %s: %w", path, err)
+	if o.MaxSeqJump == 0 {
+		o.MaxSeqJump = DefaultMaxSeqJump
 	}
-	q := &Queue{
-		db:       db,
+	if err := preflight(path); err != nil {
+		return nil, err
+	}
+	q = &Queue{
 		maxRecs:  o.MaxRecords,
 		maxBytes: o.MaxBytes,
 		maxBatch: o.MaxBatch,
+		maxJump:  o.MaxSeqJump,
 		delay:    o.CommitDelay,
 		onCommit: o.OnCommit,
 		notify:   make(chan struct{}, 1),
@@ -254,13 +285,81 @@ func Open(path string, o Options) (*Queue, error) {
 		marks:    make(map[string][]byte),
 		dirty:    make(map[string]struct{}),
 	}
-	if err := q.load(); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("open queue %s: %w", path, err)
+	if err := q.openChecked(path, o.NoSync); err != nil {
+		return nil, err
+	}
+	if err := writeMarker(path, o.NoSync); err != nil {
+		q.db.Close()
+		return nil, err
 	}
 	q.tail = newTail(q.next, tailSlots, tailMaxBytes)
 	go q.commitLoop()
 	return q, nil
+}
+
+// openChecked opens the bbolt file, checks it and loads q's state from it.
+// The file's structure was checked before (checkFile); should it still hold
+// something bbolt or load cannot digest, the panic, or the memory fault
+// (debug.SetPanicOnFault covers this goroutine while it runs), becomes an
+// [ErrCorrupt] error instead of a crash.
+func (q *Queue) openChecked(path string, noSync bool) (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			if q.db != nil {
+				// A panic inside a transaction may leave bbolt's locks
+				// held: close without waiting on them for long.
+				closed := make(chan struct{})
+				go func() { q.db.Close(); close(closed) }()
+				select {
+				case <-closed:
+				case <-time.After(time.Second):
+				}
+			}
+			err = fmt.Errorf("%w: %s: %v", ErrCorrupt, path, r)
+		}
+	}()
+	q.db, err = bolt.Open(path, 0o600, &bolt.Options{
+		Timeout:        time.Second,
+		FreelistType:   bolt.FreelistMapType,
+		NoFreelistSync: true,
+		NoSync:         noSync,
+	})
+	if err != nil {
+		if errors.Is(err, berrors.ErrTimeout) {
+			return fmt.Errorf("open queue %s: in use by another process (a running gateway?)", path)
+		}
+		if errors.Is(err, berrors.ErrInvalid) || errors.Is(err, berrors.ErrVersionMismatch) || errors.Is(err, berrors.ErrChecksum) {
+			return fmt.Errorf("%w: %s: %v", ErrCorrupt, path, err)
+		}
+		return fmt.Errorf("open queue %s: %w", path, err)
+	}
+	if err := q.db.View(boltCheck); err != nil {
+		q.db.Close()
+		return fmt.Errorf("%w: %s: %v", ErrCorrupt, path, err)
+	}
+	if err := q.load(); err != nil {
+		q.db.Close()
+		return fmt.Errorf("%w: %s: %v", ErrCorrupt, path, err)
+	}
+	return nil
+}
+
+// boltCheck runs bbolt's consistency check (key order across pages,
+// reachability) and returns its first finding.
+func boltCheck(tx *bolt.Tx) error {
+	var first error
+	n := 0
+	for err := range tx.Check() {
+		if first == nil {
+			first = err
+		}
+		n++
+	}
+	if n > 1 {
+		return fmt.Errorf("%w (and %d more problems)", first, n-1)
+	}
+	return first
 }
 
 // load creates the buckets and rebuilds the in-memory state.
@@ -384,6 +483,9 @@ func (q *Queue) AppendMarked(dev string, seq uint64, mark, data []byte) error {
 		err := seqError(seq, last, mark, q.marks[dev])
 		q.mu.Unlock()
 		return err
+	} else if err := q.CheckJump(seq, last, ok); err != nil {
+		q.mu.Unlock()
+		return err
 	}
 	if q.count+q.resCount >= q.maxRecs || q.bytes+q.resBytes+size > q.maxBytes {
 		q.mu.Unlock()
@@ -422,6 +524,23 @@ func (q *Queue) submit(r *request) error {
 	q.reqs <- r
 	q.closeMu.RUnlock()
 	return <-r.done
+}
+
+// CheckJump returns a [verdict.Replay] error with the detail "seq jump" if
+// seq lies more than [Options.MaxSeqJump] past last, the device's last
+// accepted seq (ok: it has one; a first seq counts from 0), nil otherwise.
+// Seqs at or below last are not its concern.
+func (q *Queue) CheckJump(seq, last uint64, ok bool) error {
+	if !ok {
+		last = 0
+	}
+	if seq > last && seq-last > q.maxJump {
+		if !ok {
+			return verdict.New(verdict.Replay, "seq jump: first seq %d of the device is over %d", seq, q.maxJump)
+		}
+		return verdict.New(verdict.Replay, "seq jump: seq %d is %d past last accepted %d, limit %d", seq, seq-last, last, q.maxJump)
+	}
+	return nil
 }
 
 func replayError(seq, last uint64) error {
@@ -480,7 +599,7 @@ func (q *Queue) peekDisk(after uint64, max int) ([]Entry, error) {
 		return nil
 	})
 	if err != nil {
-		if errors.Is(err, bolt.ErrDatabaseNotOpen) {
+		if errors.Is(err, berrors.ErrDatabaseNotOpen) {
 			return nil, ErrClosed
 		}
 		return nil, fmt.Errorf("peek queue: %w", err)
@@ -500,6 +619,22 @@ func (q *Queue) Remove(keys ...uint64) error {
 	r.keys = keys
 	err := q.submit(r)
 	r.keys = nil
+	requestPool.Put(r)
+	return err
+}
+
+// Forget deletes dev's last accepted seq and its mark, durably: dev's next
+// record is judged as a first one. It is the operator's reset of a device
+// whose seq space was closed (see [Options.MaxSeqJump]), done on a stopped
+// gateway. Records of dev already queued stay queued.
+func (q *Queue) Forget(dev string) error {
+	if dev == "" || len(dev) > maxDevLen {
+		return fmt.Errorf("spool: device ID of %d bytes, want 1 to %d", len(dev), maxDevLen)
+	}
+	r := requestPool.Get().(*request)
+	r.dev, r.value, r.size, r.keys, r.key, r.forget = dev, r.value[:0], 0, nil, 0, true
+	err := q.submit(r)
+	r.forget = false
 	requestPool.Put(r)
 	return err
 }
@@ -635,6 +770,7 @@ type batchState struct {
 	seen     map[string]uint64 // last seq per device, including this batch
 	marks    map[string][]byte // mark of that seq
 	touched  map[string]bool   // devices with an accepted append
+	forgot   map[string]bool   // devices whose last seq is forgotten
 	next     uint64            // next global key after the batch
 	added    int
 	addBytes int64
@@ -659,6 +795,7 @@ func (q *Queue) commit(batch []*request) {
 			seen:    make(map[string]uint64),
 			marks:   make(map[string][]byte),
 			touched: make(map[string]bool),
+			forgot:  make(map[string]bool),
 			next:    q.next,
 		}
 		qb, mb := tx.Bucket(bucketQueue), tx.Bucket(bucketMeta)
@@ -693,14 +830,26 @@ func (q *Queue) commit(batch []*request) {
 				}
 				continue
 			}
+			if r.forget {
+				delete(st.seen, r.dev)
+				delete(st.marks, r.dev)
+				delete(st.touched, r.dev)
+				st.forgot[r.dev] = true
+				continue
+			}
 			last, ok := st.seen[r.dev]
 			lastMark := st.marks[r.dev]
-			if !ok {
+			if !ok && !st.forgot[r.dev] {
 				last, ok = q.last[r.dev]
 				lastMark = q.marks[r.dev]
 			}
 			if ok && r.seq <= last {
 				st.errs[i] = seqError(r.seq, last, r.mark, lastMark)
+				r.key = 0
+				continue
+			}
+			if err := q.CheckJump(r.seq, last, ok); err != nil {
+				st.errs[i] = err
 				r.key = 0
 				continue
 			}
@@ -715,7 +864,7 @@ func (q *Queue) commit(batch []*request) {
 			st.added++
 			st.addBytes += r.size
 		}
-		if len(st.touched) > 0 {
+		if len(st.touched) > 0 || len(st.forgot) > 0 {
 			if err := q.logLast(tx, &st); err != nil {
 				return err
 			}
@@ -740,7 +889,7 @@ func (q *Queue) commit(batch []*request) {
 
 	q.mu.Lock()
 	for _, r := range batch {
-		if r.keys == nil {
+		if r.keys == nil && !r.forget {
 			q.resCount--
 			q.resBytes -= r.size
 		}
@@ -772,6 +921,10 @@ func (q *Queue) commit(batch []*request) {
 		q.bytes += st.addBytes - st.remBytes
 		if st.oldest {
 			q.oldestAt = st.oldestAt
+		}
+		for dev := range st.forgot {
+			delete(q.last, dev)
+			delete(q.marks, dev)
 		}
 		for dev := range st.touched {
 			q.last[dev] = st.seen[dev]
@@ -808,7 +961,7 @@ func (q *Queue) commit(batch []*request) {
 // commit's transaction and changes q's state only through st (the caller
 // applies it once the commit succeeded).
 func (q *Queue) logLast(tx *bolt.Tx, st *batchState) error {
-	if q.logLen+1 < compactEvery {
+	if q.logLen+1 < compactEvery && len(st.forgot) == 0 {
 		v := []byte{logVersion}
 		for dev := range st.touched {
 			mark := st.marks[dev]
@@ -835,7 +988,7 @@ func (q *Queue) logLast(tx *bolt.Tx, st *batchState) error {
 		return nil
 	}
 	for dev := range q.dirty {
-		if _, ok := st.touched[dev]; ok {
+		if _, ok := st.touched[dev]; ok || st.forgot[dev] {
 			continue
 		}
 		if err := put(dev, q.last[dev], q.marks[dev]); err != nil {
@@ -845,6 +998,14 @@ func (q *Queue) logLast(tx *bolt.Tx, st *batchState) error {
 	for dev := range st.touched {
 		if err := put(dev, st.seen[dev], st.marks[dev]); err != nil {
 			return err
+		}
+	}
+	for dev := range st.forgot {
+		if _, ok := st.touched[dev]; ok {
+			continue // appended after it was forgotten
+		}
+		if err := lb.Delete([]byte(dev)); err != nil {
+			return fmt.Errorf("delete last seq: %w", err)
 		}
 	}
 	if err := tx.DeleteBucket(bucketLog); err != nil {
