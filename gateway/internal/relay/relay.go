@@ -44,9 +44,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vitalgate/vitalgate/gateway/internal/spool"
 	"github.com/vitalgate/vitalgate/internal/packetconn"
+	"github.com/vitalgate/vitalgate/internal/wire"
 )
 
-// Entry is one queued message: Key orders the queue, Data is a [Frame] of topic and payload.
+// Entry is one queued message: Key orders the queue, Data is a [wire.Frame] of topic and payload.
 type Entry = spool.Entry
 
 // Queue is what the relay needs from the gateway's durable queue; *spool.Queue
@@ -542,7 +543,7 @@ func (r *Relay) publishLoop(s *session, stop <-chan struct{}, slots chan struct{
 				after = e.Key // acknowledged on an earlier connection
 				continue
 			}
-			topic, payload, err := Unframe(e.Data)
+			topic, payload, err := wire.Unframe(e.Data)
 			if err != nil {
 				// Unpublishable forever: keeping it would stall the queue.
 				r.log.Error("dropping malformed queue entry", "key", e.Key, "dev", e.Dev, "seq", e.Seq, "error", err)

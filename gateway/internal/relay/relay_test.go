@@ -18,6 +18,7 @@ import (
 	"github.com/vitalgate/vitalgate/gateway/internal/relay"
 	"github.com/vitalgate/vitalgate/gateway/internal/spool"
 	"github.com/vitalgate/vitalgate/internal/pki"
+	"github.com/vitalgate/vitalgate/internal/wire"
 )
 
 const statusTopic = "gateways/" + site + "/" + gw + "/status"
@@ -338,41 +339,6 @@ func TestRelayMosquitto(t *testing.T) {
 	waitFor(t, "status online", func() bool { return slices.Contains(sub.payloads(statusTopic), "online") })
 }
 
-func TestFrame(t *testing.T) {
-	for _, tc := range []struct {
-		name, topic string
-		payload     []byte
-	}{
-		{"cbor", "telemetry/site1/dev-1/vitals", []byte{0xa1, 0x00, 0x01}},
-		{"empty payload", "t", nil},
-		{"payload with NULs", "a/b", []byte{0, 0, 'x', 0}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			topic, payload, err := relay.Unframe(relay.Frame(tc.topic, tc.payload))
-			if err != nil || topic != tc.topic || !bytes.Equal(payload, tc.payload) {
-				t.Fatalf("round trip = %q, %x, %v", topic, payload, err)
-			}
-		})
-	}
-	for _, tc := range []struct {
-		name string
-		data []byte
-	}{
-		{"no separator", []byte("telemetry/x")},
-		{"empty topic", []byte("\x00payload")},
-		{"wildcard +", []byte("a/+/b\x00p")},
-		{"wildcard #", []byte("a/#\x00p")},
-		{"not UTF-8", []byte("a\xff\x00p")},
-		{"too long", append(bytes.Repeat([]byte("a"), 65536), 0)},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			if _, _, err := relay.Unframe(tc.data); err == nil {
-				t.Fatal("Unframe accepted it")
-			}
-		})
-	}
-}
-
 // TestRelaySkipsMalformedEntry checks that an entry without a topic does not
 // stall the queue behind it.
 func TestRelaySkipsMalformedEntry(t *testing.T) {
@@ -448,7 +414,7 @@ func benchRelay(b *testing.B, noSync bool) {
 		wg.Go(func() {
 			topic := "telemetry/" + site + "/" + d + "/vitals"
 			for seq := uint64(1); i+int(seq-1)*len(devs) < n; seq++ {
-				if err := q.Append(d, seq, relay.Frame(topic, payload)); err != nil {
+				if err := q.Append(d, seq, wire.Frame(topic, payload)); err != nil {
 					b.Error(err)
 					return
 				}
