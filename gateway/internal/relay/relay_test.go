@@ -339,6 +339,49 @@ func TestRelayMosquitto(t *testing.T) {
 	waitFor(t, "status online", func() bool { return slices.Contains(sub.payloads(statusTopic), "online") })
 }
 
+// TestRelayEventsSurviveLostConnection checks that security events published
+// but not acknowledged when the connection dies are sent again on the next
+// connection. The broker stalls on a telemetry message, so the events behind
+// it on the same connection get no PUBACK; then the broker goes, and another
+// one on the same port must receive every event.
+func TestRelayEventsSurviveLostConnection(t *testing.T) {
+	const eventTopic = "security/" + site + "/" + gw
+	rec := newRecorder(t)
+	rec.gateAt, rec.gate, rec.gated = 1, make(chan struct{}), make(chan struct{})
+	b1 := startBroker(t, "127.0.0.1:0", nil, rec)
+	q := openQueue(t, rec)
+	fill(t, q.Queue, devices(1), 1, 1)
+	r := start(t, baseConfig(b1.url()), q)
+	select {
+	case <-rec.gated:
+	case <-time.After(patience):
+		t.Fatal("broker never reached the stall point")
+	}
+	const n = 5
+	for i := range n {
+		r.PublishEvent(fmt.Appendf(nil, `{"v":1,"verdict":"replay","n":%d}`, i))
+	}
+	waitFor(t, "events taken from the buffer", func() bool { return r.EventsBuffered() == 0 })
+
+	closed := make(chan struct{})
+	go func() { b1.close(); close(closed) }()
+	waitFor(t, "relay disconnected", func() bool { return !r.Connected() })
+	close(rec.gate)
+	<-closed
+
+	rec2 := newRecorder(t)
+	startBroker(t, b1.addr, nil, rec2)
+	waitFor(t, "every event at the new broker", func() bool {
+		got := rec2.payloads(eventTopic)
+		slices.Sort(got)
+		return len(slices.Compact(got)) == n
+	})
+	waitFor(t, "queue drained", func() bool { return q.Len() == 0 })
+	if got := r.metric(t, "vitalgate_relay_events_dropped_total"); got != 0 {
+		t.Errorf("events_dropped_total = %v, want 0", got)
+	}
+}
+
 // TestRelaySkipsMalformedEntry checks that an entry without a topic does not
 // stall the queue behind it.
 func TestRelaySkipsMalformedEntry(t *testing.T) {
