@@ -1,6 +1,8 @@
 // Package wire is the cloud message format: what a gateway publishes to
 // telemetry/{site}/{dev}/{kind} for each record it accepted, and the queue
-// entry that carries it from the device side to the relay.
+// entry that carries it from the device side to the relay. Consumers find
+// the format in docs/apps.md#telemetry: it is a contract with them, so the
+// tests pin the bytes [Encode] writes.
 //
 // # The message
 //
