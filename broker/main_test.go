@@ -19,6 +19,7 @@ import (
 	"github.com/vitalgate/vitalgate/internal/envelope"
 	"github.com/vitalgate/vitalgate/internal/pki"
 	"github.com/vitalgate/vitalgate/internal/telemetry"
+	"github.com/vitalgate/vitalgate/internal/wire"
 )
 
 type syncBuf struct {
@@ -229,8 +230,8 @@ func TestWatchPrintsVerifiedVitals(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		msg, err := cloud.EncodeMessage(&cloud.Message{V: 1, ID: "dev-00001:" + string(rune('0'+seq)), Site: "site1", GW: "gw1",
-			RX: time.Now().UnixMilli(), Rec: rec, Sig: sig}, "cbor")
+		msg, err := wire.Encode(wire.CBOR, &wire.Accepted{Site: "site1", GW: "gw1", RX: time.Now().UnixMilli(),
+			Rec: &rec, Raw: payload, Sig: sig})
 		if err != nil {
 			t.Fatal(err)
 		}

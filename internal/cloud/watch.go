@@ -16,6 +16,7 @@ import (
 	"github.com/vitalgate/vitalgate/internal/envelope"
 	"github.com/vitalgate/vitalgate/internal/pki"
 	"github.com/vitalgate/vitalgate/internal/telemetry"
+	"github.com/vitalgate/vitalgate/internal/wire"
 )
 
 // Watcher is the reference consumer's logic (`broker watch`): it decodes
@@ -56,7 +57,7 @@ const (
 
 // Seen is one decoded message and the outcome of its checks.
 type Seen struct {
-	Msg    *Message
+	Msg    *wire.Message
 	Dup    bool
 	Status string // one of SigOK, SigNoCert, SigBad, SigMismatch
 	Detail string
@@ -64,7 +65,7 @@ type Seen struct {
 
 // Handle processes one message received on topic.
 func (w *Watcher) Handle(topic string, payload []byte) (*Seen, error) {
-	m, err := DecodeMessage(payload)
+	m, err := wire.Decode(payload)
 	if err != nil {
 		return nil, err
 	}

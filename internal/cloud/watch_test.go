@@ -1,18 +1,18 @@
 package cloud
 
 import (
-	"strconv"
 	"testing"
 	"time"
 
 	"github.com/vitalgate/vitalgate/internal/envelope"
 	"github.com/vitalgate/vitalgate/internal/pki"
 	"github.com/vitalgate/vitalgate/internal/telemetry"
+	"github.com/vitalgate/vitalgate/internal/wire"
 )
 
-// signedMessage builds the cloud message a gateway would publish for a
-// record of dev-00001 signed with its key.
-func signedMessage(t *testing.T, dir string, seq uint64, spo2 float64) *Message {
+// signedMessage builds what a gateway accepted from dev-00001: a record
+// signed with its key.
+func signedMessage(t *testing.T, dir string, seq uint64, spo2 float64) *wire.Accepted {
 	t.Helper()
 	_, keyFile := pki.DevicePaths(dir, "dev-00001")
 	key, err := pki.LoadKey(keyFile)
@@ -33,33 +33,7 @@ func signedMessage(t *testing.T, dir string, seq uint64, spo2 float64) *Message 
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &Message{V: 1, ID: "dev-00001:" + itoa(seq), Site: "site1", GW: "gw1", RX: time.Now().UnixMilli(), Rec: rec, Sig: sig}
-}
-
-func itoa(u uint64) string { return strconv.FormatUint(u, 10) }
-
-func TestMessageRoundTrip(t *testing.T) {
-	dir := testPKI(t)
-	m := signedMessage(t, dir, 1, 97)
-	for _, f := range []string{"cbor", "json"} {
-		b, err := EncodeMessage(m, f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got, err := DecodeMessage(b)
-		if err != nil {
-			t.Fatalf("%s: %v", f, err)
-		}
-		if got.ID != m.ID || string(got.Sig) != string(m.Sig) || got.Rec.Obs[0].Val.Num != 97 || *got.Rec.Bat != 80 {
-			t.Fatalf("%s: round trip changed the message: %+v", f, got)
-		}
-	}
-	if _, err := DecodeMessage([]byte{0xa1, 0x61, 0x76, 0x02}); err == nil {
-		t.Fatal("version 2 accepted")
-	}
-	if _, err := DecodeMessage(make([]byte, MaxMessage+1)); err == nil {
-		t.Fatal("oversized message accepted")
-	}
+	return &wire.Accepted{Site: "site1", GW: "gw1", RX: time.Now().UnixMilli(), Rec: &rec, Raw: payload, Sig: sig}
 }
 
 func TestWatcherChecksSignatureEndToEnd(t *testing.T) {
@@ -68,8 +42,15 @@ func TestWatcherChecksSignatureEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	enc := func(m *Message, f string) []byte {
-		b, err := EncodeMessage(m, f)
+	// enc encodes a's message as the gateway does, from a.Rec as it is now
+	// (a test may have changed it after signing).
+	enc := func(a *wire.Accepted, f wire.Format) []byte {
+		raw, err := telemetry.Encode(a.Rec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a.Raw = raw
+		b, err := wire.Encode(f, a)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -77,7 +58,7 @@ func TestWatcherChecksSignatureEndToEnd(t *testing.T) {
 	}
 	topic := "telemetry/site1/dev-00001/spo2"
 	m1 := signedMessage(t, dir, 1, 97)
-	s, err := w.Handle(topic, enc(m1, "cbor"))
+	s, err := w.Handle(topic, enc(m1, wire.CBOR))
 	if err != nil || s.Dup || s.Status != SigOK {
 		t.Fatalf("valid message: %+v %v", s, err)
 	}
@@ -85,7 +66,7 @@ func TestWatcherChecksSignatureEndToEnd(t *testing.T) {
 	if want := "12:00:01 site1 dev-00001 spo2 SpO2 97 % pulse 72 /min bat 80%  [sig ok]"; line != want {
 		t.Errorf("line\n got %q\nwant %q", line, want)
 	}
-	if s, _ := w.Handle(topic, enc(m1, "json")); !s.Dup {
+	if s, _ := w.Handle(topic, enc(m1, wire.JSON)); !s.Dup {
 		t.Error("duplicate not dropped")
 	}
 
@@ -93,21 +74,21 @@ func TestWatcherChecksSignatureEndToEnd(t *testing.T) {
 	// still verifies, but over another record.
 	m2 := signedMessage(t, dir, 2, 97)
 	m2.Rec.Obs[0].Val = telemetry.Scalar(99)
-	if s, _ := w.Handle(topic, enc(m2, "cbor")); s.Status != SigMismatch {
+	if s, _ := w.Handle(topic, enc(m2, wire.CBOR)); s.Status != SigMismatch {
 		t.Errorf("tampered rec: %s", s.Status)
 	}
 	m3 := signedMessage(t, dir, 3, 97)
 	m3.Sig[len(m3.Sig)-1] ^= 1
-	if s, _ := w.Handle(topic, enc(m3, "cbor")); s.Status != SigBad {
+	if s, _ := w.Handle(topic, enc(m3, wire.CBOR)); s.Status != SigBad {
 		t.Errorf("forged sig: %s", s.Status)
 	}
 	m4 := signedMessage(t, dir, 4, 97)
-	m4.Rec.Dev, m4.ID = "dev-00002", "dev-00002:4"
-	if s, _ := w.Handle("telemetry/site1/dev-00002/spo2", enc(m4, "cbor")); s.Status != SigNoCert {
+	m4.Rec.Dev = "dev-00002"
+	if s, _ := w.Handle("telemetry/site1/dev-00002/spo2", enc(m4, wire.CBOR)); s.Status != SigNoCert {
 		t.Errorf("unknown device: %s", s.Status)
 	}
 	// The LRU holds 2 IDs: the first one is forgotten after two more.
-	if s, _ := w.Handle(topic, enc(m1, "cbor")); s.Dup {
+	if s, _ := w.Handle(topic, enc(m1, wire.CBOR)); s.Dup {
 		t.Error("LRU did not forget")
 	}
 }

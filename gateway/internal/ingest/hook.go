@@ -18,29 +18,26 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/fxamacker/cbor/v2"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/vitalgate/vitalgate/gateway/internal/audit"
 	"github.com/vitalgate/vitalgate/gateway/internal/guard"
-	"github.com/vitalgate/vitalgate/gateway/internal/relay"
 	"github.com/vitalgate/vitalgate/gateway/internal/spool"
 	"github.com/vitalgate/vitalgate/internal/envelope"
 	"github.com/vitalgate/vitalgate/internal/pki"
 	"github.com/vitalgate/vitalgate/internal/subcap"
 	"github.com/vitalgate/vitalgate/internal/telemetry"
 	"github.com/vitalgate/vitalgate/internal/verdict"
+	"github.com/vitalgate/vitalgate/internal/wire"
 )
 
 // Options wires the hook to the rest of the gateway.
@@ -627,58 +624,15 @@ type noStrike struct{ err *verdict.Error }
 func (e *noStrike) Error() string { return e.err.Error() }
 func (e *noStrike) Unwrap() error { return e.err }
 
-// cloudMessage builds the queue entry: the cloud topic and the payload of
-// docs/apps.md#messages. In CBOR the record is the device's own bytes.
+// cloudMessage builds the queue entry of an accepted record: its cloud
+// topic and message ([wire.Entry]).
 func (h *Hook) cloudMessage(rec *telemetry.Record, raw, sig []byte, now time.Time) ([]byte, error) {
-	topic := "telemetry/" + h.o.Site + "/" + rec.Dev + "/" + rec.Kind
-	id := rec.Dev + ":" + strconv.FormatUint(rec.Seq, 10)
+	f := wire.CBOR
 	if h.o.JSON {
-		payload, err := json.Marshal(jsonMessage{V: 1, ID: id, Site: h.o.Site, GW: h.o.GatewayID, RX: now.UnixMilli(), Rec: rec, Sig: sig})
-		if err != nil {
-			return nil, err
-		}
-		return relay.Frame(topic, payload), nil
+		f = wire.JSON
 	}
-	// CBOR, the default: encoded straight after the topic, into one
-	// allocation of about the right size (the map's keys, heads and the
-	// rx integer take under 64 bytes).
-	buf := bytes.NewBuffer(make([]byte, 0, len(topic)+1+len(id)+len(h.o.Site)+len(h.o.GatewayID)+len(raw)+len(sig)+64))
-	buf.WriteString(topic)
-	buf.WriteByte(0)
-	err := cborEnc.MarshalToBuffer(cborMessage{V: 1, ID: id, Site: h.o.Site, GW: h.o.GatewayID, RX: now.UnixMilli(), Rec: raw, Sig: sig}, buf)
-	if err != nil {
-		return nil, err
-	}
-	return buf.Bytes(), nil
+	return wire.Entry(f, &wire.Accepted{Site: h.o.Site, GW: h.o.GatewayID, RX: now.UnixMilli(), Rec: rec, Raw: raw, Sig: sig})
 }
-
-type cborMessage struct {
-	V    int             `cbor:"v"`
-	ID   string          `cbor:"id"`
-	Site string          `cbor:"site"`
-	GW   string          `cbor:"gw"`
-	RX   int64           `cbor:"rx"`
-	Rec  cbor.RawMessage `cbor:"rec"`
-	Sig  []byte          `cbor:"sig"`
-}
-
-type jsonMessage struct {
-	V    int               `json:"v"`
-	ID   string            `json:"id"`
-	Site string            `json:"site"`
-	GW   string            `json:"gw"`
-	RX   int64             `json:"rx"`
-	Rec  *telemetry.Record `json:"rec"`
-	Sig  []byte            `json:"sig"`
-}
-
-var cborEnc = func() cbor.UserBufferEncMode {
-	m, err := cbor.CoreDetEncOptions().UserBufferEncMode()
-	if err != nil {
-		panic(err)
-	}
-	return m
-}()
 
 func (h *Hook) emit(v verdict.Verdict, dev, detail, remote string) {
 	h.emitEvent(v, dev, detail, remote, false)

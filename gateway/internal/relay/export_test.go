@@ -31,3 +31,6 @@ func (failedToken) Wait() bool                     { return true }
 func (failedToken) WaitTimeout(time.Duration) bool { return true }
 func (failedToken) Done() <-chan struct{}          { return closedChan }
 func (failedToken) Error() error                   { return errors.New("publish was broken by timeout") }
+
+// EventsBuffered reports how many security events wait in the buffer.
+func (r *Relay) EventsBuffered() int { return len(r.events) }

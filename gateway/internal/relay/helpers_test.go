@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vitalgate/vitalgate/gateway/internal/relay"
 	"github.com/vitalgate/vitalgate/gateway/internal/spool"
+	"github.com/vitalgate/vitalgate/internal/wire"
 )
 
 const (
@@ -293,7 +294,7 @@ func fill(t testing.TB, q *spool.Queue, devs []string, from, to uint64) {
 	t.Helper()
 	for seq := from; seq <= to; seq++ {
 		for _, d := range devs {
-			data := relay.Frame("telemetry/"+site+"/"+d+"/vitals", []byte(d+":"+strconv.FormatUint(seq, 10)))
+			data := wire.Frame("telemetry/"+site+"/"+d+"/vitals", []byte(d+":"+strconv.FormatUint(seq, 10)))
 			if err := q.Append(d, seq, data); err != nil {
 				t.Fatalf("append %s:%d: %v", d, seq, err)
 			}

@@ -18,6 +18,7 @@ import (
 	"github.com/vitalgate/vitalgate/gateway/internal/relay"
 	"github.com/vitalgate/vitalgate/gateway/internal/spool"
 	"github.com/vitalgate/vitalgate/internal/pki"
+	"github.com/vitalgate/vitalgate/internal/wire"
 )
 
 const statusTopic = "gateways/" + site + "/" + gw + "/status"
@@ -338,38 +339,46 @@ func TestRelayMosquitto(t *testing.T) {
 	waitFor(t, "status online", func() bool { return slices.Contains(sub.payloads(statusTopic), "online") })
 }
 
-func TestFrame(t *testing.T) {
-	for _, tc := range []struct {
-		name, topic string
-		payload     []byte
-	}{
-		{"cbor", "telemetry/site1/dev-1/vitals", []byte{0xa1, 0x00, 0x01}},
-		{"empty payload", "t", nil},
-		{"payload with NULs", "a/b", []byte{0, 0, 'x', 0}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			topic, payload, err := relay.Unframe(relay.Frame(tc.topic, tc.payload))
-			if err != nil || topic != tc.topic || !bytes.Equal(payload, tc.payload) {
-				t.Fatalf("round trip = %q, %x, %v", topic, payload, err)
-			}
-		})
+// TestRelayEventsSurviveLostConnection checks that security events published
+// but not acknowledged when the connection dies are sent again on the next
+// connection. The broker stalls on a telemetry message, so the events behind
+// it on the same connection get no PUBACK; then the broker goes, and another
+// one on the same port must receive every event.
+func TestRelayEventsSurviveLostConnection(t *testing.T) {
+	const eventTopic = "security/" + site + "/" + gw
+	rec := newRecorder(t)
+	rec.gateAt, rec.gate, rec.gated = 1, make(chan struct{}), make(chan struct{})
+	b1 := startBroker(t, "127.0.0.1:0", nil, rec)
+	q := openQueue(t, rec)
+	fill(t, q.Queue, devices(1), 1, 1)
+	r := start(t, baseConfig(b1.url()), q)
+	select {
+	case <-rec.gated:
+	case <-time.After(patience):
+		t.Fatal("broker never reached the stall point")
 	}
-	for _, tc := range []struct {
-		name string
-		data []byte
-	}{
-		{"no separator", []byte("telemetry/x")},
-		{"empty topic", []byte("\x00payload")},
-		{"wildcard +", []byte("a/+/b\x00p")},
-		{"wildcard #", []byte("a/#\x00p")},
-		{"not UTF-8", []byte("a\xff\x00p")},
-		{"too long", append(bytes.Repeat([]byte("a"), 65536), 0)},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			if _, _, err := relay.Unframe(tc.data); err == nil {
-				t.Fatal("Unframe accepted it")
-			}
-		})
+	const n = 5
+	for i := range n {
+		r.PublishEvent(fmt.Appendf(nil, `{"v":1,"verdict":"replay","n":%d}`, i))
+	}
+	waitFor(t, "events taken from the buffer", func() bool { return r.EventsBuffered() == 0 })
+
+	closed := make(chan struct{})
+	go func() { b1.close(); close(closed) }()
+	waitFor(t, "relay disconnected", func() bool { return !r.Connected() })
+	close(rec.gate)
+	<-closed
+
+	rec2 := newRecorder(t)
+	startBroker(t, b1.addr, nil, rec2)
+	waitFor(t, "every event at the new broker", func() bool {
+		got := rec2.payloads(eventTopic)
+		slices.Sort(got)
+		return len(slices.Compact(got)) == n
+	})
+	waitFor(t, "queue drained", func() bool { return q.Len() == 0 })
+	if got := r.metric(t, "vitalgate_relay_events_dropped_total"); got != 0 {
+		t.Errorf("events_dropped_total = %v, want 0", got)
 	}
 }
 
@@ -448,7 +457,7 @@ func benchRelay(b *testing.B, noSync bool) {
 		wg.Go(func() {
 			topic := "telemetry/" + site + "/" + d + "/vitals"
 			for seq := uint64(1); i+int(seq-1)*len(devs) < n; seq++ {
-				if err := q.Append(d, seq, relay.Frame(topic, payload)); err != nil {
+				if err := q.Append(d, seq, wire.Frame(topic, payload)); err != nil {
 					b.Error(err)
 					return
 				}

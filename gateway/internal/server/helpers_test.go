@@ -18,10 +18,10 @@ import (
 	mqtt3 "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/vitalgate/vitalgate/gateway/internal/config"
-	"github.com/vitalgate/vitalgate/internal/cloud"
 	"github.com/vitalgate/vitalgate/internal/envelope"
 	"github.com/vitalgate/vitalgate/internal/pki"
 	"github.com/vitalgate/vitalgate/internal/telemetry"
+	"github.com/vitalgate/vitalgate/internal/wire"
 )
 
 // env is a PKI, a running gateway with its embedded cloud broker, and a
@@ -248,7 +248,7 @@ func (e *env) sign(keyID string, rec *telemetry.Record) []byte {
 // app is a clinician app subscribed at the cloud broker with a JWT.
 type app struct {
 	mu     sync.Mutex
-	msgs   []*cloud.Message
+	msgs   []*wire.Message
 	topics []string
 	events []string
 	c      mqtt3.Client
@@ -282,7 +282,7 @@ func (e *env) appWith(brokerURL string, clean bool) *app {
 			a.events = append(a.events, string(m.Payload()))
 			return
 		}
-		msg, err := cloud.DecodeMessage(m.Payload())
+		msg, err := wire.Decode(m.Payload())
 		if err != nil {
 			e.t.Errorf("cloud message on %s: %v", m.Topic(), err)
 			return

@@ -14,9 +14,9 @@ import (
 	mqtt3 "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/vitalgate/vitalgate/gateway/internal/audit"
-	"github.com/vitalgate/vitalgate/internal/cloud"
 	"github.com/vitalgate/vitalgate/internal/cloud/cloudtest"
 	"github.com/vitalgate/vitalgate/internal/verdict"
+	"github.com/vitalgate/vitalgate/internal/wire"
 )
 
 // Outside brokers as the cloud (docs/design.md#trust): the gateway relays
@@ -60,7 +60,7 @@ func subscribeOutside(t *testing.T, pkiDir, url, clientID string, clean bool) *c
 		case !strings.HasPrefix(m.Topic(), "telemetry/"):
 			return
 		}
-		msg, err := cloud.DecodeMessage(m.Payload())
+		msg, err := wire.Decode(m.Payload())
 		if err != nil {
 			t.Errorf("cloud message on %s: %v", m.Topic(), err)
 			return

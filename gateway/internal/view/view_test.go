@@ -8,6 +8,7 @@ import (
 
 	"github.com/vitalgate/vitalgate/internal/cloud"
 	"github.com/vitalgate/vitalgate/internal/telemetry"
+	"github.com/vitalgate/vitalgate/internal/wire"
 )
 
 func rec(kind string, obs ...telemetry.Observation) *telemetry.Record {
@@ -115,7 +116,7 @@ func TestHeartRate(t *testing.T) {
 func seen(dev string, seq uint64, kind, status string, obs ...telemetry.Observation) *cloud.Seen {
 	r := rec(kind, obs...)
 	r.Dev, r.Seq = dev, seq
-	return &cloud.Seen{Msg: &cloud.Message{V: 1, ID: dev + ":" + string(rune('0'+seq)), Rec: *r}, Status: status}
+	return &cloud.Seen{Msg: &wire.Message{V: 1, ID: dev + ":" + string(rune('0'+seq)), Rec: *r}, Status: status}
 }
 
 func TestViewAndRender(t *testing.T) {
@@ -124,7 +125,7 @@ func TestViewAndRender(t *testing.T) {
 	v.Telemetry(seen("oxi-1", 1, "spo2", cloud.SigOK, ob(telemetry.CodeSpO2, 97, "%"), ob(telemetry.CodeSpO2Pulse, 72, "/min")))
 	v.Telemetry(seen("oxi-1", 2, "spo2", cloud.SigOK, ob(telemetry.CodeSpO2, 89, "%"), ob(telemetry.CodeSpO2Pulse, 80, "/min")))
 	v.Telemetry(seen("oxi-1", 1, "spo2", cloud.SigOK, ob(telemetry.CodeSpO2, 99, "%"), ob(telemetry.CodeSpO2Pulse, 60, "/min"))) // late: older seq
-	v.Telemetry(&cloud.Seen{Dup: true, Msg: &cloud.Message{}})
+	v.Telemetry(&cloud.Seen{Dup: true, Msg: &wire.Message{}})
 	v.Telemetry(seen("forged", 1, "temp", cloud.SigBad, ob(telemetry.CodeTemp, 36.6, "Cel")))
 	v.Telemetry(nil)
 	for _, ev := range []string{
