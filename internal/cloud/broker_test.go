@@ -4,6 +4,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/x509"
 	"errors"
 	"net/http"
 	"path/filepath"
@@ -227,7 +228,10 @@ func TestBadTokensRefusedAtConnect(t *testing.T) {
 		return s
 	}
 	pub := key.Public().(*ecdsa.PublicKey)
-	hmacKey := elliptic.MarshalCompressed(pub.Curve, pub.X, pub.Y) // HMAC secret = public key bytes: the alg-confusion attack
+	hmacKey, err := x509.MarshalPKIXPublicKey(pub) // HMAC secret = the public key as published: the alg-confusion attack
+	if err != nil {
+		t.Fatal(err)
+	}
 	cases := []struct{ name, token, reason string }{
 		{"expired", sign(jwt.SigningMethodES256, key, claims(func(c *AppClaims) {
 			c.ExpiresAt = jwt.NewNumericDate(now.Add(-time.Hour))

@@ -56,7 +56,6 @@ type recorder struct {
 	gateAt      int
 	gate, gated chan struct{}
 	mu          sync.Mutex
-	topics      map[string][]string // topic -> payloads
 	seqs        map[string][]uint64 // telemetry: dev -> seqs in arrival order
 	seen        map[string]bool     // telemetry: "dev:seq"
 	count       int                 // telemetry messages, duplicates included
@@ -64,7 +63,7 @@ type recorder struct {
 }
 
 func newRecorder(t testing.TB) *recorder {
-	return &recorder{topics: map[string][]string{}, seqs: map[string][]uint64{}, seen: map[string]bool{}, fail: t.Errorf}
+	return &recorder{seqs: map[string][]uint64{}, seen: map[string]bool{}, fail: t.Errorf}
 }
 
 func (h *recorder) ID() string           { return "recorder" }
@@ -90,7 +89,6 @@ func (h *recorder) record(pk packets.Packet) {
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.topics[pk.TopicName] = append(h.topics[pk.TopicName], string(pk.Payload))
 	if !strings.HasPrefix(pk.TopicName, "telemetry/") {
 		return
 	}
@@ -111,12 +109,6 @@ func (h *recorder) distinct() int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return len(h.seen)
-}
-
-func (h *recorder) payloads(topic string) []string {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return append([]string(nil), h.topics[topic]...)
 }
 
 func (h *recorder) checkOrder(t testing.TB) {
