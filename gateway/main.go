@@ -6,6 +6,7 @@
 //	gateway --check-config [flags]
 //	gateway audit verify [--data DIR | --file FILE]
 //	gateway demo [--devices N] [--duration D]
+//	gateway demo sign --pki DIR --id ID [--kind KIND] --seq N
 package main
 
 import (
@@ -50,15 +51,18 @@ func main() {
 func parseConfig(args []string) (config.Config, bool, error) {
 	fs := flag.NewFlagSet("gateway", flag.ContinueOnError)
 	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: gateway [flags]            run the gateway\n       gateway audit verify [flags]  check the audit log's hash chain\n       gateway demo [flags]          broker, gateway, fleet and a clinician view in one process\n\nflags:")
+		fmt.Fprintln(fs.Output(), "usage: gateway [flags]            run the gateway\n"+
+			"       gateway audit verify [flags]  check the audit log's hash chain\n"+
+			"       gateway demo [flags]          broker, gateway, fleet and a clinician view in one process\n"+
+			"       gateway demo sign [flags]     write one signed record of a simulated device to stdout\n\nflags:")
 		fs.PrintDefaults()
 	}
 	d := config.Default()
 	file := fs.String("config", "", "YAML configuration file (keys as the flags)")
 	check := fs.Bool("check-config", false, "validate the configuration and the files it names, then exit")
-	pkiDir := fs.String("pki", d.PKI, "PKI directory written by `certs init`")
+	pkiDir := fs.String("pki", d.PKI, "PKI `directory` as certs init writes it")
 	listen := fs.String("listen", d.Listen, "device listener address (MQTT over mutual TLS)")
-	cloud := fs.String("cloud", "", "cloud broker URLs, comma-separated, in failover order (tcp://, ssl://, mqtts://); empty: embedded broker")
+	cloud := fs.String("cloud", "", "cloud broker URLs, comma-separated, in failover order (tcp:// or mqtt://; TLS: ssl://, tls:// or mqtts://); empty: embedded broker")
 	data := fs.String("data", d.Data, "directory of the queue, the audit log and the embedded broker's state")
 	httpAddr := fs.String("http", d.HTTP, "address of /metrics, /healthz, /readyz (empty: off)")
 	site := fs.String("site", "", "site name (default: OU of gateway-client.crt)")
@@ -155,9 +159,18 @@ func run(args []string) error {
 	return g.Close()
 }
 
+// auditUsage is the synopsis of `gateway audit`.
+const auditUsage = "usage: gateway audit verify [--data DIR | --file FILE]"
+
 func auditCmd(args []string, out io.Writer) error {
-	if len(args) == 0 || args[0] != "verify" {
-		return errors.New("usage: gateway audit verify [--data DIR | --file FILE]")
+	switch {
+	case len(args) == 0:
+		return errors.New("audit: missing subcommand (" + auditUsage + ")")
+	case args[0] == "-h" || args[0] == "-help" || args[0] == "--help" || args[0] == "help":
+		fmt.Fprintf(out, "%s\n\nverify checks the audit log's hash chain and the gaps it records (gateway audit verify --help for its flags).\n", auditUsage)
+		return flag.ErrHelp
+	case args[0] != "verify":
+		return fmt.Errorf("audit: unknown subcommand %q (%s)", args[0], auditUsage)
 	}
 	fs := flag.NewFlagSet("gateway audit verify", flag.ContinueOnError)
 	data := fs.String("data", config.Default().Data, "gateway data directory")
@@ -174,13 +187,22 @@ func auditCmd(args []string, out io.Writer) error {
 		return err // names the file (and the line)
 	}
 	if len(rep.Gaps) == 0 {
-		fmt.Fprintf(out, "audit log %s: %d entries, chain intact\n", path, rep.Entries)
+		fmt.Fprintf(out, "audit log %s: %s, chain intact\n", path, plural(rep.Entries, "entry", "entries"))
 		return nil
 	}
 	// The chain is unbroken, but it records events it does not hold.
-	fmt.Fprintf(out, "audit log %s: %d entries, hash chain unbroken, %d gaps:\n", path, rep.Entries, len(rep.Gaps))
+	fmt.Fprintf(out, "audit log %s: %s, hash chain unbroken, %s:\n", path, plural(rep.Entries, "entry", "entries"), plural(len(rep.Gaps), "gap", "gaps"))
 	for _, g := range rep.Gaps {
 		fmt.Fprintf(out, "  line %d: %s\n", g.Line, g.Detail)
 	}
-	return fmt.Errorf("audit log %s is incomplete: %d events not recorded (%d gaps)", path, rep.Missing, len(rep.Gaps))
+	return fmt.Errorf("audit log %s is incomplete: %s not recorded (%s)", path,
+		plural(int(rep.Missing), "event", "events"), plural(len(rep.Gaps), "gap", "gaps"))
+}
+
+// plural is n with the noun in the number n asks for: "1 gap", "2 gaps".
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return fmt.Sprintf("%d %s", n, many)
 }

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -125,6 +126,10 @@ func Load(path string) (Config, error) {
 	return c, nil
 }
 
+// CloudSchemes are the URL schemes of Cloud the relay dials: tcp and mqtt
+// are plain TCP, ssl, tls and mqtts are TLS.
+var CloudSchemes = []string{"tcp", "mqtt", "ssl", "tls", "mqtts"}
+
 // Curve names accepted in Curves.
 var CurveNames = []string{"X25519MLKEM768", "X25519", "P256", "P384", "P521"}
 
@@ -160,8 +165,8 @@ func (c Config) Validate() error {
 		switch {
 		case err != nil:
 			bad("cloud", "%q: %v", u, err)
-		case p.Scheme != "tcp" && p.Scheme != "ssl" && p.Scheme != "mqtts" && p.Scheme != "tls":
-			bad("cloud", "%q: scheme must be tcp, ssl or mqtts", u)
+		case !slices.Contains(CloudSchemes, p.Scheme):
+			bad("cloud", "%q: scheme must be %s", u, strings.Join(CloudSchemes, ", "))
 		case p.Port() == "":
 			bad("cloud", "%q: port required", u)
 		}

@@ -50,9 +50,29 @@ func TestValidateReportsEverything(t *testing.T) {
 	if err == nil {
 		t.Fatal("no error")
 	}
-	for _, key := range []string{"listen:", "scheme must be", "port required", "format:", "max_packet:", "curves:", "pprof:", "queue.commit_delay:"} {
+	for _, key := range []string{"listen:", `"http://x:1": scheme must be tcp, mqtt, ssl, tls, mqtts`, "port required", "format:", "max_packet:", "curves:", "pprof:", "queue.commit_delay:"} {
 		if !strings.Contains(err.Error(), key) {
 			t.Errorf("missing %q in:\n%v", key, err)
+		}
+	}
+}
+
+// Every scheme the relay dials is valid, and only those: mqtt:// and tls://
+// were accepted by the relay while validation refused mqtt:// and did not
+// name tls://.
+func TestCloudSchemes(t *testing.T) {
+	for _, scheme := range []string{"tcp", "mqtt", "ssl", "tls", "mqtts"} {
+		c := Default()
+		c.Cloud = []string{scheme + "://cloud.example:8883"}
+		if err := c.Validate(); err != nil {
+			t.Errorf("%s://: %v", scheme, err)
+		}
+	}
+	for _, scheme := range []string{"ws", "wss", "http"} {
+		c := Default()
+		c.Cloud = []string{scheme + "://cloud.example:8883"}
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "scheme must be tcp, mqtt, ssl, tls, mqtts") {
+			t.Errorf("%s://: %v, want the schemes listed", scheme, err)
 		}
 	}
 }
