@@ -19,6 +19,7 @@ import (
 	"github.com/vitalgate/vitalgate/internal/envelope"
 	"github.com/vitalgate/vitalgate/internal/pki"
 	"github.com/vitalgate/vitalgate/internal/telemetry"
+	"github.com/vitalgate/vitalgate/internal/testutil"
 )
 
 type syncBuf struct {
@@ -75,17 +76,6 @@ func TestBadFlagsOneLine(t *testing.T) {
 	}
 }
 
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within the deadline", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // TestMistypedPKIRefused: a --pki without ca.crt is an error that says what
 // to do, and nothing is created there (it used to become a development PKI
 // that no gateway trusts).
@@ -110,7 +100,7 @@ func TestRunCreatesDevPKIAndStops(t *testing.T) {
 		done <- run(ctx, []string{"--pki", dir, "--dev-pki", "--listen", "127.0.0.1:0", "--apps", "127.0.0.1:0", "--ws", "",
 			"--http", "127.0.0.1:0", "--data", t.TempDir()}, &syncBuf{}, &stderr)
 	}()
-	eventually(t, "broker started", func() bool { return strings.Contains(stderr.String(), "cloud broker started") })
+	testutil.Eventually(t, 15*time.Second, "broker started", func() bool { return strings.Contains(stderr.String(), "cloud broker started") })
 	if _, err := os.Stat(filepath.Join(dir, pki.FileCA)); err != nil {
 		t.Fatalf("no dev PKI: %v", err)
 	}
@@ -201,7 +191,7 @@ func TestWatchPrintsVerifiedVitals(t *testing.T) {
 	go func() {
 		done <- watch(ctx, []string{"--pki", dir, "--token", tok, "--site", "site1", "--url", "ssl://" + b.AppsAddr()}, &stdout, &stderr)
 	}()
-	eventually(t, "watch subscribed", func() bool { return strings.Contains(stderr.String(), "subscribed to telemetry/site1/#") })
+	testutil.Eventually(t, 15*time.Second, "watch subscribed", func() bool { return strings.Contains(stderr.String(), "subscribed to telemetry/site1/#") })
 
 	tc, err := pki.ClientTLS(filepath.Join(dir, pki.FileCA), filepath.Join(dir, pki.FileGatewayClient), filepath.Join(dir, pki.FileGatewayClientKey))
 	if err != nil {
@@ -241,7 +231,7 @@ func TestWatchPrintsVerifiedVitals(t *testing.T) {
 	publish(1, 97)
 	publish(1, 97) // a redelivery: dropped
 	publish(2, 95)
-	eventually(t, "two lines", func() bool { return strings.Count(stdout.String(), "[sig ok]") >= 2 })
+	testutil.Eventually(t, 15*time.Second, "two lines", func() bool { return strings.Count(stdout.String(), "[sig ok]") >= 2 })
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)

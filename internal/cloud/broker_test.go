@@ -19,6 +19,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/vitalgate/vitalgate/internal/pki"
+	"github.com/vitalgate/vitalgate/internal/testutil"
 )
 
 func TestConfigValidateReportsEverything(t *testing.T) {
@@ -57,7 +58,7 @@ func TestDeviceCertRefusedOnGatewayListener(t *testing.T) {
 	if err == nil {
 		t.Fatal("device certificate accepted on the gateway listener")
 	}
-	eventually(t, "auth failure counted", func() bool {
+	testutil.Eventually(t, waitFor, "auth failure counted", func() bool {
 		return strings.Contains(scrape(t, b), `vitalgate_cloud_auth_failures_total{kind="gateway",reason="untrusted_cert"} 1`)
 	})
 
@@ -317,7 +318,7 @@ func TestPersistenceAcrossRestart(t *testing.T) {
 	}
 	wait(t, gw.Publish("gateways/site1/gw1/status", 1, true, "online"), "publish status")
 	gw.Disconnect(100)
-	eventually(t, "queued for the absent app", func() bool {
+	testutil.Eventually(t, waitFor, "queued for the absent app", func() bool {
 		return strings.Contains(scrape(t, b), "vitalgate_cloud_inflight 5")
 	})
 	if err := b.Close(); err != nil {

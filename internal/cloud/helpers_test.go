@@ -351,24 +351,6 @@ func scrape(t *testing.T, b *Broker) string {
 	return string(body)
 }
 
-// eventually polls cond until it holds or waitFor passes.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	eventuallyWithin(t, waitFor, what, cond)
-}
-
-// eventuallyWithin polls cond until it holds or d passes.
-func eventuallyWithin(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s", what, d)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // connectedApp dials the apps listener and connects as clientID with tok,
 // failing the test unless the CONNACK is success.
 func connectedApp(t *testing.T, b *Broker, dir, clientID, tok string) *rawClient {

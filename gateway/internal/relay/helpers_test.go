@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vitalgate/vitalgate/gateway/internal/relay"
 	"github.com/vitalgate/vitalgate/gateway/internal/spool"
+	"github.com/vitalgate/vitalgate/internal/testutil"
 )
 
 const (
@@ -32,18 +33,6 @@ const (
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
-
-// waitFor polls cond until it holds, failing the test after patience.
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(patience)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
 
 // recorder is a broker hook that records every message the broker accepted,
 // in arrival order. It records in OnPublish, which mochi calls before it sends
@@ -156,7 +145,7 @@ type broker struct {
 func startBroker(t testing.TB, addr string, cfg *tls.Config, rec *recorder) *broker {
 	t.Helper()
 	var ln net.Listener
-	waitFor(t, "listen on "+addr, func() bool {
+	testutil.Eventually(t, patience, "listen on "+addr, func() bool {
 		var err error
 		ln, err = net.Listen("tcp", addr)
 		return err == nil
