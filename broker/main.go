@@ -57,47 +57,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fs.PrintDefaults()
 	}
 	d := cloud.Default()
-	pkiDir := fs.String("pki", d.PKI, "PKI `directory` as certs init writes it")
+	cfg := d
+	fs.StringVar(&cfg.PKI, "pki", cfg.PKI, "PKI `directory` as certs init writes it")
 	devPKI := fs.Bool("dev-pki", false, "create a throwaway development PKI in the PKI directory if it has no ca.crt (done without asking only for the default ./pki)")
-	listen := fs.String("listen", d.Listen, "gateways' mTLS listener")
-	apps := fs.String("apps", d.Apps, "apps' TLS listener (empty: off)")
-	ws := fs.String("ws", d.WS, "apps' WebSocket+TLS listener (empty: off)")
-	data := fs.String("data", d.Data, "directory of the persistent store (empty: nothing survives a restart)")
-	httpAddr := fs.String("http", d.HTTP, "/metrics, /healthz, /readyz listener (empty: off)")
+	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "gateways' mTLS listener")
+	fs.StringVar(&cfg.Apps, "apps", cfg.Apps, "apps' TLS listener (empty: off)")
+	fs.StringVar(&cfg.WS, "ws", cfg.WS, "apps' WebSocket+TLS listener (empty: off)")
+	fs.StringVar(&cfg.Data, "data", cfg.Data, "directory of the persistent store (empty: nothing survives a restart)")
+	fs.StringVar(&cfg.HTTP, "http", cfg.HTTP, "/metrics, /healthz, /readyz listener (empty: off)")
 	config := fs.String("config", "", "YAML config file (flags override it)")
 	check := fs.Bool("check-config", false, "validate the configuration and PKI files, then exit")
-	level := fs.String("log-level", d.LogLevel, "debug, info, warn or error")
-	if err := cli.ParseFlags(fs, args, stdout); err != nil {
+	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
+	if err := cli.ParseConfig(fs, args, stdout, config, &cfg); err != nil {
 		return err
 	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q (see broker --help)", fs.Arg(0))
-	}
-	cfg := d
-	if *config != "" {
-		var err error
-		if cfg, err = cloud.LoadConfig(*config, d); err != nil {
-			return err
-		}
-	}
-	fs.Visit(func(f *flag.Flag) {
-		switch f.Name {
-		case "pki":
-			cfg.PKI = *pkiDir
-		case "listen":
-			cfg.Listen = *listen
-		case "apps":
-			cfg.Apps = *apps
-		case "ws":
-			cfg.WS = *ws
-		case "data":
-			cfg.Data = *data
-		case "http":
-			cfg.HTTP = *httpAddr
-		case "log-level":
-			cfg.LogLevel = *level
-		}
-	})
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("config: %w", err)
 	}

@@ -156,8 +156,9 @@ func TestCheckConfig(t *testing.T) {
 	if err := os.WriteFile(cfgFile, []byte("nosuchkey: 1\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := run(context.Background(), []string{"--pki", dir, "--config", cfgFile, "--check-config"}, &out, &syncBuf{}); err == nil {
-		t.Fatal("unknown config key accepted")
+	if err := run(context.Background(), []string{"--pki", dir, "--config", cfgFile, "--check-config"}, &out, &syncBuf{}); err == nil ||
+		!strings.Contains(err.Error(), `unknown key "nosuchkey" (valid keys: pki, listen, apps, ws, data, http, max_packet,`) {
+		t.Fatalf("unknown config key: %v, want it named with the valid keys", err)
 	}
 }
 

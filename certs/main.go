@@ -23,6 +23,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/vitalgate/vitalgate/internal/cli"
 	"github.com/vitalgate/vitalgate/internal/pki"
 )
 
@@ -137,7 +138,13 @@ func applyConfig(fs *flag.FlagSet, path string) error {
 	for key, v := range m {
 		f := fs.Lookup(key)
 		if f == nil || key == "config" {
-			return fmt.Errorf("config %s: unknown key %q", path, key)
+			var valid []string
+			fs.VisitAll(func(f *flag.Flag) {
+				if f.Name != "config" {
+					valid = append(valid, f.Name)
+				}
+			})
+			return fmt.Errorf("config %s: %w", path, cli.UnknownKey(key, valid))
 		}
 		if set[key] {
 			continue

@@ -69,7 +69,7 @@ func TestCLI(t *testing.T) {
 		{"devices again", []string{"devices", "--dir", dir, "--count", "13", "--prefix", "bed"}, 0, "1 issued, 12 existed", ""},
 		{"devices from config", []string{"devices", "--config", cfg}, 0, "cfg-00005: 5 issued", ""},
 		{"devices flag beats config", []string{"devices", "--config", cfg, "--count", "6"}, 0, "1 issued, 5 existed", ""},
-		{"devices bad config key", []string{"devices", "--config", badCfg}, 2, "", "certs: devices: config " + badCfg + `: unknown key "colour"`},
+		{"devices bad config key", []string{"devices", "--config", badCfg}, 2, "", "certs: devices: config " + badCfg + `: unknown key "colour" (valid keys: count, dir, key, prefix)`},
 		{"devices missing config", []string{"devices", "--config", "/nonexistent.yaml"}, 2, "", "*no such file"},
 		{"devices bad count", []string{"devices", "--dir", dir, "--count", "many"}, 2, "", "*invalid value"},
 		{"devices no CA", []string{"devices", "--dir", t.TempDir(), "--count", "1"}, 1, "", "*device CA"},

@@ -47,7 +47,7 @@ func main() {
 	}
 }
 
-// parseConfig reads --config, then applies the flags that were set.
+// parseConfig reads the defaults, then --config, then the flags that were set.
 func parseConfig(args []string) (config.Config, bool, error) {
 	fs := flag.NewFlagSet("gateway", flag.ContinueOnError)
 	fs.Usage = func() {
@@ -57,58 +57,21 @@ func parseConfig(args []string) (config.Config, bool, error) {
 			"       gateway demo sign [flags]     write one signed record of a simulated device to stdout\n\nflags:")
 		fs.PrintDefaults()
 	}
-	d := config.Default()
+	c := config.Default()
 	file := fs.String("config", "", "YAML configuration file (keys as the flags)")
 	check := fs.Bool("check-config", false, "validate the configuration and the files it names, then exit")
-	pkiDir := fs.String("pki", d.PKI, "PKI `directory` as certs init writes it")
-	listen := fs.String("listen", d.Listen, "device listener address (MQTT over mutual TLS)")
-	cloud := fs.String("cloud", "", "cloud broker URLs, comma-separated, in failover order (tcp:// or mqtt://; TLS: ssl://, tls:// or mqtts://); empty: embedded broker")
-	data := fs.String("data", d.Data, "directory of the queue, the audit log and the embedded broker's state")
-	httpAddr := fs.String("http", d.HTTP, "address of /metrics, /healthz, /readyz (empty: off)")
-	site := fs.String("site", "", "site name (default: OU of gateway-client.crt)")
-	id := fs.String("id", "", "gateway ID (default: CN of gateway-client.crt)")
-	format := fs.String("format", d.Format, "cloud payload format: cbor or json")
-	logLevel := fs.String("log", d.Log, "log level: debug, info, warn, error")
-	if err := cli.ParseFlags(fs, args, os.Stdout); err != nil {
-		return d, false, err
+	fs.StringVar(&c.PKI, "pki", c.PKI, "PKI `directory` as certs init writes it")
+	fs.StringVar(&c.Listen, "listen", c.Listen, "device listener address (MQTT over mutual TLS)")
+	cli.ListVar(fs, &c.Cloud, "cloud", "cloud broker `URLs`, comma-separated, in failover order (tcp:// or mqtt://; TLS: ssl://, tls:// or mqtts://); empty: embedded broker")
+	fs.StringVar(&c.Data, "data", c.Data, "directory of the queue, the audit log and the embedded broker's state")
+	fs.StringVar(&c.HTTP, "http", c.HTTP, "address of /metrics, /healthz, /readyz (empty: off)")
+	fs.StringVar(&c.Site, "site", c.Site, "site name (default: OU of gateway-client.crt)")
+	fs.StringVar(&c.ID, "id", c.ID, "gateway ID (default: CN of gateway-client.crt)")
+	fs.StringVar(&c.Format, "format", c.Format, "cloud payload format: cbor or json")
+	fs.StringVar(&c.Log, "log", c.Log, "log level: debug, info, warn, error")
+	if err := cli.ParseConfig(fs, args, os.Stdout, file, &c); err != nil {
+		return c, false, err
 	}
-	if fs.NArg() > 0 {
-		return d, false, fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	}
-	c := d
-	if *file != "" {
-		var err error
-		if c, err = config.Load(*file); err != nil {
-			return c, false, err
-		}
-	}
-	fs.Visit(func(f *flag.Flag) {
-		switch f.Name {
-		case "pki":
-			c.PKI = *pkiDir
-		case "listen":
-			c.Listen = *listen
-		case "cloud":
-			c.Cloud = nil
-			for _, u := range strings.Split(*cloud, ",") {
-				if u = strings.TrimSpace(u); u != "" {
-					c.Cloud = append(c.Cloud, u)
-				}
-			}
-		case "data":
-			c.Data = *data
-		case "http":
-			c.HTTP = *httpAddr
-		case "site":
-			c.Site = *site
-		case "id":
-			c.ID = *id
-		case "format":
-			c.Format = *format
-		case "log":
-			c.Log = *logLevel
-		}
-	})
 	return c, *check, c.Validate()
 }
 

@@ -94,6 +94,19 @@ func TestCheckConfig(t *testing.T) {
 	if err := run([]string{"--bogus"}); err == nil || strings.Contains(err.Error(), "\n") || !strings.Contains(err.Error(), "-bogus") {
 		t.Fatalf("unknown flag: %q, want a one-line reason", err)
 	}
+	// A misspelt key lists the valid ones, in the file's terms.
+	typo := filepath.Join(t.TempDir(), "typo.yaml")
+	os.WriteFile(typo, []byte("listen: 127.0.0.1:0\nrate:\n  mesages: 5\n"), 0o600)
+	err = run([]string{"--check-config", "--config", typo, "--pki", dir, "--data", data})
+	if err == nil || !strings.Contains(err.Error(), `line 3: unknown key "rate.mesages" (valid keys: rate.messages, rate.burst, rate.bytes, rate.byte_burst)`) ||
+		strings.Contains(err.Error(), "config.") {
+		t.Fatalf("misspelt nested key: %v", err)
+	}
+	os.WriteFile(typo, []byte("lisen: 127.0.0.1:0\n"), 0o600)
+	err = run([]string{"--check-config", "--config", typo, "--pki", dir, "--data", data})
+	if err == nil || !strings.Contains(err.Error(), `unknown key "lisen" (valid keys: pki, listen, cloud, data, http, pprof, site, id, format, log, max_payload,`) {
+		t.Fatalf("misspelt key: %v", err)
+	}
 	// Without --cloud the gateway starts the embedded broker: its files
 	// and addresses are checked too.
 	emb := filepath.Join(t.TempDir(), "emb.yaml")

@@ -4,18 +4,14 @@
 package config
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/url"
 	"os"
 	"slices"
 	"strings"
 	"time"
-
-	"gopkg.in/yaml.v3"
 
 	"github.com/vitalgate/vitalgate/internal/envelope"
 )
@@ -109,21 +105,6 @@ func Default() Config {
 		Relay:            RelayConfig{Window: 4096}, // relay.DefaultWindow
 		Embedded:         Embedded{Apps: "127.0.0.1:8884"},
 	}
-}
-
-// Load reads a YAML file over the defaults. Unknown keys are errors.
-func Load(path string) (Config, error) {
-	c := Default()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return c, fmt.Errorf("read config: %w", err)
-	}
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
-	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
-		return c, fmt.Errorf("config %s: %w", path, err)
-	}
-	return c, nil
 }
 
 // CloudSchemes are the URL schemes of Cloud the relay dials: tcp and mqtt
