@@ -114,6 +114,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 // watch runs the reference consumer ([cloud.Watch]) until ctx is done.
 func watch(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("broker watch", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "usage: broker watch --pki DIR --token JWT --site S [--url URL]\n\n"+
+			"Prints the site's telemetry as an app receives it, each record's device signature checked.\n\nflags:")
+		fs.PrintDefaults()
+	}
 	pkiDir := fs.String("pki", "pki", "PKI directory (ca.crt, device-ca.crt, devices/)")
 	token := fs.String("token", "", "app `JWT` (from certs token); default $VITALGATE_TOKEN")
 	site := fs.String("site", "", "site to watch")

@@ -68,10 +68,13 @@ func TestBadFlagsOneLine(t *testing.T) {
 			t.Errorf("broker %v: exit %d, stdout %q, stderr %q; want non-zero, nothing, %q", tt.args, code, stdout, stderr, tt.stderr)
 		}
 	}
-	for _, args := range [][]string{{"--help"}, {"-h"}, {"watch", "--help"}} {
-		code, stdout, stderr := broker(t, args...)
-		if code != 0 || !strings.Contains(stdout, "-pki") || stderr != "" {
-			t.Errorf("broker %v: exit %d, stdout %q, stderr %q; want 0 and the usage on stdout", args, code, stdout, stderr)
+	for _, c := range []struct {
+		args []string
+		want string
+	}{{[]string{"--help"}, "usage: broker [flags]"}, {[]string{"-h"}, "-pki directory"}, {[]string{"watch", "--help"}, "usage: broker watch --pki DIR"}} {
+		code, stdout, stderr := broker(t, c.args...)
+		if code != 0 || !strings.Contains(stdout, "-pki") || !strings.Contains(stdout, c.want) || stderr != "" {
+			t.Errorf("broker %v: exit %d, stdout %q, stderr %q; want 0 and the usage with %q on stdout", c.args, code, stdout, stderr, c.want)
 		}
 	}
 }

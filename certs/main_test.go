@@ -47,6 +47,7 @@ func TestCLI(t *testing.T) {
 		{"help", []string{"--help"}, 0, "Commands:", ""},
 		{"unknown command", []string{"frobnicate"}, 2, "", `certs: unknown command "frobnicate" (want init, device, devices, revoke or token; see certs --help)`},
 		{"init help", []string{"init", "--help"}, 0, "--force", ""},
+		{"init help placeholder", []string{"init", "--help"}, 0, "-dir directory\n    \tPKI directory to write\n", ""},
 		{"device help", []string{"device", "-h"}, 0, "-days", ""},
 		{"init without dir", []string{"init"}, 2, "", "certs: init: --dir is required (see certs init --help)"},
 		{"init bad flag", []string{"init", "--dir", dir, "--colour", "blue"}, 2, "", "certs: init: flag provided but not defined: -colour"},

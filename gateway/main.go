@@ -136,6 +136,10 @@ func auditCmd(args []string, out io.Writer) error {
 		return fmt.Errorf("audit: unknown subcommand %q (%s)", args[0], auditUsage)
 	}
 	fs := flag.NewFlagSet("gateway audit verify", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "%s\n\nflags:\n", auditUsage)
+		fs.PrintDefaults()
+	}
 	data := fs.String("data", config.Default().Data, "gateway data directory")
 	file := fs.String("file", "", "audit log file (default: DATA/"+server.AuditFile+")")
 	if err := cli.ParseFlags(fs, args[1:], out); err != nil {

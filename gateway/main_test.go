@@ -34,7 +34,7 @@ func TestHelp(t *testing.T) {
 		{[]string{"-h"}, []string{"gateway demo sign [flags]"}},
 		{[]string{"audit", "--help"}, []string{"usage: gateway audit verify [--data DIR | --file FILE]"}},
 		{[]string{"audit", "-h"}, []string{"usage: gateway audit verify"}},
-		{[]string{"audit", "verify", "--help"}, []string{"-data", "-file"}},
+		{[]string{"audit", "verify", "--help"}, []string{"usage: gateway audit verify [--data DIR | --file FILE]", "-data", "-file"}},
 		{[]string{"demo", "--help"}, []string{"usage: gateway demo [flags]", "-devices"}},
 		{[]string{"demo", "sign", "--help"}, []string{"usage: gateway demo sign", "-seq"}},
 	} {
