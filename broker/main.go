@@ -9,8 +9,6 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -21,9 +19,6 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
-	"time"
-
-	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/vitalgate/vitalgate/internal/cli"
 	"github.com/vitalgate/vitalgate/internal/cloud"
@@ -62,47 +57,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fs.PrintDefaults()
 	}
 	d := cloud.Default()
-	pkiDir := fs.String("pki", d.PKI, "PKI `directory` as certs init writes it")
+	cfg := d
+	fs.StringVar(&cfg.PKI, "pki", cfg.PKI, "PKI `directory` as certs init writes it")
 	devPKI := fs.Bool("dev-pki", false, "create a throwaway development PKI in the PKI directory if it has no ca.crt (done without asking only for the default ./pki)")
-	listen := fs.String("listen", d.Listen, "gateways' mTLS listener")
-	apps := fs.String("apps", d.Apps, "apps' TLS listener (empty: off)")
-	ws := fs.String("ws", d.WS, "apps' WebSocket+TLS listener (empty: off)")
-	data := fs.String("data", d.Data, "directory of the persistent store (empty: nothing survives a restart)")
-	httpAddr := fs.String("http", d.HTTP, "/metrics, /healthz, /readyz listener (empty: off)")
+	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "gateways' mTLS listener")
+	fs.StringVar(&cfg.Apps, "apps", cfg.Apps, "apps' TLS listener (empty: off)")
+	fs.StringVar(&cfg.WS, "ws", cfg.WS, "apps' WebSocket+TLS listener (empty: off)")
+	fs.StringVar(&cfg.Data, "data", cfg.Data, "directory of the persistent store (empty: nothing survives a restart)")
+	fs.StringVar(&cfg.HTTP, "http", cfg.HTTP, "/metrics, /healthz, /readyz listener (empty: off)")
 	config := fs.String("config", "", "YAML config file (flags override it)")
 	check := fs.Bool("check-config", false, "validate the configuration and PKI files, then exit")
-	level := fs.String("log-level", d.LogLevel, "debug, info, warn or error")
-	if err := cli.ParseFlags(fs, args, stdout); err != nil {
+	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
+	if err := cli.ParseConfig(fs, args, stdout, config, &cfg); err != nil {
 		return err
 	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q (see broker --help)", fs.Arg(0))
-	}
-	cfg := d
-	if *config != "" {
-		var err error
-		if cfg, err = cloud.LoadConfig(*config, d); err != nil {
-			return err
-		}
-	}
-	fs.Visit(func(f *flag.Flag) {
-		switch f.Name {
-		case "pki":
-			cfg.PKI = *pkiDir
-		case "listen":
-			cfg.Listen = *listen
-		case "apps":
-			cfg.Apps = *apps
-		case "ws":
-			cfg.WS = *ws
-		case "data":
-			cfg.Data = *data
-		case "http":
-			cfg.HTTP = *httpAddr
-		case "log-level":
-			cfg.LogLevel = *level
-		}
-	})
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
@@ -143,11 +111,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return b.Close()
 }
 
-// watch is the reference consumer: it subscribes as an app to
-// telemetry/{site}/#, drops duplicates, checks every record's device
-// signature and prints readable vitals until ctx is done.
+// watch runs the reference consumer ([cloud.Watch]) until ctx is done.
 func watch(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("broker watch", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "usage: broker watch --pki DIR --token JWT --site S [--url URL]\n\n"+
+			"Prints the site's telemetry as an app receives it, each record's device signature checked.\n\nflags:")
+		fs.PrintDefaults()
+	}
 	pkiDir := fs.String("pki", "pki", "PKI directory (ca.crt, device-ca.crt, devices/)")
 	token := fs.String("token", "", "app `JWT` (from certs token); default $VITALGATE_TOKEN")
 	site := fs.String("site", "", "site to watch")
@@ -169,72 +140,6 @@ func watch(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case *site == "" || strings.ContainsAny(*site, "/+#"):
 		return errors.New("watch: --site is required (one site name)")
 	}
-	w, err := cloud.NewWatcher(*pkiDir, *dedup)
-	if err != nil {
-		return err
-	}
-	tc, err := pki.ClientTLS(filepath.Join(*pkiDir, pki.FileCA), "", "")
-	if err != nil {
-		return err
-	}
-	if *id == "" {
-		r := make([]byte, 6)
-		_, _ = rand.Read(r)
-		*id = "watch-" + hex.EncodeToString(r)
-	}
-	brokerURL := strings.Replace(*url, "mqtts://", "ssl://", 1)
-	lines := make(chan string, 1024)
-	handler := func(_ paho.Client, m paho.Message) {
-		s, err := w.Handle(m.Topic(), m.Payload())
-		var line string
-		switch {
-		case err != nil:
-			line = fmt.Sprintf("%s %s: undecodable message: %v", time.Now().Format("15:04:05"), m.Topic(), err)
-		case s.Dup:
-			return
-		default:
-			line = s.Line(nil)
-		}
-		select {
-		case lines <- line:
-		case <-ctx.Done():
-		}
-	}
-	filter := "telemetry/" + *site + "/#"
-	o := paho.NewClientOptions().AddBroker(brokerURL).SetClientID(*id).SetTLSConfig(tc).
-		SetUsername("app").SetPassword(*token).SetCleanSession(!*persistent).SetOrderMatters(true).
-		SetAutoReconnect(true).SetMaxReconnectInterval(10 * time.Second).SetConnectTimeout(10 * time.Second).
-		SetDefaultPublishHandler(handler).
-		SetOnConnectHandler(func(c paho.Client) {
-			// (Re)subscribe on every connect; the SUBACK tells whether the
-			// token allows the site.
-			t := c.Subscribe(filter, 1, handler)
-			if t.WaitTimeout(10*time.Second) && t.Error() == nil {
-				if code := t.(*paho.SubscribeToken).Result()[filter]; code >= 0x80 {
-					fmt.Fprintf(stderr, "watch: subscription to %s refused (is %s in the token's sites?)\n", filter, *site)
-					return
-				}
-				fmt.Fprintf(stderr, "watch: subscribed to %s at %s\n", filter, brokerURL)
-			}
-		}).
-		SetConnectionLostHandler(func(_ paho.Client, err error) {
-			fmt.Fprintf(stderr, "watch: connection lost: %v (reconnecting)\n", err)
-		})
-	c := paho.NewClient(o)
-	t := c.Connect()
-	if !t.WaitTimeout(15 * time.Second) {
-		return errors.New("watch: connect timed out")
-	}
-	if err := t.Error(); err != nil {
-		return fmt.Errorf("watch: connect %s: %w", brokerURL, err)
-	}
-	defer c.Disconnect(250)
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case l := <-lines:
-			fmt.Fprintln(stdout, l)
-		}
-	}
+	return cloud.Watch(ctx, cloud.WatchOptions{PKI: *pkiDir, Token: *token, Site: *site, URL: *url,
+		ClientID: *id, Persistent: *persistent, Dedup: *dedup}, stdout, stderr)
 }

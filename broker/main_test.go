@@ -19,6 +19,7 @@ import (
 	"github.com/vitalgate/vitalgate/internal/envelope"
 	"github.com/vitalgate/vitalgate/internal/pki"
 	"github.com/vitalgate/vitalgate/internal/telemetry"
+	"github.com/vitalgate/vitalgate/internal/testutil"
 	"github.com/vitalgate/vitalgate/internal/wire"
 )
 
@@ -68,22 +69,14 @@ func TestBadFlagsOneLine(t *testing.T) {
 			t.Errorf("broker %v: exit %d, stdout %q, stderr %q; want non-zero, nothing, %q", tt.args, code, stdout, stderr, tt.stderr)
 		}
 	}
-	for _, args := range [][]string{{"--help"}, {"-h"}, {"watch", "--help"}} {
-		code, stdout, stderr := broker(t, args...)
-		if code != 0 || !strings.Contains(stdout, "-pki") || stderr != "" {
-			t.Errorf("broker %v: exit %d, stdout %q, stderr %q; want 0 and the usage on stdout", args, code, stdout, stderr)
+	for _, c := range []struct {
+		args []string
+		want string
+	}{{[]string{"--help"}, "usage: broker [flags]"}, {[]string{"-h"}, "-pki directory"}, {[]string{"watch", "--help"}, "usage: broker watch --pki DIR"}} {
+		code, stdout, stderr := broker(t, c.args...)
+		if code != 0 || !strings.Contains(stdout, "-pki") || !strings.Contains(stdout, c.want) || stderr != "" {
+			t.Errorf("broker %v: exit %d, stdout %q, stderr %q; want 0 and the usage with %q on stdout", c.args, code, stdout, stderr, c.want)
 		}
-	}
-}
-
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within the deadline", what)
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }
 
@@ -111,7 +104,7 @@ func TestRunCreatesDevPKIAndStops(t *testing.T) {
 		done <- run(ctx, []string{"--pki", dir, "--dev-pki", "--listen", "127.0.0.1:0", "--apps", "127.0.0.1:0", "--ws", "",
 			"--http", "127.0.0.1:0", "--data", t.TempDir()}, &syncBuf{}, &stderr)
 	}()
-	eventually(t, "broker started", func() bool { return strings.Contains(stderr.String(), "cloud broker started") })
+	testutil.Eventually(t, 15*time.Second, "broker started", func() bool { return strings.Contains(stderr.String(), "cloud broker started") })
 	if _, err := os.Stat(filepath.Join(dir, pki.FileCA)); err != nil {
 		t.Fatalf("no dev PKI: %v", err)
 	}
@@ -167,8 +160,9 @@ func TestCheckConfig(t *testing.T) {
 	if err := os.WriteFile(cfgFile, []byte("nosuchkey: 1\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := run(context.Background(), []string{"--pki", dir, "--config", cfgFile, "--check-config"}, &out, &syncBuf{}); err == nil {
-		t.Fatal("unknown config key accepted")
+	if err := run(context.Background(), []string{"--pki", dir, "--config", cfgFile, "--check-config"}, &out, &syncBuf{}); err == nil ||
+		!strings.Contains(err.Error(), `unknown key "nosuchkey" (valid keys: pki, listen, apps, ws, data, http, max_packet,`) {
+		t.Fatalf("unknown config key: %v, want it named with the valid keys", err)
 	}
 }
 
@@ -202,7 +196,7 @@ func TestWatchPrintsVerifiedVitals(t *testing.T) {
 	go func() {
 		done <- watch(ctx, []string{"--pki", dir, "--token", tok, "--site", "site1", "--url", "ssl://" + b.AppsAddr()}, &stdout, &stderr)
 	}()
-	eventually(t, "watch subscribed", func() bool { return strings.Contains(stderr.String(), "subscribed to telemetry/site1/#") })
+	testutil.Eventually(t, 15*time.Second, "watch subscribed", func() bool { return strings.Contains(stderr.String(), "subscribed to telemetry/site1/#") })
 
 	tc, err := pki.ClientTLS(filepath.Join(dir, pki.FileCA), filepath.Join(dir, pki.FileGatewayClient), filepath.Join(dir, pki.FileGatewayClientKey))
 	if err != nil {
@@ -242,7 +236,7 @@ func TestWatchPrintsVerifiedVitals(t *testing.T) {
 	publish(1, 97)
 	publish(1, 97) // a redelivery: dropped
 	publish(2, 95)
-	eventually(t, "two lines", func() bool { return strings.Count(stdout.String(), "[sig ok]") >= 2 })
+	testutil.Eventually(t, 15*time.Second, "two lines", func() bool { return strings.Count(stdout.String(), "[sig ok]") >= 2 })
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)

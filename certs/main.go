@@ -23,6 +23,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/vitalgate/vitalgate/internal/cli"
 	"github.com/vitalgate/vitalgate/internal/pki"
 )
 
@@ -137,7 +138,13 @@ func applyConfig(fs *flag.FlagSet, path string) error {
 	for key, v := range m {
 		f := fs.Lookup(key)
 		if f == nil || key == "config" {
-			return fmt.Errorf("config %s: unknown key %q", path, key)
+			var valid []string
+			fs.VisitAll(func(f *flag.Flag) {
+				if f.Name != "config" {
+					valid = append(valid, f.Name)
+				}
+			})
+			return fmt.Errorf("config %s: %w", path, cli.UnknownKey(key, valid))
 		}
 		if set[key] {
 			continue
@@ -181,7 +188,7 @@ func keyFlag(fs *flag.FlagSet) *string {
 }
 
 func setupInit(fs *flag.FlagSet) ([]string, func(io.Writer) error) {
-	dir := fs.String("dir", "", "PKI `DIR`ectory to write")
+	dir := fs.String("dir", "", "PKI `directory` to write")
 	site := fs.String("site", pki.DefaultSite, "the gateway's `SITE` (OU of gateway-client.crt)")
 	gw := fs.String("gateway-id", pki.DefaultGatewayID, "the gateway's `ID` (CN of gateway-client.crt)")
 	hosts := fs.String("hosts", "", "extra host names or IPs of gateway.crt and broker.crt, comma-separated (localhost, 127.0.0.1 and ::1 are always there)")
@@ -201,7 +208,7 @@ func setupInit(fs *flag.FlagSet) ([]string, func(io.Writer) error) {
 }
 
 func setupDevice(fs *flag.FlagSet) ([]string, func(io.Writer) error) {
-	dir := fs.String("dir", "", "PKI `DIR`ectory")
+	dir := fs.String("dir", "", "PKI `directory`")
 	id := fs.String("id", "", "device `ID` ([A-Za-z0-9._-]{1,64}, not . or ..), the certificate's CN")
 	key := keyFlag(fs)
 	days := fs.Int("days", 365, "validity in days")
@@ -223,7 +230,7 @@ func setupDevice(fs *flag.FlagSet) ([]string, func(io.Writer) error) {
 }
 
 func setupDevices(fs *flag.FlagSet) ([]string, func(io.Writer) error) {
-	dir := fs.String("dir", "", "PKI `DIR`ectory")
+	dir := fs.String("dir", "", "PKI `directory`")
 	count := fs.Int("count", 0, "number of devices")
 	prefix := fs.String("prefix", pki.DefaultDevicePrefix, "device ID prefix: IDs are `P`-00001, P-00002, ...")
 	key := keyFlag(fs)
@@ -244,7 +251,7 @@ func setupDevices(fs *flag.FlagSet) ([]string, func(io.Writer) error) {
 }
 
 func setupRevoke(fs *flag.FlagSet) ([]string, func(io.Writer) error) {
-	dir := fs.String("dir", "", "PKI `DIR`ectory")
+	dir := fs.String("dir", "", "PKI `directory`")
 	id := fs.String("id", "", "device `ID` to revoke")
 	return []string{"dir", "id"}, func(w io.Writer) error {
 		if err := pki.Revoke(*dir, *id); err != nil {
@@ -256,7 +263,7 @@ func setupRevoke(fs *flag.FlagSet) ([]string, func(io.Writer) error) {
 }
 
 func setupToken(fs *flag.FlagSet) ([]string, func(io.Writer) error) {
-	dir := fs.String("dir", "", "PKI `DIR`ectory (signs with app-token.key)")
+	dir := fs.String("dir", "", "PKI `directory` (signs with app-token.key)")
 	sub := fs.String("sub", "", "subject: the app's `NAME`")
 	sites := fs.String("sites", "", "sites the app may read, comma-separated")
 	ttl := fs.Duration("ttl", time.Hour, "lifetime of the token")

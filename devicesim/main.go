@@ -26,8 +26,6 @@ import (
 	"syscall"
 	"time"
 
-	"gopkg.in/yaml.v3"
-
 	"github.com/vitalgate/vitalgate/internal/cli"
 	"github.com/vitalgate/vitalgate/internal/fleet"
 )
@@ -82,37 +80,6 @@ func parse(args []string, stdout, stderr io.Writer) (fleet.Config, string, error
 		fs.PrintDefaults()
 		fmt.Fprintf(fs.Output(), "\nattack modes: %s\n", strings.Join(fleet.Attacks(), ", "))
 	}
-	var (
-		config    = fs.String("config", "", "YAML `file` with the fields of the simulator's configuration")
-		pkiDir    = fs.String("pki", d.PKI, "PKI `directory` (certs init); device certificates are issued there when missing")
-		gateway   = fs.String("gateway", d.Gateway, "gateway device listener `host:port`")
-		devices   = fs.Int("devices", d.Devices, "number of devices, 1..10000")
-		rate      = fs.Float64("rate", d.Rate, "records per second per device")
-		duration  = fs.Duration("duration", 0, "how long to run (0: until interrupted)")
-		mqtt      = fs.String("mqtt", "5", "MQTT version: 3 (3.1.1), 5, or mix")
-		qos       = fs.Uint("qos", uint(d.QoS), "QoS of telemetry: 0 or 1")
-		attack    = fs.String("attack", "", "attack `mode` (see below)")
-		attackers = fs.Int("attackers", 0, "devices that attack (0: all)")
-		budget    = fs.Int("attack-budget", d.AttackBudget, "attack messages per attacker per minute (keep under the gateway's quarantine threshold)")
-		seed      = fs.Int64("seed", d.Seed, "physiology seed")
-		ramp      = fs.Float64("ramp", d.Ramp, "new connections per second across the fleet")
-		prefix    = fs.String("prefix", d.Prefix, "device ID prefix (IDs are PREFIX-00001...)")
-		key       = fs.String("key", d.Key, "key type of issued device certificates: p256 or ed25519")
-		kinds     = fs.String("kinds", strings.Join(d.Kinds, ","), "kinds, round-robin over the devices (repeat one to weight it)")
-		state     = fs.String("state", "", "seq state `directory` (default PKI/devicesim-state; - for none)")
-		buffer    = fs.Int("buffer", d.Buffer, "records kept per device while the gateway is away")
-		window    = fs.Int("window", d.Window, "QoS 1 messages in flight per device")
-		drain     = fs.Duration("drain", d.Drain, "time after --duration to send the backlog and collect acks")
-		report    = fs.String("report", "", "write the final report as JSON to `file` (- for stdout)")
-		check     = fs.Bool("check-config", false, "validate the configuration and exit")
-		verbose   = fs.Bool("v", false, "log connection problems (debug) on stderr")
-	)
-	if err := cli.ParseFlags(fs, args, stdout); err != nil {
-		return fleet.Config{}, "", err
-	}
-	if fs.NArg() > 0 {
-		return fleet.Config{}, "", fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	}
 	// The file holds the fields of fleet.Config and what only this command
 	// does with them: the report file and verbose logging.
 	file := struct {
@@ -120,31 +87,39 @@ func parse(args []string, stdout, stderr io.Writer) (fleet.Config, string, error
 		Report       string `yaml:"report"`
 		Verbose      bool   `yaml:"verbose"`
 	}{Config: d}
-	if *config != "" {
-		b, err := os.ReadFile(*config)
-		if err != nil {
-			return file.Config, "", fmt.Errorf("read config: %w", err)
-		}
-		dec := yaml.NewDecoder(strings.NewReader(string(b)))
-		dec.KnownFields(true)
-		if err := dec.Decode(&file); err != nil && !errors.Is(err, io.EOF) {
-			return file.Config, "", fmt.Errorf("config %s: %w", *config, err)
-		}
+	c := &file.Config
+	config := fs.String("config", "", "YAML `file` with the fields of the simulator's configuration")
+	fs.StringVar(&c.PKI, "pki", c.PKI, "PKI `directory` (certs init); device certificates are issued there when missing")
+	fs.StringVar(&c.Gateway, "gateway", c.Gateway, "gateway device listener `host:port`")
+	fs.IntVar(&c.Devices, "devices", c.Devices, "number of devices, 1..10000")
+	fs.Float64Var(&c.Rate, "rate", c.Rate, "records per second per device")
+	fs.DurationVar(&c.Duration, "duration", c.Duration, "how long to run (0: until interrupted)")
+	mqtt := fs.String("mqtt", "5", "MQTT version: 3 (3.1.1), 5, or mix")
+	qos := fs.Uint("qos", uint(c.QoS), "QoS of telemetry: 0 or 1")
+	fs.StringVar(&c.Attack, "attack", c.Attack, "attack `mode` (see below)")
+	fs.IntVar(&c.Attackers, "attackers", c.Attackers, "devices that attack (0: all)")
+	fs.IntVar(&c.AttackBudget, "attack-budget", c.AttackBudget, "attack messages per attacker per minute (keep under the gateway's quarantine threshold)")
+	fs.Int64Var(&c.Seed, "seed", c.Seed, "physiology seed")
+	fs.Float64Var(&c.Ramp, "ramp", c.Ramp, "new connections per second across the fleet")
+	fs.StringVar(&c.Prefix, "prefix", c.Prefix, "device ID prefix (IDs are PREFIX-00001...)")
+	fs.StringVar(&c.Key, "key", c.Key, "key type of issued device certificates: p256 or ed25519")
+	cli.ListVar(fs, &c.Kinds, "kinds", "`kinds`, round-robin over the devices (repeat one to weight it)")
+	fs.StringVar(&c.State, "state", c.State, "seq state `directory` (default PKI/devicesim-state; - for none)")
+	fs.IntVar(&c.Buffer, "buffer", c.Buffer, "records kept per device while the gateway is away")
+	fs.IntVar(&c.Window, "window", c.Window, "QoS 1 messages in flight per device")
+	fs.DurationVar(&c.Drain, "drain", c.Drain, "time after --duration to send the backlog and collect acks")
+	fs.StringVar(&file.Report, "report", "", "write the final report as JSON to `file` (- for stdout)")
+	check := fs.Bool("check-config", false, "validate the configuration and exit")
+	fs.BoolVar(&file.Verbose, "v", false, "log connection problems (debug) on stderr")
+	if err := cli.ParseConfig(fs, args, stdout, config, &file); err != nil {
+		return fleet.Config{}, "", err
 	}
+	// --mqtt and --qos name their values as people say them, the file as
+	// fleet.Config holds them.
 	cfg := file.Config
 	var errs []error
 	fs.Visit(func(f *flag.Flag) {
 		switch f.Name {
-		case "pki":
-			cfg.PKI = *pkiDir
-		case "gateway":
-			cfg.Gateway = *gateway
-		case "devices":
-			cfg.Devices = *devices
-		case "rate":
-			cfg.Rate = *rate
-		case "duration":
-			cfg.Duration = *duration
 		case "mqtt":
 			switch *mqtt {
 			case "3", "3.1.1":
@@ -161,34 +136,6 @@ func parse(args []string, stdout, stderr io.Writer) (fleet.Config, string, error
 				errs = append(errs, fmt.Errorf("--qos %d: want 0 or 1", *qos))
 			}
 			cfg.QoS = byte(min(*qos, 1))
-		case "attack":
-			cfg.Attack = *attack
-		case "attackers":
-			cfg.Attackers = *attackers
-		case "attack-budget":
-			cfg.AttackBudget = *budget
-		case "seed":
-			cfg.Seed = *seed
-		case "ramp":
-			cfg.Ramp = *ramp
-		case "prefix":
-			cfg.Prefix = *prefix
-		case "key":
-			cfg.Key = *key
-		case "kinds":
-			cfg.Kinds = strings.Split(*kinds, ",")
-		case "state":
-			cfg.State = *state
-		case "buffer":
-			cfg.Buffer = *buffer
-		case "window":
-			cfg.Window = *window
-		case "drain":
-			cfg.Drain = *drain
-		case "report":
-			file.Report = *report
-		case "v":
-			file.Verbose = *verbose
 		}
 	})
 	if err := errors.Join(append(errs, cfg.Validate())...); err != nil {

@@ -7,6 +7,7 @@
 //	gateway audit verify [--data DIR | --file FILE]
 //	gateway replay reset --data DIR --id DEVICE
 //	gateway demo [--devices N] [--duration D]
+//	gateway demo sign --pki DIR --id ID [--kind KIND] --seq N
 package main
 
 import (
@@ -52,68 +53,33 @@ func main() {
 	}
 }
 
-// parseConfig reads --config, then applies the flags that were set.
+// parseConfig reads the defaults, then --config, then the flags that were set.
 func parseConfig(args []string) (config.Config, bool, error) {
 	fs := flag.NewFlagSet("gateway", flag.ContinueOnError)
 	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: gateway [flags]            run the gateway\n       gateway audit verify [flags]  check the audit log's hash chain\n       gateway replay reset [flags]  forget one device's last seq (stopped gateway)\n       gateway demo [flags]          broker, gateway, fleet and a clinician view in one process\n\nflags:")
+		fmt.Fprintln(fs.Output(), "usage: gateway [flags]            run the gateway\n"+
+			"       gateway audit verify [flags]  check the audit log's hash chain\n"+
+			"       gateway replay reset [flags]  forget one device's last seq (stopped gateway)\n"+
+			"       gateway demo [flags]          broker, gateway, fleet and a clinician view in one process\n"+
+			"       gateway demo sign [flags]     write one signed record of a simulated device to stdout\n\nflags:")
 		fs.PrintDefaults()
 	}
-	d := config.Default()
+	c := config.Default()
 	file := fs.String("config", "", "YAML configuration file (keys as the flags)")
 	check := fs.Bool("check-config", false, "validate the configuration and the files it names, then exit")
-	pkiDir := fs.String("pki", d.PKI, "PKI directory written by `certs init`")
-	listen := fs.String("listen", d.Listen, "device listener address (MQTT over mutual TLS)")
-	cloud := fs.String("cloud", "", "cloud broker URLs, comma-separated, in failover order (tcp://, ssl://, mqtts://); empty: embedded broker")
-	data := fs.String("data", d.Data, "directory of the queue, the audit log and the embedded broker's state")
-	httpAddr := fs.String("http", d.HTTP, "address of /metrics, /healthz, /readyz (empty: off)")
-	site := fs.String("site", "", "site name (default: OU of gateway-client.crt)")
-	id := fs.String("id", "", "gateway ID (default: CN of gateway-client.crt)")
-	format := fs.String("format", d.Format, "cloud payload format: cbor or json")
-	logLevel := fs.String("log", d.Log, "log level: debug, info, warn, error")
-	resetQueue := fs.Bool("reset-queue", false, "if the queue is refused as corrupt or lost, move it aside (queue.db.corrupt-TIME) and start an empty one; a security event records it")
-	if err := cli.ParseFlags(fs, args, os.Stdout); err != nil {
-		return d, false, err
+	fs.StringVar(&c.PKI, "pki", c.PKI, "PKI `directory` as certs init writes it")
+	fs.StringVar(&c.Listen, "listen", c.Listen, "device listener address (MQTT over mutual TLS)")
+	cli.ListVar(fs, &c.Cloud, "cloud", "cloud broker `URLs`, comma-separated, in failover order (tcp:// or mqtt://; TLS: ssl://, tls:// or mqtts://); empty: embedded broker")
+	fs.StringVar(&c.Data, "data", c.Data, "directory of the queue, the audit log and the embedded broker's state")
+	fs.StringVar(&c.HTTP, "http", c.HTTP, "address of /metrics, /healthz, /readyz (empty: off)")
+	fs.StringVar(&c.Site, "site", c.Site, "site name (default: OU of gateway-client.crt)")
+	fs.StringVar(&c.ID, "id", c.ID, "gateway ID (default: CN of gateway-client.crt)")
+	fs.StringVar(&c.Format, "format", c.Format, "cloud payload format: cbor or json")
+	fs.StringVar(&c.Log, "log", c.Log, "log level: debug, info, warn, error")
+	fs.BoolVar(&c.ResetQueue, "reset-queue", false, "if the queue is refused as corrupt or lost, move it aside (queue.db.corrupt-TIME) and start an empty one; a security event records it")
+	if err := cli.ParseConfig(fs, args, os.Stdout, file, &c); err != nil {
+		return c, false, err
 	}
-	if fs.NArg() > 0 {
-		return d, false, fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	}
-	c := d
-	if *file != "" {
-		var err error
-		if c, err = config.Load(*file); err != nil {
-			return c, false, err
-		}
-	}
-	fs.Visit(func(f *flag.Flag) {
-		switch f.Name {
-		case "pki":
-			c.PKI = *pkiDir
-		case "listen":
-			c.Listen = *listen
-		case "cloud":
-			c.Cloud = nil
-			for _, u := range strings.Split(*cloud, ",") {
-				if u = strings.TrimSpace(u); u != "" {
-					c.Cloud = append(c.Cloud, u)
-				}
-			}
-		case "data":
-			c.Data = *data
-		case "http":
-			c.HTTP = *httpAddr
-		case "site":
-			c.Site = *site
-		case "id":
-			c.ID = *id
-		case "format":
-			c.Format = *format
-		case "log":
-			c.Log = *logLevel
-		case "reset-queue":
-			c.ResetQueue = *resetQueue
-		}
-	})
 	return c, *check, c.Validate()
 }
 
@@ -164,11 +130,24 @@ func run(args []string) error {
 	return g.Close()
 }
 
+// auditUsage is the synopsis of `gateway audit`.
+const auditUsage = "usage: gateway audit verify [--data DIR | --file FILE]"
+
 func auditCmd(args []string, out io.Writer) error {
-	if len(args) == 0 || args[0] != "verify" {
-		return errors.New("usage: gateway audit verify [--data DIR | --file FILE]")
+	switch {
+	case len(args) == 0:
+		return errors.New("audit: missing subcommand (" + auditUsage + ")")
+	case args[0] == "-h" || args[0] == "-help" || args[0] == "--help" || args[0] == "help":
+		fmt.Fprintf(out, "%s\n\nverify checks the audit log's hash chain and the gaps it records (gateway audit verify --help for its flags).\n", auditUsage)
+		return flag.ErrHelp
+	case args[0] != "verify":
+		return fmt.Errorf("audit: unknown subcommand %q (%s)", args[0], auditUsage)
 	}
 	fs := flag.NewFlagSet("gateway audit verify", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "%s\n\nflags:\n", auditUsage)
+		fs.PrintDefaults()
+	}
 	data := fs.String("data", config.Default().Data, "gateway data directory")
 	file := fs.String("file", "", "audit log file (default: DATA/"+server.AuditFile+")")
 	if err := cli.ParseFlags(fs, args[1:], out); err != nil {
@@ -183,15 +162,24 @@ func auditCmd(args []string, out io.Writer) error {
 		return err // names the file (and the line)
 	}
 	if len(rep.Gaps) == 0 {
-		fmt.Fprintf(out, "audit log %s: %d entries, chain intact\n", path, rep.Entries)
+		fmt.Fprintf(out, "audit log %s: %s, chain intact\n", path, plural(rep.Entries, "entry", "entries"))
 		return nil
 	}
 	// The chain is unbroken, but it records events it does not hold.
-	fmt.Fprintf(out, "audit log %s: %d entries, hash chain unbroken, %d gaps:\n", path, rep.Entries, len(rep.Gaps))
+	fmt.Fprintf(out, "audit log %s: %s, hash chain unbroken, %s:\n", path, plural(rep.Entries, "entry", "entries"), plural(len(rep.Gaps), "gap", "gaps"))
 	for _, g := range rep.Gaps {
 		fmt.Fprintf(out, "  line %d: %s\n", g.Line, g.Detail)
 	}
-	return fmt.Errorf("audit log %s is incomplete: %d events not recorded (%d gaps)", path, rep.Missing, len(rep.Gaps))
+	return fmt.Errorf("audit log %s is incomplete: %s not recorded (%s)", path,
+		plural(int(rep.Missing), "event", "events"), plural(len(rep.Gaps), "gap", "gaps"))
+}
+
+// plural is n with the noun in the number n asks for: "1 gap", "2 gaps".
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return fmt.Sprintf("%d %s", n, many)
 }
 
 // replayCmd is `gateway replay reset`: it forgets one device's last accepted

@@ -8,8 +8,65 @@ import (
 	"testing"
 
 	"github.com/vitalgate/vitalgate/gateway/internal/audit"
+	"github.com/vitalgate/vitalgate/internal/cli/clitest"
 	"github.com/vitalgate/vitalgate/internal/pki"
 )
+
+// TestMain lets the tests run the real command (clitest.Run).
+func TestMain(m *testing.M) { clitest.Main(m, "GATEWAY_TEST_MAIN", main) }
+
+// runMain runs the gateway command with args as a user would.
+func runMain(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	return clitest.Run(t, "GATEWAY_TEST_MAIN", args...)
+}
+
+// Every --help prints its usage on stdout and exits 0; the usage names
+// every form of the command, the schemes the relay dials and a readable
+// placeholder for --pki.
+func TestHelp(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"--help"}, []string{"gateway audit verify [flags]", "gateway demo [flags]", "gateway demo sign [flags]",
+			"-pki directory\n", "PKI directory as certs init writes it", "mqtt://", "tls://", "mqtts://"}},
+		{[]string{"-h"}, []string{"gateway demo sign [flags]"}},
+		{[]string{"audit", "--help"}, []string{"usage: gateway audit verify [--data DIR | --file FILE]"}},
+		{[]string{"audit", "-h"}, []string{"usage: gateway audit verify"}},
+		{[]string{"audit", "verify", "--help"}, []string{"usage: gateway audit verify [--data DIR | --file FILE]", "-data", "-file"}},
+		{[]string{"demo", "--help"}, []string{"usage: gateway demo [flags]", "-devices"}},
+		{[]string{"demo", "sign", "--help"}, []string{"usage: gateway demo sign", "-seq"}},
+	} {
+		code, stdout, stderr := runMain(t, c.args...)
+		if code != 0 || stderr != "" {
+			t.Errorf("gateway %v: exit %d, stderr %q; want 0 and nothing on stderr", c.args, code, stderr)
+		}
+		for _, w := range c.want {
+			if !strings.Contains(stdout, w) {
+				t.Errorf("gateway %v: usage lacks %q:\n%s", c.args, w, stdout)
+			}
+		}
+	}
+}
+
+// `gateway audit` without its subcommand, or with an unknown one, fails
+// with one line that shows the usage.
+func TestAuditWithoutSubcommand(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"audit"}, "missing subcommand"},
+		{[]string{"audit", "check"}, `unknown subcommand "check"`},
+	} {
+		code, stdout, stderr := runMain(t, c.args...)
+		if code != 1 || stdout != "" || strings.Count(stderr, "\n") != 1 ||
+			!strings.Contains(stderr, c.want) || !strings.Contains(stderr, "gateway audit verify [--data DIR | --file FILE]") {
+			t.Errorf("gateway %v: exit %d, stdout %q, stderr %q; want 1 and one line with %q and the usage", c.args, code, stdout, stderr, c.want)
+		}
+	}
+}
 
 func TestCheckConfig(t *testing.T) {
 	dir := t.TempDir()
@@ -50,6 +107,19 @@ func TestCheckConfig(t *testing.T) {
 	if err := run([]string{"--bogus"}); err == nil || strings.Contains(err.Error(), "\n") || !strings.Contains(err.Error(), "-bogus") {
 		t.Fatalf("unknown flag: %q, want a one-line reason", err)
 	}
+	// A misspelt key lists the valid ones, in the file's terms.
+	typo := filepath.Join(t.TempDir(), "typo.yaml")
+	os.WriteFile(typo, []byte("listen: 127.0.0.1:0\nrate:\n  mesages: 5\n"), 0o600)
+	err = run([]string{"--check-config", "--config", typo, "--pki", dir, "--data", data})
+	if err == nil || !strings.Contains(err.Error(), `line 3: unknown key "rate.mesages" (valid keys: rate.messages, rate.burst, rate.bytes, rate.byte_burst)`) ||
+		strings.Contains(err.Error(), "config.") {
+		t.Fatalf("misspelt nested key: %v", err)
+	}
+	os.WriteFile(typo, []byte("lisen: 127.0.0.1:0\n"), 0o600)
+	err = run([]string{"--check-config", "--config", typo, "--pki", dir, "--data", data})
+	if err == nil || !strings.Contains(err.Error(), `unknown key "lisen" (valid keys: pki, listen, cloud, data, http, pprof, site, id, format, log, max_payload,`) {
+		t.Fatalf("misspelt key: %v", err)
+	}
 	// Without --cloud the gateway starts the embedded broker: its files
 	// and addresses are checked too.
 	emb := filepath.Join(t.TempDir(), "emb.yaml")
@@ -88,6 +158,18 @@ func TestAuditVerifyCommand(t *testing.T) {
 	if err := auditCmd([]string{"verify", "--data", data}, &out); err != nil || !strings.Contains(out.String(), "3 entries") {
 		t.Fatalf("intact log: %v %q", err, out.String())
 	}
+	// One of each: "1 entry", not "1 entries".
+	one := t.TempDir()
+	l, err = audit.Open(filepath.Join(one, "audit.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Append(audit.Event{V: 1, TS: 1, GW: "gw1", Dev: "d", Verdict: "replay", Detail: "x"})
+	l.Close()
+	out.Reset()
+	if err := auditCmd([]string{"verify", "--data", one}, &out); err != nil || !strings.HasSuffix(out.String(), ": 1 entry, chain intact\n") {
+		t.Fatalf("log of one entry: %v %q", err, out.String())
+	}
 	p := filepath.Join(data, "audit.log")
 	b, _ := os.ReadFile(p)
 	os.WriteFile(p, bytes.Replace(b, []byte(`"replay"`), []byte(`"accept"`), 1), 0o600)
@@ -113,10 +195,11 @@ func TestAuditVerifyGap(t *testing.T) {
 	}
 	var out bytes.Buffer
 	err = auditCmd([]string{"verify", "--data", data}, &out)
-	if err == nil || !strings.Contains(err.Error(), "incomplete: 4 events not recorded (1 gaps)") {
+	if err == nil || !strings.Contains(err.Error(), "incomplete: 4 events not recorded (1 gap)") {
 		t.Fatalf("log with a gap: %v", err)
 	}
-	if s := out.String(); strings.Contains(s, "intact") || !strings.Contains(s, "line 2: audit: 4 events lost") {
+	if s := out.String(); strings.Contains(s, "intact") || !strings.Contains(s, "3 entries, hash chain unbroken, 1 gap:") ||
+		!strings.Contains(s, "line 2: audit: 4 events lost") {
 		t.Fatalf("output %q", s)
 	}
 }

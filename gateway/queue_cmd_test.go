@@ -2,54 +2,15 @@ package main
 
 import (
 	"bytes"
-	"context"
-	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/vitalgate/vitalgate/gateway/internal/server"
 	"github.com/vitalgate/vitalgate/gateway/internal/spool"
 	"github.com/vitalgate/vitalgate/internal/pki"
 )
-
-// TestMain runs main itself, with the arguments in GATEWAY_MAIN_ARGS
-// (newline-separated), when that is set: the exit status and the output
-// of the real program.
-func TestMain(m *testing.M) {
-	if args, ok := os.LookupEnv("GATEWAY_MAIN_ARGS"); ok {
-		os.Args = append([]string{"gateway"}, strings.Split(args, "\n")...)
-		main()
-		os.Exit(0)
-	}
-	os.Exit(m.Run())
-}
-
-// runMain runs the gateway program in a child process and returns its exit
-// status and stderr. A program still running after 30 s is killed (status
-// -1).
-func runMain(t *testing.T, args ...string) (int, string) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), "GATEWAY_MAIN_ARGS="+strings.Join(args, "\n"))
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	err := cmd.Run()
-	var ee *exec.ExitError
-	switch {
-	case err == nil:
-		return 0, stderr.String()
-	case errors.As(err, &ee):
-		return ee.ExitCode(), stderr.String()
-	}
-	t.Fatal(err)
-	return 0, ""
-}
 
 // writeQueue writes a closed queue of a few hundred KiB with device d-1 at
 // seq 5.
@@ -105,7 +66,7 @@ func TestDamagedQueueExit(t *testing.T) {
 			if err := c.damage(writeQueue(t, data)); err != nil {
 				t.Fatal(err)
 			}
-			code, stderr := runMain(t, "--pki", dir, "--data", data, "--listen", "127.0.0.1:0", "--http", "")
+			code, _, stderr := runMain(t, "--pki", dir, "--data", data, "--listen", "127.0.0.1:0", "--http", "")
 			lines := strings.Split(strings.TrimSpace(stderr), "\n")
 			last := lines[len(lines)-1]
 			if code != 1 || !strings.HasPrefix(last, "gateway: open queue: "+c.want) || strings.Contains(stderr, "panic") || strings.Contains(stderr, "SIG") {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/vitalgate/vitalgate/internal/pki"
+	"github.com/vitalgate/vitalgate/internal/testutil"
 )
 
 func TestPercentile(t *testing.T) {
@@ -217,12 +218,8 @@ func TestBaselineRoundTrip(t *testing.T) {
 	if c := d.Counts(); c.Acked != 15 || c.Sent != 15 || c.Rejected+c.Failed != 0 {
 		t.Fatalf("counts %+v, want 15 sent and acked", c)
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for sub.Count() < 15 {
-		if time.Now().After(deadline) {
-			t.Fatalf("subscriber got %d of 15", sub.Count())
-		}
-		time.Sleep(10 * time.Millisecond)
+	if !testutil.Poll(20*time.Second, func() bool { return sub.Count() >= 15 }) {
+		t.Fatalf("subscriber got %d of 15", sub.Count())
 	}
 	// Idle connections and a short storm against the same broker.
 	ic, err := Idle(ctx, b.DeviceAddr(), roots, devs, 2, nil)

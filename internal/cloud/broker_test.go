@@ -4,6 +4,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/x509"
 	"errors"
 	"net/http"
 	"path/filepath"
@@ -18,6 +19,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/vitalgate/vitalgate/internal/pki"
+	"github.com/vitalgate/vitalgate/internal/testutil"
 )
 
 func TestConfigValidateReportsEverything(t *testing.T) {
@@ -56,7 +58,7 @@ func TestDeviceCertRefusedOnGatewayListener(t *testing.T) {
 	if err == nil {
 		t.Fatal("device certificate accepted on the gateway listener")
 	}
-	eventually(t, "auth failure counted", func() bool {
+	testutil.Eventually(t, waitFor, "auth failure counted", func() bool {
 		return strings.Contains(scrape(t, b), `vitalgate_cloud_auth_failures_total{kind="gateway",reason="untrusted_cert"} 1`)
 	})
 
@@ -227,7 +229,10 @@ func TestBadTokensRefusedAtConnect(t *testing.T) {
 		return s
 	}
 	pub := key.Public().(*ecdsa.PublicKey)
-	hmacKey := elliptic.MarshalCompressed(pub.Curve, pub.X, pub.Y) // HMAC secret = public key bytes: the alg-confusion attack
+	hmacKey, err := x509.MarshalPKIXPublicKey(pub) // HMAC secret = the public key as published: the alg-confusion attack
+	if err != nil {
+		t.Fatal(err)
+	}
 	cases := []struct{ name, token, reason string }{
 		{"expired", sign(jwt.SigningMethodES256, key, claims(func(c *AppClaims) {
 			c.ExpiresAt = jwt.NewNumericDate(now.Add(-time.Hour))
@@ -313,7 +318,7 @@ func TestPersistenceAcrossRestart(t *testing.T) {
 	}
 	wait(t, gw.Publish("gateways/site1/gw1/status", 1, true, "online"), "publish status")
 	gw.Disconnect(100)
-	eventually(t, "queued for the absent app", func() bool {
+	testutil.Eventually(t, waitFor, "queued for the absent app", func() bool {
 		return strings.Contains(scrape(t, b), "vitalgate_cloud_inflight 5")
 	})
 	if err := b.Close(); err != nil {

@@ -1,16 +1,11 @@
 package cloud
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
-	"os"
 	"time"
-
-	"gopkg.in/yaml.v3"
 )
 
 // Config is the cloud broker's configuration: the YAML file of `broker
@@ -87,22 +82,6 @@ func Default() Config {
 		AppWriteTimeout:  30 * time.Second,
 		LogLevel:         "info",
 	}
-}
-
-// LoadConfig reads a YAML file over base (usually [Default]). Unknown keys
-// are errors, so a misspelt setting is not silently ignored.
-func LoadConfig(path string, base Config) (Config, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return base, fmt.Errorf("read config: %w", err)
-	}
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
-	c := base
-	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) { // empty file: base
-		return base, fmt.Errorf("config %s: %w", path, err)
-	}
-	return c, nil
 }
 
 // Validate reports every problem of c at once, each naming its field.

@@ -15,6 +15,8 @@ import (
 	paho5 "github.com/eclipse/paho.golang/paho"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/vitalgate/vitalgate/internal/testutil"
 )
 
 // The tests in this file cover the patches to mochi's in-flight handling in
@@ -159,11 +161,11 @@ func TestReceiveMaximumBurst(t *testing.T) {
 		}
 		want := (r + 1) * burst
 		for i, a := range apps {
-			eventually(t, fmt.Sprintf("round %d: app %d gets %d messages", r, i, want),
+			testutil.Eventually(t, waitFor, fmt.Sprintf("round %d: app %d gets %d messages", r, i, want),
 				func() bool { return a.distinct() == want })
 		}
 	}
-	eventually(t, "in-flight gauge back to 0", func() bool { return gauge(t, b, "vitalgate_cloud_inflight") == 0 })
+	testutil.Eventually(t, waitFor, "in-flight gauge back to 0", func() bool { return gauge(t, b, "vitalgate_cloud_inflight") == 0 })
 	for i, a := range apps {
 		a.mu.Lock()
 		if len(a.errs) > 0 {
@@ -184,7 +186,7 @@ func TestReceiveMaximumPersistentSession(t *testing.T) {
 	a := dialApp5(t, b, dir, "app-persist", tok, 20, true, 3600)
 	a.subscribe(t, "telemetry/site1/#")
 	_ = a.conn.Close() // gone without DISCONNECT: the session stays
-	eventually(t, "app's connection ended", func() bool { return gauge(t, b, `vitalgate_cloud_connections{kind="app"}`) == 0 })
+	testutil.Eventually(t, waitFor, "app's connection ended", func() bool { return gauge(t, b, `vitalgate_cloud_connections{kind="app"}`) == 0 })
 
 	gw := pahoClient(t, "ssl://"+b.GatewayAddr(), gatewayTLS(t, dir), "gw1", "", "", true)
 	const backlog = 400
@@ -196,17 +198,17 @@ func TestReceiveMaximumPersistentSession(t *testing.T) {
 		t.Fatal("the broker stopped acknowledging the gateway")
 	}
 	back := dialApp5(t, b, dir, "app-persist", tok, 20, false, 3600)
-	eventually(t, fmt.Sprintf("backlog of %d delivered after reconnect", backlog), func() bool {
+	testutil.Eventually(t, waitFor, fmt.Sprintf("backlog of %d delivered after reconnect", backlog), func() bool {
 		if g := gauge(t, b, "vitalgate_cloud_inflight"); g < 0 {
 			t.Fatalf("in-flight gauge negative: %v", g)
 		}
 		return back.distinct() == backlog
 	})
-	eventually(t, "in-flight gauge back to 0", func() bool { return gauge(t, b, "vitalgate_cloud_inflight") == 0 })
+	testutil.Eventually(t, waitFor, "in-flight gauge back to 0", func() bool { return gauge(t, b, "vitalgate_cloud_inflight") == 0 })
 	// Still delivering: a new message reaches the resumed session.
 	wait(t, gw.Publish("telemetry/site1/dev-00001/spo2", 1, false, "after"), "publish after")
-	eventually(t, "a message after the backlog delivered", func() bool { return back.distinct() == backlog+1 })
-	eventually(t, "in-flight gauge back to 0", func() bool { return gauge(t, b, "vitalgate_cloud_inflight") == 0 })
+	testutil.Eventually(t, waitFor, "a message after the backlog delivered", func() bool { return back.distinct() == backlog+1 })
+	testutil.Eventually(t, waitFor, "in-flight gauge back to 0", func() bool { return gauge(t, b, "vitalgate_cloud_inflight") == 0 })
 }
 
 // TestInflightPendingInOrder: messages waiting for send quota leave in the

@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -191,11 +190,7 @@ func (in *inbox) next(t *testing.T) paho.Message {
 // arrives first, so anything sent before it has been delivered already.
 func (in *inbox) noneBefore(t *testing.T, probe string) {
 	t.Helper()
-	for i := 0; i < 100; i++ {
-		m := in.next(t)
-		if m.Topic() == probe {
-			return
-		}
+	if m := in.next(t); m.Topic() != probe {
 		t.Fatalf("unexpected message on %s: %q", m.Topic(), m.Payload())
 	}
 }
@@ -355,26 +350,6 @@ func scrape(t *testing.T, b *Broker) string {
 	}
 	return string(body)
 }
-
-// eventually polls cond until it holds or waitFor passes.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	eventuallyWithin(t, waitFor, what, cond)
-}
-
-// eventuallyWithin polls cond until it holds or d passes.
-func eventuallyWithin(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s", what, d)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 
 // connectedApp dials the apps listener and connects as clientID with tok,
 // failing the test unless the CONNACK is success.

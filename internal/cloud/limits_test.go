@@ -18,6 +18,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/vitalgate/vitalgate/internal/pki"
+	"github.com/vitalgate/vitalgate/internal/testutil"
 )
 
 // identities returns how many identities the auth hook holds for client ID id.
@@ -65,7 +66,7 @@ func TestIdentityOfDroppedConnectionForgotten(t *testing.T) {
 		}
 		_ = c.conn.Close()
 	}
-	eventually(t, "identities of dropped connections forgotten", func() bool {
+	testutil.Eventually(t, waitFor, "identities of dropped connections forgotten", func() bool {
 		b.hook.mu.RLock()
 		defer b.hook.mu.RUnlock()
 		return len(b.hook.ids) == 1
@@ -81,7 +82,7 @@ func TestIdentityOfDroppedConnectionForgotten(t *testing.T) {
 		t.Fatalf("live app subscribe after the sweep: %#x %v", code, err)
 	}
 	_ = live.conn.Close()
-	eventually(t, "gauge back to zero", func() bool {
+	testutil.Eventually(t, waitFor, "gauge back to zero", func() bool {
 		return strings.Contains(scrape(t, b), `vitalgate_cloud_connections{kind="app"} 0`)
 	})
 }
@@ -227,7 +228,7 @@ func TestAppSessionsPerPrincipalBounded(t *testing.T) {
 		c := pahoClient(t, "ssl://"+b.AppsAddr(), appTLS(t, dir), fmt.Sprintf("alice-%d", i), "app", tok, false)
 		c.Disconnect(50)
 	}
-	eventually(t, "sessions held", func() bool { return b.srv.Clients.Len() == maxAppSessions })
+	testutil.Eventually(t, waitFor, "sessions held", func() bool { return b.srv.Clients.Len() == maxAppSessions })
 
 	c, err := rawDial(t, b.AppsAddr(), appTLS(t, dir))
 	if err != nil {
@@ -343,7 +344,7 @@ func TestGatewayClientIDBelongsToItsSite(t *testing.T) {
 	// A persistent session, held while away and restored after a restart.
 	lost2 := make(chan error, 1)
 	gw1(b, false, lost2).Disconnect(50)
-	eventually(t, "session held", func() bool { cl, ok := b.srv.Clients.Get("gw1"); return ok && cl.Closed() })
+	testutil.Eventually(t, waitFor, "session held", func() bool { cl, ok := b.srv.Clients.Get("gw1"); return ok && cl.Closed() })
 	refused(b)
 	if err := b.Close(); err != nil {
 		t.Fatal(err)
@@ -402,7 +403,7 @@ func TestGatewayTakesItsClientIDFromAnApp(t *testing.T) {
 	squat := func(b *Broker) {
 		t.Helper()
 		pahoClient(t, "ssl://"+b.AppsAddr(), appTLS(t, dir), "gw1", "app", tok, false).Disconnect(50)
-		eventually(t, "the app's session under gw1", func() bool { cl, ok := b.srv.Clients.Get("gw1"); return ok && cl.Closed() })
+		testutil.Eventually(t, waitFor, "the app's session under gw1", func() bool { cl, ok := b.srv.Clients.Get("gw1"); return ok && cl.Closed() })
 	}
 	gateway := func(b *Broker) paho.Client {
 		t.Helper()

@@ -49,7 +49,6 @@ type wsListener struct {
 	establish    listeners.EstablishFn
 	gate         *listen.Gate
 	end          atomic.Bool
-	once         sync.Once
 	log          *slog.Logger
 }
 

@@ -13,6 +13,7 @@ import (
 
 	"github.com/vitalgate/vitalgate/internal/cloud/cloudtest"
 	"github.com/vitalgate/vitalgate/internal/pki"
+	"github.com/vitalgate/vitalgate/internal/testutil"
 )
 
 // mosquitto_sub, an app that knows nothing of this project, reads what a
@@ -38,7 +39,7 @@ func TestMosquittoSubReadsGatewayPublish(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
-	eventually(t, "mosquitto_sub subscribed", func() bool {
+	testutil.Eventually(t, waitFor, "mosquitto_sub subscribed", func() bool {
 		return strings.Contains(scrape(t, b), "vitalgate_cloud_subscriptions 1")
 	})
 	gw := pahoClient(t, "ssl://"+b.GatewayAddr(), gatewayTLS(t, dir), "gw1", "", "", true)
@@ -70,7 +71,7 @@ func relayThrough(t *testing.T, dir string, pub, sub string) {
 	t.Helper()
 	in := newInbox()
 	var s paho.Client
-	eventually(t, "subscriber connected", func() bool { // NATS: until JetStream is ready
+	testutil.Eventually(t, waitFor, "subscriber connected", func() bool { // NATS: until JetStream is ready
 		c, err := pahoConnect(sub, gatewayTLS(t, dir), "monitor", "", "", true)
 		s = c
 		return err == nil
@@ -132,7 +133,7 @@ func TestNATSClusterFailover(t *testing.T) {
 	s := paho.NewClient(o)
 	// The MQTT sessions of NATS live in JetStream: the first CONNECTs fail
 	// until the cluster has elected its leaders.
-	eventually(t, "subscriber connected", func() bool {
+	testutil.Eventually(t, waitFor, "subscriber connected", func() bool {
 		tok := s.Connect()
 		return tok.WaitTimeout(waitFor) && tok.Error() == nil
 	})
@@ -143,7 +144,7 @@ func TestNATSClusterFailover(t *testing.T) {
 		SetTLSConfig(gatewayTLS(t, dir)).SetCleanSession(true).SetAutoReconnect(true).SetConnectRetry(true).
 		SetProtocolVersion(4).SetConnectTimeout(5 * time.Second).SetMaxReconnectInterval(time.Second)
 	gw := paho.NewClient(o)
-	eventually(t, "gateway connected", func() bool {
+	testutil.Eventually(t, waitFor, "gateway connected", func() bool {
 		tok := gw.Connect()
 		return tok.WaitTimeout(waitFor) && tok.Error() == nil
 	})

@@ -9,6 +9,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/vitalgate/vitalgate/internal/pki"
+	"github.com/vitalgate/vitalgate/internal/testutil"
 )
 
 // TestSharedSubscriptionsScopedToPrincipal: two principals of one site pick
@@ -44,7 +45,7 @@ func TestSharedSubscriptionsScopedToPrincipal(t *testing.T) {
 	for i := 0; i < n; i++ {
 		alice.next(t)
 	}
-	eventually(t, "bob's two sessions share his group's messages", func() bool { return len(bob1.ch)+len(bob2.ch) == n })
+	testutil.Eventually(t, waitFor, "bob's two sessions share his group's messages", func() bool { return len(bob1.ch)+len(bob2.ch) == n })
 
 	wait(t, a.Unsubscribe(share), "alice unsubscribes")
 	wait(t, a.Subscribe("telemetry/site1/probe/#", 1, alice.handler), "alice probe")

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/vitalgate/vitalgate/internal/pki"
+	"github.com/vitalgate/vitalgate/internal/testutil"
 )
 
 // TestSlowAppDoesNotStallTheSite: an app subscribes to its site at QoS 1,
@@ -67,8 +68,8 @@ func TestSlowAppDoesNotStallTheSite(t *testing.T) {
 	}
 	// 16 MB through a Receive Maximum of 20 on a busy machine: a generous
 	// bound, the wait ends as soon as the count is reached.
-	eventuallyWithin(t, time.Minute, fmt.Sprintf("the other app gets all %d", total), func() bool { return good.distinct() == total })
-	eventually(t, "the slow app disconnected and counted", func() bool {
+	testutil.Eventually(t, time.Minute, fmt.Sprintf("the other app gets all %d", total), func() bool { return good.distinct() == total })
+	testutil.Eventually(t, waitFor, "the slow app disconnected and counted", func() bool {
 		return gauge(t, b, `vitalgate_cloud_slow_consumers_total{kind="app"}`) == 1
 	})
 	if !strings.Contains(logs.String(), "slow consumer disconnected") {
@@ -96,14 +97,14 @@ func TestTokenExpiryLosesNothing(t *testing.T) {
 		wait(t, gw.Publish("telemetry/site1/dev-00001/spo2", 1, false, fmt.Sprintf("m%04d", sent)), "publish")
 		time.Sleep(20 * time.Millisecond)
 	}
-	eventually(t, "the expired app disconnected", func() bool { return gauge(t, b, `vitalgate_cloud_connections{kind="app"}`) == 0 })
+	testutil.Eventually(t, waitFor, "the expired app disconnected", func() bool { return gauge(t, b, `vitalgate_cloud_connections{kind="app"}`) == 0 })
 	before := a.distinct()
 	fresh, err := pki.MintToken(dir, "nurse", []string{"site1"}, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
 	back := dialApp5(t, b, dir, "nurse-1", fresh, 20, false, 3600)
-	eventually(t, fmt.Sprintf("all %d messages received across the expiry", sent), func() bool {
+	testutil.Eventually(t, waitFor, fmt.Sprintf("all %d messages received across the expiry", sent), func() bool {
 		a.mu.Lock()
 		defer a.mu.Unlock()
 		back.mu.Lock()

@@ -21,6 +21,7 @@ import (
 	"github.com/vitalgate/vitalgate/internal/envelope"
 	"github.com/vitalgate/vitalgate/internal/pki"
 	"github.com/vitalgate/vitalgate/internal/telemetry"
+	"github.com/vitalgate/vitalgate/internal/testutil"
 )
 
 // standIn is a real mochi broker with mTLS and a hook that accepts valid
@@ -209,20 +210,17 @@ func (h *standInHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 // with what and the output of each state function.
 func waitFor(t *testing.T, what string, d time.Duration, cond func() bool, state ...func() string) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			var b strings.Builder
-			for _, f := range state {
-				b.WriteString("; " + f())
-			}
-			var dump strings.Builder
-			_ = pprof.Lookup("goroutine").WriteTo(&dump, 1)
-			t.Logf("goroutines:\n%s", dump.String())
-			t.Fatalf("timed out waiting for %s%s", what, b.String())
-		}
-		time.Sleep(10 * time.Millisecond)
+	if testutil.Poll(d, cond) {
+		return
 	}
+	var b strings.Builder
+	for _, f := range state {
+		b.WriteString("; " + f())
+	}
+	var dump strings.Builder
+	_ = pprof.Lookup("goroutine").WriteTo(&dump, 1)
+	t.Logf("goroutines:\n%s", dump.String())
+	t.Fatalf("timed out after %v waiting for %s%s", d, what, b.String())
 }
 
 // startStandInRevocations is a stand-in that checks the device CRL at every

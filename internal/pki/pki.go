@@ -291,15 +291,6 @@ func createFile(path string, data []byte, perm os.FileMode) error {
 	return nil
 }
 
-// writeKey writes key as a PKCS#8 PEM file with mode 0600.
-func writeKey(path string, key crypto.Signer, sync bool) error {
-	b, err := encodeKey(key)
-	if err != nil {
-		return err
-	}
-	return writeFile(path, b, 0o600, sync)
-}
-
 // nonEmpty reports whether path is a regular file with content.
 func nonEmpty(path string) bool {
 	fi, err := os.Stat(path)

@@ -15,19 +15,9 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
-)
 
-// waitFor polls cond every 10 ms until it holds or the deadline passes.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
+	"github.com/vitalgate/vitalgate/internal/testutil"
+)
 
 func TestRevoke(t *testing.T) {
 	dir := newPKI(t, InitOptions{})
@@ -106,11 +96,11 @@ func TestRevoke(t *testing.T) {
 	if err := writeFile(filepath.Join(dir, FileCRL), good, 0o644, false); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "Watch to recover the good CRL", func() bool { return rev.Err() == nil })
+	testutil.Eventually(t, 10*time.Second, "Watch to recover the good CRL", func() bool { return rev.Err() == nil })
 	if err := Revoke(dir, "c"); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "Watch to load the revocation of c", func() bool { return rev.IsRevoked(serial("c")) })
+	testutil.Eventually(t, 10*time.Second, "Watch to load the revocation of c", func() bool { return rev.IsRevoked(serial("c")) })
 	cancel()
 	<-done
 }

@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vitalgate/vitalgate/internal/testutil"
 )
 
 // fullFile is the log's file on a disk that can fill up: while full is set,
@@ -118,12 +120,8 @@ func TestWriteErrorsRetry(t *testing.T) {
 		t.Fatal("Sync on a full disk succeeded")
 	}
 	ff.full.Store(false)
-	deadline := time.Now().Add(10 * time.Second)
-	for l.Err() != nil {
-		if time.Now().After(deadline) {
-			t.Fatalf("still failing 10 s after room came back: %v", l.Err())
-		}
-		time.Sleep(10 * time.Millisecond)
+	if !testutil.Poll(10*time.Second, func() bool { return l.Err() == nil }) {
+		t.Fatalf("still failing 10 s after room came back: %v", l.Err())
 	}
 	if r := checkLog(t, path); r.Entries != 1 || len(r.Gaps) != 1 || r.Gaps[0].Events != 2 {
 		t.Fatalf("%+v, want only the gap record for 2 events", r)

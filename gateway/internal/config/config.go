@@ -4,17 +4,14 @@
 package config
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"time"
-
-	"gopkg.in/yaml.v3"
 
 	"github.com/vitalgate/vitalgate/internal/envelope"
 )
@@ -117,20 +114,9 @@ func Default() Config {
 	}
 }
 
-// Load reads a YAML file over the defaults. Unknown keys are errors.
-func Load(path string) (Config, error) {
-	c := Default()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return c, fmt.Errorf("read config: %w", err)
-	}
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
-	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
-		return c, fmt.Errorf("config %s: %w", path, err)
-	}
-	return c, nil
-}
+// CloudSchemes are the URL schemes of Cloud the relay dials: tcp and mqtt
+// are plain TCP, ssl, tls and mqtts are TLS.
+var CloudSchemes = []string{"tcp", "mqtt", "ssl", "tls", "mqtts"}
 
 // MinSeqJump is the smallest max_seq_jump: a device's seq has gaps (records
 // refused, QoS 0 lost, numbers reserved in blocks across reboots).
@@ -171,8 +157,8 @@ func (c Config) Validate() error {
 		switch {
 		case err != nil:
 			bad("cloud", "%q: %v", u, err)
-		case p.Scheme != "tcp" && p.Scheme != "ssl" && p.Scheme != "mqtts" && p.Scheme != "tls":
-			bad("cloud", "%q: scheme must be tcp, ssl or mqtts", u)
+		case !slices.Contains(CloudSchemes, p.Scheme):
+			bad("cloud", "%q: scheme must be %s", u, strings.Join(CloudSchemes, ", "))
 		case p.Port() == "":
 			bad("cloud", "%q: port required", u)
 		}

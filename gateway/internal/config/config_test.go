@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vitalgate/vitalgate/internal/cli"
 	"github.com/vitalgate/vitalgate/internal/envelope"
 )
 
@@ -16,10 +17,17 @@ func TestDefaultIsValid(t *testing.T) {
 	}
 }
 
+// load reads a file over the defaults, as the gateway does.
+func load(path string) (Config, error) {
+	c := Default()
+	err := cli.LoadYAML(path, &c)
+	return c, err
+}
+
 func TestLoad(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "gw.yaml")
 	os.WriteFile(p, []byte("listen: 0.0.0.0:9883\ncloud: [ssl://a:8883, ssl://b:8883]\nmax_age: 48h\nrate:\n  messages: 5\nqueue:\n  commit_delay: 2ms\n"), 0o600)
-	c, err := Load(p)
+	c, err := load(p)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -28,11 +36,11 @@ func TestLoad(t *testing.T) {
 		t.Fatalf("loaded %+v", c)
 	}
 	os.WriteFile(p, []byte("listn: x\n"), 0o600)
-	if _, err := Load(p); err == nil || !strings.Contains(err.Error(), "listn") {
+	if _, err := load(p); err == nil || !strings.Contains(err.Error(), "listn") {
 		t.Fatalf("unknown key: %v", err)
 	}
 	os.WriteFile(p, nil, 0o600)
-	if _, err := Load(p); err != nil {
+	if _, err := load(p); err != nil {
 		t.Fatalf("empty file: %v", err)
 	}
 }
@@ -51,9 +59,29 @@ func TestValidateReportsEverything(t *testing.T) {
 	if err == nil {
 		t.Fatal("no error")
 	}
-	for _, key := range []string{"listen:", "scheme must be", "port required", "format:", "max_packet:", "curves:", "pprof:", "queue.commit_delay:", "max_seq_jump:"} {
+	for _, key := range []string{"listen:", `"http://x:1": scheme must be tcp, mqtt, ssl, tls, mqtts`, "port required", "format:", "max_packet:", "curves:", "pprof:", "queue.commit_delay:", "max_seq_jump:"} {
 		if !strings.Contains(err.Error(), key) {
 			t.Errorf("missing %q in:\n%v", key, err)
+		}
+	}
+}
+
+// Every scheme the relay dials is valid, and only those: mqtt:// and tls://
+// were accepted by the relay while validation refused mqtt:// and did not
+// name tls://.
+func TestCloudSchemes(t *testing.T) {
+	for _, scheme := range []string{"tcp", "mqtt", "ssl", "tls", "mqtts"} {
+		c := Default()
+		c.Cloud = []string{scheme + "://cloud.example:8883"}
+		if err := c.Validate(); err != nil {
+			t.Errorf("%s://: %v", scheme, err)
+		}
+	}
+	for _, scheme := range []string{"ws", "wss", "http"} {
+		c := Default()
+		c.Cloud = []string{scheme + "://cloud.example:8883"}
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "scheme must be tcp, mqtt, ssl, tls, mqtts") {
+			t.Errorf("%s://: %v, want the schemes listed", scheme, err)
 		}
 	}
 }

@@ -482,8 +482,10 @@ func (h *Hook) reject(s *session, v verdict.Verdict, detail string) (quarantined
 // PUBACK to the shutdown (a PUBACK still lost, for instance to a write that
 // failed, makes the device resend: a duplicate, never a loss).
 func (h *Hook) Drain(timeout time.Duration) {
+	// The write lock waits for the publishes in progress; every publish
+	// after it sees the flag.
+	h.inflight.Lock()
 	h.draining.Store(true)
-	h.inflight.Lock() // waits for the OnPublish calls in progress
 	h.inflight.Unlock()
 	for end := time.Now().Add(timeout); h.unacked.Load() > 0 && time.Now().Before(end); {
 		time.Sleep(time.Millisecond)

@@ -12,6 +12,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/vitalgate/vitalgate/internal/pki"
+	"github.com/vitalgate/vitalgate/internal/testutil"
 	"github.com/vitalgate/vitalgate/internal/verdict"
 )
 
@@ -83,12 +84,8 @@ func TestListenerSlowHandshake(t *testing.T) {
 	} else if ne := (net.Error)(nil); errors.As(err, &ne) && ne.Timeout() {
 		t.Fatal("silent peer was not disconnected")
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for l.Open() != 0 || failed.Load() != 1 {
-		if time.Now().After(deadline) {
-			t.Fatalf("slot not freed: open %d, failed handshakes %d", l.Open(), failed.Load())
-		}
-		time.Sleep(5 * time.Millisecond)
+	if !testutil.Poll(10*time.Second, func() bool { return l.Open() == 0 && failed.Load() == 1 }) {
+		t.Fatalf("slot not freed: open %d, failed handshakes %d", l.Open(), failed.Load())
 	}
 }
 

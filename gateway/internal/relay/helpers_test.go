@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vitalgate/vitalgate/gateway/internal/relay"
 	"github.com/vitalgate/vitalgate/gateway/internal/spool"
+	"github.com/vitalgate/vitalgate/internal/testutil"
 	"github.com/vitalgate/vitalgate/internal/wire"
 )
 
@@ -34,18 +35,6 @@ const (
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
-// waitFor polls cond until it holds, failing the test after patience.
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(patience)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // recorder is a broker hook that records every message the broker accepted,
 // in arrival order. It records in OnPublish, which mochi calls before it sends
 // the PUBACK (OnPublished comes after it). One recorder can serve several broker instances.
@@ -57,10 +46,10 @@ type recorder struct {
 	gateAt      int
 	gate, gated chan struct{}
 	mu          sync.Mutex
-	topics      map[string][]string // topic -> payloads
 	seqs        map[string][]uint64 // telemetry: dev -> seqs in arrival order
 	seen        map[string]bool     // telemetry: "dev:seq"
 	count       int                 // telemetry messages, duplicates included
+	topics      map[string][]string // topic -> payloads
 	fail        func(format string, a ...any)
 }
 
@@ -114,6 +103,7 @@ func (h *recorder) distinct() int {
 	return len(h.seen)
 }
 
+// payloads returns the payloads received on topic, in order.
 func (h *recorder) payloads(topic string) []string {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -165,7 +155,7 @@ type broker struct {
 func startBroker(t testing.TB, addr string, cfg *tls.Config, rec *recorder) *broker {
 	t.Helper()
 	var ln net.Listener
-	waitFor(t, "listen on "+addr, func() bool {
+	testutil.Eventually(t, patience, "listen on "+addr, func() bool {
 		var err error
 		ln, err = net.Listen("tcp", addr)
 		return err == nil

@@ -18,6 +18,7 @@ import (
 	"github.com/vitalgate/vitalgate/gateway/internal/relay"
 	"github.com/vitalgate/vitalgate/gateway/internal/spool"
 	"github.com/vitalgate/vitalgate/internal/pki"
+	"github.com/vitalgate/vitalgate/internal/testutil"
 	"github.com/vitalgate/vitalgate/internal/wire"
 )
 
@@ -50,11 +51,11 @@ func TestRelayDeliversEveryEntry(t *testing.T) {
 	fill(t, q.Queue, devs, 1, 100)
 
 	r := start(t, baseConfig(b.url()), q)
-	waitFor(t, "queue drained", func() bool { return q.Len() == 0 })
+	testutil.Eventually(t, patience, "queue drained", func() bool { return q.Len() == 0 })
 	// Appends after the queue ran dry reach the relay through Notify.
 	fill(t, q.Queue, devs, 101, 200)
-	waitFor(t, "queue drained again", func() bool { return q.Len() == 0 })
-	waitFor(t, "subscriber has all 1000", func() bool {
+	testutil.Eventually(t, patience, "queue drained again", func() bool { return q.Len() == 0 })
+	testutil.Eventually(t, patience, "subscriber has all 1000", func() bool {
 		_, seen := subscriberSeqs(t, sub)
 		return len(seen) == 1000
 	})
@@ -93,7 +94,7 @@ func TestRelayPublishFailureKeepsOrder(t *testing.T) {
 	r := build(t, baseConfig(b.url()), q)
 	r.FailNthPublish(100)
 	r.run(t)
-	waitFor(t, "queue drained", func() bool { return q.Len() == 0 })
+	testutil.Eventually(t, patience, "queue drained", func() bool { return q.Len() == 0 })
 	if got := rec.distinct(); got != 600 {
 		t.Fatalf("broker got %d distinct entries, want 600", got)
 	}
@@ -126,7 +127,7 @@ func TestRelayBrokerRestart(t *testing.T) {
 	// the connections, then waits for the stalled hook, so release it after.
 	closed := make(chan struct{})
 	go func() { b1.close(); close(closed) }()
-	waitFor(t, "relay disconnected", func() bool { return !r.Connected() })
+	testutil.Eventually(t, patience, "relay disconnected", func() bool { return !r.Connected() })
 	close(rec.gate)
 	<-closed
 
@@ -152,7 +153,7 @@ func TestRelayBrokerRestart(t *testing.T) {
 
 	fill(t, q.Queue, devs, 251, 300) // the queue grows during the outage
 	startBroker(t, b1.addr, nil, rec)
-	waitFor(t, "queue drained after restart", func() bool { return q.Len() == 0 })
+	testutil.Eventually(t, patience, "queue drained after restart", func() bool { return q.Len() == 0 })
 	if got := rec.distinct(); got != 2400 {
 		t.Fatalf("broker received %d distinct entries, want 2400", got)
 	}
@@ -200,7 +201,7 @@ func TestRelayFailoverTLS(t *testing.T) {
 	cfg := baseConfig("mqtts://"+refused, "mqtts://"+b.addr)
 	cfg.TLS = clientTLS
 	r := start(t, cfg, q)
-	waitFor(t, "queue drained through the second URL", func() bool { return q.Len() == 0 })
+	testutil.Eventually(t, patience, "queue drained through the second URL", func() bool { return q.Len() == 0 })
 	if got := rec.distinct(); got != 150 {
 		t.Fatalf("broker received %d distinct entries, want 150", got)
 	}
@@ -208,7 +209,7 @@ func TestRelayFailoverTLS(t *testing.T) {
 		t.Error("relay not connected")
 	}
 	sub := subscribe(t, "ssl://"+b.addr, clientTLS, statusTopic)
-	waitFor(t, "retained online", func() bool { return slices.Equal(sub.payloads(statusTopic), []string{"online"}) })
+	testutil.Eventually(t, patience, "retained online", func() bool { return slices.Equal(sub.payloads(statusTopic), []string{"online"}) })
 }
 
 // TestRelayStatusAndWill checks the retained status: online on connect, the
@@ -220,10 +221,10 @@ func TestRelayStatusAndWill(t *testing.T) {
 	cfg.ClientID = "relay-will"
 	q := openQueue(t, nil)
 	r := start(t, cfg, q)
-	waitFor(t, "relay connected", r.Connected)
+	testutil.Eventually(t, patience, "relay connected", r.Connected)
 
 	sub := subscribe(t, b.url(), nil, statusTopic)
-	waitFor(t, "retained online", func() bool { return slices.Equal(sub.payloads(statusTopic), []string{"online"}) })
+	testutil.Eventually(t, patience, "retained online", func() bool { return slices.Equal(sub.payloads(statusTopic), []string{"online"}) })
 
 	// Cut the relay's TCP connection without a DISCONNECT: the broker sends the will.
 	cl, ok := b.srv.Clients.Get(cfg.ClientID)
@@ -232,18 +233,18 @@ func TestRelayStatusAndWill(t *testing.T) {
 	}
 	_ = cl.Net.Conn.Close()
 	want := []string{"online", "offline", "online"}
-	waitFor(t, "will then online again", func() bool { return slices.Equal(sub.payloads(statusTopic), want) })
-	waitFor(t, "relay reconnected", r.Connected)
+	testutil.Eventually(t, patience, "will then online again", func() bool { return slices.Equal(sub.payloads(statusTopic), want) })
+	testutil.Eventually(t, patience, "relay reconnected", r.Connected)
 	if got := r.metric(t, "vitalgate_relay_reconnects_total"); got != 1 {
 		t.Errorf("reconnects_total = %v, want 1", got)
 	}
 
 	r.stop(t)
-	waitFor(t, "offline on graceful stop", func() bool {
+	testutil.Eventually(t, patience, "offline on graceful stop", func() bool {
 		return slices.Equal(sub.payloads(statusTopic), append(want, "offline"))
 	})
 	late := subscribe(t, b.url(), nil, statusTopic)
-	waitFor(t, "retained offline", func() bool { return slices.Equal(late.payloads(statusTopic), []string{"offline"}) })
+	testutil.Eventually(t, patience, "retained offline", func() bool { return slices.Equal(late.payloads(statusTopic), []string{"offline"}) })
 }
 
 func TestRelayEvents(t *testing.T) {
@@ -262,11 +263,11 @@ func TestRelayEvents(t *testing.T) {
 		t.Fatalf("events_dropped_total = %v, want 2", got)
 	}
 	r.run(t)
-	waitFor(t, "buffered events delivered", func() bool { return len(sub.payloads(eventTopic)) == 8 })
+	testutil.Eventually(t, patience, "buffered events delivered", func() bool { return len(sub.payloads(eventTopic)) == 8 })
 	for i := 10; i < 15; i++ {
 		r.PublishEvent(fmt.Appendf(nil, `{"v":1,"verdict":"replay","n":%d}`, i))
 	}
-	waitFor(t, "live events delivered", func() bool { return len(sub.payloads(eventTopic)) == 13 })
+	testutil.Eventually(t, patience, "live events delivered", func() bool { return len(sub.payloads(eventTopic)) == 13 })
 	got := sub.payloads(eventTopic)
 	slices.Sort(got)
 	if len(slices.Compact(got)) != 13 {
@@ -312,7 +313,7 @@ func TestRelayMosquitto(t *testing.T) {
 		_ = cmd.Process.Kill()
 		<-exited
 	})
-	waitFor(t, "mosquitto listening", func() bool {
+	testutil.Eventually(t, patience, "mosquitto listening", func() bool {
 		select {
 		case <-exited:
 			t.Fatalf("mosquitto exited: %s", out.String())
@@ -329,14 +330,14 @@ func TestRelayMosquitto(t *testing.T) {
 	q := openQueue(t, nil)
 	fill(t, q.Queue, devices(10), 1, 100)
 	start(t, baseConfig(url), q)
-	waitFor(t, "queue drained", func() bool { return q.Len() == 0 })
-	waitFor(t, "subscriber has all 1000", func() bool {
+	testutil.Eventually(t, patience, "queue drained", func() bool { return q.Len() == 0 })
+	testutil.Eventually(t, patience, "subscriber has all 1000", func() bool {
 		_, seen := subscriberSeqs(t, sub)
 		return len(seen) == 1000
 	})
 	seqs, _ := subscriberSeqs(t, sub)
 	checkOrder(t, seqs)
-	waitFor(t, "status online", func() bool { return slices.Contains(sub.payloads(statusTopic), "online") })
+	testutil.Eventually(t, patience, "status online", func() bool { return slices.Contains(sub.payloads(statusTopic), "online") })
 }
 
 // TestRelayEventsSurviveLostConnection checks that security events published
@@ -361,22 +362,22 @@ func TestRelayEventsSurviveLostConnection(t *testing.T) {
 	for i := range n {
 		r.PublishEvent(fmt.Appendf(nil, `{"v":1,"verdict":"replay","n":%d}`, i))
 	}
-	waitFor(t, "events taken from the buffer", func() bool { return r.EventsBuffered() == 0 })
+	testutil.Eventually(t, patience, "events taken from the buffer", func() bool { return r.EventsBuffered() == 0 })
 
 	closed := make(chan struct{})
 	go func() { b1.close(); close(closed) }()
-	waitFor(t, "relay disconnected", func() bool { return !r.Connected() })
+	testutil.Eventually(t, patience, "relay disconnected", func() bool { return !r.Connected() })
 	close(rec.gate)
 	<-closed
 
 	rec2 := newRecorder(t)
 	startBroker(t, b1.addr, nil, rec2)
-	waitFor(t, "every event at the new broker", func() bool {
+	testutil.Eventually(t, patience, "every event at the new broker", func() bool {
 		got := rec2.payloads(eventTopic)
 		slices.Sort(got)
 		return len(slices.Compact(got)) == n
 	})
-	waitFor(t, "queue drained", func() bool { return q.Len() == 0 })
+	testutil.Eventually(t, patience, "queue drained", func() bool { return q.Len() == 0 })
 	if got := r.metric(t, "vitalgate_relay_events_dropped_total"); got != 0 {
 		t.Errorf("events_dropped_total = %v, want 0", got)
 	}
@@ -393,7 +394,7 @@ func TestRelaySkipsMalformedEntry(t *testing.T) {
 	}
 	fill(t, q.Queue, devices(1), 1, 10)
 	start(t, baseConfig(b.url()), q)
-	waitFor(t, "queue drained", func() bool { return q.Len() == 0 })
+	testutil.Eventually(t, patience, "queue drained", func() bool { return q.Len() == 0 })
 	if got := rec.distinct(); got != 10 {
 		t.Fatalf("broker received %d, want 10", got)
 	}
@@ -470,8 +471,8 @@ func benchRelay(b *testing.B, noSync bool) {
 	}
 	b.ResetTimer()
 	r := start(b, baseConfig(br.url()), q)
-	waitFor(b, "queue drained", func() bool { return q.Len() == 0 })
-	waitFor(b, "subscriber has all", func() bool { return got.Load() >= int64(n) })
+	testutil.Eventually(b, patience, "queue drained", func() bool { return q.Len() == 0 })
+	testutil.Eventually(b, patience, "subscriber has all", func() bool { return got.Load() >= int64(n) })
 	b.StopTimer()
 	b.ReportMetric(float64(n)/b.Elapsed().Seconds(), "msgs/s")
 	r.stop(b)

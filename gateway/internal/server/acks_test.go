@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/vitalgate/vitalgate/internal/testutil"
 )
 
 // rawDevice speaks MQTT over the device's TLS connection packet by packet,
@@ -156,7 +158,7 @@ func TestOnePubackPerPublish(t *testing.T) {
 	}
 	// Every commit is timed: the histogram counts as many as the counter,
 	// once the relay's removals (commits too) have settled.
-	waitFor(t, 10*time.Second, "as many commits timed as counted", func() bool {
+	testutil.Eventually(t, 10*time.Second, "as many commits timed as counted", func() bool {
 		commits, timed := e.metric("vitalgate_queue_commits_total", ""), e.metric("vitalgate_queue_commit_seconds", "")
 		return commits >= 1 && timed == commits
 	})

@@ -16,6 +16,7 @@ import (
 	"github.com/vitalgate/vitalgate/gateway/internal/config"
 	"github.com/vitalgate/vitalgate/internal/fleet"
 	"github.com/vitalgate/vitalgate/internal/pki"
+	"github.com/vitalgate/vitalgate/internal/testutil"
 	"github.com/vitalgate/vitalgate/internal/verdict"
 )
 
@@ -114,7 +115,7 @@ func checkLegit(t *testing.T, a *app, prefix string, rep fleet.Report, legit []s
 	if rep.Stats.Acked == 0 {
 		t.Fatalf("no record accepted: %v", rep.Stats)
 	}
-	waitFor(t, 20*time.Second, fmt.Sprintf("%d accepted records of %s-* at the cloud", rep.Stats.Acked, prefix), func() bool {
+	testutil.Eventually(t, 20*time.Second, fmt.Sprintf("%d accepted records of %s-* at the cloud", rep.Stats.Acked, prefix), func() bool {
 		return uint64(a.idsWithPrefix(prefix)) >= rep.Stats.Acked
 	})
 	if got := uint64(a.idsWithPrefix(prefix)); got != rep.Stats.Acked {
@@ -169,7 +170,7 @@ func TestAttacks(t *testing.T) {
 			if got := e.rejected(mode) - before; got != float64(at.Matched) {
 				t.Errorf("rejected_total{verdict=%s} rose by %v, want %d", mode, got, at.Matched)
 			}
-			waitFor(t, 20*time.Second, fmt.Sprintf("%d %s events at the cloud", at.Matched, mode), func() bool {
+			testutil.Eventually(t, 20*time.Second, fmt.Sprintf("%d %s events at the cloud", at.Matched, mode), func() bool {
 				return a.securityEvents(mode, prefix) >= int(at.Matched)
 			})
 			if got := a.securityEvents("", prefix); got != int(at.Matched) {
@@ -198,7 +199,7 @@ func TestAttacks(t *testing.T) {
 		if got := e.rejected(mode) - before; got != float64(n97) || n97 < at.Matched {
 			t.Errorf("rejected_total{verdict=%s} rose by %v; the fleet got %d 0x97 (%d attack messages)", mode, got, n97, at.Matched)
 		}
-		waitFor(t, 20*time.Second, "rate_limited events at the cloud", func() bool {
+		testutil.Eventually(t, 20*time.Second, "rate_limited events at the cloud", func() bool {
 			return a.securityEvents(mode, prefix) >= int(n97)
 		})
 		if got := a.securityEvents("", prefix); got != int(n97) {
@@ -233,7 +234,7 @@ func TestAttacks(t *testing.T) {
 		if got := e.handshakes("failed") - failed; got < float64(at.Matched) {
 			t.Errorf("handshakes_total{result=failed} rose by %v, want >= %d", got, at.Matched)
 		}
-		waitFor(t, 20*time.Second, "handshake_failed events at the cloud", func() bool {
+		testutil.Eventually(t, 20*time.Second, "handshake_failed events at the cloud", func() bool {
 			return a.securityEvents("handshake_failed", "")-evBefore >= 1
 		})
 		if n := a.securityEvents("", prefix+"-revoked"); n != 0 {
@@ -275,7 +276,7 @@ func TestAttacks(t *testing.T) {
 		if code := publish5(t, c, telemetryTopic("after-flood"), e.sign("after-flood", spo2("after-flood", 1))); code != 0 {
 			t.Fatalf("legitimate device after the flood: 0x%02x", code)
 		}
-		waitFor(t, 20*time.Second, "the record of a device after the flood at the cloud", func() bool {
+		testutil.Eventually(t, 20*time.Second, "the record of a device after the flood at the cloud", func() bool {
 			return a.ids()["after-flood:1"] == 1
 		})
 	})
@@ -306,7 +307,7 @@ func TestAttacks(t *testing.T) {
 		if at.Matched != at.Sent || at.Sent < 19 {
 			t.Errorf("%d of %d attack messages answered 0x87", at.Matched, at.Sent)
 		}
-		waitFor(t, 20*time.Second, "the quarantine event at the cloud", func() bool {
+		testutil.Eventually(t, 20*time.Second, "the quarantine event at the cloud", func() bool {
 			return a.securityEvents(string(verdict.Quarantined), prefix) >= 1
 		})
 		if rep.Stats.Connacks["0x87"] == 0 {

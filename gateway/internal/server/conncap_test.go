@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/vitalgate/vitalgate/gateway/internal/config"
+	"github.com/vitalgate/vitalgate/internal/testutil"
 )
 
 // With ulimit -n 1024 the default max_connections of 20000 is lowered to
@@ -56,7 +57,7 @@ func TestHalfOpenFloodRefused(t *testing.T) {
 		}
 		conns = append(conns, c)
 	}
-	waitFor(t, 10*time.Second, "the half-open connections to hold every slot", func() bool {
+	testutil.Eventually(t, 10*time.Second, "the half-open connections to hold every slot", func() bool {
 		return e.gw.devices.Open() == 3
 	})
 	for i := range 5 {
@@ -66,11 +67,11 @@ func TestHalfOpenFloodRefused(t *testing.T) {
 		}
 		conns = append(conns, c)
 	}
-	waitFor(t, 10*time.Second, "5 refusals counted", func() bool {
+	testutil.Eventually(t, 10*time.Second, "5 refusals counted", func() bool {
 		return e.metric("vitalgate_gateway_handshakes_total", "refused") == 5
 	})
 	e.device("after-flood")
-	waitFor(t, 20*time.Second, "a device to connect once the half-open connections timed out", func() bool {
+	testutil.Eventually(t, 20*time.Second, "a device to connect once the half-open connections timed out", func() bool {
 		c, _, err := e.dial5("after-flood", "after-flood")
 		return err == nil && c != nil
 	})

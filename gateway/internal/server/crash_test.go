@@ -14,6 +14,7 @@ import (
 	paho5 "github.com/eclipse/paho.golang/paho"
 
 	"github.com/vitalgate/vitalgate/internal/cloud"
+	"github.com/vitalgate/vitalgate/internal/testutil"
 )
 
 // startCloud runs a standalone cloud broker with persistent state in data.
@@ -27,7 +28,7 @@ func startCloud(t *testing.T, pkiDir, data, gwAddr, appsAddr string) *cloud.Brok
 	}
 	var startErr error
 	// A restarted broker may find its port in TIME_WAIT for a moment.
-	waitFor(t, 10*time.Second, "the cloud broker to start", func() bool {
+	testutil.Eventually(t, 10*time.Second, "the cloud broker to start", func() bool {
 		startErr = b.Start()
 		return startErr == nil
 	})
@@ -101,7 +102,7 @@ func TestKillNineLosesNothing(t *testing.T) {
 	}
 	connect := func() *paho5.Client {
 		var c *paho5.Client
-		waitFor(t, 20*time.Second, "the gateway process to accept the device", func() bool {
+		testutil.Eventually(t, 20*time.Second, "the gateway process to accept the device", func() bool {
 			var err error
 			c, _, err = e.dialAt(devAddr, "oxi-k")
 			return err == nil
@@ -121,7 +122,7 @@ func TestKillNineLosesNothing(t *testing.T) {
 		defer wg.Done()
 		first = publishStream(t, c, e, "oxi-k", 1, 100000)
 	}()
-	waitFor(t, 30*time.Second, "records flowing", func() bool { return len(a.ids()) >= 50 })
+	testutil.Eventually(t, 30*time.Second, "records flowing", func() bool { return len(a.ids()) >= 50 })
 	if err := cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
@@ -143,7 +144,7 @@ func TestKillNineLosesNothing(t *testing.T) {
 		t.Fatalf("after restart %d of 50 acknowledged", len(more))
 	}
 	acked = append(acked, more...)
-	waitFor(t, 30*time.Second, fmt.Sprintf("all %d acknowledged records at the cloud", len(acked)), func() bool {
+	testutil.Eventually(t, 30*time.Second, fmt.Sprintf("all %d acknowledged records at the cloud", len(acked)), func() bool {
 		ids := a.ids()
 		for _, s := range acked {
 			if ids[fmt.Sprintf("oxi-k:%d", s)] == 0 {
@@ -186,7 +187,7 @@ func TestCloudOutage(t *testing.T) {
 	if got := publishStream(t, c, e, "glu-o", 1, 50); len(got) != 50 {
 		t.Fatalf("%d of 50 acknowledged", len(got))
 	}
-	waitFor(t, 10*time.Second, "50 records at the cloud", func() bool { return len(a.ids()) == 50 })
+	testutil.Eventually(t, 10*time.Second, "50 records at the cloud", func() bool { return len(a.ids()) == 50 })
 
 	cl.Close() // outage
 	a.c.Disconnect(10)
@@ -197,7 +198,7 @@ func TestCloudOutage(t *testing.T) {
 		t.Fatalf("queue holds %d records during the outage, want >= 100", n)
 	}
 	startCloud(t, e.pki, cloudData, gwAddr, appsAddr)
-	waitFor(t, 30*time.Second, "the queue to drain", func() bool { return e.gw.Queue().Len() == 0 })
+	testutil.Eventually(t, 30*time.Second, "the queue to drain", func() bool { return e.gw.Queue().Len() == 0 })
 	if seen := e.collect(a.ids(), appsAddr, 150); len(seen) != 150 {
 		t.Fatalf("%d of 150 distinct records reached the app", len(seen))
 	}
@@ -240,7 +241,7 @@ func TestCloudOutageOfAMinute(t *testing.T) {
 		e.device(id)
 		conns[i] = e.mustDial5(id)
 	}
-	waitFor(t, 10*time.Second, "the relay to connect", func() bool { return e.metric("vitalgate_relay_connected", "") == 1 })
+	testutil.Eventually(t, 10*time.Second, "the relay to connect", func() bool { return e.metric("vitalgate_relay_connected", "") == 1 })
 
 	cl.Close() // outage
 	a.c.Disconnect(10)
@@ -272,7 +273,7 @@ func TestCloudOutageOfAMinute(t *testing.T) {
 	t.Logf("%d records acknowledged in %v without the cloud", len(acked), time.Since(start).Round(time.Second))
 
 	startCloud(t, e.pki, cloudData, gwAddr, appsAddr)
-	waitFor(t, 30*time.Second, "the queue to drain", func() bool { return e.gw.Queue().Len() == 0 })
+	testutil.Eventually(t, 30*time.Second, "the queue to drain", func() bool { return e.gw.Queue().Len() == 0 })
 	seen := e.collect(map[string]int{}, appsAddr, len(acked))
 	for id := range acked {
 		if seen[id] == 0 {

@@ -318,18 +318,6 @@ func (a *app) eventsWith(s string) int {
 	return n
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func (e *env) rejected(v string) float64 { return e.metric("vitalgate_gateway_rejected_total", v) }
 
 // metric reads a counter or gauge of the gateway; label is the value of its

@@ -15,6 +15,7 @@ import (
 
 	"github.com/vitalgate/vitalgate/gateway/internal/audit"
 	"github.com/vitalgate/vitalgate/internal/cloud/cloudtest"
+	"github.com/vitalgate/vitalgate/internal/testutil"
 	"github.com/vitalgate/vitalgate/internal/verdict"
 	"github.com/vitalgate/vitalgate/internal/wire"
 )
@@ -77,7 +78,7 @@ func subscribeOutside(t *testing.T, pkiDir, url, clientID string, clean bool) *c
 	s.c = mqtt3.NewClient(o)
 	// NATS keeps MQTT sessions in JetStream: CONNECT fails until it is ready.
 	var err error
-	waitFor(t, 60*time.Second, "the subscriber connected to "+url, func() bool {
+	testutil.Eventually(t, 60*time.Second, "the subscriber connected to "+url, func() bool {
 		tok := s.c.Connect()
 		if !tok.WaitTimeout(10 * time.Second) {
 			err = fmt.Errorf("connect timed out")
@@ -138,10 +139,10 @@ func relayN(t *testing.T, e *env, sub *cloudSub, dev string, n int) {
 	if len(acked) != n {
 		t.Fatalf("%d of %d records acknowledged", len(acked), n)
 	}
-	waitFor(t, 30*time.Second, fmt.Sprintf("%d records at the outside broker", n), func() bool {
+	testutil.Eventually(t, 30*time.Second, fmt.Sprintf("%d records at the outside broker", n), func() bool {
 		return len(sub.missing(dev, acked)) == 0
 	})
-	waitFor(t, 10*time.Second, "the gateway queue to drain", func() bool { return e.gw.Queue().Len() == 0 })
+	testutil.Eventually(t, 10*time.Second, "the gateway queue to drain", func() bool { return e.gw.Queue().Len() == 0 })
 	if got := sub.count(); got != n {
 		t.Fatalf("subscriber has %d distinct records, want %d", got, n)
 	}
@@ -149,7 +150,7 @@ func relayN(t *testing.T, e *env, sub *cloudSub, dev string, n int) {
 	if code := publish5(t, c, telemetryTopic(dev), []byte("not a COSE message")); code != verdict.Malformed.Code().Code {
 		t.Fatalf("junk payload: 0x%02x, want malformed", code)
 	}
-	waitFor(t, 20*time.Second, "the malformed event and the online status at the outside broker", func() bool {
+	testutil.Eventually(t, 20*time.Second, "the malformed event and the online status at the outside broker", func() bool {
 		sub.mu.Lock()
 		defer sub.mu.Unlock()
 		for _, ev := range sub.events {
@@ -170,7 +171,7 @@ func TestOutsideMosquitto(t *testing.T) {
 	sub := subscribeOutside(t, dir, m.URL(), "monitor", true)
 	e := outsideGateway(t, dir, m.URL())
 	relayN(t, e, sub, "oxi-m", 200)
-	waitFor(t, 10*time.Second, "the relay connected", e.gw.relay.Connected)
+	testutil.Eventually(t, 10*time.Second, "the relay connected", e.gw.relay.Connected)
 }
 
 // TestOutsideNATS: a single NATS server with MQTT and JetStream enabled.
@@ -204,7 +205,7 @@ func TestOutsideNATSClusterFailover(t *testing.T) {
 	if len(acked) != 100 {
 		t.Fatalf("%d of 100 records acknowledged", len(acked))
 	}
-	waitFor(t, 30*time.Second, "records through node 1", func() bool { return sub.count() >= 50 })
+	testutil.Eventually(t, 30*time.Second, "records through node 1", func() bool { return sub.count() >= 50 })
 
 	// Phase 2: the device streams on while node 1 dies, and for 100 records
 	// after that.
@@ -248,7 +249,7 @@ func TestOutsideNATSClusterFailover(t *testing.T) {
 			time.Sleep(2 * time.Millisecond) // pace the stream so that node 1 dies mid-way
 		}
 	}()
-	waitFor(t, 30*time.Second, "the stream under way", func() bool { return published.Load() >= 50 })
+	testutil.Eventually(t, 30*time.Second, "the stream under way", func() bool { return published.Load() >= 50 })
 	nodes[0].Stop()
 	kill := time.Now()
 	close(killed)

@@ -10,6 +10,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/vitalgate/vitalgate/internal/pki"
+	"github.com/vitalgate/vitalgate/internal/testutil"
 )
 
 // A CONNECT with a will is refused: mochi publishes wills without any ACL
@@ -41,7 +42,7 @@ func TestRevokedBeforeConnect(t *testing.T) {
 	}
 	// With TLS 1.3 the client is done before the server has checked its
 	// certificate: wait for the server's side of the handshake.
-	waitFor(t, 10*time.Second, "the server to finish the handshake", func() bool { return e.metric("vitalgate_gateway_handshakes_total", "ok") == 1 })
+	testutil.Eventually(t, 10*time.Second, "the server to finish the handshake", func() bool { return e.metric("vitalgate_gateway_handshakes_total", "ok") == 1 })
 	if err := pki.Revoke(e.pki, "bp-late"); err != nil {
 		t.Fatal(err)
 	}
@@ -75,7 +76,7 @@ func TestAbandonedConnectsDoNotLeak(t *testing.T) {
 		cancel()
 		conn.Close()
 	}
-	waitFor(t, 10*time.Second, "no sessions left", func() bool { return e.metric("vitalgate_gateway_connections", "") == 0 })
+	testutil.Eventually(t, 10*time.Second, "no sessions left", func() bool { return e.metric("vitalgate_gateway_connections", "") == 0 })
 }
 
 // The mark of the last accepted message survives a restart: a resend after

@@ -17,6 +17,7 @@ import (
 	"github.com/vitalgate/vitalgate/gateway/internal/audit"
 	"github.com/vitalgate/vitalgate/gateway/internal/config"
 	"github.com/vitalgate/vitalgate/internal/pki"
+	"github.com/vitalgate/vitalgate/internal/testutil"
 )
 
 // TestRevocation: a revoked device is refused at the handshake, and one
@@ -29,7 +30,7 @@ func TestRevocation(t *testing.T) {
 	if err := pki.Revoke(e.pki, "temp-1"); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "the revoked device refused", func() bool {
+	testutil.Eventually(t, 10*time.Second, "the revoked device refused", func() bool {
 		c, _, err := e.dial5("temp-1", "temp-1")
 		if err == nil {
 			c.Disconnect(&paho5.Disconnect{})
@@ -100,7 +101,7 @@ func TestRevocationBeforeStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.gw = g
-	waitFor(t, 10*time.Second, "the revoked device refused", func() bool {
+	testutil.Eventually(t, 10*time.Second, "the revoked device refused", func() bool {
 		c, _, err := e.dial5("temp-1", "temp-1")
 		if err == nil {
 			c.Disconnect(&paho5.Disconnect{})
@@ -176,7 +177,7 @@ func TestRestartKeepsQueueAndSeq(t *testing.T) {
 	if code := publish5(t, c, telemetryTopic("bp-9"), e.sign("bp-9", spo2("bp-9", 5))); code != packets.ErrImplementationSpecificError.Code {
 		t.Fatalf("replay across restart: 0x%02x, want 0x83", code)
 	}
-	waitFor(t, 10*time.Second, "the queue to drain into the embedded cloud", func() bool { return e.gw.Queue().Len() == 0 })
+	testutil.Eventually(t, 10*time.Second, "the queue to drain into the embedded cloud", func() bool { return e.gw.Queue().Len() == 0 })
 }
 
 // TestQuarantinedReconnectsTakeTheEventBudget: the start of a quarantine is
@@ -190,7 +191,7 @@ func TestQuarantinedReconnectsTakeTheEventBudget(t *testing.T) {
 	e.device("loop-1")
 	c := e.mustDial5("loop-1")
 	publish5(t, c, "devices/other/telemetry", []byte("x")) // acl_denied: quarantined at once
-	waitFor(t, 10*time.Second, "the quarantine", func() bool { return e.metric("vitalgate_gateway_quarantines_total", "") == 1 })
+	testutil.Eventually(t, 10*time.Second, "the quarantine", func() bool { return e.metric("vitalgate_gateway_quarantines_total", "") == 1 })
 	const attempts = 120
 	start := time.Now()
 	for range attempts {

@@ -14,6 +14,7 @@ import (
 	"github.com/vitalgate/vitalgate/gateway/internal/config"
 	"github.com/vitalgate/vitalgate/internal/envelope"
 	"github.com/vitalgate/vitalgate/internal/telemetry"
+	"github.com/vitalgate/vitalgate/internal/testutil"
 	"github.com/vitalgate/vitalgate/internal/verdict"
 )
 
@@ -93,7 +94,7 @@ func TestVerdicts(t *testing.T) {
 		t.Fatalf("SpO2 70%%: reason 0x%02x, want accepted", code)
 	}
 
-	waitFor(t, 10*time.Second, "two records and the events at the cloud", func() bool {
+	testutil.Eventually(t, 10*time.Second, "two records and the events at the cloud", func() bool {
 		return len(a.ids()) == 2 && a.eventsWith(`"verdict":"stale"`) == 1 && a.eventsWith(`"verdict":"schema"`) == 2
 	})
 	ids := a.ids()
@@ -140,7 +141,7 @@ func TestMQTT311(t *testing.T) {
 	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 		t.Fatalf("valid message: %v", tok.Error())
 	}
-	waitFor(t, 10*time.Second, "the valid record at the cloud", func() bool { return len(a.ids()) == 1 })
+	testutil.Eventually(t, 10*time.Second, "the valid record at the cloud", func() bool { return len(a.ids()) == 1 })
 	if e.rejected("bad_signature") != 1 || a.ids()["bp-1:6"] != 1 {
 		t.Fatalf("rejected %v, cloud %v", e.rejected("bad_signature"), a.ids())
 	}
@@ -173,8 +174,8 @@ func TestRateLimitAndQuarantine(t *testing.T) {
 		}
 	}
 	// The fourth violation quarantines the device: it is disconnected and refused.
-	waitFor(t, 10*time.Second, "the quarantine event", func() bool { return a.eventsWith(`"verdict":"quarantined"`) >= 1 })
-	waitFor(t, 10*time.Second, "a refused reconnection", func() bool {
+	testutil.Eventually(t, 10*time.Second, "the quarantine event", func() bool { return a.eventsWith(`"verdict":"quarantined"`) >= 1 })
+	testutil.Eventually(t, 10*time.Second, "a refused reconnection", func() bool {
 		_, connack, err := e.dial5("scale-1", "scale-1")
 		return err != nil && connack != nil && connack.ReasonCode == packets.ErrNotAuthorized.Code
 	})
@@ -204,7 +205,7 @@ func TestResendsTakeTheRate(t *testing.T) {
 			t.Fatalf("resend %d over the rate: 0x%02x, want 0x97", i, code)
 		}
 	}
-	waitFor(t, 10*time.Second, "the quarantine event", func() bool { return a.eventsWith(`"verdict":"quarantined"`) >= 1 })
+	testutil.Eventually(t, 10*time.Second, "the quarantine event", func() bool { return a.eventsWith(`"verdict":"quarantined"`) >= 1 })
 	if got := len(a.ids()); got != 1 {
 		t.Fatalf("cloud received %d records, want 1", got)
 	}
@@ -333,9 +334,9 @@ func TestResendIsNotReplay(t *testing.T) {
 	if code := publish5(t, c, telemetryTopic("oxi-r"), e.sign("oxi-r", spo2("oxi-r", 8))); code != 0 {
 		t.Fatalf("next seq: 0x%02x", code)
 	}
-	waitFor(t, 10*time.Second, "two records at the cloud", func() bool { return len(a.ids()) == 2 })
+	testutil.Eventually(t, 10*time.Second, "two records at the cloud", func() bool { return len(a.ids()) == 2 })
 	if n := e.gw.Queue().Len(); n > 0 {
-		waitFor(t, 10*time.Second, "the queue to drain", func() bool { return e.gw.Queue().Len() == 0 })
+		testutil.Eventually(t, 10*time.Second, "the queue to drain", func() bool { return e.gw.Queue().Len() == 0 })
 	}
 	if ids := a.ids(); ids["oxi-r:7"] != 1 {
 		t.Fatalf("seq 7 delivered %d times", ids["oxi-r:7"])
@@ -373,5 +374,5 @@ func TestRecentReplaysDoNotQuarantine(t *testing.T) {
 	for seq := uint64(1); seq <= 3; seq++ { // far below: replays that count
 		publish5(t, c, telemetryTopic("glu-q"), e.sign("glu-q", spo2("glu-q", seq)))
 	}
-	waitFor(t, 10*time.Second, "the quarantine", func() bool { return e.metric("vitalgate_gateway_quarantines_total", "") == 1 })
+	testutil.Eventually(t, 10*time.Second, "the quarantine", func() bool { return e.metric("vitalgate_gateway_quarantines_total", "") == 1 })
 }

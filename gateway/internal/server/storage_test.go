@@ -14,6 +14,7 @@ import (
 	"github.com/vitalgate/vitalgate/gateway/internal/audit"
 	"github.com/vitalgate/vitalgate/gateway/internal/config"
 	"github.com/vitalgate/vitalgate/internal/fulldisk"
+	"github.com/vitalgate/vitalgate/internal/testutil"
 )
 
 type readiness struct {
@@ -79,7 +80,7 @@ func TestFullDiskReadiness(t *testing.T) {
 		t.Fatalf("publish on a full disk: 0x%02x, want 0x97", code)
 	}
 	var r readiness
-	waitFor(t, 10*time.Second, "/readyz to name the queue and the audit log", func() bool {
+	testutil.Eventually(t, 10*time.Second, "/readyz to name the queue and the audit log", func() bool {
 		r = e.readyz()
 		return r.hasReason("queue: ", "no space left on device") && r.hasReason("audit: ", "no space left on device")
 	})
@@ -95,11 +96,11 @@ func TestFullDiskReadiness(t *testing.T) {
 		t.Fatal(err)
 	}
 	var seq uint64 = 1000
-	waitFor(t, 10*time.Second, "a message stored once space is freed", func() bool {
+	testutil.Eventually(t, 10*time.Second, "a message stored once space is freed", func() bool {
 		seq++
 		return publish5(t, c, topic, e.sign("full-1", spo2("full-1", seq))) == 0
 	})
-	waitFor(t, 10*time.Second, "/readyz ready again", func() bool {
+	testutil.Eventually(t, 10*time.Second, "/readyz ready again", func() bool {
 		r = e.readyz()
 		return r.Status == http.StatusOK && r.Ready && len(r.Reasons) == 0
 	})
