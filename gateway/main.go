@@ -69,7 +69,7 @@ func parseConfig(args []string) (config.Config, bool, error) {
 	check := fs.Bool("check-config", false, "validate the configuration and the files it names, then exit")
 	fs.StringVar(&c.PKI, "pki", c.PKI, "PKI `directory` as certs init writes it")
 	fs.StringVar(&c.Listen, "listen", c.Listen, "device listener address (MQTT over mutual TLS)")
-	cli.ListVar(fs, &c.Cloud, "cloud", "cloud broker `URLs`, comma-separated, in failover order (tcp:// or mqtt://; TLS: ssl://, tls:// or mqtts://); empty: embedded broker")
+	cli.ListVar(fs, (*[]string)(&c.Cloud), "cloud", "cloud broker `URLs`, comma-separated, in failover order (tcp:// or mqtt://; TLS: ssl://, tls:// or mqtts://); empty: embedded broker")
 	fs.StringVar(&c.Data, "data", c.Data, "directory of the queue, the audit log and the embedded broker's state")
 	fs.StringVar(&c.HTTP, "http", c.HTTP, "address of /metrics, /healthz, /readyz (empty: off)")
 	fs.StringVar(&c.Site, "site", c.Site, "site name (default: OU of gateway-client.crt)")

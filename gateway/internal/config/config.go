@@ -13,21 +13,23 @@ import (
 	"strings"
 	"time"
 
+	"gopkg.in/yaml.v3"
+
 	"github.com/vitalgate/vitalgate/internal/envelope"
 )
 
 // Config is everything the gateway can be told.
 type Config struct {
-	PKI    string   `yaml:"pki"`    // PKI directory as `certs init` writes it
-	Listen string   `yaml:"listen"` // device listener (MQTT over mTLS)
-	Cloud  []string `yaml:"cloud"`  // cloud broker URLs, in failover order; empty: embedded broker
-	Data   string   `yaml:"data"`   // queue, audit log and embedded broker state
-	HTTP   string   `yaml:"http"`   // /metrics, /healthz, /readyz; "" disables
-	Pprof  bool     `yaml:"pprof"`  // also /debug/pprof/ on the http address
-	Site   string   `yaml:"site"`   // default: OU of gateway-client.crt
-	ID     string   `yaml:"id"`     // default: CN of gateway-client.crt
-	Format string   `yaml:"format"` // cloud payload: cbor or json
-	Log    string   `yaml:"log"`    // debug, info, warn, error
+	PKI    string  `yaml:"pki"`    // PKI directory as `certs init` writes it
+	Listen string  `yaml:"listen"` // device listener (MQTT over mTLS)
+	Cloud  URLList `yaml:"cloud"`  // cloud broker URLs, in failover order; empty: embedded broker
+	Data   string  `yaml:"data"`   // queue, audit log and embedded broker state
+	HTTP   string  `yaml:"http"`   // /metrics, /healthz, /readyz; "" disables
+	Pprof  bool    `yaml:"pprof"`  // also /debug/pprof/ on the http address
+	Site   string  `yaml:"site"`   // default: OU of gateway-client.crt
+	ID     string  `yaml:"id"`     // default: CN of gateway-client.crt
+	Format string  `yaml:"format"` // cloud payload: cbor or json
+	Log    string  `yaml:"log"`    // debug, info, warn, error
 
 	MaxPayload       int           `yaml:"max_payload"`       // largest COSE message accepted (bytes)
 	MaxPacket        int           `yaml:"max_packet"`        // largest MQTT packet read (bytes); above max_payload
@@ -112,6 +114,29 @@ func Default() Config {
 		Relay:            RelayConfig{Window: 4096}, // relay.DefaultWindow
 		Embedded:         Embedded{Apps: "127.0.0.1:8884"},
 	}
+}
+
+// URLList is a list of URLs. In YAML it is a sequence, or one string of
+// URLs separated by commas (as the --cloud flag takes them).
+type URLList []string
+
+// UnmarshalYAML takes a sequence of strings or one string.
+func (l *URLList) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		*l = nil
+		for _, u := range strings.Split(n.Value, ",") {
+			if u = strings.TrimSpace(u); u != "" {
+				*l = append(*l, u)
+			}
+		}
+		return nil
+	}
+	var s []string
+	if err := n.Decode(&s); err != nil {
+		return fmt.Errorf("line %d: a list of URLs, or one string of URLs separated by commas", n.Line)
+	}
+	*l = s
+	return nil
 }
 
 // CloudSchemes are the URL schemes of Cloud the relay dials: tcp and mqtt

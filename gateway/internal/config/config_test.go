@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/vitalgate/vitalgate/internal/cli"
 	"github.com/vitalgate/vitalgate/internal/envelope"
+	"gopkg.in/yaml.v3"
 )
 
 func TestDefaultIsValid(t *testing.T) {
@@ -120,5 +122,25 @@ func TestMaxPayloadWithinTheParsers(t *testing.T) {
 		if (err == nil) != c.ok || (err != nil && !strings.Contains(err.Error(), "max_payload:")) {
 			t.Errorf("max_payload %d: %v, want ok=%v", c.n, err, c.ok)
 		}
+	}
+}
+
+// TestCloudAsString: `cloud` takes one string of URLs separated by commas as
+// well as a list (a string was a type error naming Go types).
+func TestCloudAsString(t *testing.T) {
+	for _, tc := range []struct{ doc, want string }{
+		{"cloud: ssl://a:8883\n", "[ssl://a:8883]"},
+		{"cloud: ssl://a:8883, tls://b:8883\n", "[ssl://a:8883 tls://b:8883]"},
+		{"cloud: [ssl://a:8883, tls://b:8883]\n", "[ssl://a:8883 tls://b:8883]"},
+		{"cloud: \"\"\n", "[]"},
+	} {
+		var c Config
+		if err := yaml.Unmarshal([]byte(tc.doc), &c); err != nil || fmt.Sprint(c.Cloud) != tc.want {
+			t.Errorf("%q: %v %v, want %s", tc.doc, c.Cloud, err, tc.want)
+		}
+	}
+	var c Config
+	if err := yaml.Unmarshal([]byte("cloud: {a: 1}\n"), &c); err == nil || !strings.Contains(err.Error(), "a list of URLs, or one string") {
+		t.Errorf("a map: %v", err)
 	}
 }
