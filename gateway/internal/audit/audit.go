@@ -81,6 +81,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/vitalgate/vitalgate/internal/fileerr"
 )
 
 // Event is a security event of docs/apps.md#security-events.
@@ -186,7 +188,7 @@ func Open(path string) (*Log, error) { return open(path, nil) }
 func open(path string, wrap func(*os.File) file) (*Log, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("open audit log: %w", err)
+		return nil, fileerr.Wrap("open audit log", path, err)
 	}
 	n, prev, size, err := resume(path, f)
 	if err != nil {
@@ -218,7 +220,7 @@ func open(path string, wrap func(*os.File) file) (*Log, error) {
 func resume(path string, f *os.File) (n uint64, hash string, size int64, err error) {
 	st, err := f.Stat()
 	if err != nil {
-		return 0, "", 0, fmt.Errorf("open audit log: %w", err)
+		return 0, "", 0, fileerr.Wrap("open audit log", path, err)
 	}
 	size = st.Size()
 	if size == 0 {
@@ -234,7 +236,7 @@ func resume(path string, f *os.File) (n uint64, hash string, size int64, err err
 		off -= chunk
 		buf := make([]byte, chunk)
 		if _, err := f.ReadAt(buf, off); err != nil && err != io.EOF {
-			return 0, "", 0, fmt.Errorf("open audit log: read %s: %w", path, err)
+			return 0, "", 0, fileerr.Wrap("open audit log", path, err)
 		}
 		tail = append(buf, tail...)
 		if tail[len(tail)-1] != '\n' {
@@ -409,7 +411,7 @@ func (l *Log) writeEntry(e Event, drops uint64, gap bool) {
 		return
 	}
 	if _, err := l.bw.Write(line); err != nil {
-		l.failed(fmt.Errorf("audit log %s: write: %w", l.path, err))
+		l.failed(fileerr.Wrap("write audit log", l.path, err))
 		return
 	}
 	l.pending += int64(len(line))
@@ -423,10 +425,10 @@ func (l *Log) flushSync() error {
 		return l.Err()
 	}
 	if err := l.bw.Flush(); err != nil {
-		return l.failed(fmt.Errorf("audit log %s: write: %w", l.path, err))
+		return l.failed(fileerr.Wrap("write audit log", l.path, err))
 	}
 	if err := l.f.Sync(); err != nil {
-		return l.failed(fmt.Errorf("audit log %s: sync: %w", l.path, err))
+		return l.failed(fileerr.Wrap("sync audit log", l.path, err))
 	}
 	l.size += l.pending
 	l.syncedN, l.syncedAt = l.n, l.prev
@@ -589,7 +591,7 @@ func Check(path string) (Report, error) {
 	var rep Report
 	f, err := os.Open(path)
 	if err != nil {
-		return rep, fmt.Errorf("verify audit log: %w", err)
+		return rep, fileerr.Wrap("verify audit log", path, err)
 	}
 	defer f.Close()
 	r := bufio.NewReaderSize(f, 64<<10)
@@ -608,7 +610,7 @@ func Check(path string) (Report, error) {
 		case errors.Is(err, errTooLong):
 			return bad("longer than %d bytes", maxLine)
 		case err != nil:
-			return rep, fmt.Errorf("verify audit log %s: %w", path, err)
+			return rep, fileerr.Wrap("verify audit log", path, err)
 		}
 		num, p, hash, e, err := parseLine(b)
 		if err != nil {
