@@ -172,9 +172,11 @@ func (c Config) Validate() error {
 		case err != nil:
 			bad("cloud", "%q: %v", u, err)
 		case p.Scheme != "tcp" && p.Scheme != "ssl" && p.Scheme != "mqtts" && p.Scheme != "tls":
-			bad("cloud", "%q: scheme must be tcp, ssl or mqtts", u)
+			bad("cloud", "%q: scheme must be tcp, ssl, tls or mqtts", u)
 		case p.Port() == "":
 			bad("cloud", "%q: port required", u)
+		case p.Hostname() == "":
+			bad("cloud", "%q: host required", u)
 		}
 	}
 	if c.Format != "cbor" && c.Format != "json" {

@@ -135,9 +135,15 @@ func checkStartupError(t *testing.T, what string, err error, names, says string)
 var word = regexp.MustCompile(`[A-Za-z][A-Za-z.\-]*`)
 
 // repeatedPhrase returns the first two-word phrase that occurs twice in msg
-// ("open queue: open queue"), or "".
+// ("open queue: open queue"), or "". Paths are not words (a temporary
+// directory is named after the test).
 func repeatedPhrase(msg string) string {
-	ws := word.FindAllString(strings.ToLower(msg), -1)
+	var ws []string
+	for _, f := range strings.Fields(strings.ToLower(msg)) {
+		if !strings.Contains(f, "/") {
+			ws = append(ws, word.FindAllString(f, -1)...)
+		}
+	}
 	seen := map[string]bool{}
 	for i := 0; i+1 < len(ws); i++ {
 		p := ws[i] + " " + ws[i+1]
