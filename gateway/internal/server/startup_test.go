@@ -135,13 +135,22 @@ func checkStartupError(t *testing.T, what string, err error, names, says string)
 var word = regexp.MustCompile(`[A-Za-z][A-Za-z.\-]*`)
 
 // repeatedPhrase returns the first two-word phrase that occurs twice in msg
-// ("open queue: open queue"), or "". Paths are not words (a temporary
+// ("open queue: open queue"), or a word that opens two adjacent parts
+// ("read CRL: read PATH"), or "". Paths are not words (a temporary
 // directory is named after the test).
 func repeatedPhrase(msg string) string {
 	var ws []string
 	for _, f := range strings.Fields(strings.ToLower(msg)) {
 		if !strings.Contains(f, "/") {
 			ws = append(ws, word.FindAllString(f, -1)...)
+		}
+	}
+	// A word that opens two adjacent parts: "schemas: schemas PATH".
+	parts := strings.Split(strings.ToLower(msg), ": ")
+	for i := 0; i+1 < len(parts); i++ {
+		a, b := strings.Fields(parts[i]), strings.Fields(parts[i+1])
+		if len(a) > 0 && len(b) > 0 && a[0] == b[0] {
+			return a[0]
 		}
 	}
 	seen := map[string]bool{}
