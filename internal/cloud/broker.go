@@ -95,15 +95,15 @@ func New(cfg Config, log *slog.Logger) (*Broker, error) {
 	// The server certificate is reloaded when its files change.
 	appTLS, err := pki.ServerTLS(filepath.Join(cfg.PKI, pki.FileBroker), filepath.Join(cfg.PKI, pki.FileBrokerKey), nil, nil)
 	if err != nil {
-		return nil, fmt.Errorf("load broker certificate: %w", err)
+		return nil, fmt.Errorf("broker certificate: %w", err)
 	}
 	gwCAs, err := pki.LoadPool(filepath.Join(cfg.PKI, pki.FileGatewayCA))
 	if err != nil {
-		return nil, fmt.Errorf("load gateway CA: %w", err)
+		return nil, fmt.Errorf("gateway CA: %w", err)
 	}
 	key, err := pki.LoadTokenKey(filepath.Join(cfg.PKI, pki.FileAppTokenPub))
 	if err != nil {
-		return nil, fmt.Errorf("load app token key: %w", err)
+		return nil, fmt.Errorf("app token key: %w", err)
 	}
 	b.hook = newAuthHook(b, key, gwCAs)
 

@@ -15,6 +15,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/vitalgate/vitalgate/internal/fileerr"
 )
 
 // CRLValidity is the interval between a CRL's thisUpdate and nextUpdate. The gateway does not refuse a CRL past its
@@ -45,16 +47,16 @@ func signCRL(ca *issuer, entries []x509.RevocationListEntry, number *big.Int, no
 func readCRL(path string, issuer *x509.Certificate) (*x509.RevocationList, os.FileInfo, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, nil, fmt.Errorf("open CRL: %w", err)
+		return nil, nil, fileerr.Wrap("read CRL", path, err)
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
-		return nil, nil, fmt.Errorf("stat CRL: %w", err)
+		return nil, nil, fileerr.Wrap("read CRL", path, err)
 	}
 	data, err := io.ReadAll(io.LimitReader(f, maxCRLSize+1))
 	if err != nil {
-		return nil, nil, fmt.Errorf("read CRL: %w", err)
+		return nil, nil, fileerr.Wrap("read CRL", path, err)
 	}
 	if len(data) > maxCRLSize {
 		return nil, nil, fmt.Errorf("%s: CRL larger than %d bytes", path, maxCRLSize)

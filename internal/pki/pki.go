@@ -45,6 +45,9 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
+	"strings"
+
+	"github.com/vitalgate/vitalgate/internal/fileerr"
 )
 
 // Names of the files and directories of a PKI directory (docs/design.md#the-pki-directory).
@@ -145,7 +148,7 @@ func encodeCert(der []byte) []byte {
 func readPEM(path, typ string) ([][]byte, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", typ, err)
+		return nil, fileerr.Wrap("read "+strings.ToLower(typ), path, err)
 	}
 	var out [][]byte
 	for rest := data; ; {

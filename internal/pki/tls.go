@@ -5,8 +5,11 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"sync"
+
+	"github.com/vitalgate/vitalgate/internal/fileerr"
 )
 
 // keyPair serves a certificate and key from files, re-reading them when either file's identity, modification
@@ -47,10 +50,21 @@ func (kp *keyPair) get() (*tls.Certificate, error) {
 		if kp.cert != nil {
 			return kp.cert, nil
 		}
-		return nil, fmt.Errorf("load key pair %s: %w", kp.certFile, err)
+		return nil, keyPairError(kp.certFile, kp.keyFile, err)
 	}
 	kp.cert, kp.certFI, kp.keyFI = &c, cfi, kfi
 	return kp.cert, nil
+}
+
+// keyPairError names the file of a pair that failed to load: the one of a
+// read error, both for a parse error (crypto/tls says "certificate input" or
+// "key input" but not which file that is).
+func keyPairError(certFile, keyFile string, err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return fileerr.Wrap("load key pair", pe.Path, err)
+	}
+	return fmt.Errorf("load key pair %s, %s: %w", certFile, keyFile, err)
 }
 
 // ServerTLS returns a server configuration (TLS 1.2 minimum, session tickets on) that serves certFile/keyFile

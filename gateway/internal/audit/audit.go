@@ -75,12 +75,13 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/vitalgate/vitalgate/internal/fileerr"
 )
 
 // Event is a security event of docs/apps.md#security-events.
@@ -186,7 +187,7 @@ func Open(path string) (*Log, error) { return open(path, nil) }
 func open(path string, wrap func(*os.File) file) (*Log, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("open audit log: %w", err)
+		return nil, fileerr.Wrap("open audit log", path, err)
 	}
 	n, prev, size, err := resume(path, f)
 	if err != nil {
@@ -218,7 +219,7 @@ func open(path string, wrap func(*os.File) file) (*Log, error) {
 func resume(path string, f *os.File) (n uint64, hash string, size int64, err error) {
 	st, err := f.Stat()
 	if err != nil {
-		return 0, "", 0, fmt.Errorf("open audit log: %w", err)
+		return 0, "", 0, fileerr.Wrap("open audit log", path, err)
 	}
 	size = st.Size()
 	if size == 0 {
@@ -234,7 +235,7 @@ func resume(path string, f *os.File) (n uint64, hash string, size int64, err err
 		off -= chunk
 		buf := make([]byte, chunk)
 		if _, err := f.ReadAt(buf, off); err != nil && err != io.EOF {
-			return 0, "", 0, fmt.Errorf("open audit log: read %s: %w", path, err)
+			return 0, "", 0, fileerr.Wrap("open audit log", path, err)
 		}
 		tail = append(buf, tail...)
 		if tail[len(tail)-1] != '\n' {
@@ -409,7 +410,7 @@ func (l *Log) writeEntry(e Event, drops uint64, gap bool) {
 		return
 	}
 	if _, err := l.bw.Write(line); err != nil {
-		l.failed(fmt.Errorf("audit log %s: write: %w", l.path, err))
+		l.failed(fileerr.Wrap("write audit log", l.path, err))
 		return
 	}
 	l.pending += int64(len(line))
@@ -423,10 +424,10 @@ func (l *Log) flushSync() error {
 		return l.Err()
 	}
 	if err := l.bw.Flush(); err != nil {
-		return l.failed(fmt.Errorf("audit log %s: write: %w", l.path, err))
+		return l.failed(fileerr.Wrap("write audit log", l.path, err))
 	}
 	if err := l.f.Sync(); err != nil {
-		return l.failed(fmt.Errorf("audit log %s: sync: %w", l.path, err))
+		return l.failed(fileerr.Wrap("sync audit log", l.path, err))
 	}
 	l.size += l.pending
 	l.syncedN, l.syncedAt = l.n, l.prev
@@ -551,115 +552,4 @@ func isHash(s string) bool {
 		return false
 	}
 	return strings.Trim(s, "0123456789abcdef") == ""
-}
-
-// Verify checks the whole chain at path. It returns the number of entries
-// that verified, and for the first broken line a [*LineError] saying which
-// line and why: edited (bad hash or not canonical), removed, inserted or
-// reordered (wrong number or prev), or truncated (no final newline). Whole
-// lines removed from the end cannot be seen from the file alone: compare n
-// with a count kept elsewhere. [Check] also lists the gaps the log records.
-func Verify(path string) (n int, err error) {
-	r, err := Check(path)
-	return r.Entries, err
-}
-
-// Report is the result of [Check].
-type Report struct {
-	Entries int    // entries that verified
-	Gaps    []Gap  // records of events missing from the log, in order
-	Missing uint64 // events the gaps account for
-}
-
-// Gap is an entry recording events the log does not hold: dropped because
-// the buffer was full, or lost because writes failed.
-type Gap struct {
-	Line   int
-	Events uint64
-	Detail string
-}
-
-// gapDetail matches the detail of a drop record and of a gap record.
-var gapDetail = regexp.MustCompile(`^audit: ([0-9]+) events (dropped|lost)\b`)
-
-// Check is [Verify] that also returns the gaps recorded in the chain (see
-// Write errors in the package documentation): Missing is the number of
-// events they account for.
-func Check(path string) (Report, error) {
-	var rep Report
-	f, err := os.Open(path)
-	if err != nil {
-		return rep, fmt.Errorf("verify audit log: %w", err)
-	}
-	defer f.Close()
-	r := bufio.NewReaderSize(f, 64<<10)
-	prev := Anchor
-	for line := 1; ; line++ {
-		b, err := readLine(r)
-		if err == io.EOF {
-			return rep, nil
-		}
-		bad := func(format string, args ...any) (Report, error) {
-			return rep, &LineError{Path: path, Line: line, Reason: fmt.Sprintf(format, args...)}
-		}
-		switch {
-		case errors.Is(err, errTruncated):
-			return bad("incomplete line at the end of the file (truncated)")
-		case errors.Is(err, errTooLong):
-			return bad("longer than %d bytes", maxLine)
-		case err != nil:
-			return rep, fmt.Errorf("verify audit log %s: %w", path, err)
-		}
-		num, p, hash, e, err := parseLine(b)
-		if err != nil {
-			return bad("%v", err)
-		}
-		if num != uint64(line) {
-			return bad("entry number %d where %d was expected (lines removed, inserted or reordered)", num, line)
-		}
-		if p != prev {
-			if line == 1 {
-				return bad("prev is not the anchor of 64 zeros (lines removed at the start)")
-			}
-			return bad("prev does not match the hash of line %d (lines removed, inserted or reordered)", line-1)
-		}
-		prev = hash
-		rep.Entries++
-		if m := gapDetail.FindStringSubmatch(e.Detail); m != nil && e.Verdict == "overloaded" && e.Dev == "" && e.Remote == "" {
-			n, _ := strconv.ParseUint(m[1], 10, 64)
-			rep.Gaps = append(rep.Gaps, Gap{Line: line, Events: n, Detail: e.Detail})
-			rep.Missing += n
-		}
-	}
-}
-
-var (
-	errTruncated = errors.New("truncated line")
-	errTooLong   = errors.New("line too long")
-)
-
-// readLine returns the next line without its newline, io.EOF at the end,
-// errTruncated for a last line without newline, errTooLong past maxLine.
-func readLine(r *bufio.Reader) ([]byte, error) {
-	var buf []byte
-	for {
-		chunk, err := r.ReadSlice('\n')
-		if len(buf)+len(chunk) > maxLine+1 {
-			return nil, errTooLong
-		}
-		buf = append(buf, chunk...)
-		switch {
-		case err == nil:
-			return buf[:len(buf)-1], nil
-		case errors.Is(err, bufio.ErrBufferFull):
-			continue
-		case err == io.EOF:
-			if len(buf) == 0 {
-				return nil, io.EOF
-			}
-			return nil, errTruncated
-		default:
-			return nil, err
-		}
-	}
 }

@@ -152,105 +152,123 @@ var CurveNames = []string{"X25519MLKEM768", "X25519", "P256", "P384", "P521"}
 
 // Validate reports every problem at once, each naming its key.
 func (c Config) Validate() error {
-	var errs []error
-	bad := func(key, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
-	}
+	var p problems
+	c.validateFiles(&p)
+	c.validateAddresses(&p)
+	c.validateLimits(&p)
+	c.validateGuards(&p)
+	return errors.Join(p...)
+}
+
+// problems collects what Validate finds, each naming its key.
+type problems []error
+
+func (p *problems) bad(key, format string, args ...any) {
+	*p = append(*p, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
+}
+
+func (c Config) validateFiles(p *problems) {
 	if c.PKI == "" {
-		bad("pki", "required")
+		p.bad("pki", "required")
 	}
 	if c.Data == "" {
-		bad("data", "required")
+		p.bad("data", "required")
 	}
+	if c.Schemas != "" {
+		if _, err := os.Stat(c.Schemas); err != nil {
+			p.bad("schemas", "%v", err)
+		}
+	}
+	if c.Format != "cbor" && c.Format != "json" {
+		p.bad("format", "%q is not cbor or json", c.Format)
+	}
+	switch c.Log {
+	case "debug", "info", "warn", "error":
+	default:
+		p.bad("log", "%q is not debug, info, warn or error", c.Log)
+	}
+}
+
+func (c Config) validateAddresses(p *problems) {
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
-		bad("listen", "%q is not host:port", c.Listen)
+		p.bad("listen", "%q is not host:port", c.Listen)
 	}
 	if c.Pprof {
 		// Profiles and traces are unauthenticated and cost CPU for as long as
 		// the caller asks: never on an address others can reach.
 		if host, _, err := net.SplitHostPort(c.HTTP); c.HTTP == "" || err != nil || !isLoopback(host) {
-			bad("pprof", "needs http on a loopback address (127.0.0.1, ::1 or localhost), not %q", c.HTTP)
+			p.bad("pprof", "needs http on a loopback address (127.0.0.1, ::1 or localhost), not %q", c.HTTP)
 		}
 	}
 	if c.HTTP != "" {
 		if _, _, err := net.SplitHostPort(c.HTTP); err != nil {
-			bad("http", "%q is not host:port", c.HTTP)
+			p.bad("http", "%q is not host:port", c.HTTP)
 		}
 	}
 	for _, u := range c.Cloud {
-		p, err := url.Parse(u)
+		pu, err := url.Parse(u)
 		switch {
 		case err != nil:
-			bad("cloud", "%q: %v", u, err)
-		case !slices.Contains(CloudSchemes, p.Scheme):
-			bad("cloud", "%q: scheme must be %s", u, strings.Join(CloudSchemes, ", "))
-		case p.Port() == "":
-			bad("cloud", "%q: port required", u)
+			p.bad("cloud", "%q: %v", u, err)
+		case !slices.Contains(CloudSchemes, pu.Scheme):
+			p.bad("cloud", "%q: scheme must be %s", u, strings.Join(CloudSchemes, ", "))
+		case pu.Port() == "":
+			p.bad("cloud", "%q: port required", u)
+		case pu.Hostname() == "":
+			p.bad("cloud", "%q: host required", u)
 		}
-	}
-	if c.Format != "cbor" && c.Format != "json" {
-		bad("format", "%q is not cbor or json", c.Format)
-	}
-	switch c.Log {
-	case "debug", "info", "warn", "error":
-	default:
-		bad("log", "%q is not debug, info, warn or error", c.Log)
-	}
-	if c.MaxPayload < 256 || c.MaxPayload > envelope.MaxMessage {
-		// The COSE parser and the record decoder stop at this size.
-		bad("max_payload", "%d outside 256..%d (a 64 KiB record and its COSE headers)", c.MaxPayload, envelope.MaxMessage)
-	}
-	if c.MaxPacket < c.MaxPayload+1024 {
-		bad("max_packet", "%d must exceed max_payload (%d) by at least 1024 so oversized payloads get a too_large verdict", c.MaxPacket, c.MaxPayload)
-	}
-	if c.MaxConnections < 1 {
-		bad("max_connections", "must be positive")
-	}
-	if c.HandshakeTimeout <= 0 {
-		bad("handshake_timeout", "must be positive")
-	}
-	if c.AcceptRate <= 0 {
-		bad("accept_rate", "must be positive")
-	}
-	if c.MaxInflight < 1 || c.MaxInflight > 65535 {
-		bad("max_inflight", "%d outside 1..65535", c.MaxInflight)
 	}
 	for _, n := range c.Curves {
-		ok := false
-		for _, k := range CurveNames {
-			ok = ok || n == k
-		}
-		if !ok {
-			bad("curves", "%q is not one of %s", n, strings.Join(CurveNames, ", "))
+		if !slices.Contains(CurveNames, n) {
+			p.bad("curves", "%q is not one of %s", n, strings.Join(CurveNames, ", "))
 		}
 	}
-	if c.MaxAge < time.Minute {
-		bad("max_age", "%v is under a minute", c.MaxAge)
+}
+
+func (c Config) validateLimits(p *problems) {
+	if c.MaxPayload < 256 || c.MaxPayload > envelope.MaxMessage {
+		// The COSE parser and the record decoder stop at this size.
+		p.bad("max_payload", "%d outside 256..%d (a 64 KiB record and its COSE headers)", c.MaxPayload, envelope.MaxMessage)
 	}
-	if c.MaxSeqJump < MinSeqJump {
-		bad("max_seq_jump", "%d is under %d", c.MaxSeqJump, MinSeqJump)
+	if c.MaxPacket < c.MaxPayload+1024 {
+		p.bad("max_packet", "%d must exceed max_payload (%d) by at least 1024 so oversized payloads get a too_large verdict", c.MaxPacket, c.MaxPayload)
 	}
-	if c.Schemas != "" {
-		if _, err := os.Stat(c.Schemas); err != nil {
-			bad("schemas", "%v", err)
-		}
+	if c.MaxConnections < 1 {
+		p.bad("max_connections", "must be positive")
 	}
-	if c.Rate.Messages <= 0 || c.Rate.Burst < 1 || c.Rate.Bytes <= 0 || c.Rate.ByteBurst < c.MaxPayload {
-		bad("rate", "messages, burst, bytes must be positive and byte_burst at least max_payload")
+	if c.HandshakeTimeout <= 0 {
+		p.bad("handshake_timeout", "must be positive")
 	}
-	if c.Quarantine.Violations < 1 || c.Quarantine.Window <= 0 || c.Quarantine.Cooloff <= 0 {
-		bad("quarantine", "violations, window and cooloff must be positive")
+	if c.AcceptRate <= 0 {
+		p.bad("accept_rate", "must be positive")
+	}
+	if c.MaxInflight < 1 || c.MaxInflight > 65535 {
+		p.bad("max_inflight", "%d outside 1..65535", c.MaxInflight)
 	}
 	if c.Queue.MaxRecords < 1 || c.Queue.MaxBytes < int64(c.MaxPayload) {
-		bad("queue", "max_records must be positive and max_bytes at least max_payload")
+		p.bad("queue", "max_records must be positive and max_bytes at least max_payload")
 	}
 	if c.Queue.CommitDelay < 0 || c.Queue.CommitDelay > 100*time.Millisecond {
-		bad("queue.commit_delay", "%s outside 0..100ms", c.Queue.CommitDelay)
+		p.bad("queue.commit_delay", "%s outside 0..100ms", c.Queue.CommitDelay)
 	}
 	if c.Relay.Window < 1 || c.Relay.Window > 65000 {
-		bad("relay.window", "%d outside 1..65000", c.Relay.Window)
+		p.bad("relay.window", "%d outside 1..65000", c.Relay.Window)
 	}
-	return errors.Join(errs...)
+}
+
+func (c Config) validateGuards(p *problems) {
+	if c.MaxAge < time.Minute {
+		p.bad("max_age", "%v is under a minute", c.MaxAge)
+	}
+	if c.MaxSeqJump < MinSeqJump {
+		p.bad("max_seq_jump", "%d is under %d", c.MaxSeqJump, MinSeqJump)
+	}
+	if c.Rate.Messages <= 0 || c.Rate.Burst < 1 || c.Rate.Bytes <= 0 || c.Rate.ByteBurst < c.MaxPayload {
+		p.bad("rate", "messages, burst, bytes must be positive and byte_burst at least max_payload")
+	}
+	if c.Quarantine.Violations < 1 || c.Quarantine.Window <= 0 || c.Quarantine.Cooloff <= 0 {
+		p.bad("quarantine", "violations, window and cooloff must be positive")
+	}
 }
 
 // isLoopback reports whether host (of host:port) names only the loopback

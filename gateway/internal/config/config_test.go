@@ -50,7 +50,7 @@ func TestLoad(t *testing.T) {
 func TestValidateReportsEverything(t *testing.T) {
 	c := Default()
 	c.Listen = "nope"
-	c.Cloud = []string{"http://x:1", "ssl://host"}
+	c.Cloud = []string{"http://x:1", "ssl://host", "ssl://:8883"}
 	c.Format = "xml"
 	c.MaxPacket = c.MaxPayload
 	c.Curves = []string{"X448"}
@@ -61,7 +61,7 @@ func TestValidateReportsEverything(t *testing.T) {
 	if err == nil {
 		t.Fatal("no error")
 	}
-	for _, key := range []string{"listen:", `"http://x:1": scheme must be tcp, mqtt, ssl, tls, mqtts`, "port required", "format:", "max_packet:", "curves:", "pprof:", "queue.commit_delay:", "max_seq_jump:"} {
+	for _, key := range []string{"listen:", `"http://x:1": scheme must be tcp, mqtt, ssl, tls, mqtts`, "port required", "host required", "format:", "max_packet:", "curves:", "pprof:", "queue.commit_delay:", "max_seq_jump:"} {
 		if !strings.Contains(err.Error(), key) {
 			t.Errorf("missing %q in:\n%v", key, err)
 		}

@@ -1,13 +1,20 @@
 package server
 
 import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"net"
+	"os"
 	"sync"
 	"time"
 
 	"golang.org/x/time/rate"
 
 	"github.com/vitalgate/vitalgate/gateway/internal/audit"
+	"github.com/vitalgate/vitalgate/gateway/internal/ingest"
 )
 
 // eventGate bounds the security events one source can write to the audit
@@ -73,4 +80,41 @@ func (g *eventGate) admit(e *audit.Event, now time.Time, quarantine bool) bool {
 		s.suppressed = 0
 	}
 	return true
+}
+
+// event records a security event, if the source's event budget allows:
+// audit log first (the durable record), then the cloud, then the log.
+func (g *Gateway) event(e audit.Event, quarantine bool) {
+	if !g.events.admit(&e, time.Now(), quarantine) {
+		g.suppressed.Inc()
+		return
+	}
+	if err := g.audit.Append(e); err != nil {
+		g.log.Error("audit log append", "error", err)
+	}
+	if b, err := json.Marshal(e); err == nil {
+		g.relay.PublishEvent(b)
+	}
+	g.log.Warn("security event", "verdict", e.Verdict, "dev", e.Dev, "detail", e.Detail, "remote", e.Remote)
+}
+
+func (g *Gateway) handshakeOutcome(m *ingest.Metrics) func(string, *tls.ConnectionState, error) {
+	return func(remote string, st *tls.ConnectionState, err error) {
+		if err == nil {
+			m.Handshakes.WithLabelValues("ok").Inc()
+			return
+		}
+		m.Handshakes.WithLabelValues("failed").Inc()
+		if isNoise(err) {
+			return // a port scan or a dropped TCP connection is not a security event
+		}
+		g.event(audit.Event{V: 1, TS: time.Now().UnixMilli(), GW: g.id, Verdict: "handshake_failed",
+			Detail: err.Error(), Remote: remote}, false)
+	}
+}
+
+func isNoise(err error) bool {
+	var ne net.Error
+	return errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.Is(err, net.ErrClosed) || (errors.As(err, &ne) && ne.Timeout()) || err.Error() == "EOF"
 }

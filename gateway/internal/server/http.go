@@ -1,0 +1,75 @@
+package server
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/pprof"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// notReady lists why the gateway cannot take devices' messages now, or
+// nothing if it can.
+func (g *Gateway) notReady() []string {
+	var why []string
+	if g.closing.Load() {
+		why = append(why, "shutting down")
+	}
+	if g.queue.Len() >= g.cfg.Queue.MaxRecords || g.queue.Bytes() >= g.cfg.Queue.MaxBytes {
+		why = append(why, "queue: full")
+	}
+	if e := g.hook.StoreError(); e != nil {
+		why = append(why, fmt.Sprintf("queue: %s (failing since %s)", rootCause(e.Err), e.Since.UTC().Format(time.RFC3339)))
+	}
+	if err := g.audit.Err(); err != nil {
+		why = append(why, "audit: "+rootCause(err)+" (security events are not being recorded)")
+	}
+	return why
+}
+
+// rootCause is the innermost message of err ("no space left on device"),
+// without the paths the wrappers add.
+func rootCause(err error) string {
+	for {
+		u := errors.Unwrap(err)
+		if u == nil {
+			return err.Error()
+		}
+		err = u
+	}
+}
+
+func (g *Gateway) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(g.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		// Ready means devices' messages can be taken and audited:
+		// store-and-forward does not need the cloud, but it needs a queue
+		// that stores and an audit log that writes.
+		why := g.notReady()
+		full := g.queue.Len() >= g.cfg.Queue.MaxRecords || g.queue.Bytes() >= g.cfg.Queue.MaxBytes
+		state := map[string]any{"ready": len(why) == 0, "reasons": append([]string{}, why...),
+			"queue": g.queue.Len(), "queue_full": full, "cloud_connected": g.relay.Connected()}
+		w.Header().Set("Content-Type", "application/json")
+		if len(why) > 0 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+		json.NewEncoder(w).Encode(state)
+	})
+	if g.cfg.Pprof {
+		// Profiles reveal the process's internals (no secrets: handlers are
+		// not given request data); the http address should stay on loopback.
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
+	return mux
+}

@@ -1,0 +1,106 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/vitalgate/vitalgate/internal/pki"
+)
+
+// Reload re-reads the revocation list and the schemas (SIGHUP), and closes
+// the connections of devices revoked since they connected.
+func (g *Gateway) Reload() error {
+	var errs []error
+	if err := g.rev.Reload(); err != nil {
+		errs = append(errs, fmt.Errorf("reload revocation list: %w", err))
+	} else if n := g.hook.DropRevoked(); n > 0 {
+		g.log.Warn("revoked devices disconnected", "count", n)
+	}
+	if err := g.reloadSchemas(); err != nil {
+		errs = append(errs, fmt.Errorf("reload schemas: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// reloadSchemas loads the schema file again and swaps it in; on an error
+// the previous schemas stay.
+func (g *Gateway) reloadSchemas() error {
+	s, err := loadSchemas(g.cfg.Schemas)
+	if err != nil {
+		return err
+	}
+	g.schemas.Store(s)
+	return nil
+}
+
+// watchFiles reloads crl.pem and the schema file when they change; after a
+// CRL reload it drops the sessions of devices revoked since they connected.
+// It also logs the audit log's failures and recoveries.
+func (g *Gateway) watchFiles() {
+	crl := filepath.Join(g.cfg.PKI, pki.FileCRL)
+	lastCRL, lastSchemas, lastSweep := g.files.crlStamp, g.files.schemaStamp, time.Now()
+	auditFailing := false
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-g.ctx.Done():
+			return
+		case <-t.C:
+		}
+		auditFailing = g.watchAudit(auditFailing)
+		if time.Since(lastSweep) > time.Minute {
+			lastSweep = time.Now()
+			g.hook.DropRevoked() // certificates that expired while connected
+		}
+		if s := stamp(crl); s != lastCRL {
+			lastCRL = s
+			if err := g.rev.Reload(); err != nil {
+				g.log.Error("reload revocation list", "error", err)
+			} else {
+				g.log.Info("revocation list reloaded")
+				g.hook.DropRevoked()
+			}
+		}
+		if g.cfg.Schemas == "" {
+			continue
+		}
+		if s := stamp(g.cfg.Schemas); s != lastSchemas {
+			lastSchemas = s
+			if err := g.reloadSchemas(); err != nil {
+				g.log.Error("reload schemas (keeping the previous ones)", "error", err)
+			} else {
+				g.log.Info("schemas reloaded", "file", g.cfg.Schemas)
+			}
+		}
+	}
+}
+
+// stamp identifies the version of the file at path by its modification
+// time and size; "" when there is none.
+func stamp(path string) string {
+	if path == "" {
+		return ""
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return ""
+	}
+	return fmt.Sprint(fi.ModTime().UnixNano(), fi.Size())
+}
+
+// watchAudit logs when the audit log starts failing and when it writes
+// again; failing is the state of the previous call.
+func (g *Gateway) watchAudit(failing bool) bool {
+	err := g.audit.Err()
+	switch {
+	case err != nil && !failing:
+		g.log.Error("audit log cannot be written: security events are not being recorded (retrying every second)", "error", err)
+	case err == nil && failing:
+		g.log.Warn("audit log written again; the events lost meanwhile are recorded in it as a gap", "lost_total", g.audit.Lost())
+	}
+	return err != nil
+}
