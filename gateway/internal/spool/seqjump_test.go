@@ -1,19 +1,15 @@
 package spool
 
 import (
-	"errors"
 	"fmt"
 	"path/filepath"
-	"strings"
 	"testing"
-
-	"github.com/vitalgate/vitalgate/internal/verdict"
 )
 
 // wantJump wants err to be a replay saying "seq jump".
 func wantJump(t *testing.T, err error, what string) {
 	t.Helper()
-	if verdict.Of(err) != verdict.Replay || !strings.Contains(err.Error(), "seq jump") {
+	if outcomeOf(err) != SeqJump {
 		t.Fatalf("%s: %v, want a replay with detail \"seq jump\"", what, err)
 	}
 }
@@ -78,7 +74,7 @@ func TestForget(t *testing.T) {
 	if err := q.Append("locked", 1, nil); err != nil {
 		t.Fatalf("forgotten device's seq 1: %v", err)
 	}
-	if err := q.Append("locked", 1, nil); verdict.Of(err) != verdict.Replay || errors.Is(err, ErrDuplicate) {
+	if err := q.Append("locked", 1, nil); outcomeOf(err) != Replay {
 		t.Fatalf("seq 1 again: %v", err)
 	}
 	if err := q.Forget(""); err == nil {
