@@ -57,12 +57,7 @@ func (q *Queue) commitLoop() {
 			timer.Stop()
 		}
 		prev = len(batch)
-		start := time.Now()
 		q.commit(batch)
-		q.commits.Add(1)
-		if q.onCommit != nil {
-			q.onCommit(len(batch), time.Since(start))
-		}
 		clear(batch)
 		// The callers just answered were made runnable on this goroutine's
 		// P. Were the next commit to start at once, its write and fsync
@@ -143,11 +138,13 @@ func (st *batchState) be(v uint64) []byte {
 	return st.slab[len(st.slab)-8:]
 }
 
-// commit runs one write transaction for the batch and answers every request.
-// Only the committer writes q.last, q.next and the count fields, so it reads
-// them without the lock.
+// commit runs one write transaction for the batch, counts it (Commits,
+// OnCommit) and then answers every request, so that a caller whose request
+// it served sees it counted. Only the committer writes q.last, q.next and
+// the count fields, so it reads them without the lock.
 func (q *Queue) commit(batch []*request) {
 	var st batchState
+	start := time.Now()
 	err := q.db.Update(func(tx *bolt.Tx) error {
 		// Everything derived here lives in st (and the requests' key and
 		// res) and is reset first, so the function could safely run again
@@ -161,6 +158,10 @@ func (q *Queue) commit(batch []*request) {
 		q.apply(batch, &st)
 	}
 	q.mu.Unlock()
+	q.commits.Add(1)
+	if q.onCommit != nil {
+		q.onCommit(len(batch), time.Since(start))
+	}
 	if err != nil {
 		err = fmt.Errorf("commit queue: %w", err)
 	}

@@ -139,7 +139,8 @@ type Options struct {
 	CommitDelay time.Duration
 	// OnCommit, when set, is called by the committer after each write
 	// transaction with the number of requests it served and the time the
-	// transaction took (its page writes and fdatasyncs, not the delay).
+	// transaction took (its page writes and fdatasyncs, not the delay),
+	// before the requests are answered; it must not wait for them.
 	OnCommit func(requests int, took time.Duration)
 	// MaxSeqJump bounds how far a device's seq may advance past its last
 	// accepted one, and a device's first seq (counted from 0): a record
