@@ -4,12 +4,16 @@
 //
 // # Pipeline
 //
-// The gateway checks a record in this order, each step returning a
-// [*verdict.Error] on rejection:
+// [CheckRecord] is the gateway's record check, shared with the test
+// vectors; each step returns a [*verdict.Error] on rejection:
 //
 //  1. [Decode]: size, then strict CBOR (malformed / too_large).
-//  2. [Schemas.Check]: version, kind, codes, units, ranges (schema).
-//  3. [CheckTime]: the measurement time window (future / stale).
+//  2. identity: the record's dev is the connection's device
+//     (identity_mismatch).
+//  3. the gateway's replay check (replay).
+//  4. [CheckTime]: the measurement time window (future / stale).
+//  5. the gateway's rate check (rate_limited).
+//  6. [Schemas.Check]: version, kind, codes, units, ranges (schema).
 //
 // # Strictness
 //

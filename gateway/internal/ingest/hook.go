@@ -10,6 +10,10 @@
 //	schema    the kind's codes, units and ranges ([telemetry.Schemas])
 //	enqueue   durable append to the store-and-forward queue (group commit)
 //
+// decode, guard and schema are [telemetry.CheckRecord], the record check the
+// test vectors use too, with the guard's replay and rate checks hooked in;
+// the replay rule itself is the queue's ([spool.Outcome]), which this
+// package only maps to a verdict.
 // A PUBACK therefore means "on disk". Every rejection becomes a verdict
 // ([verdict.Verdict]), a metric, a log line and a security event.
 package ingest
@@ -525,82 +529,98 @@ func (h *Hook) process(s *session, pk *packets.Packet) error {
 	if err != nil {
 		return err
 	}
-	rec, err := telemetry.Decode(raw)
-	if err != nil {
-		return err
-	}
-	if rec.Dev != s.id {
-		return verdict.New(verdict.IdentityMismatch, "record dev %q on connection of %q", truncate(rec.Dev, 80), s.id)
-	}
-	// guard
 	sum := sha256.Sum256(pk.Payload)
-	if err := h.seqCheck(s.id, rec.Seq, sum[:]); err != nil {
-		// A resend, answered without a strike, still costs the device's
-		// rate: otherwise resends would be a free way to keep the
-		// signature check busy.
-		if (err == errDuplicate || isNoStrike(err)) && !h.o.Guard.Allow(s.id, len(pk.Payload)) {
-			return verdict.New(verdict.RateLimited, "over the device's message or byte rate (resends of seq %d)", rec.Seq)
-		}
-		return err
-	}
 	now := h.o.Now()
-	if err := telemetry.CheckTime(rec.TS, now, h.o.MaxAge); err != nil {
-		e := (*verdict.Error)(nil)
-		if !errors.As(err, &e) || e.Verdict != verdict.Stale {
-			return err
-		}
-		if !h.o.Guard.Allow(s.id, len(pk.Payload)) {
-			return verdict.New(verdict.RateLimited, "over the device's message or byte rate (stale records)")
-		}
-		return &noStrike{e}
-	}
-	if !h.o.Guard.Allow(s.id, len(pk.Payload)) {
-		return verdict.New(verdict.RateLimited, "over the device's message or byte rate")
-	}
-	// schema
-	if err := h.o.Schemas.Load().Check(rec); err != nil {
-		return err
+	rec, err := telemetry.CheckRecord(raw, &telemetry.RecordCheck{
+		Dev: s.id, Now: now, MaxAge: h.o.MaxAge, Schemas: h.o.Schemas.Load(),
+	}, &telemetry.GatewayChecks{
+		Replay: func(rec *telemetry.Record) error { return h.replayCheck(s.id, rec.Seq, sum[:], len(pk.Payload)) },
+		Rate: func(*telemetry.Record) error {
+			if !h.o.Guard.Allow(s.id, len(pk.Payload)) {
+				return verdict.New(verdict.RateLimited, "over the device's message or byte rate")
+			}
+			return nil
+		},
+	})
+	if err != nil {
+		return h.staleCheck(s.id, len(pk.Payload), err)
 	}
 	// enqueue
 	data, err := h.cloudMessage(rec, raw, pk.Payload, now)
 	if err != nil {
 		return fmt.Errorf("encode cloud message: %w", err)
 	}
-	err = h.o.Queue.AppendMarked(s.id, rec.Seq, sum[:], data)
+	res, err := h.o.Queue.AppendMarked(s.id, rec.Seq, sum[:], data)
 	switch {
 	case errors.Is(err, spool.ErrFull):
 		return verdict.New(verdict.Overloaded, "queue full")
-	case errors.Is(err, spool.ErrDuplicate):
-		// Another copy (a resend on a new connection) committed first.
-		return errDuplicate
-	case verdict.Of(err) == verdict.Replay:
-		// A later seq committed first: judge it as the guard would have.
-		if e := h.seqCheck(s.id, rec.Seq, sum[:]); e != nil {
-			return e
-		}
+	case err != nil:
+		return err
+	}
+	// Not Accepted: another copy (a resend on a new connection) or a later
+	// seq committed first.
+	return h.seqVerdict(rec.Seq, res)
+}
+
+// replayCheck is the replay stage: the queue's replay rule ([spool.Queue.Judge],
+// the rule its commit applies) against the device's committed last seq.
+// The commit judges again, and its answer is final; judging here too puts
+// replay at its place in the order (a replayed record that is also stale,
+// over the rate or off its schema is a replay) and spares a refused record
+// the rate budget, the cloud encoding and the queue's reservation and
+// commit. A resend, answered without a strike, still costs the device's
+// rate: otherwise resends would be a free way to keep the signature check
+// busy.
+func (h *Hook) replayCheck(id string, seq uint64, sum []byte, size int) error {
+	err := h.seqVerdict(seq, h.o.Queue.Judge(id, seq, sum))
+	if err == nil {
+		return nil
+	}
+	if (err == errDuplicate || isNoStrike(err)) && !h.o.Guard.Allow(id, size) {
+		return verdict.New(verdict.RateLimited, "over the device's message or byte rate (resends of seq %d)", seq)
 	}
 	return err
 }
 
-// seqCheck is the replay guard: nil for a seq above the device's last
-// accepted one (by at most the queue's limit on a jump), errDuplicate for a
-// resend of that last message, a [noStrike] for a seq just below it, a
-// replay otherwise.
-func (h *Hook) seqCheck(id string, seq uint64, sum []byte) error {
-	last, mark, ok := h.o.Queue.Last(id)
-	switch {
-	case !ok || seq > last:
-		return h.o.Queue.CheckJump(seq, last, ok)
-	case seq == last && bytes.Equal(mark, sum):
-		return errDuplicate
-	case last-seq < uint64(h.o.ResendWindow):
-		// Probably a resend of a message stored before its PUBACK was
-		// lost (several can be in flight): a replay verdict, but no
-		// strike towards quarantine.
-		return &noStrike{verdict.New(verdict.Replay, "seq %d not above last accepted %d (resend?)", seq, last)}
-	default:
-		return verdict.New(verdict.Replay, "seq %d not above last accepted %d", seq, last)
+// staleCheck passes on a rejection of the record check, except a stale
+// record: a device that was offline longer than the accepted age uploads
+// its backlog, so that is no strike, but it still costs the device's rate.
+func (h *Hook) staleCheck(id string, size int, err error) error {
+	e := (*verdict.Error)(nil)
+	if !errors.As(err, &e) || e.Verdict != verdict.Stale {
+		return err
 	}
+	if !h.o.Guard.Allow(id, size) {
+		return verdict.New(verdict.RateLimited, "over the device's message or byte rate (stale records)")
+	}
+	return &noStrike{e}
+}
+
+// seqVerdict maps the queue's replay rule outcome for seq to the device's
+// answer: nil when accepted, errDuplicate for a resend of the device's last
+// accepted message, a [noStrike] replay for a seq just below it (within
+// ResendWindow), a replay otherwise; a seq jump is a replay saying so.
+func (h *Hook) seqVerdict(seq uint64, res spool.Result) error {
+	switch res.Outcome {
+	case spool.Accepted:
+		return nil
+	case spool.Duplicate:
+		return errDuplicate
+	case spool.SeqJump:
+		if !res.HasLast {
+			return verdict.New(verdict.Replay, "seq jump: first seq %d of the device is over %d", seq, res.Limit)
+		}
+		return verdict.New(verdict.Replay, "seq jump: seq %d is %d past last accepted %d, limit %d", seq, seq-res.Last, res.Last, res.Limit)
+	case spool.Replay:
+		if res.Last-seq < uint64(h.o.ResendWindow) {
+			// Probably a resend of a message stored before its PUBACK was
+			// lost (several can be in flight): a replay verdict, but no
+			// strike towards quarantine.
+			return &noStrike{verdict.New(verdict.Replay, "seq %d not above last accepted %d (resend?)", seq, res.Last)}
+		}
+		return verdict.New(verdict.Replay, "seq %d not above last accepted %d", seq, res.Last)
+	}
+	return fmt.Errorf("queue judged seq %d of the device: unknown outcome %v", seq, res.Outcome)
 }
 
 func isNoStrike(err error) bool {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/vitalgate/vitalgate/gateway/internal/spool"
 	"github.com/vitalgate/vitalgate/internal/pki"
 	"github.com/vitalgate/vitalgate/internal/testutil"
 	"github.com/vitalgate/vitalgate/internal/verdict"
@@ -38,6 +39,50 @@ func TestReplyFor(t *testing.T) {
 		if !ok || code != c.want {
 			t.Errorf("%s v%d qos%d: %#v, want %v", c.v, c.version, c.qos, err, c.want)
 		}
+	}
+}
+
+// TestSeqVerdict: the queue's replay rule outcome becomes the device's
+// answer here and nowhere else, the same for the early check and for the
+// commit's final answer.
+func TestSeqVerdict(t *testing.T) {
+	h := NewHook(Options{ResendWindow: 64})
+	last := func(o spool.Outcome, last uint64) spool.Result {
+		return spool.Result{Outcome: o, Last: last, HasLast: true, Limit: 1000}
+	}
+	cases := []struct {
+		seq      uint64
+		res      spool.Result
+		want     verdict.Verdict
+		noStrike bool
+		detail   string
+	}{
+		{101, last(spool.Accepted, 100), verdict.Accepted, false, ""},
+		{100, last(spool.Duplicate, 100), "", false, ""},
+		{40, last(spool.Replay, 100), verdict.Replay, true, "seq 40 not above last accepted 100 (resend?)"},
+		{36, last(spool.Replay, 100), verdict.Replay, false, "seq 36 not above last accepted 100"},
+		{2000, last(spool.SeqJump, 100), verdict.Replay, false, "seq jump: seq 2000 is 1900 past last accepted 100, limit 1000"},
+		{2000, spool.Result{Outcome: spool.SeqJump, Limit: 1000}, verdict.Replay, false, "seq jump: first seq 2000 of the device is over 1000"},
+	}
+	for _, c := range cases {
+		err := h.seqVerdict(c.seq, c.res)
+		if c.res.Outcome == spool.Duplicate {
+			if err != errDuplicate {
+				t.Errorf("duplicate: %v, want errDuplicate", err)
+			}
+			continue
+		}
+		if verdict.Of(err) != c.want || isNoStrike(err) != c.noStrike {
+			t.Errorf("seq %d, %+v: %v (no strike %v), want %q (no strike %v)", c.seq, c.res, err, isNoStrike(err), c.want, c.noStrike)
+			continue
+		}
+		var e *verdict.Error
+		if err != nil && (!errors.As(err, &e) || e.Detail != c.detail) {
+			t.Errorf("seq %d: detail of %v, want %q", c.seq, err, c.detail)
+		}
+	}
+	if err := h.seqVerdict(1, spool.Result{}); err == nil || verdict.Of(err) != "" {
+		t.Errorf("a result not judged: %v, want an internal error", err)
 	}
 }
 

@@ -4,16 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
-	"strings"
 	"testing"
-
-	"github.com/vitalgate/vitalgate/internal/verdict"
 )
 
 // wantJump wants err to be a replay saying "seq jump".
 func wantJump(t *testing.T, err error, what string) {
 	t.Helper()
-	if verdict.Of(err) != verdict.Replay || !strings.Contains(err.Error(), "seq jump") {
+	if outcomeOf(err) != SeqJump {
 		t.Fatalf("%s: %v, want a replay with detail \"seq jump\"", what, err)
 	}
 }
@@ -78,10 +75,54 @@ func TestForget(t *testing.T) {
 	if err := q.Append("locked", 1, nil); err != nil {
 		t.Fatalf("forgotten device's seq 1: %v", err)
 	}
-	if err := q.Append("locked", 1, nil); verdict.Of(err) != verdict.Replay || errors.Is(err, ErrDuplicate) {
+	if err := q.Append("locked", 1, nil); outcomeOf(err) != Replay {
 		t.Fatalf("seq 1 again: %v", err)
 	}
 	if err := q.Forget(""); err == nil {
 		t.Fatal("Forget of an empty ID succeeded")
+	}
+}
+
+// TestOutcomes: AppendMarked answers with the replay rule's outcome and
+// what it was judged against, and Judge, the same rule on the committed
+// state, gives the same answer without appending.
+func TestOutcomes(t *testing.T) {
+	const limit = 1000
+	q := open(t, filepath.Join(t.TempDir(), "q.db"), Options{NoSync: true, MaxSeqJump: limit})
+	mark := []byte("m5")
+	cases := []struct {
+		name string
+		seq  uint64
+		mark []byte
+		want Result
+	}{
+		{"first seq over the limit", limit + 1, nil, Result{Outcome: SeqJump, Limit: limit}},
+		{"first", 5, mark, Result{Outcome: Accepted, Limit: limit}},
+		{"same seq, same mark", 5, mark, Result{Outcome: Duplicate, Last: 5, HasLast: true, Limit: limit}},
+		{"same seq, other mark", 5, []byte("other"), Result{Outcome: Replay, Last: 5, HasLast: true, Limit: limit}},
+		{"same seq, no mark", 5, nil, Result{Outcome: Replay, Last: 5, HasLast: true, Limit: limit}},
+		{"below", 4, mark, Result{Outcome: Replay, Last: 5, HasLast: true, Limit: limit}},
+		{"over the limit", 5 + limit + 1, nil, Result{Outcome: SeqJump, Last: 5, HasLast: true, Limit: limit}},
+		{"at the limit", 5 + limit, nil, Result{Outcome: Accepted, Last: 5, HasLast: true, Limit: limit}},
+	}
+	for _, c := range cases {
+		judged := q.Judge("d", c.seq, c.mark)
+		res, err := q.AppendMarked("d", c.seq, c.mark, []byte("x"))
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		if res != c.want || judged != c.want {
+			t.Fatalf("%s: AppendMarked %+v, Judge %+v, want %+v", c.name, res, judged, c.want)
+		}
+	}
+	if n := q.Len(); n != 2 {
+		t.Fatalf("%d records stored, want the 2 accepted", n)
+	}
+	var re *RefusedError
+	if err := q.Append("d", 3, nil); !errors.As(err, &re) || re.Result.Outcome != Replay || re.Result.Last != 5+limit {
+		t.Fatalf("Append of a replay: %v, want a *RefusedError with outcome replay, last %d", err, 5+limit)
+	}
+	if _, err := q.AppendMarked("d", 1<<20, make([]byte, maxMarkLen+1), nil); err == nil {
+		t.Fatal("a mark over the limit was judged")
 	}
 }

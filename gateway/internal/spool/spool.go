@@ -44,16 +44,20 @@
 // goes through the same committer, so acknowledgements from the cloud share
 // those commits too.
 //
-// The replay check happens in the committer, against the durable last seq of
-// each device and against earlier requests of the same batch: a replayed
-// request alone fails with a [verdict.Replay] error, the others in the batch
-// commit.
+// The replay rule is applied in the committer, against the durable last seq
+// of each device and against earlier requests of the same batch: a refused
+// request alone gets its [Outcome], the others in the batch commit.
 //
 // # Replay
 //
-// A seq at or below the device's last accepted one is a replay; so is one
-// more than [Options.MaxSeqJump] past it (or, for a device's first record,
-// past 0), so one record cannot use up a device's seq space. [Queue.Forget]
+// The replay rule (judge, in replay.go, its one place) gives each record an
+// [Outcome]: a seq at or below the device's last accepted one is a
+// [Replay], unless it is the last one with the same mark ([Duplicate]: the
+// record is already stored); one more than [Options.MaxSeqJump] past it
+// (or, for a device's first record, past 0) is a [SeqJump], so one record
+// cannot use up a device's seq space. [Queue.AppendMarked] returns the
+// outcome and [Queue.Judge] tells it without appending; what a refusal
+// means to a device (verdict, detail) is the caller's. [Queue.Forget]
 // resets a device (the operator's tool, on a stopped gateway).
 //
 // # Damage
@@ -78,17 +82,14 @@
 package spool
 
 import (
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"runtime"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/vitalgate/vitalgate/internal/verdict"
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
 )
@@ -108,26 +109,6 @@ const (
 	DefaultMaxSeqJump = 1 << 32
 )
 
-var (
-	bucketQueue = []byte("q")
-	bucketLast  = []byte("last")
-	bucketLog   = []byte("lastlog")
-	bucketMeta  = []byte("meta")
-	keyNext     = []byte("next")
-)
-
-const valueVersion = 1
-
-// maxDevLen bounds device IDs (bbolt keys; the gateway's are at most 64).
-const maxDevLen = 1024
-
-// logVersion is the version byte of a lastlog value.
-const logVersion = 1
-
-// compactEvery is the number of lastlog values after which a commit brings
-// "last" up to date and empties lastlog.
-const compactEvery = 2048
-
 // ErrFull is returned by [Queue.Append] when the queue holds MaxRecords
 // records or MaxBytes bytes of data (counting appends still waiting for
 // their commit). Nothing was written; the gateway answers `overloaded` and
@@ -136,13 +117,6 @@ var ErrFull = errors.New("spool: queue full")
 
 // ErrClosed is returned by operations on a closed [Queue].
 var ErrClosed = errors.New("spool: queue closed")
-
-// ErrDuplicate is returned by [Queue.AppendMarked] for the device's last
-// accepted seq with the same (non-empty) mark: the record is already stored,
-// nothing was written. Two copies of one message may race (a device resends
-// on a new connection while the first copy waits for its commit); one is
-// stored and the other gets ErrDuplicate, whichever order they commit in.
-var ErrDuplicate = errors.New("spool: duplicate of the last accepted record")
 
 // Options configure [Open]. Zero values take the defaults.
 type Options struct {
@@ -165,11 +139,12 @@ type Options struct {
 	CommitDelay time.Duration
 	// OnCommit, when set, is called by the committer after each write
 	// transaction with the number of requests it served and the time the
-	// transaction took (its page writes and fdatasyncs, not the delay).
+	// transaction took (its page writes and fdatasyncs, not the delay),
+	// before the requests are answered; it must not wait for them.
 	OnCommit func(requests int, took time.Duration)
 	// MaxSeqJump bounds how far a device's seq may advance past its last
 	// accepted one, and a device's first seq (counted from 0): a record
-	// beyond it is refused as a replay ("seq jump"), so that no single
+	// beyond it is refused ([SeqJump]), so that no single
 	// record (say seq 2^64-1, signed with a stolen key) closes a device's
 	// seq space for good. 0: DefaultMaxSeqJump.
 	MaxSeqJump uint64
@@ -182,27 +157,6 @@ type Entry struct {
 	Seq  uint64 // the device's sequence number
 	Data []byte // opaque: the gateway stores topic, a 0 byte, then the cloud payload
 }
-
-// request is one Append or Remove waiting for the committer.
-type request struct {
-	// Append
-	dev   string
-	seq   uint64
-	mark  []byte // stored with the last seq
-	data  []byte // the record's data, kept by the tail
-	value []byte // encoded q value
-	size  int64  // len(data)
-	at    int64  // enqueue time, Unix ms
-	key   uint64 // assigned by the commit, 0 if refused
-	// Remove
-	keys []uint64
-	// Forget
-	forget bool
-
-	done chan error // buffered 1
-}
-
-var requestPool = sync.Pool{New: func() any { return &request{done: make(chan error, 1)} }}
 
 // Queue is the durable queue. Its methods are safe for concurrent use.
 type Queue struct {
@@ -345,97 +299,6 @@ func (q *Queue) openChecked(path string, noSync bool) (err error) {
 	return nil
 }
 
-// boltCheck runs bbolt's consistency check (key order across pages,
-// reachability) and returns its first finding.
-func boltCheck(tx *bolt.Tx) error {
-	var first error
-	n := 0
-	for err := range tx.Check() {
-		if first == nil {
-			first = err
-		}
-		n++
-	}
-	if n > 1 {
-		return fmt.Errorf("%w (and %d more problems)", first, n-1)
-	}
-	return first
-}
-
-// load creates the buckets and rebuilds the in-memory state.
-func (q *Queue) load() error {
-	return q.db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketQueue, bucketLast, bucketLog, bucketMeta} {
-			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
-				return fmt.Errorf("create bucket %s: %w", name, err)
-			}
-		}
-		if v := tx.Bucket(bucketMeta).Get(keyNext); len(v) == 8 {
-			q.next = binary.BigEndian.Uint64(v)
-		}
-		err := tx.Bucket(bucketLast).ForEach(func(k, v []byte) error {
-			if len(v) < 8 {
-				return fmt.Errorf("last seq of %q: bad length %d", k, len(v))
-			}
-			q.last[string(k)] = binary.BigEndian.Uint64(v)
-			if len(v) > 8 {
-				q.marks[string(k)] = bytes.Clone(v[8:])
-			}
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-		lc := tx.Bucket(bucketLog).Cursor()
-		for k, v := lc.First(); k != nil; k, v = lc.Next() {
-			if len(k) != 8 {
-				return fmt.Errorf("lastlog key %x: bad length", k)
-			}
-			err := decodeLog(v, func(dev string, seq uint64, mark []byte) {
-				// Seqs only grow; never let an entry lower one (a file
-				// written by an older gateway after this one ran).
-				if last, ok := q.last[dev]; ok && seq < last {
-					return
-				}
-				q.last[dev] = seq
-				if len(mark) > 0 {
-					q.marks[dev] = bytes.Clone(mark)
-				} else {
-					delete(q.marks, dev)
-				}
-				q.dirty[dev] = struct{}{}
-			})
-			if err != nil {
-				return fmt.Errorf("lastlog key %x: %w", k, err)
-			}
-			q.logNext = binary.BigEndian.Uint64(k) + 1
-			q.logLen++
-		}
-		c := tx.Bucket(bucketQueue).Cursor()
-		for k, v := c.First(); k != nil; k, v = c.Next() {
-			if len(k) != 8 {
-				return fmt.Errorf("queue key %x: bad length", k)
-			}
-			e, at, err := decodeValue(v)
-			if err != nil {
-				return fmt.Errorf("queue key %x: %w", k, err)
-			}
-			if q.count == 0 {
-				q.oldestAt = at
-			}
-			q.count++
-			q.bytes += int64(len(e.Data))
-			if key := binary.BigEndian.Uint64(k); key >= q.next {
-				q.next = key + 1
-			}
-		}
-		if q.next == 0 {
-			q.next = 1
-		}
-		return nil
-	})
-}
-
 // Last returns the last accepted (committed) seq of dev, the mark stored
 // with it (nil if none), and whether dev has any. The mark must not be
 // modified.
@@ -457,46 +320,52 @@ func (q *Queue) LastSeq(dev string) (uint64, bool) {
 }
 
 // Append stores a record durably and returns once it is on disk (fsynced
-// unless [Options.NoSync]). It fails with a [*verdict.Error] Replay if seq is
-// not above the device's last accepted seq (including appends committed in
-// the same batch), with [ErrFull] at the queue's bound, and with
-// [ErrClosed] after Close. The queue keeps data (Peek may return it): the
-// caller must not modify it afterwards.
+// unless [Options.NoSync]). It fails with a [*RefusedError] if the replay
+// rule refuses seq (judged against the device's last accepted seq,
+// including appends committed in the same batch), with [ErrFull] at the
+// queue's bound, and with [ErrClosed] after Close. The queue keeps data
+// (Peek may return it): the caller must not modify it afterwards.
 func (q *Queue) Append(dev string, seq uint64, data []byte) error {
-	return q.AppendMarked(dev, seq, nil, data)
+	res, err := q.AppendMarked(dev, seq, nil, data)
+	if err == nil && res.Outcome != Accepted {
+		return &RefusedError{Dev: dev, Seq: seq, Result: res}
+	}
+	return err
 }
 
 // AppendMarked is [Queue.Append] that also stores mark (at most 64 bytes,
 // e.g. a digest of the device's message) with the device's last seq, in the
-// same transaction; [Queue.Last] returns it, across restarts. The gateway
-// uses it to tell a device's resend of its last message from a replay.
-func (q *Queue) AppendMarked(dev string, seq uint64, mark, data []byte) error {
-	if len(mark) > 64 {
-		return fmt.Errorf("spool: mark of %d bytes, limit 64", len(mark))
+// same transaction; [Queue.Last] returns it, across restarts, and the
+// replay rule compares it (see [Duplicate]). It returns the replay rule's
+// judgement: the record was stored if and only if its Outcome is
+// [Accepted]. The error, if any, is why it was not judged: [ErrFull],
+// [ErrClosed], a bad argument or a failed commit.
+func (q *Queue) AppendMarked(dev string, seq uint64, mark, data []byte) (Result, error) {
+	if len(mark) > maxMarkLen {
+		return Result{}, fmt.Errorf("spool: mark of %d bytes, limit %d", len(mark), maxMarkLen)
 	}
 	if dev == "" || len(dev) > maxDevLen {
-		return fmt.Errorf("spool: device ID of %d bytes, want 1 to %d", len(dev), maxDevLen)
+		return Result{}, fmt.Errorf("spool: device ID of %d bytes, want 1 to %d", len(dev), maxDevLen)
 	}
 	size := int64(len(data))
 	q.mu.Lock()
-	if last, ok := q.last[dev]; ok && seq <= last {
-		err := seqError(seq, last, mark, q.marks[dev])
+	// Judged against the committed state first, so that a refused record
+	// neither counts against the bounds nor waits for a commit.
+	last, ok := q.last[dev]
+	if res := judge(seq, mark, last, q.marks[dev], ok, q.maxJump); res.Outcome != Accepted {
 		q.mu.Unlock()
-		return err
-	} else if err := q.CheckJump(seq, last, ok); err != nil {
-		q.mu.Unlock()
-		return err
+		return res, nil
 	}
 	if q.count+q.resCount >= q.maxRecs || q.bytes+q.resBytes+size > q.maxBytes {
 		q.mu.Unlock()
-		return ErrFull
+		return Result{}, ErrFull
 	}
 	q.resCount++
 	q.resBytes += size
 	q.mu.Unlock()
 
 	r := requestPool.Get().(*request)
-	r.dev, r.seq, r.mark, r.data, r.size, r.keys, r.key = dev, seq, mark, data, size, nil, 0
+	r.dev, r.seq, r.mark, r.data, r.size, r.keys, r.key, r.res = dev, seq, mark, data, size, nil, 0, Result{}
 	r.at = time.Now().UnixMilli()
 	r.value = encodeValue(r.value[:0], dev, seq, r.at, data)
 	err := q.submit(r)
@@ -506,12 +375,16 @@ func (q *Queue) AppendMarked(dev string, seq uint64, mark, data []byte) error {
 		q.resBytes -= size
 		q.mu.Unlock()
 	}
+	res := r.res
+	if err != nil {
+		res = Result{}
+	}
 	r.value, r.mark, r.data = r.value[:0], nil, nil
 	if cap(r.value) > 64<<10 {
 		r.value = nil // do not pool large buffers
 	}
 	requestPool.Put(r)
-	return err
+	return res, err
 }
 
 // submit hands r to the committer and waits for its answer.
@@ -526,37 +399,6 @@ func (q *Queue) submit(r *request) error {
 	return <-r.done
 }
 
-// CheckJump returns a [verdict.Replay] error with the detail "seq jump" if
-// seq lies more than [Options.MaxSeqJump] past last, the device's last
-// accepted seq (ok: it has one; a first seq counts from 0), nil otherwise.
-// Seqs at or below last are not its concern.
-func (q *Queue) CheckJump(seq, last uint64, ok bool) error {
-	if !ok {
-		last = 0
-	}
-	if seq > last && seq-last > q.maxJump {
-		if !ok {
-			return verdict.New(verdict.Replay, "seq jump: first seq %d of the device is over %d", seq, q.maxJump)
-		}
-		return verdict.New(verdict.Replay, "seq jump: seq %d is %d past last accepted %d, limit %d", seq, seq-last, last, q.maxJump)
-	}
-	return nil
-}
-
-func replayError(seq, last uint64) error {
-	return verdict.New(verdict.Replay, "seq %d not above last accepted %d", seq, last)
-}
-
-// seqError is the answer to an append of seq at or below last, the device's
-// last accepted seq, stored with lastMark.
-func seqError(seq, last uint64, mark, lastMark []byte) error {
-	if seq == last && len(mark) > 0 && bytes.Equal(mark, lastMark) {
-		return ErrDuplicate
-	}
-	return replayError(seq, last)
-}
-
-// Peek returns up to max entries with keys above after, oldest first. Their
 // Data must not be modified.
 func (q *Queue) Peek(after uint64, max int) ([]Entry, error) {
 	if max <= 0 {
@@ -691,392 +533,6 @@ func (q *Queue) Close() error {
 	return q.closeErr
 }
 
-// commitLoop is the committer goroutine: it drains the request channel in
-// batches, one write transaction per batch.
-func (q *Queue) commitLoop() {
-	defer close(q.stopped)
-	batch := make([]*request, 0, q.maxBatch)
-	var (
-		timer *time.Timer
-		prev  int // requests in the previous commit
-	)
-	for r := range q.reqs {
-		batch = q.gather(append(batch[:0], r), nil)
-		if q.delay > 0 && len(batch) < q.maxBatch && (len(batch) > 1 || prev > 1) {
-			if timer == nil {
-				timer = time.NewTimer(q.delay)
-			} else {
-				timer.Reset(q.delay)
-			}
-			batch = q.gather(batch, timer.C)
-			timer.Stop()
-		}
-		prev = len(batch)
-		start := time.Now()
-		q.commit(batch)
-		q.commits.Add(1)
-		if q.onCommit != nil {
-			q.onCommit(len(batch), time.Since(start))
-		}
-		clear(batch)
-		// The callers just answered were made runnable on this goroutine's
-		// P. Were the next commit to start at once, its write and fsync
-		// syscalls would hold that P with them queued behind it until the
-		// runtime hands the P off, while they are exactly who sends the
-		// next requests. Yield so they run first: the next batch is
-		// larger, and fewer fsyncs serve the same records.
-		runtime.Gosched()
-	}
-}
-
-// gather adds waiting requests to batch, up to maxBatch: those already
-// queued when until is nil, else those arriving until it fires. It stops
-// early when the request channel is closed (the loop then ends after this
-// batch).
-func (q *Queue) gather(batch []*request, until <-chan time.Time) []*request {
-	for len(batch) < q.maxBatch {
-		var (
-			r  *request
-			ok bool
-		)
-		if until == nil {
-			select {
-			case r, ok = <-q.reqs:
-			default:
-				return batch
-			}
-		} else {
-			select {
-			case r, ok = <-q.reqs:
-			case <-until:
-				return batch
-			}
-		}
-		if !ok {
-			return batch
-		}
-		batch = append(batch, r)
-	}
-	return batch
-}
-
 // Commits returns the number of write transactions so far (each one
 // fdatasyncs twice).
 func (q *Queue) Commits() uint64 { return q.commits.Load() }
-
-// batchState is the outcome of one commit, computed inside the transaction.
-type batchState struct {
-	errs     []error           // per request
-	seen     map[string]uint64 // last seq per device, including this batch
-	marks    map[string][]byte // mark of that seq
-	touched  map[string]bool   // devices with an accepted append
-	forgot   map[string]bool   // devices whose last seq is forgotten
-	next     uint64            // next global key after the batch
-	added    int
-	addBytes int64
-	removed  int
-	remBytes int64
-	oldest   bool  // oldestAt was recomputed
-	oldestAt int64 // enqueue time of the first record after the batch
-	logged   bool  // a lastlog value was added
-	compact  bool  // "last" was brought up to date and lastlog emptied
-}
-
-// commit runs one write transaction for the batch and answers every request.
-// Only the committer writes q.last, q.next and the count fields, so it reads
-// them without the lock.
-func (q *Queue) commit(batch []*request) {
-	var st batchState
-	err := q.db.Update(func(tx *bolt.Tx) error {
-		// Everything derived here lives in st and is reset first, so the
-		// function could safely run again (bbolt's Batch would re-run it).
-		st = batchState{
-			errs:    make([]error, len(batch)),
-			seen:    make(map[string]uint64),
-			marks:   make(map[string][]byte),
-			touched: make(map[string]bool),
-			forgot:  make(map[string]bool),
-			next:    q.next,
-		}
-		qb, mb := tx.Bucket(bucketQueue), tx.Bucket(bucketMeta)
-		// bbolt keeps references to the keys and values passed to Put until
-		// the commit, so each gets its own 8 bytes from one slab.
-		slab := make([]byte, 0, 8*(2*len(batch)+1))
-		be := func(v uint64) []byte {
-			slab = binary.BigEndian.AppendUint64(slab, v)
-			return slab[len(slab)-8:]
-		}
-		var kb [8]byte // Get and Delete keys: not retained
-		// Keys only grow: fill pages completely instead of splitting them
-		// in half, which halves the pages each commit writes.
-		qb.FillPercent = 1.0
-		for i, r := range batch {
-			if r.keys != nil {
-				for _, k := range r.keys {
-					binary.BigEndian.PutUint64(kb[:], k)
-					v := qb.Get(kb[:])
-					if v == nil {
-						continue
-					}
-					e, _, err := decodeValue(v)
-					if err != nil {
-						return fmt.Errorf("queue key %x: %w", k, err)
-					}
-					if err := qb.Delete(kb[:]); err != nil {
-						return fmt.Errorf("delete %d: %w", k, err)
-					}
-					st.removed++
-					st.remBytes += int64(len(e.Data))
-				}
-				continue
-			}
-			if r.forget {
-				delete(st.seen, r.dev)
-				delete(st.marks, r.dev)
-				delete(st.touched, r.dev)
-				st.forgot[r.dev] = true
-				continue
-			}
-			last, ok := st.seen[r.dev]
-			lastMark := st.marks[r.dev]
-			if !ok && !st.forgot[r.dev] {
-				last, ok = q.last[r.dev]
-				lastMark = q.marks[r.dev]
-			}
-			if ok && r.seq <= last {
-				st.errs[i] = seqError(r.seq, last, r.mark, lastMark)
-				r.key = 0
-				continue
-			}
-			if err := q.CheckJump(r.seq, last, ok); err != nil {
-				st.errs[i] = err
-				r.key = 0
-				continue
-			}
-			if err := qb.Put(be(st.next), r.value); err != nil {
-				return fmt.Errorf("put %d: %w", st.next, err)
-			}
-			r.key = st.next
-			st.next++
-			st.seen[r.dev] = r.seq
-			st.marks[r.dev] = r.mark
-			st.touched[r.dev] = true
-			st.added++
-			st.addBytes += r.size
-		}
-		if len(st.touched) > 0 || len(st.forgot) > 0 {
-			if err := q.logLast(tx, &st); err != nil {
-				return err
-			}
-		}
-		if st.added > 0 {
-			if err := mb.Put(keyNext, be(st.next)); err != nil {
-				return fmt.Errorf("put next: %w", err)
-			}
-		}
-		if st.removed > 0 || q.count == 0 {
-			st.oldest = true
-			if k, v := qb.Cursor().First(); k != nil {
-				_, at, err := decodeValue(v)
-				if err != nil {
-					return fmt.Errorf("queue key %x: %w", k, err)
-				}
-				st.oldestAt = at
-			}
-		}
-		return nil
-	})
-
-	q.mu.Lock()
-	for _, r := range batch {
-		if r.keys == nil && !r.forget {
-			q.resCount--
-			q.resBytes -= r.size
-		}
-	}
-	if err == nil {
-		for _, r := range batch {
-			switch {
-			case r.keys != nil:
-				for _, k := range r.keys {
-					q.tail.remove(k)
-				}
-			case r.key != 0:
-				q.tail.add(r.key, r.dev, r.seq, r.data)
-			}
-		}
-		q.next = st.next
-		switch {
-		case st.compact:
-			q.logNext, q.logLen = 0, 0
-			clear(q.dirty)
-		case st.logged:
-			q.logNext++
-			q.logLen++
-			for dev := range st.touched {
-				q.dirty[dev] = struct{}{}
-			}
-		}
-		q.count += st.added - st.removed
-		q.bytes += st.addBytes - st.remBytes
-		if st.oldest {
-			q.oldestAt = st.oldestAt
-		}
-		for dev := range st.forgot {
-			delete(q.last, dev)
-			delete(q.marks, dev)
-		}
-		for dev := range st.touched {
-			q.last[dev] = st.seen[dev]
-			if m := st.marks[dev]; m != nil {
-				q.marks[dev] = bytes.Clone(m)
-			} else {
-				delete(q.marks, dev)
-			}
-		}
-	}
-	q.mu.Unlock()
-
-	if err != nil {
-		err = fmt.Errorf("commit queue: %w", err)
-	}
-	for i, r := range batch {
-		if err != nil {
-			r.done <- err
-		} else {
-			r.done <- st.errs[i]
-		}
-	}
-	if err == nil && st.added > 0 {
-		select {
-		case q.notify <- struct{}{}:
-		default:
-		}
-	}
-}
-
-// logLast records the last seqs of the batch's devices: one lastlog value,
-// or, every compactEvery commits, the devices changed since the previous
-// compaction written to "last" and lastlog emptied. It runs inside the
-// commit's transaction and changes q's state only through st (the caller
-// applies it once the commit succeeded).
-func (q *Queue) logLast(tx *bolt.Tx, st *batchState) error {
-	if q.logLen+1 < compactEvery && len(st.forgot) == 0 {
-		v := []byte{logVersion}
-		for dev := range st.touched {
-			mark := st.marks[dev]
-			v = binary.AppendUvarint(v, uint64(len(dev)))
-			v = append(v, dev...)
-			v = binary.AppendUvarint(v, st.seen[dev])
-			v = binary.AppendUvarint(v, uint64(len(mark)))
-			v = append(v, mark...)
-		}
-		lg := tx.Bucket(bucketLog)
-		lg.FillPercent = 1.0 // keys only grow
-		if err := lg.Put(binary.BigEndian.AppendUint64(nil, q.logNext), v); err != nil {
-			return fmt.Errorf("put lastlog: %w", err)
-		}
-		st.logged = true
-		return nil
-	}
-	lb := tx.Bucket(bucketLast)
-	put := func(dev string, seq uint64, mark []byte) error {
-		v := append(binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(mark)), seq), mark...)
-		if err := lb.Put([]byte(dev), v); err != nil {
-			return fmt.Errorf("put last seq: %w", err)
-		}
-		return nil
-	}
-	for dev := range q.dirty {
-		if _, ok := st.touched[dev]; ok || st.forgot[dev] {
-			continue
-		}
-		if err := put(dev, q.last[dev], q.marks[dev]); err != nil {
-			return err
-		}
-	}
-	for dev := range st.touched {
-		if err := put(dev, st.seen[dev], st.marks[dev]); err != nil {
-			return err
-		}
-	}
-	for dev := range st.forgot {
-		if _, ok := st.touched[dev]; ok {
-			continue // appended after it was forgotten
-		}
-		if err := lb.Delete([]byte(dev)); err != nil {
-			return fmt.Errorf("delete last seq: %w", err)
-		}
-	}
-	if err := tx.DeleteBucket(bucketLog); err != nil {
-		return fmt.Errorf("empty lastlog: %w", err)
-	}
-	if _, err := tx.CreateBucket(bucketLog); err != nil {
-		return fmt.Errorf("empty lastlog: %w", err)
-	}
-	st.compact = true
-	return nil
-}
-
-// decodeLog calls f for each device of a lastlog value. mark aliases v.
-func decodeLog(v []byte, f func(dev string, seq uint64, mark []byte)) error {
-	if len(v) == 0 || v[0] != logVersion {
-		return errors.New("unknown lastlog version")
-	}
-	v = v[1:]
-	for len(v) > 0 {
-		n, k := binary.Uvarint(v)
-		if k <= 0 || n == 0 || n > uint64(len(v)-k) {
-			return errors.New("bad device length")
-		}
-		dev := string(v[k : k+int(n)])
-		v = v[k+int(n):]
-		seq, k := binary.Uvarint(v)
-		if k <= 0 {
-			return errors.New("bad seq")
-		}
-		v = v[k:]
-		n, k = binary.Uvarint(v)
-		if k <= 0 || n > 64 || n > uint64(len(v)-k) {
-			return errors.New("bad mark length")
-		}
-		f(dev, seq, v[k:k+int(n)])
-		v = v[k+int(n):]
-	}
-	return nil
-}
-
-// encodeValue appends the q value of a record to b.
-func encodeValue(b []byte, dev string, seq uint64, at int64, data []byte) []byte {
-	b = append(b, valueVersion)
-	b = binary.AppendUvarint(b, uint64(len(dev)))
-	b = append(b, dev...)
-	b = binary.AppendUvarint(b, seq)
-	b = binary.AppendVarint(b, at)
-	return append(b, data...)
-}
-
-// decodeValue parses a q value. Data aliases v.
-func decodeValue(v []byte) (Entry, int64, error) {
-	var e Entry
-	if len(v) == 0 || v[0] != valueVersion {
-		return e, 0, errors.New("unknown value version")
-	}
-	v = v[1:]
-	n, k := binary.Uvarint(v)
-	if k <= 0 || n > uint64(len(v)-k) {
-		return e, 0, errors.New("bad device length")
-	}
-	e.Dev = string(v[k : k+int(n)])
-	v = v[k+int(n):]
-	if e.Seq, k = binary.Uvarint(v); k <= 0 {
-		return e, 0, errors.New("bad seq")
-	}
-	v = v[k:]
-	at, k := binary.Varint(v)
-	if k <= 0 {
-		return e, 0, errors.New("bad time")
-	}
-	e.Data = v[k:]
-	return e, at, nil
-}

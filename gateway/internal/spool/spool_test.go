@@ -14,8 +14,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/vitalgate/vitalgate/internal/verdict"
 )
 
 // TestMain doubles as the crash helper: with SPOOL_CRASH_HELPER set to a
@@ -74,6 +72,29 @@ func all(t testing.TB, q *Queue) []Entry {
 		t.Fatal(err)
 	}
 	return es
+}
+
+// appendMarked is [Queue.AppendMarked] with a refusal as a [*RefusedError],
+// as [Queue.Append] returns it.
+func appendMarked(q *Queue, dev string, seq uint64, mark, data []byte) error {
+	res, err := q.AppendMarked(dev, seq, mark, data)
+	if err == nil && res.Outcome != Accepted {
+		return &RefusedError{Dev: dev, Seq: seq, Result: res}
+	}
+	return err
+}
+
+// outcomeOf is the replay rule's outcome in err: Accepted for nil, 0 for
+// an error that is not a refusal.
+func outcomeOf(err error) Outcome {
+	if err == nil {
+		return Accepted
+	}
+	var re *RefusedError
+	if errors.As(err, &re) {
+		return re.Result.Outcome
+	}
+	return 0
 }
 
 func TestAppendPeekRemove(t *testing.T) {
@@ -145,21 +166,21 @@ func TestReplayAcrossBatches(t *testing.T) {
 	}
 	for _, seq := range []uint64{10, 9, 0} {
 		err := q.Append("a", seq, nil)
-		if verdict.Of(err) != verdict.Replay {
+		if outcomeOf(err) != Replay {
 			t.Fatalf("Append(a, %d) = %v, want replay", seq, err)
 		}
 	}
 	if err := q.Append("b", 0, nil); err != nil { // first seq of a device may be 0
 		t.Fatal(err)
 	}
-	if err := q.Append("b", 0, nil); verdict.Of(err) != verdict.Replay {
+	if err := q.Append("b", 0, nil); outcomeOf(err) != Replay {
 		t.Fatalf("second seq 0 = %v, want replay", err)
 	}
 	if err := q.Close(); err != nil {
 		t.Fatal(err)
 	}
 	q = open(t, path, Options{NoSync: true})
-	if err := q.Append("a", 10, nil); verdict.Of(err) != verdict.Replay {
+	if err := q.Append("a", 10, nil); outcomeOf(err) != Replay {
 		t.Fatalf("after reopen: %v, want replay", err)
 	}
 	if err := q.Append("a", 11, nil); err != nil {
@@ -195,9 +216,11 @@ func TestReplayWithinBatch(t *testing.T) {
 	q.mu.Unlock()
 	q.commit(batch)
 	for i, r := range batch {
-		err := <-r.done
-		if got := verdict.Of(err) == verdict.Replay; got != ins[i].replay {
-			t.Errorf("request %d (%s %d): err %v, want replay %v", i, ins[i].dev, ins[i].seq, err, ins[i].replay)
+		if err := <-r.done; err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		if got := r.res.Outcome == Replay; got != ins[i].replay {
+			t.Errorf("request %d (%s %d): outcome %v, want replay %v", i, ins[i].dev, ins[i].seq, r.res.Outcome, ins[i].replay)
 		}
 	}
 	if s, _ := q.LastSeq("a"); s != 6 {
@@ -233,7 +256,7 @@ func TestSameSeqConcurrently(t *testing.T) {
 				switch {
 				case err == nil:
 					ok.Add(1)
-				case verdict.Of(err) == verdict.Replay:
+				case outcomeOf(err) == Replay:
 					replays.Add(1)
 				default:
 					t.Error(err)
@@ -267,7 +290,7 @@ func TestConcurrentAppends(t *testing.T) {
 				dev := fmt.Sprintf("dev%d", d)
 				seq := ctr[d].Add(1)
 				err := q.Append(dev, seq, []byte(fmt.Sprintf("%s/%d", dev, seq)))
-				if err != nil && verdict.Of(err) != verdict.Replay {
+				if err != nil && outcomeOf(err) != Replay {
 					t.Error(err)
 					return
 				}
@@ -577,21 +600,21 @@ func BenchmarkAppendParallel(b *testing.B) {
 func TestDuplicateAppend(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "q.db")
 	q := open(t, path, Options{NoSync: true, CommitDelay: 5 * time.Millisecond})
-	if err := q.AppendMarked("d", 1, []byte("m1"), []byte("x")); err != nil {
+	if err := appendMarked(q, "d", 1, []byte("m1"), []byte("x")); err != nil {
 		t.Fatal(err)
 	}
-	if err := q.AppendMarked("d", 1, []byte("m1"), []byte("x")); !errors.Is(err, ErrDuplicate) {
+	if err := appendMarked(q, "d", 1, []byte("m1"), []byte("x")); outcomeOf(err) != Duplicate {
 		t.Fatalf("same seq, same mark: %v, want ErrDuplicate", err)
 	}
 	for _, mark := range [][]byte{[]byte("other"), nil} {
-		if err := q.AppendMarked("d", 1, mark, []byte("x")); verdict.Of(err) != verdict.Replay {
+		if err := appendMarked(q, "d", 1, mark, []byte("x")); outcomeOf(err) != Replay {
 			t.Fatalf("same seq, mark %q: %v, want a replay", mark, err)
 		}
 	}
 	if err := q.Append("e", 5, []byte("x")); err != nil {
 		t.Fatal(err)
 	}
-	if err := q.Append("e", 5, []byte("x")); verdict.Of(err) != verdict.Replay {
+	if err := q.Append("e", 5, []byte("x")); outcomeOf(err) != Replay {
 		t.Fatalf("unmarked resend: %v, want a replay", err)
 	}
 
@@ -604,7 +627,7 @@ func TestDuplicateAppend(t *testing.T) {
 		var wg sync.WaitGroup
 		errs := make([]error, 2)
 		for i := range errs {
-			wg.Go(func() { errs[i] = q.AppendMarked("d", seq, mark, []byte("x")) })
+			wg.Go(func() { errs[i] = appendMarked(q, "d", seq, mark, []byte("x")) })
 		}
 		for i := range 4 {
 			wg.Go(func() {
@@ -619,7 +642,7 @@ func TestDuplicateAppend(t *testing.T) {
 			switch {
 			case err == nil:
 				nils++
-			case errors.Is(err, ErrDuplicate):
+			case outcomeOf(err) == Duplicate:
 				dups.Add(1)
 			default:
 				t.Fatalf("seq %d: %v", seq, err)
@@ -641,7 +664,7 @@ func TestDuplicateAppend(t *testing.T) {
 	q.Close()
 	q = open(t, path, Options{NoSync: true})
 	last := uint64(1 + rounds)
-	if err := q.AppendMarked("d", last, []byte(fmt.Sprintf("m%d", last)), nil); !errors.Is(err, ErrDuplicate) {
+	if err := appendMarked(q, "d", last, []byte(fmt.Sprintf("m%d", last)), nil); outcomeOf(err) != Duplicate {
 		t.Fatalf("after a reopen: %v, want ErrDuplicate", err)
 	}
 }
@@ -651,16 +674,16 @@ func TestDuplicateAppend(t *testing.T) {
 func TestMarkSurvivesReopen(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "q.db")
 	q := open(t, path, Options{NoSync: true})
-	if err := q.AppendMarked("d", 1, []byte("first"), []byte("x")); err != nil {
+	if err := appendMarked(q, "d", 1, []byte("first"), []byte("x")); err != nil {
 		t.Fatal(err)
 	}
-	if err := q.AppendMarked("d", 2, []byte("second"), []byte("y")); err != nil {
+	if err := appendMarked(q, "d", 2, []byte("second"), []byte("y")); err != nil {
 		t.Fatal(err)
 	}
 	if err := q.Append("e", 9, []byte("z")); err != nil {
 		t.Fatal(err)
 	}
-	if q.AppendMarked("d", 3, make([]byte, 65), nil) == nil {
+	if appendMarked(q, "d", 3, make([]byte, 65), nil) == nil {
 		t.Fatal("65-byte mark accepted")
 	}
 	q.Close()
@@ -690,7 +713,7 @@ func TestLastSeqsAcrossCompactions(t *testing.T) {
 		if i%devices == 3 {
 			mark = nil // a device without marks
 		}
-		if err := q.AppendMarked(dev, uint64(i+1), mark, []byte("x")); err != nil {
+		if err := appendMarked(q, dev, uint64(i+1), mark, []byte("x")); err != nil {
 			t.Fatal(err)
 		}
 		want[dev] = uint64(i + 1)
@@ -709,7 +732,7 @@ func TestLastSeqsAcrossCompactions(t *testing.T) {
 			if !ok || got != seq || string(mark) != wantMark {
 				t.Fatalf("Last(%s) = %d %q %v, want %d %q", dev, got, mark, ok, seq, wantMark)
 			}
-			if err := q.Append(dev, seq, nil); verdict.Of(err) != verdict.Replay {
+			if err := q.Append(dev, seq, nil); outcomeOf(err) != Replay {
 				t.Fatalf("%s seq %d again: %v, want a replay", dev, seq, err)
 			}
 		}
@@ -728,7 +751,7 @@ func TestLastSeqsAcrossCompactions(t *testing.T) {
 			continue
 		}
 		want[dev]++
-		if err := q.AppendMarked(dev, want[dev], []byte(fmt.Sprintf("m%d", want[dev]-1)), nil); err != nil {
+		if err := appendMarked(q, dev, want[dev], []byte(fmt.Sprintf("m%d", want[dev]-1)), nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -742,7 +765,7 @@ func TestLastSeqsAcrossCompactions(t *testing.T) {
 	// from lastlog too.
 	for i := q.logLen; i < compactEvery; i++ {
 		want["dev-0"]++
-		if err := q.AppendMarked("dev-0", want["dev-0"], []byte(fmt.Sprintf("m%d", want["dev-0"]-1)), nil); err != nil {
+		if err := appendMarked(q, "dev-0", want["dev-0"], []byte(fmt.Sprintf("m%d", want["dev-0"]-1)), nil); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -394,6 +394,10 @@ func Generate() ([]Case, error) {
 	g.signed("stale_epoch_0", ed, rspo2().set("ts", cInt(0)).bytes(), verdict.Stale, "older than")
 	g.signed("stale_ts_min_int64", ed, rspo2().set("ts", cInt(math.MinInt64)).bytes(), verdict.Stale, "older than")
 	g.signed("future_ts_max_int64", ed, rspo2().set("ts", cInt(math.MaxInt64)).bytes(), verdict.Future, "ahead")
+	// Time comes before schema (docs/protocol.md section 4): a record that
+	// fails both is judged on its time, by the gateway as by Check.
+	g.signed("stale_and_unknown_kind", ed, rrec("coffee", spo2Obs()...).set("ts", cInt(Now.UnixMilli()-8*24*3600_000)).bytes(), verdict.Stale, "older than")
+	g.signed("future_and_spo2_101", ed, rrec("spo2", robs("MDC_PULS_OXIM_SAT_O2", cUint(101), "%"), spo2Obs()[1]).set("ts", cInt(Now.UnixMilli()+6*60_000)).bytes(), verdict.Future, "ahead")
 
 	return g.cases, g.err
 }

@@ -166,9 +166,9 @@ func Marshal(cs []Case) ([]byte, error) {
 	return append(b, '\n'), nil
 }
 
-// Check runs the whole record check of the gateway on c.Msg, in pipeline
-// order: envelope, decode, identity, schema, time. It returns nil or the
-// first rejection.
+// Check runs the whole record check of the gateway on c.Msg that needs no
+// device history, in pipeline order: envelope, then [CheckRecord]. It
+// returns nil or the first rejection.
 func Check(c Case) error {
 	v, err := envelope.NewVerifier(PublicKey(c.Key), DeviceID)
 	if err != nil {
@@ -178,33 +178,18 @@ func Check(c Case) error {
 	if err != nil {
 		return err
 	}
-	r, err := telemetry.Decode(payload)
-	if err != nil {
-		return err
-	}
-	if r.Dev != DeviceID {
-		return verdict.New(verdict.IdentityMismatch, "dev %q is not the TLS identity", r.Dev)
-	}
-	if err := telemetry.DefaultSchemas().Check(r); err != nil {
-		return err
-	}
-	return telemetry.CheckTime(r.TS, Now, MaxAge)
+	return CheckRecord(payload)
 }
 
-// CheckRecord runs the record half of [Check] (decode, identity, schema,
-// time) on payload.
+// CheckRecord runs the record half of [Check] on payload: the gateway's
+// own [telemetry.CheckRecord] (decode, identity, time, schema; replay and
+// rate need a device's history and are not judged), with [DeviceID], [Now],
+// [MaxAge] and the default schemas.
 func CheckRecord(payload []byte) error {
-	r, err := telemetry.Decode(payload)
-	if err != nil {
-		return err
-	}
-	if r.Dev != DeviceID {
-		return verdict.New(verdict.IdentityMismatch, "dev %q is not the TLS identity", r.Dev)
-	}
-	if err := telemetry.DefaultSchemas().Check(r); err != nil {
-		return err
-	}
-	return telemetry.CheckTime(r.TS, Now, MaxAge)
+	_, err := telemetry.CheckRecord(payload, &telemetry.RecordCheck{
+		Dev: DeviceID, Now: Now, MaxAge: MaxAge, Schemas: telemetry.DefaultSchemas(),
+	}, nil)
+	return err
 }
 
 // signature signs tbs as COSE wants it: r||s for ECDSA P-256.
