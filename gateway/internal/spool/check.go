@@ -23,6 +23,11 @@ var ErrCorrupt = errors.New("queue corrupt")
 // silently reopen every device's replay window.
 var ErrLost = errors.New("queue lost")
 
+// ErrInUse is returned by [Open] and [Reset] while another process, a
+// running gateway, holds the queue file. Nothing about the file is judged
+// then: its pages may be changing under a reader.
+var ErrInUse = errors.New("in use by another process (a running gateway?)")
+
 // The on-disk layout of a bbolt file, as far as [checkFile] reads it
 // (go.etcd.io/bbolt/internal/common, native byte order).
 const (
@@ -369,6 +374,15 @@ const MarkerSuffix = ".created"
 
 // preflight checks the queue file at path before bbolt opens it.
 func preflight(path string) error {
+	// The structure is read only under the lock a running gateway holds:
+	// its pages change while it writes, and a check beside it would find a
+	// sound queue "corrupt" (and --reset-queue would then move a live queue
+	// aside). The lock is released before bbolt takes its own.
+	release, err := tryLock(path)
+	if err != nil {
+		return fmt.Errorf("open queue %s: %w", path, err)
+	}
+	defer release()
 	fi, err := os.Stat(path)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("open queue %s: %w", path, err)
@@ -455,6 +469,11 @@ func syncDir(dir string) error {
 // open. Everything the old file held (undelivered records, every device's
 // last accepted seq) is no longer used.
 func Reset(path string) (movedTo string, err error) {
+	release, err := tryLock(path)
+	if err != nil {
+		return "", fmt.Errorf("reset queue %s: %w", path, err)
+	}
+	defer release()
 	if _, err := os.Lstat(path); err == nil {
 		movedTo = path + ".corrupt-" + time.Now().UTC().Format("20060102T150405.000000000Z")
 		if err := os.Rename(path, movedTo); err != nil {

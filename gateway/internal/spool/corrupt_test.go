@@ -219,3 +219,28 @@ func TestOpenWithoutMarker(t *testing.T) {
 		t.Fatalf("no marker written: %v", err)
 	}
 }
+
+// TestHeldQueueNotJudged: while a gateway holds the queue, another Open (a
+// second gateway, `gateway replay reset`) says it is in use without reading
+// its pages, which may be changing (a structural check beside a writer could
+// call a sound queue corrupt), and Reset refuses to move it aside.
+func TestHeldQueueNotJudged(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "queue.db")
+	q := open(t, path, Options{NoSync: true})
+	defer q.Close()
+	if err := q.Append("dev-1", 1, []byte("r")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(path, Options{NoSync: true}); !errors.Is(err, ErrInUse) {
+		t.Fatalf("Open of a held queue: %v, want ErrInUse", err)
+	}
+	if moved, err := Reset(path); !errors.Is(err, ErrInUse) || moved != "" {
+		t.Fatalf("Reset of a held queue: %q %v, want ErrInUse", moved, err)
+	}
+	if _, err := os.Stat(path); err != nil {
+		t.Fatalf("the held queue was moved: %v", err)
+	}
+	if q.Len() != 1 {
+		t.Fatalf("held queue has %d records, want 1", q.Len())
+	}
+}

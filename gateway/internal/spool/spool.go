@@ -281,7 +281,7 @@ func (q *Queue) openChecked(path string, noSync bool) (err error) {
 	})
 	if err != nil {
 		if errors.Is(err, berrors.ErrTimeout) {
-			return fmt.Errorf("open queue %s: in use by another process (a running gateway?)", path)
+			return fmt.Errorf("open queue %s: %w", path, ErrInUse)
 		}
 		if errors.Is(err, berrors.ErrInvalid) || errors.Is(err, berrors.ErrVersionMismatch) || errors.Is(err, berrors.ErrChecksum) {
 			return fmt.Errorf("%w: %s: %v", ErrCorrupt, path, err)
