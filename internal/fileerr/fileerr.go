@@ -36,3 +36,16 @@ func (e *pathError) Error() string {
 }
 
 func (e *pathError) Unwrap() error { return e.err }
+
+// Cause is the innermost message of err ("no space left on device"),
+// without the operations and paths its wrappers add: for a status line
+// that names the file elsewhere.
+func Cause(err error) string {
+	for {
+		u := errors.Unwrap(err)
+		if u == nil {
+			return err.Error()
+		}
+		err = u
+	}
+}

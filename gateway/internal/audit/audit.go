@@ -450,7 +450,7 @@ func (l *Log) failed(err error) error {
 		l.lostSince = time.Now()
 	}
 	if l.lostWhy == "" {
-		l.lostWhy = cause(err)
+		l.lostWhy = fileerr.Cause(err)
 	}
 	l.lost += l.events
 	l.lostTotal.Add(l.events)
@@ -463,17 +463,6 @@ func (l *Log) failed(err error) error {
 	}
 	l.failing.Store(&err)
 	return err
-}
-
-// cause is the innermost message of err ("no space left on device").
-func cause(err error) string {
-	for {
-		u := errors.Unwrap(err)
-		if u == nil {
-			return err.Error()
-		}
-		err = u
-	}
 }
 
 // encodeLine returns the line (with its newline) of entry n and its hash.

@@ -2,13 +2,13 @@ package server
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"net/http/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/vitalgate/vitalgate/internal/fileerr"
 )
 
 // notReady lists why the gateway cannot take devices' messages now, or
@@ -22,24 +22,12 @@ func (g *Gateway) notReady() []string {
 		why = append(why, "queue: full")
 	}
 	if e := g.hook.StoreError(); e != nil {
-		why = append(why, fmt.Sprintf("queue: %s (failing since %s)", rootCause(e.Err), e.Since.UTC().Format(time.RFC3339)))
+		why = append(why, fmt.Sprintf("queue: %s (failing since %s)", fileerr.Cause(e.Err), e.Since.UTC().Format(time.RFC3339)))
 	}
 	if err := g.audit.Err(); err != nil {
-		why = append(why, "audit: "+rootCause(err)+" (security events are not being recorded)")
+		why = append(why, "audit: "+fileerr.Cause(err)+" (security events are not being recorded)")
 	}
 	return why
-}
-
-// rootCause is the innermost message of err ("no space left on device"),
-// without the paths the wrappers add.
-func rootCause(err error) string {
-	for {
-		u := errors.Unwrap(err)
-		if u == nil {
-			return err.Error()
-		}
-		err = u
-	}
 }
 
 func (g *Gateway) routes() http.Handler {
