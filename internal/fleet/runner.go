@@ -150,11 +150,18 @@ func (r *runner) run(ctx context.Context, stopGen <-chan struct{}) {
 	switch {
 	case r.dev == nil:
 		r.runRevoked(ctx, stopGen)
-		return
 	case r.att != nil && r.att.mode == AttackFlood:
 		r.runFlood(ctx, stopGen)
-		return
+	default:
+		r.runRecords(ctx, stopGen)
 	}
+}
+
+// runRecords is the life of a device that measures: it makes a message
+// every tick, keeps a connection (reconnecting with backoff), and sends its
+// buffer through it, until ctx is done, or until stopGen is closed and its
+// buffer is empty.
+func (r *runner) runRecords(ctx context.Context, stopGen <-chan struct{}) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
@@ -181,14 +188,7 @@ func (r *runner) run(ctx context.Context, stopGen <-chan struct{}) {
 			retry.Stop()
 		}
 		cancel()
-		if connecting {
-			if cr := <-connectCh; cr.c != nil {
-				cr.c.close()
-			}
-		}
-		r.disconnect()
-		n := int64(len(r.pending) + len(r.inflight))
-		r.f.ctr.buffered.Add(-n)
+		r.stop(connectCh, connecting)
 	}()
 
 	for {
@@ -218,16 +218,9 @@ func (r *runner) run(ctx context.Context, stopGen <-chan struct{}) {
 			}
 		case cr := <-connectCh:
 			connecting = false
-			if cr.err != nil {
-				r.countConnectError(cr.err)
-				r.failures++
+			if !r.connected(cr) {
 				reconnectLater()
-				break
 			}
-			r.cl, r.failures = cr.c, 0
-			r.gen++
-			r.f.ctr.connects.Add(1)
-			r.f.ctr.connected.Add(1)
 		case <-lost:
 			r.f.log.Debug("connection lost", "device", r.id)
 			r.disconnect()
@@ -247,6 +240,37 @@ func (r *runner) run(ctx context.Context, stopGen <-chan struct{}) {
 		}
 		r.pump(ctx)
 	}
+}
+
+// connected takes the outcome of a connection attempt: a failure is
+// counted, a connection becomes the device's current one. It reports
+// whether the device is connected now.
+func (r *runner) connected(cr connectResult) bool {
+	if cr.err != nil {
+		r.countConnectError(cr.err)
+		r.failures++
+		return false
+	}
+	r.cl, r.failures = cr.c, 0
+	r.gen++
+	r.f.ctr.connects.Add(1)
+	r.f.ctr.connected.Add(1)
+	return true
+}
+
+// stop ends a device's run once its context is cancelled: it waits for a
+// connection attempt under way (connecting) and closes what that got,
+// closes the connection, and takes what is left in the buffer out of the
+// fleet's buffered count.
+func (r *runner) stop(connectCh <-chan connectResult, connecting bool) {
+	if connecting {
+		if cr := <-connectCh; cr.c != nil {
+			cr.c.close()
+		}
+	}
+	r.disconnect()
+	n := int64(len(r.pending) + len(r.inflight))
+	r.f.ctr.buffered.Add(-n)
 }
 
 // backoff is the wait before reconnect attempt n: exponential from 250 ms

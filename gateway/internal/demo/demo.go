@@ -163,6 +163,91 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 
 	// 1. Files: a throwaway PKI (or the one in --dir) and the data directory.
+	res, err := prepareFiles(o)
+	if err != nil {
+		return res, err
+	}
+	logFile, err := os.OpenFile(res.Log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return res, fmt.Errorf("open log: %w", err)
+	}
+	defer logFile.Close()
+	log := slog.New(slog.NewTextHandler(logFile, &slog.HandlerOptions{Level: slog.LevelInfo}))
+
+	// 2. The gateway, with the embedded cloud broker, on free loopback ports.
+	gw, err := startGateway(res, log)
+	if err != nil {
+		return res, err
+	}
+
+	// 3. The clinician's app at the cloud: JWT, TLS, both topic trees.
+	v := view.New()
+	app, err := connectApp(res.PKI, res.AppsAddr, gw.Site(), v)
+	if err != nil {
+		gw.Close()
+		return res, err
+	}
+
+	// 4. The fleet: patients, and attackers cycling through attack modes.
+	fctx, stopFleet := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	st := &fleetState{now: map[int]string{}}
+	wg.Go(func() { runPatients(fctx, res, o.Devices, log, st) })
+	for k := range o.Attackers {
+		wg.Go(func() { runAttacker(fctx, k, res, o.Phase, log, st) })
+	}
+
+	// 5. Draw until the end.
+	draw := func(final bool) {
+		hdr := header(res, st, o.Attackers, o.Terminal, final)
+		var b strings.Builder
+		if o.Terminal && !final {
+			b.WriteString("\x1b[H\x1b[2J")
+		} else {
+			fmt.Fprintf(&b, "--- %s ---\n", time.Now().Format("15:04:05.0"))
+		}
+		view.Render(&b, v.Snapshot(), view.Options{Color: o.Terminal, Header: hdr})
+		io.WriteString(o.Out, b.String())
+	}
+	drawUntilDone(ctx, o.Refresh, draw)
+
+	// 6. Stop in order: fleet, app, gateway (relay drain, queue, audit, cloud).
+	stopFleet()
+	wg.Wait()
+	draw(true)
+	app.Disconnect(250)
+	closeErr := gw.Close()
+	res.Final = v.Snapshot()
+	st.mu.Lock()
+	res.Fleet, res.Attacks = st.stats, st.phases
+	st.mu.Unlock()
+	res.AuditEntries, res.AuditErr = audit.Verify(filepath.Join(res.Data, server.AuditFile))
+	if closeErr != nil {
+		return res, fmt.Errorf("close gateway: %w", closeErr)
+	}
+	return res, nil
+}
+
+// drawUntilDone draws a frame now and one every refresh until ctx is done.
+func drawUntilDone(ctx context.Context, refresh time.Duration, draw func(final bool)) {
+	t := time.NewTicker(refresh)
+	defer t.Stop()
+	draw(false)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			draw(false)
+		}
+	}
+}
+
+// prepareFiles makes the demo directory (a new temporary one unless o.Dir),
+// creates the PKI in it unless it holds one, and issues the patients'
+// device certificates. The Result it returns names the directory, the PKI,
+// the data directory and the log file.
+func prepareFiles(o Options) (*Result, error) {
 	res := &Result{Dir: o.Dir}
 	if res.Dir == "" {
 		d, err := os.MkdirTemp("", "vitalgate-demo-")
@@ -181,159 +266,121 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if _, err := pki.IssueDevices(res.PKI, o.Devices, PatientPrefix, pki.P256); err != nil {
 		return res, fmt.Errorf("issue device certificates: %w", err)
 	}
-	logFile, err := os.OpenFile(res.Log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return res, fmt.Errorf("open log: %w", err)
-	}
-	defer logFile.Close()
-	log := slog.New(slog.NewTextHandler(logFile, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	return res, nil
+}
 
-	// 2. The gateway, with the embedded cloud broker, on free loopback ports.
+// startGateway starts the gateway on res's PKI and data directory, with
+// the embedded cloud broker, every listener on a free loopback port, and
+// notes the listeners' addresses in res.
+func startGateway(res *Result, log *slog.Logger) (*server.Gateway, error) {
 	cfg := config.Default()
 	cfg.PKI, cfg.Data = res.PKI, res.Data
 	cfg.Listen, cfg.HTTP = "127.0.0.1:0", "127.0.0.1:0"
 	cfg.Embedded = config.Embedded{Apps: "127.0.0.1:0"}
 	gw, err := server.New(cfg, log)
 	if err != nil {
-		return res, fmt.Errorf("gateway: %w", err)
+		return nil, fmt.Errorf("gateway: %w", err)
 	}
 	if err := gw.Start(); err != nil {
 		gw.Close()
-		return res, fmt.Errorf("gateway: %w", err)
+		return nil, fmt.Errorf("gateway: %w", err)
 	}
 	res.DeviceAddr, res.AppsAddr, res.HTTPAddr = gw.DeviceAddr(), gw.Cloud().AppsAddr(), gw.HTTPAddr()
+	return gw, nil
+}
 
-	// 3. The clinician's app at the cloud: JWT, TLS, both topic trees.
-	v := view.New()
-	app, err := connectApp(res.PKI, res.AppsAddr, gw.Site(), v)
-	if err != nil {
-		gw.Close()
-		return res, err
-	}
+// fleetState is what the fleet's goroutines report while the demo runs: the
+// view's header reads it, and the Result takes it at the end.
+type fleetState struct {
+	mu     sync.Mutex
+	stats  fleet.Stats    // the patients' fleet, last progress
+	err    error          // the patients' fleet's error, if it stopped on one
+	phases []AttackPhase  // attack phases run
+	now    map[int]string // attacker k's device and current mode
+}
 
-	// 4. The fleet: patients, and attackers cycling through attack modes.
-	fctx, stopFleet := context.WithCancel(ctx)
-	var (
-		wg        sync.WaitGroup
-		mu        sync.Mutex
-		stats     fleet.Stats
-		fleetErr  error
-		phases    []AttackPhase
-		phaseInfo = map[int]string{}
-	)
+// runPatients runs the patients' fleet of n devices until ctx is done,
+// noting its progress and any error in st.
+func runPatients(ctx context.Context, res *Result, n int, log *slog.Logger, st *fleetState) {
 	fc := fleet.Default()
-	fc.PKI, fc.Gateway, fc.Devices, fc.Prefix, fc.MQTT = res.PKI, res.DeviceAddr, o.Devices, PatientPrefix, fleet.MQTTMix
+	fc.PKI, fc.Gateway, fc.Devices, fc.Prefix, fc.MQTT = res.PKI, res.DeviceAddr, n, PatientPrefix, fleet.MQTTMix
 	fc.Logger = log.With("component", "fleet")
-	wg.Go(func() {
-		_, err := fleet.Run(fctx, fc, func(s fleet.Stats) { mu.Lock(); stats = s; mu.Unlock() })
-		if err != nil && fctx.Err() == nil {
-			mu.Lock()
-			fleetErr = err
-			mu.Unlock()
-			log.Error("fleet", "error", err)
-		}
-	})
-	for k := range o.Attackers {
-		wg.Go(func() {
-			cycle := AttackCycles[k%len(AttackCycles)]
-			prefix := fmt.Sprintf("%s-%c", AttackerPrefix, 'a'+k)
-			for i := 0; fctx.Err() == nil; i++ {
-				mode := cycle[i%len(cycle)]
-				mu.Lock()
-				phaseInfo[k] = prefix + "-00001 " + mode
-				mu.Unlock()
-				ac := fleet.Default()
-				ac.PKI, ac.Gateway, ac.Devices, ac.Prefix = res.PKI, res.DeviceAddr, 1, prefix
-				ac.Attack, ac.Attackers, ac.Duration, ac.Drain = mode, 1, o.Phase, phaseDrain
-				ac.Rate, ac.AttackBudget = 0.5, 5 // 10 violations a minute at most: under the quarantine threshold
-				ac.Seed = int64(k + 100)
-				ac.Logger = log.With("component", "attacker", "mode", mode)
-				rep, err := fleet.Run(fctx, ac, nil)
-				p := AttackPhase{Device: prefix + "-00001", Mode: mode, Finished: fctx.Err() == nil}
-				if err != nil {
-					p.Err = err.Error()
-				}
-				if rep.Attack != nil {
-					p.Sent, p.Matched = rep.Attack.Sent, rep.Attack.Matched
-				}
-				mu.Lock()
-				phases = append(phases, p)
-				mu.Unlock()
-				if err != nil {
-					log.Error("attacker", "mode", mode, "error", err)
-					select { // do not spin on a persistent error
-					case <-fctx.Done():
-					case <-time.After(time.Second):
-					}
-				}
-			}
-		})
+	_, err := fleet.Run(ctx, fc, func(s fleet.Stats) { st.mu.Lock(); st.stats = s; st.mu.Unlock() })
+	if err != nil && ctx.Err() == nil {
+		st.mu.Lock()
+		st.err = err
+		st.mu.Unlock()
+		log.Error("fleet", "error", err)
 	}
+}
 
-	// 5. Draw until the end.
-	draw := func(final bool) {
-		mu.Lock()
-		st := stats
-		var att []string
-		for k := range o.Attackers {
-			if s := phaseInfo[k]; s != "" {
-				att = append(att, s)
+// runAttacker runs attacker k until ctx is done: one phase of length phase
+// per mode of its cycle, round and round, each noted in st.
+func runAttacker(ctx context.Context, k int, res *Result, phase time.Duration, log *slog.Logger, st *fleetState) {
+	cycle := AttackCycles[k%len(AttackCycles)]
+	prefix := fmt.Sprintf("%s-%c", AttackerPrefix, 'a'+k)
+	for i := 0; ctx.Err() == nil; i++ {
+		mode := cycle[i%len(cycle)]
+		st.mu.Lock()
+		st.now[k] = prefix + "-00001 " + mode
+		st.mu.Unlock()
+		ac := fleet.Default()
+		ac.PKI, ac.Gateway, ac.Devices, ac.Prefix = res.PKI, res.DeviceAddr, 1, prefix
+		ac.Attack, ac.Attackers, ac.Duration, ac.Drain = mode, 1, phase, phaseDrain
+		ac.Rate, ac.AttackBudget = 0.5, 5 // 10 violations a minute at most: under the quarantine threshold
+		ac.Seed = int64(k + 100)
+		ac.Logger = log.With("component", "attacker", "mode", mode)
+		rep, err := fleet.Run(ctx, ac, nil)
+		p := AttackPhase{Device: prefix + "-00001", Mode: mode, Finished: ctx.Err() == nil}
+		if err != nil {
+			p.Err = err.Error()
+		}
+		if rep.Attack != nil {
+			p.Sent, p.Matched = rep.Attack.Sent, rep.Attack.Matched
+		}
+		st.mu.Lock()
+		st.phases = append(st.phases, p)
+		st.mu.Unlock()
+		if err != nil {
+			log.Error("attacker", "mode", mode, "error", err)
+			select { // do not spin on a persistent error
+			case <-ctx.Done():
+			case <-time.After(time.Second):
 			}
 		}
-		ferr := fleetErr
-		mu.Unlock()
-		hdr := []string{
-			fmt.Sprintf("VitalGate demo  devices mTLS %s  cloud apps %s  metrics http://%s/metrics", res.DeviceAddr, res.AppsAddr, res.HTTPAddr),
-			fmt.Sprintf("fleet: %s", st.String()),
-		}
-		if len(att) > 0 {
-			hdr = append(hdr, "attackers now: "+strings.Join(att, ", "))
-		}
-		if ferr != nil {
-			hdr = append(hdr, "fleet error: "+ferr.Error())
-		}
-		if !final {
-			if o.Terminal {
-				hdr = append(hdr, "Ctrl-C to stop")
-			}
-		}
-		var b strings.Builder
-		if o.Terminal && !final {
-			b.WriteString("\x1b[H\x1b[2J")
-		} else {
-			fmt.Fprintf(&b, "--- %s ---\n", time.Now().Format("15:04:05.0"))
-		}
-		view.Render(&b, v.Snapshot(), view.Options{Color: o.Terminal, Header: hdr})
-		io.WriteString(o.Out, b.String())
 	}
-	t := time.NewTicker(o.Refresh)
-	draw(false)
-loop:
-	for {
-		select {
-		case <-ctx.Done():
-			break loop
-		case <-t.C:
-			draw(false)
-		}
-	}
-	t.Stop()
+}
 
-	// 6. Stop in order: fleet, app, gateway (relay drain, queue, audit, cloud).
-	stopFleet()
-	wg.Wait()
-	draw(true)
-	app.Disconnect(250)
-	closeErr := gw.Close()
-	res.Final = v.Snapshot()
-	mu.Lock()
-	res.Fleet, res.Attacks = stats, phases
-	mu.Unlock()
-	res.AuditEntries, res.AuditErr = audit.Verify(filepath.Join(res.Data, server.AuditFile))
-	if closeErr != nil {
-		return res, fmt.Errorf("close gateway: %w", closeErr)
+// header is the lines above the view: the addresses, the fleet's progress,
+// what the attackers do now, the fleet's error, and (on a terminal, until
+// the final frame) how to stop.
+func header(res *Result, st *fleetState, attackers int, terminal, final bool) []string {
+	st.mu.Lock()
+	stats := st.stats
+	var att []string
+	for k := range attackers {
+		if s := st.now[k]; s != "" {
+			att = append(att, s)
+		}
 	}
-	return res, nil
+	ferr := st.err
+	st.mu.Unlock()
+	hdr := []string{
+		fmt.Sprintf("VitalGate demo  devices mTLS %s  cloud apps %s  metrics http://%s/metrics", res.DeviceAddr, res.AppsAddr, res.HTTPAddr),
+		fmt.Sprintf("fleet: %s", stats.String()),
+	}
+	if len(att) > 0 {
+		hdr = append(hdr, "attackers now: "+strings.Join(att, ", "))
+	}
+	if ferr != nil {
+		hdr = append(hdr, "fleet error: "+ferr.Error())
+	}
+	if !final {
+		if terminal {
+			hdr = append(hdr, "Ctrl-C to stop")
+		}
+	}
+	return hdr
 }
 
 // connectApp connects a clinician app to the cloud broker's apps listener

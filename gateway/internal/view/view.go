@@ -225,10 +225,33 @@ func Render(w io.Writer, s Snapshot, o Options) error {
 	}
 	b.WriteString(title + "\n")
 
+	writeTable(&b, s.Rows, o)
+	if len(s.Rows) == 0 {
+		b.WriteString("(no telemetry yet)\n")
+	}
+	fmt.Fprintf(&b, "received %d  duplicates dropped %d  signature problems %d", s.Received, s.Duplicates, s.SigProblem)
+	if s.Undecoded > 0 {
+		fmt.Fprintf(&b, "  undecodable %d", s.Undecoded)
+	}
+	b.WriteByte('\n')
+
+	writeSecurity(&b, s)
+	if o.Color {
+		b.WriteString("abnormal values in " + boldRed + "bold red" + reset + "\n")
+	} else {
+		b.WriteString("! marks an abnormal value\n")
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// writeTable writes the column titles and one line per device, each column
+// as wide as its widest plain text.
+func writeTable(b *strings.Builder, rows []Row, o Options) {
 	cols := []string{"DEVICE", "KIND", "VITALS", "SEQ", "AGE", "SIG", "BAT"}
-	cells := make([][]string, len(s.Rows))
-	plain := make([][]string, len(s.Rows))
-	for i, r := range s.Rows {
+	cells := make([][]string, len(rows))
+	plain := make([][]string, len(rows))
+	for i, r := range rows {
 		vit, vitPlain := renderFields(r.Fields, o.Color)
 		age := o.Now.Sub(r.TS).Round(100 * time.Millisecond)
 		if age < 0 {
@@ -269,15 +292,11 @@ func Render(w io.Writer, s Snapshot, o Options) error {
 	for i := range cells {
 		writeRow(cells[i], plain[i])
 	}
-	if len(s.Rows) == 0 {
-		b.WriteString("(no telemetry yet)\n")
-	}
-	fmt.Fprintf(&b, "received %d  duplicates dropped %d  signature problems %d", s.Received, s.Duplicates, s.SigProblem)
-	if s.Undecoded > 0 {
-		fmt.Fprintf(&b, "  undecodable %d", s.Undecoded)
-	}
-	b.WriteByte('\n')
+}
 
+// writeSecurity writes the rejection counts by verdict on one line, then
+// the last security events, one a line, each cut to 140 characters.
+func writeSecurity(b *strings.Builder, s Snapshot) {
 	b.WriteString("rejected by the gateway (security events):")
 	if len(s.Rejections) == 0 {
 		b.WriteString(" none yet")
@@ -288,7 +307,7 @@ func Render(w io.Writer, s Snapshot, o Options) error {
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
-		fmt.Fprintf(&b, " %s %d", k, s.Rejections[k])
+		fmt.Fprintf(b, " %s %d", k, s.Rejections[k])
 	}
 	b.WriteByte('\n')
 	for _, e := range s.Recent {
@@ -298,13 +317,6 @@ func Render(w io.Writer, s Snapshot, o Options) error {
 		}
 		b.WriteString(line + "\n")
 	}
-	if o.Color {
-		b.WriteString("abnormal values in " + boldRed + "bold red" + reset + "\n")
-	} else {
-		b.WriteString("! marks an abnormal value\n")
-	}
-	_, err := io.WriteString(w, b.String())
-	return err
 }
 
 // renderFields joins the fields with " / ", highlighting abnormal ones; it
