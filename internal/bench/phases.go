@@ -134,26 +134,7 @@ func (r *run) drive(ctx context.Context, name string, d *Devices, msgs [][]Msg, 
 	}()
 
 	warm := min(time.Second, r.cfg.Duration/5)
-	type mark struct {
-		t     time.Time
-		n     uint64
-		acked uint64
-		child Proc
-		self  Proc
-		cloud Proc
-	}
-	read := func() mark {
-		m := mark{t: time.Now(), n: count(), acked: d.Counts().Acked}
-		if pid > 0 {
-			m.child, _ = ProcStat(pid)
-		}
-		m.self, _ = ProcStat(0)
-		if r.cloud != nil {
-			m.cloud, _ = ProcStat(r.cloud.Pid())
-		}
-		return m
-	}
-	var a *mark
+	var a *phaseMark
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	lastT, lastN := t0, c0
@@ -168,7 +149,7 @@ func (r *run) drive(ctx context.Context, name string, d *Devices, msgs [][]Msg, 
 				lastT, lastN = now, n
 			}
 			if a == nil && now.Sub(t0) >= warm {
-				m := read()
+				m := r.readMark(count, d, pid)
 				a = &m
 				if measure != nil {
 					measure(true)
@@ -179,9 +160,9 @@ func (r *run) drive(ctx context.Context, name string, d *Devices, msgs [][]Msg, 
 			return res, ctx.Err()
 		}
 	}
-	b := read()
+	b := r.readMark(count, d, pid)
 	if a == nil { // the fleet finished within the warm-up
-		a = &mark{t: t0, n: c0, acked: before.Acked}
+		a = &phaseMark{t: t0, n: c0, acked: before.Acked}
 	}
 	dt := b.t.Sub(a.t)
 	res.rate = Rate(b.n-a.n, dt)
@@ -198,10 +179,7 @@ func (r *run) drive(ctx context.Context, name string, d *Devices, msgs [][]Msg, 
 	}
 	// Wait for what was acknowledged to be delivered.
 	acked := d.Counts().Acked - before.Acked
-	deadline := time.Now().Add(30 * time.Second)
-	for count()-c0 < acked && time.Now().Before(deadline) && ctx.Err() == nil {
-		time.Sleep(50 * time.Millisecond)
-	}
+	awaitDelivery(ctx, count, c0, acked)
 	if measure != nil {
 		measure(false)
 	}
@@ -209,6 +187,40 @@ func (r *run) drive(ctx context.Context, name string, d *Devices, msgs [][]Msg, 
 		res.undelivered = acked - got // acknowledged to the fleet, not delivered within 30 s
 	}
 	return res, ctx.Err()
+}
+
+// phaseMark is a reading taken during a throughput phase: deliveries, acknowledgements at the devices, and the
+// CPU time of the measured child process (the gateway; none for the baseline), of this process and of the cloud
+// broker.
+type phaseMark struct {
+	t     time.Time
+	n     uint64
+	acked uint64
+	child Proc
+	self  Proc
+	cloud Proc
+}
+
+// readMark takes a phaseMark now: deliveries by count, acknowledgements of d, and the CPU time of the child
+// process pid (when > 0), of this process and of the cloud broker (when started).
+func (r *run) readMark(count func() uint64, d *Devices, pid int) phaseMark {
+	m := phaseMark{t: time.Now(), n: count(), acked: d.Counts().Acked}
+	if pid > 0 {
+		m.child, _ = ProcStat(pid)
+	}
+	m.self, _ = ProcStat(0)
+	if r.cloud != nil {
+		m.cloud, _ = ProcStat(r.cloud.Pid())
+	}
+	return m
+}
+
+// awaitDelivery waits, at most 30 s, until count has grown from c0 by acked deliveries or ctx is done.
+func awaitDelivery(ctx context.Context, count func() uint64, c0, acked uint64) {
+	deadline := time.Now().Add(30 * time.Second)
+	for count()-c0 < acked && time.Now().Before(deadline) && ctx.Err() == nil {
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // baseline sends the peak's messages through a bare mochi broker.

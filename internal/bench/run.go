@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"math"
@@ -162,7 +163,8 @@ type run struct {
 	gw       *GatewayProc
 	cloud    *CloudProc
 	sub      *Subscriber
-	files    uint64 // open file limit
+	files    uint64                  // open file limit
+	fleet    atomic.Pointer[Devices] // the fleet connected to the gateway, whose latencies the app looks up
 	progress sync.WaitGroup
 }
 
@@ -230,79 +232,26 @@ func (r *run) all(ctx context.Context) (err error) {
 	if r.files, err = RaiseFileLimit(); err != nil {
 		return err
 	}
-	// PKI and device certificates.
-	r.phase("issuing certificates")
-	pkiDir := filepath.Join(r.dir, "pki")
-	if err := pki.Init(pkiDir, pki.InitOptions{Site: "site1", GatewayID: "gw1"}); err != nil && !errors.Is(err, pki.ErrExists) {
-		return fmt.Errorf("pki: %w", err)
-	}
-	n := max(cfg.Devices, cfg.Idle, cfg.Workers)
-	ids, err := pki.IssueDevices(pkiDir, n, "bench", pki.P256)
-	if err != nil {
-		return fmt.Errorf("issue devices: %w", err)
-	}
-	if r.devs, err = LoadIdentities(pkiDir, ids); err != nil {
-		return err
-	}
-	roots, err := pki.LoadPool(filepath.Join(pkiDir, pki.FileCA))
+	roots, err := r.issue()
 	if err != nil {
 		return err
 	}
 
 	// The cloud broker, in a process of its own, without persistence.
 	r.phase("starting cloud and gateway")
-	bin, brokerBin := cfg.GatewayBin, cfg.BrokerBin
-	if bin == "" {
-		if bin, err = BuildGateway(ctx, r.dir); err != nil {
-			return err
-		}
-	}
-	if brokerBin == "" {
-		if brokerBin, err = BuildBroker(ctx, r.dir); err != nil {
-			return err
-		}
-	}
-	if r.cloud, err = StartCloud(ctx, brokerBin, pkiDir, filepath.Join(r.dir, "cloud")); err != nil {
-		return err
-	}
-	defer func() {
-		if e := r.cloud.Stop(); e != nil && err == nil && !isSignalExit(e) {
-			err = fmt.Errorf("cloud broker exit: %w", e)
-		}
-	}()
-	if r.gw, err = StartGateway(ctx, bin, GatewayConfig{PKI: pkiDir, Data: filepath.Join(r.dir, "gateway"),
-		Cloud: "ssl://" + r.cloud.GatewayAddr(), MaxConnections: n + 1000, AcceptRate: 100_000, RatePerDevice: 100_000,
-		RelayWindow: cfg.RelayWindow, Pprof: cfg.Pprof}); err != nil {
-		return err
-	}
-	if cfg.Pprof && cfg.Notice != nil {
-		cfg.Notice(fmt.Sprintf("gateway profiles at http://%s/debug/pprof/", r.gw.HTTPAddr()))
-	}
-	defer func() {
-		if e := r.gw.Stop(); e != nil && err == nil && !isSignalExit(e) {
-			err = fmt.Errorf("gateway exit: %w", e)
-		}
-	}()
-
-	// The clinician app at the cloud.
-	tok, err := pki.MintToken(pkiDir, "bench-app", []string{"site1"}, time.Hour)
+	bin, brokerBin, err := r.programs(ctx)
 	if err != nil {
 		return err
 	}
-	appTLS, err := pki.ClientTLS(filepath.Join(pkiDir, pki.FileCA), "", "")
-	if err != nil {
+	if r.cloud, err = StartCloud(ctx, brokerBin, r.pkiDir(), filepath.Join(r.dir, "cloud")); err != nil {
 		return err
 	}
-	appTLS.ServerName = "localhost"
-	var fleetRef atomic.Pointer[Devices]
-	if r.sub, err = Subscribe(SubscriberConfig{URL: "ssl://" + r.cloud.AppsAddr(), TLS: appTLS, ClientID: "bench-app",
-		Username: "bench-app", Password: tok, Filter: "telemetry/site1/#",
-		Latency: func(id string, now time.Time) (time.Duration, bool) {
-			if d := fleetRef.Load(); d != nil {
-				return d.Latency(id, now)
-			}
-			return 0, false
-		}}); err != nil {
+	defer stopChild(r.cloud.child, "cloud broker", &err)
+	if err := r.startGateway(ctx, bin); err != nil {
+		return err
+	}
+	defer stopChild(r.gw.child, "gateway", &err)
+	if err := r.subscribe(); err != nil {
 		return err
 	}
 	defer r.sub.Close()
@@ -315,18 +264,9 @@ func (r *run) all(ctx context.Context) (err error) {
 	if cfg.Storm > 0 {
 		r.storms(ctx, roots)
 	}
-
-	// Verify-only on a sample of the fleet's messages.
-	r.phase("verify-only")
-	sampleDevs := r.devs[:min(cfg.Devices, 600)]
-	sample, err := PreSign(sampleDevs, cfg.Kinds, 4, 1_000_000, cfg.Seed)
-	if err != nil {
+	if err := r.verifyOnly(); err != nil {
 		return err
 	}
-	if r.res.VerifyOnly, err = VerifyOnly(sampleDevs, sample, 0, 3*time.Second, 0); err != nil {
-		return err
-	}
-	r.res.VerifyOnly = round(r.res.VerifyOnly, 0)
 
 	// Peak: enough pre-signed messages to outlast the phase at the verify-only rate.
 	fleetDevs := r.devs[:cfg.Devices]
@@ -340,12 +280,131 @@ func (r *run) all(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	fleetRef.Store(devices)
+	r.fleet.Store(devices)
 	defer func() { devices.Close() }()
-	before := devices.Counts()
-	pk, err := r.drive(ctx, "peak", devices, peakMsgs, 0, r.sub.Count, r.gw.Pid(), nil)
+	peak, err := r.peak(ctx, devices, peakMsgs)
 	if err != nil {
 		return err
+	}
+	if err := r.latency(ctx, devices, fleetDevs, peak, uint64(len(peakMsgs[0]))+1); err != nil {
+		return err
+	}
+	r.fleet.Store(nil)
+	devices.Close()
+
+	// The same fleet and messages through a bare mochi broker; it runs in
+	// this process, which then holds both ends of every connection.
+	nb := len(fleetDevs)
+	if limit := int(min(r.files, 1<<20)); 2*nb+1000 > limit {
+		nb = max(1, (limit-1000)/2)
+	}
+	r.res.BaselineDevs = nb
+	return r.baseline(ctx, roots, fleetDevs[:nb], peakMsgs[:nb])
+}
+
+// pkiDir is the PKI directory of the run.
+func (r *run) pkiDir() string { return filepath.Join(r.dir, "pki") }
+
+// issue creates the PKI directory and the certificates of every device the phases use, loads them into r.devs
+// and returns the root CA pool.
+func (r *run) issue() (*x509.CertPool, error) {
+	r.phase("issuing certificates")
+	pkiDir := r.pkiDir()
+	if err := pki.Init(pkiDir, pki.InitOptions{Site: "site1", GatewayID: "gw1"}); err != nil && !errors.Is(err, pki.ErrExists) {
+		return nil, fmt.Errorf("pki: %w", err)
+	}
+	n := max(r.cfg.Devices, r.cfg.Idle, r.cfg.Workers)
+	ids, err := pki.IssueDevices(pkiDir, n, "bench", pki.P256)
+	if err != nil {
+		return nil, fmt.Errorf("issue devices: %w", err)
+	}
+	if r.devs, err = LoadIdentities(pkiDir, ids); err != nil {
+		return nil, err
+	}
+	return pki.LoadPool(filepath.Join(pkiDir, pki.FileCA))
+}
+
+// programs returns the gateway and cloud broker programs, building those the configuration does not name.
+func (r *run) programs(ctx context.Context) (gateway, broker string, err error) {
+	gateway, broker = r.cfg.GatewayBin, r.cfg.BrokerBin
+	if gateway == "" {
+		if gateway, err = BuildGateway(ctx, r.dir); err != nil {
+			return "", "", err
+		}
+	}
+	if broker == "" {
+		if broker, err = BuildBroker(ctx, r.dir); err != nil {
+			return "", "", err
+		}
+	}
+	return gateway, broker, nil
+}
+
+// startGateway starts the gateway program bin, relaying to the cloud broker, with room for every device of the
+// run, and tells Notice where its profiles are.
+func (r *run) startGateway(ctx context.Context, bin string) (err error) {
+	if r.gw, err = StartGateway(ctx, bin, GatewayConfig{PKI: r.pkiDir(), Data: filepath.Join(r.dir, "gateway"),
+		Cloud: "ssl://" + r.cloud.GatewayAddr(), MaxConnections: len(r.devs) + 1000, AcceptRate: 100_000, RatePerDevice: 100_000,
+		RelayWindow: r.cfg.RelayWindow, Pprof: r.cfg.Pprof}); err != nil {
+		return err
+	}
+	if r.cfg.Pprof && r.cfg.Notice != nil {
+		r.cfg.Notice(fmt.Sprintf("gateway profiles at http://%s/debug/pprof/", r.gw.HTTPAddr()))
+	}
+	return nil
+}
+
+// stopChild stops c and, when the run has not failed yet, makes an exit other than by signal its error.
+func stopChild(c *child, name string, err *error) {
+	if e := c.Stop(); e != nil && *err == nil && !isSignalExit(e) {
+		*err = fmt.Errorf("%s exit: %w", name, e)
+	}
+}
+
+// subscribe connects the clinician app at the cloud as r.sub; it takes latencies from the fleet in r.fleet.
+func (r *run) subscribe() (err error) {
+	pkiDir := r.pkiDir()
+	tok, err := pki.MintToken(pkiDir, "bench-app", []string{"site1"}, time.Hour)
+	if err != nil {
+		return err
+	}
+	appTLS, err := pki.ClientTLS(filepath.Join(pkiDir, pki.FileCA), "", "")
+	if err != nil {
+		return err
+	}
+	appTLS.ServerName = "localhost"
+	r.sub, err = Subscribe(SubscriberConfig{URL: "ssl://" + r.cloud.AppsAddr(), TLS: appTLS, ClientID: "bench-app",
+		Username: "bench-app", Password: tok, Filter: "telemetry/site1/#",
+		Latency: func(id string, now time.Time) (time.Duration, bool) {
+			if d := r.fleet.Load(); d != nil {
+				return d.Latency(id, now)
+			}
+			return 0, false
+		}})
+	return err
+}
+
+// verifyOnly measures envelope verification alone on a sample of the fleet's messages.
+func (r *run) verifyOnly() (err error) {
+	r.phase("verify-only")
+	sampleDevs := r.devs[:min(r.cfg.Devices, 600)]
+	sample, err := PreSign(sampleDevs, r.cfg.Kinds, 4, 1_000_000, r.cfg.Seed)
+	if err != nil {
+		return err
+	}
+	if r.res.VerifyOnly, err = VerifyOnly(sampleDevs, sample, 0, 3*time.Second, 0); err != nil {
+		return err
+	}
+	r.res.VerifyOnly = round(r.res.VerifyOnly, 0)
+	return nil
+}
+
+// peak drives msgs from devices unpaced and records the peak figures of the result.
+func (r *run) peak(ctx context.Context, devices *Devices, msgs [][]Msg) (phaseResult, error) {
+	before := devices.Counts()
+	pk, err := r.drive(ctx, "peak", devices, msgs, 0, r.sub.Count, r.gw.Pid(), nil)
+	if err != nil {
+		return pk, err
 	}
 	after := devices.Counts()
 	r.res.Validated = round(pk.rate, 0)
@@ -361,16 +420,21 @@ func (r *run) all(ctx context.Context) (err error) {
 		r.res.PerGatewayCore = round(perCore, 0)
 		r.res.RatioPerCore = round(perCore/(r.res.VerifyOnly/float64(r.res.NProc)), 3)
 	}
+	return pk, nil
+}
 
-	// Latency at half the peak.
+// latency drives devices (connected for fleetDevs) at cfg.Rate, or at half the peak, with messages numbered from
+// firstSeq, and records the latencies: at the app, of the PUBACKs and of the gateway's own histograms.
+func (r *run) latency(ctx context.Context, devices *Devices, fleetDevs []*Identity, peak phaseResult, firstSeq uint64) error {
+	cfg := r.cfg
 	rate := cfg.Rate
 	if rate == 0 {
-		rate = pk.rate / 2
+		rate = peak.rate / 2
 	}
 	r.res.HalfRate = round(rate, 0)
-	per = int(math.Ceil(rate*cfg.Duration.Seconds()/float64(cfg.Devices))) + 1
+	per := int(math.Ceil(rate*cfg.Duration.Seconds()/float64(cfg.Devices))) + 1
 	r.phase(fmt.Sprintf("signing %d messages", per*cfg.Devices))
-	halfMsgs, err := PreSign(fleetDevs, cfg.Kinds, per, uint64(len(peakMsgs[0]))+1, cfg.Seed)
+	halfMsgs, err := PreSign(fleetDevs, cfg.Kinds, per, firstSeq, cfg.Seed)
 	if err != nil {
 		return err
 	}
@@ -400,17 +464,7 @@ func (r *run) all(ctx context.Context) (err error) {
 	r.res.AckP50, r.res.AckP99 = ms(p50), ms(p99)
 	r.res.PublishP99 = bucketQuantileMS(latencyBuckets, pub0, pub1, 0.99)
 	r.res.CommitP99 = bucketQuantileMS(latencyBuckets, com0, com1, 0.99)
-	fleetRef.Store(nil)
-	devices.Close()
-
-	// The same fleet and messages through a bare mochi broker; it runs in
-	// this process, which then holds both ends of every connection.
-	nb := len(fleetDevs)
-	if limit := int(min(r.files, 1<<20)); 2*nb+1000 > limit {
-		nb = max(1, (limit-1000)/2)
-	}
-	r.res.BaselineDevs = nb
-	return r.baseline(ctx, roots, fleetDevs[:nb], peakMsgs[:nb])
+	return nil
 }
 
 func isSignalExit(err error) bool {

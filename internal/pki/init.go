@@ -34,19 +34,7 @@ const (
 // replaces everything, and removes the device pairs under devices/ because they chain to the replaced CA. ca.crt
 // is written last, so an Init that fails half-way can be run again without Force.
 func Init(dir string, o InitOptions) error {
-	if o.Site == "" {
-		o.Site = DefaultSite
-	}
-	if o.GatewayID == "" {
-		o.GatewayID = DefaultGatewayID
-	}
-	if !ValidDeviceID(o.Site) { // the site is a topic level: the same alphabet as IDs
-		return fmt.Errorf("invalid site %q (want "+idSyntax+")", o.Site)
-	}
-	if !ValidDeviceID(o.GatewayID) {
-		return fmt.Errorf("invalid gateway ID %q (want "+idSyntax+")", o.GatewayID)
-	}
-	if _, err := ParseKeyAlg(string(o.Key)); err != nil {
+	if err := o.check(); err != nil {
 		return err
 	}
 	if dir == "" {
@@ -64,87 +52,144 @@ func Init(dir string, o InitOptions) error {
 			return err
 		}
 	}
-	now := time.Now()
-	files := map[string][]byte{} // written in the order of names below
-	var names []string
-	add := func(name string, data []byte) { files[name] = data; names = append(names, name) }
+	files, err := generateFiles(o, time.Now())
+	if err != nil {
+		return err
+	}
+	return writeFiles(dir, files)
+}
 
-	// pair generates a key and has ca (nil: self-signed) sign a certificate of profile p for it.
-	pair := func(ca *issuer, p Profile, r Request, certName, keyName string) (*issuer, error) {
-		key, err := generateKey(o.Key)
-		if err != nil {
-			return nil, fmt.Errorf("generate %s key: %w", p.Name, err)
-		}
-		cert, der, err := ca.sign(p, r, key.Public(), key, now)
-		if err != nil {
-			return nil, err
-		}
-		kb, err := encodeKey(key)
-		if err != nil {
-			return nil, err
-		}
-		if keyName != "" { // "": the key is not kept
-			add(keyName, kb)
-		}
-		add(certName, encodeCert(der))
-		return &issuer{cert: cert, key: key}, nil
+// check fills in the defaults of o and rejects a site, gateway ID or key algorithm Init cannot use.
+func (o *InitOptions) check() error {
+	if o.Site == "" {
+		o.Site = DefaultSite
 	}
+	if o.GatewayID == "" {
+		o.GatewayID = DefaultGatewayID
+	}
+	if !ValidDeviceID(o.Site) { // the site is a topic level: the same alphabet as IDs
+		return fmt.Errorf("invalid site %q (want "+idSyntax+")", o.Site)
+	}
+	if !ValidDeviceID(o.GatewayID) {
+		return fmt.Errorf("invalid gateway ID %q (want "+idSyntax+")", o.GatewayID)
+	}
+	if _, err := ParseKeyAlg(string(o.Key)); err != nil {
+		return err
+	}
+	return nil
+}
+
+// pkiFile is one file Init writes: its name in the PKI directory and its content.
+type pkiFile struct {
+	name string
+	data []byte
+}
+
+// initBuilder collects the files of a new PKI directory in the order Init generates them.
+type initBuilder struct {
+	alg   KeyAlg
+	now   time.Time
+	files []pkiFile
+}
+
+// add appends the file name with content data.
+func (b *initBuilder) add(name string, data []byte) { b.files = append(b.files, pkiFile{name, data}) }
+
+// pair generates a key and has ca (nil: self-signed) sign a certificate of profile p for it.
+func (b *initBuilder) pair(ca *issuer, p Profile, r Request, certName, keyName string) (*issuer, error) {
+	key, err := generateKey(b.alg)
+	if err != nil {
+		return nil, fmt.Errorf("generate %s key: %w", p.Name, err)
+	}
+	cert, der, err := ca.sign(p, r, key.Public(), key, b.now)
+	if err != nil {
+		return nil, err
+	}
+	kb, err := encodeKey(key)
+	if err != nil {
+		return nil, err
+	}
+	if keyName != "" { // "": the key is not kept
+		b.add(keyName, kb)
+	}
+	b.add(certName, encodeCert(der))
+	return &issuer{cert: cert, key: key}, nil
+}
+
+// generateFiles generates the keys, certificates and CRL of a new PKI directory for o, issued at now.
+func generateFiles(o InitOptions, now time.Time) ([]pkiFile, error) {
+	b := &initBuilder{alg: o.Key, now: now}
 	// The root key is not kept (docs/design.md#the-pki-directory has no ca.key): nothing signs with the root after Init.
-	root, err := pair(nil, Profiles.Root, Request{CommonName: "VitalGate Root CA"}, FileCA, "")
+	root, err := b.pair(nil, Profiles.Root, Request{CommonName: "VitalGate Root CA"}, FileCA, "")
 	if err != nil {
-		return err
+		return nil, err
 	}
-	devCA, err := pair(root, Profiles.DeviceCA, Request{CommonName: "VitalGate Device CA"}, FileDeviceCA, FileDeviceCAKey)
+	devCA, err := b.pair(root, Profiles.DeviceCA, Request{CommonName: "VitalGate Device CA"}, FileDeviceCA, FileDeviceCAKey)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	gwCA, err := pair(root, Profiles.GatewayCA, Request{CommonName: "VitalGate Gateway CA"}, FileGatewayCA, FileGatewayCAKey)
+	gwCA, err := b.pair(root, Profiles.GatewayCA, Request{CommonName: "VitalGate Gateway CA"}, FileGatewayCA, FileGatewayCAKey)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if _, err := pair(root, Profiles.GatewayServer, Request{CommonName: o.GatewayID, OrgUnit: o.Site, Hosts: o.Hosts}, FileGateway, FileGatewayKey); err != nil {
-		return err
+	if _, err := b.pair(root, Profiles.GatewayServer, Request{CommonName: o.GatewayID, OrgUnit: o.Site, Hosts: o.Hosts}, FileGateway, FileGatewayKey); err != nil {
+		return nil, err
 	}
-	if _, err := pair(gwCA, Profiles.GatewayClient, Request{CommonName: o.GatewayID, OrgUnit: o.Site}, FileGatewayClient, FileGatewayClientKey); err != nil {
-		return err
+	if _, err := b.pair(gwCA, Profiles.GatewayClient, Request{CommonName: o.GatewayID, OrgUnit: o.Site}, FileGatewayClient, FileGatewayClientKey); err != nil {
+		return nil, err
 	}
-	if _, err := pair(root, Profiles.BrokerServer, Request{CommonName: "vitalgate-broker", Hosts: o.Hosts}, FileBroker, FileBrokerKey); err != nil {
-		return err
+	if _, err := b.pair(root, Profiles.BrokerServer, Request{CommonName: "vitalgate-broker", Hosts: o.Hosts}, FileBroker, FileBrokerKey); err != nil {
+		return nil, err
 	}
 	crl, err := signCRL(devCA, nil, nil, now)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	add(FileCRL, crl)
-	tok, err := generateKey(o.Key)
+	b.add(FileCRL, crl)
+	tokKey, tokPub, err := tokenKeyPair(o.Key)
 	if err != nil {
-		return fmt.Errorf("generate token key: %w", err)
+		return nil, err
 	}
-	tokKey, err := encodeKey(tok)
+	b.add(FileAppTokenKey, tokKey)
+	b.add(FileAppTokenPub, tokPub)
+	return b.files, nil
+}
+
+// tokenKeyPair generates the app token key pair: the PEM private key and the PEM PKIX public key.
+func tokenKeyPair(alg KeyAlg) (key, pub []byte, err error) {
+	tok, err := generateKey(alg)
 	if err != nil {
-		return err
+		return nil, nil, fmt.Errorf("generate token key: %w", err)
+	}
+	key, err = encodeKey(tok)
+	if err != nil {
+		return nil, nil, err
 	}
 	pubDER, err := x509.MarshalPKIXPublicKey(tok.Public())
 	if err != nil {
-		return fmt.Errorf("marshal token public key: %w", err)
+		return nil, nil, fmt.Errorf("marshal token public key: %w", err)
 	}
-	add(FileAppTokenKey, tokKey)
-	add(FileAppTokenPub, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER}))
+	return key, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER}), nil
+}
 
-	// Everything but ca.crt first, so that a failure leaves no ca.crt behind (or the old one, with Force).
-	for _, name := range names {
-		if name == FileCA {
+// writeFiles writes files into dir, keys readable by the owner only. Everything but ca.crt goes first, so that a
+// failure leaves no ca.crt behind (or the old one, with Force).
+func writeFiles(dir string, files []pkiFile) error {
+	var ca []byte
+	for _, f := range files {
+		if f.name == FileCA {
+			ca = f.data
 			continue
 		}
 		perm := os.FileMode(0o644)
-		if strings.HasSuffix(name, ".key") {
+		if strings.HasSuffix(f.name, ".key") {
 			perm = 0o600
 		}
-		if err := writeFile(filepath.Join(dir, name), files[name], perm, true); err != nil {
+		if err := writeFile(filepath.Join(dir, f.name), f.data, perm, true); err != nil {
 			return err
 		}
 	}
-	return writeFile(caFile, files[FileCA], 0o644, true)
+	return writeFile(filepath.Join(dir, FileCA), ca, 0o644, true)
 }
 
 // removeDevices deletes the device pairs under dir/devices (Init --force: they chain to the replaced CA).

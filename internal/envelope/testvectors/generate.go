@@ -123,13 +123,43 @@ func (g *gen) add(c Case) {
 func Generate() ([]Case, error) {
 	g := &gen{}
 	spo2 := enc(SpO2Record())
-	ecg := enc(ECGRecord(250))
+	if err := g.acceptedCases(spo2); err != nil {
+		return nil, err
+	}
+	g.tooLargeCases()
+	// the well-formed Ed25519 envelope around spo2 that the envelope cases alter
+	base := sign1{key: Signer(Ed25519), protected: protAlgKid(algEdDSA, DeviceID), payload: spo2}
+	good := base.build()
+	g.malformedEnvelopeCases(spo2, base, good)
+	g.nonMinimalEnvelopeCases(spo2, base, good)
+	g.malformedRecordCases(spo2)
+	g.recordEncodingCases()
+	g.badSignatureCases(spo2, good)
+	// identity_mismatch
+	g.signed("identity_mismatch_dev", Ed25519, rspo2().set("dev", cText("dev-00002")).bytes(), verdict.IdentityMismatch, "")
+	g.schemaCases()
+	g.timeCases()
+	return g.cases, g.err
+}
 
-	// accepted
+// malformedEnvelope adds a case whose message is rejected as malformed before any record is read.
+func (g *gen) malformedEnvelope(name string, msg []byte, detail string) {
+	g.add(Case{Name: name, Key: Ed25519, Msg: msg, Verdict: verdict.Malformed, Detail: detail})
+}
+
+// malformedRecord adds a case whose payload, properly signed, is rejected as a malformed record.
+func (g *gen) malformedRecord(name string, payload []byte, detail string) {
+	g.signed(name, Ed25519, payload, verdict.Malformed, detail)
+}
+
+// acceptedCases adds the records every gateway accepts: each key and envelope form, each kind, and values at
+// the edges of their encodings and limits.
+func (g *gen) acceptedCases(spo2 []byte) error {
+	ecg := enc(ECGRecord(250))
 	for _, key := range []string{P256, Ed25519} {
 		msg, err := envelope.Sign(Signer(key), DeviceID, spo2)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		alg := "es256"
 		if key == Ed25519 {
@@ -178,8 +208,12 @@ func Generate() ([]Case, error) {
 	g.signed("valid_val_zero", ed, rrec("spo2", robs("MDC_PULS_OXIM_SAT_O2", []byte{0xf9, 0x00, 0x00}, "%"), spo2Obs()[1]).bytes(), verdict.Accepted, "")
 	g.signed("valid_samples_mixed_widths", ed, rrec("ecg", robs("MDC_ECG_ELEC_POTL_II", cArr(cUint(0), cInt(-1),
 		[]byte{0xf9, 0x3c, 0x00}, cFloat32(0.5), cFloat64(0.25), []byte{0xf9, 0x00, 0x00}, cFloat64(0)), "mV").set("period_ms", cUint(4))).bytes(), verdict.Accepted, "")
+	return nil
+}
 
-	// too_large
+// tooLargeCases adds a message over the size limit and a record one byte over its limit.
+func (g *gen) tooLargeCases() {
+	ed := Ed25519
 	big := rspo2().set("pad", cBytes(bytes.Repeat([]byte{0}, envelope.MaxMessage))).bytes()
 	g.signed("too_large_message", ed, big, verdict.TooLarge, "message of")
 	g.cases[len(g.cases)-1].Payload = nil
@@ -187,13 +221,13 @@ func Generate() ([]Case, error) {
 	justOver := rspo2().set("pad", cBytes(nil)).bytes()
 	justOver = rspo2().set("pad", cBytes(make([]byte, telemetry.MaxPayload+1-len(justOver)-2))).bytes()
 	g.signed("too_large_record", ed, justOver, verdict.TooLarge, "record of 65537 bytes")
+}
 
-	// malformed envelope
-	base := sign1{key: Signer(ed), protected: protAlgKid(algEdDSA, DeviceID), payload: spo2}
-	good := base.build()
-	env := func(name string, msg []byte, detail string) {
-		g.add(Case{Name: name, Key: ed, Msg: msg, Verdict: verdict.Malformed, Detail: detail})
-	}
+// malformedEnvelopeCases adds messages that are not a well-formed COSE_Sign1 around spo2; good is the build of
+// base, the well-formed Ed25519 one.
+func (g *gen) malformedEnvelopeCases(spo2 []byte, base sign1, good []byte) {
+	ed := Ed25519
+	env := g.malformedEnvelope
 	env("envelope_empty", []byte{}, "")
 	env("envelope_not_cbor", []byte("hello, gateway"), "not a COSE_Sign1")
 	env("envelope_json", []byte(`{"v":1,"dev":"dev-00001"}`), "not a COSE_Sign1")
@@ -218,9 +252,13 @@ func Generate() ([]Case, error) {
 	env("envelope_dup_protected_label", sign1{key: Signer(ed), protected: rmap{{cUint(1), cInt(algEdDSA)}, {cUint(1), cInt(algEdDSA)}}.bytes(), payload: spo2}.build(), "duplicate header")
 	env("envelope_crit", sign1{key: Signer(ed), protected: rmap{{cUint(1), cInt(algEdDSA)}, {cUint(2), cArr(cUint(99))}, {cUint(99), cUint(1)}}.bytes(), payload: spo2}.build(), "critical")
 	env("envelope_tag_in_header", sign1{key: Signer(ed), protected: protAlg(algEdDSA), unprotected: rmap{{cUint(99), cat([]byte{0xc1}, cUint(1))}}.bytes(), payload: spo2}.build(), "tag")
+}
 
-	// non-minimal heads: otherwise valid and signed, as a lenient parser
-	// (go-cose) would accept them
+// nonMinimalEnvelopeCases adds envelopes that differ from good (the build of base) only in a CBOR head written
+// longer than its shortest form: otherwise valid and signed, as a lenient parser (go-cose) would accept them.
+func (g *gen) nonMinimalEnvelopeCases(spo2 []byte, base sign1, good []byte) {
+	ed := Ed25519
+	env := g.malformedEnvelope
 	const nm = "non-minimal CBOR head"
 	offUnprot := 2 + len(cBytes(base.protected))
 	offPayload := offUnprot + 1
@@ -239,11 +277,12 @@ func Generate() ([]Case, error) {
 	env("envelope_unprotected_kid_long_form", sign1{key: Signer(ed), protected: protAlg(algEdDSA), payload: spo2,
 		unprotected: rmap{{cUint(4), cat(wide(2, uint64(len(DeviceID))), []byte(DeviceID))}}.bytes()}.build(), nm)
 	env("envelope_header_value_long_form", sign1{key: Signer(ed), protected: protAlg(algEdDSA), unprotected: rmap{{cUint(99), wide(0, 5)}}.bytes(), payload: spo2}.build(), nm)
+}
 
-	// malformed record, properly signed
-	rec := func(name string, payload []byte, detail string) {
-		g.signed(name, ed, payload, verdict.Malformed, detail)
-	}
+// malformedRecordCases adds properly signed payloads that are not a well-formed record: not CBOR, the wrong
+// shapes, duplicate, unknown or missing keys, values of the wrong type.
+func (g *gen) malformedRecordCases(spo2 []byte) {
+	rec := g.malformedRecord
 	rec("record_empty", []byte{}, "empty")
 	rec("record_not_cbor", []byte("hello"), "not a CBOR map")
 	rec("record_array", cArr(cUint(1)), "not a CBOR map")
@@ -283,6 +322,12 @@ func Generate() ([]Case, error) {
 	rec("record_bat_300", rspo2().set("bat", cUint(300)).bytes(), "")
 	rec("record_bat_negative", rspo2().set("bat", cInt(-1)).bytes(), "")
 	rec("record_4097_samples", enc(ECGRecord(telemetry.MaxSamples+1)), "max number of elements")
+}
+
+// recordEncodingCases adds properly signed records rejected for their encoding alone: non-minimal heads, null
+// or undefined values, negative zero.
+func (g *gen) recordEncodingCases() {
+	rec := g.malformedRecord
 	// non-minimal heads anywhere in the record
 	rec("record_nonminimal_seq_5", rspo2().set("seq", []byte{0x18, 0x05}).bytes(), "non-minimal CBOR head at byte")
 	rec("record_nonminimal_seq_42", rspo2().set("seq", wide(0, seq)).bytes(), "non-minimal CBOR head at byte")
@@ -313,8 +358,11 @@ func Generate() ([]Case, error) {
 	rec("record_val_negative_zero_f64", rrec("spo2", robs("MDC_PULS_OXIM_SAT_O2", cFloat64(math.Copysign(0, -1)), "%"), spo2Obs()[1]).bytes(), "negative zero")
 	rec("record_sample_negative_zero_f32", rrec("ecg", robs("MDC_ECG_ELEC_POTL_II", cArr(cFloat32(0.5), cFloat32(float32(math.Copysign(0, -1)))), "mV").set("period_ms", cUint(4))).bytes(), "negative zero")
 	rec("record_sample_negative_zero_f16", rrec("ecg", robs("MDC_ECG_ELEC_POTL_II", cArr(cFloat32(0.5), []byte{0xf9, 0x80, 0x00}), "mV").set("period_ms", cUint(4))).bytes(), "negative zero")
+}
 
-	// bad_signature
+// badSignatureCases adds, for each key, messages whose signature, alg or kid does not check out; good is the
+// Ed25519 envelope around spo2.
+func (g *gen) badSignatureCases(spo2, good []byte) {
 	flip := func(b []byte, i int) []byte { out := append([]byte{}, b...); out[i] ^= 0x01; return out }
 	for _, key := range []string{P256, Ed25519} {
 		alg := map[string]string{P256: "es256", Ed25519: "eddsa"}[key]
@@ -347,11 +395,11 @@ func Generate() ([]Case, error) {
 	// an Ed25519 message checked against the P-256 device key
 	g.add(Case{Name: "bad_signature_other_key_type", Key: P256, Msg: good, Payload: spo2, Verdict: verdict.BadSignature, Detail: envelope.DetailAlg})
 	g.cases[len(g.cases)-1].Randomized = false
+}
 
-	// identity_mismatch
-	g.signed("identity_mismatch_dev", ed, rspo2().set("dev", cText("dev-00002")).bytes(), verdict.IdentityMismatch, "")
-
-	// schema
+// schemaCases adds well-formed records that break the schema: version, kind, observations, units, ranges.
+func (g *gen) schemaCases() {
+	ed := Ed25519
 	sch := func(name string, payload []byte, detail string) { g.signed(name, ed, payload, verdict.Schema, detail) }
 	sch("schema_version_2", rspo2().set("v", cUint(2)).bytes(), "unsupported version 2")
 	sch("schema_version_0", rspo2().set("v", cUint(0)).bytes(), "unsupported version 0")
@@ -386,8 +434,11 @@ func Generate() ([]Case, error) {
 	sch("schema_sample_out_of_range", rrec("ecg", robs("MDC_ECG_ELEC_POTL_II", cArr(cFloat64(0.5), cFloat64(-12.5)), "mV").set("period_ms", cUint(4))).bytes(), "ecg: MDC_ECG_ELEC_POTL_II sample 1: -12.5 mV outside -10..10")
 	sch("schema_empty_kind", rrec("", spo2Obs()...).bytes(), `unknown kind ""`)
 	sch("schema_long_kind", rrec(strings.Repeat("k", 1000), spo2Obs()...).bytes(), `unknown kind "kkkk`)
+}
 
-	// future / stale
+// timeCases adds records whose timestamp is too far ahead or too old, some of which break the schema too.
+func (g *gen) timeCases() {
+	ed := Ed25519
 	g.signed("future_6_minutes", ed, rspo2().set("ts", cInt(Now.UnixMilli()+6*60_000)).bytes(), verdict.Future, "ahead")
 	g.signed("future_es256", P256, rspo2().set("ts", cInt(Now.UnixMilli()+24*3600_000)).bytes(), verdict.Future, "ahead")
 	g.signed("stale_8_days", ed, rspo2().set("ts", cInt(Now.UnixMilli()-8*24*3600_000)).bytes(), verdict.Stale, "older than")
@@ -399,5 +450,4 @@ func Generate() ([]Case, error) {
 	g.signed("stale_and_unknown_kind", ed, rrec("coffee", spo2Obs()...).set("ts", cInt(Now.UnixMilli()-8*24*3600_000)).bytes(), verdict.Stale, "older than")
 	g.signed("future_and_spo2_101", ed, rrec("spo2", robs("MDC_PULS_OXIM_SAT_O2", cUint(101), "%"), spo2Obs()[1]).set("ts", cInt(Now.UnixMilli()+6*60_000)).bytes(), verdict.Future, "ahead")
 
-	return g.cases, g.err
 }
