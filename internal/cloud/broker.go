@@ -141,23 +141,7 @@ func (b *Broker) start() error {
 		return errors.New("cloud broker closed")
 	default:
 	}
-	caps := mqtt.NewDefaultServerCapabilities()
-	caps.MaximumPacketSize = uint32(b.cfg.MaxPacket)
-	caps.MaximumInflight = uint16(b.cfg.MaxInflight)
-	caps.MaximumClientWritesPending = int32(b.cfg.MaxWritesPending)
-	caps.MaximumClients = int64(b.cfg.MaxClients)
-	caps.MaximumSessionExpiryInterval = uint32(b.cfg.SessionExpiry / time.Second)
-	caps.MaximumMessageExpiryInterval = int64(b.cfg.MessageExpiry / time.Second)
-	caps.MaximumQos = 1
-	b.srv = mqtt.New(&mqtt.Options{
-		Capabilities:           caps,
-		Logger:                 slog.New(mqttlog.Handler{Handler: b.log.With("component", "mochi").Handler()}),
-		SysTopicResendInterval: 60,
-		// Deliveries queued for a client while one is written go out in
-		// one write, up to this many bytes: an app subscribed to a site
-		// gets its telemetry in bursts.
-		ClientNetWriteBufferSize: 32 << 10,
-	})
+	b.srv = b.newServer()
 	fail := func(err error) error {
 		_ = b.srv.Close()
 		if b.httpLn != nil {
@@ -168,33 +152,84 @@ func (b *Broker) start() error {
 	if err := b.srv.AddHook(b.hook, nil); err != nil {
 		return fail(fmt.Errorf("add auth hook: %w", err))
 	}
-	if b.cfg.Data != "" {
-		if err := os.MkdirAll(b.cfg.Data, 0o700); err != nil {
-			return fail(fmt.Errorf("create data dir: %w", err))
-		}
-		mode := pebble.NoSync
-		if b.cfg.SyncWrites {
-			mode = pebble.Sync
-		}
-		b.store = new(pebble.Hook)
-		err := b.srv.AddHook(grantedStore{b.store}, &pebble.Options{
-			Path:    filepath.Join(b.cfg.Data, "pebble"),
-			Mode:    mode,
-			Options: &pebbledb.Options{Logger: pebbleLogger{b.log}},
-		})
-		if err != nil {
-			b.store = nil
-			return fail(fmt.Errorf("open store in %s: %w", b.cfg.Data, err))
-		}
+	if err := b.openStore(); err != nil {
+		return fail(err)
 	}
+	if err := b.bind(); err != nil {
+		return fail(err)
+	}
+	if err := b.srv.Serve(); err != nil {
+		return fail(fmt.Errorf("serve: %w", err))
+	}
+	b.started.Store(true)
+	if b.httpLn != nil {
+		b.serveHTTP()
+	}
+	b.goroutine(b.sweepLoop)
+	b.ready.Store(true)
+	b.log.Info("cloud broker started", "gateways", b.GatewayAddr(), "apps", b.AppsAddr(), "ws", b.WSAddr(),
+		"http", b.HTTPAddr(), "data", b.cfg.Data)
+	return nil
+}
+
+// newServer is the mochi server with the limits of the broker's config.
+func (b *Broker) newServer() *mqtt.Server {
+	caps := mqtt.NewDefaultServerCapabilities()
+	caps.MaximumPacketSize = uint32(b.cfg.MaxPacket)
+	caps.MaximumInflight = uint16(b.cfg.MaxInflight)
+	caps.MaximumClientWritesPending = int32(b.cfg.MaxWritesPending)
+	caps.MaximumClients = int64(b.cfg.MaxClients)
+	caps.MaximumSessionExpiryInterval = uint32(b.cfg.SessionExpiry / time.Second)
+	caps.MaximumMessageExpiryInterval = int64(b.cfg.MessageExpiry / time.Second)
+	caps.MaximumQos = 1
+	return mqtt.New(&mqtt.Options{
+		Capabilities:           caps,
+		Logger:                 slog.New(mqttlog.Handler{Handler: b.log.With("component", "mochi").Handler()}),
+		SysTopicResendInterval: 60,
+		// Deliveries queued for a client while one is written go out in
+		// one write, up to this many bytes: an app subscribed to a site
+		// gets its telemetry in bursts.
+		ClientNetWriteBufferSize: 32 << 10,
+	})
+}
+
+// openStore adds the pebble store in Config.Data to the server (nothing
+// without Config.Data).
+func (b *Broker) openStore() error {
+	if b.cfg.Data == "" {
+		return nil
+	}
+	if err := os.MkdirAll(b.cfg.Data, 0o700); err != nil {
+		return fmt.Errorf("create data dir: %w", err)
+	}
+	mode := pebble.NoSync
+	if b.cfg.SyncWrites {
+		mode = pebble.Sync
+	}
+	b.store = new(pebble.Hook)
+	err := b.srv.AddHook(grantedStore{b.store}, &pebble.Options{
+		Path:    filepath.Join(b.cfg.Data, "pebble"),
+		Mode:    mode,
+		Options: &pebbledb.Options{Logger: pebbleLogger{b.log}},
+	})
+	if err != nil {
+		b.store = nil
+		return fmt.Errorf("open store in %s: %w", b.cfg.Data, err)
+	}
+	return nil
+}
+
+// bind binds the configured listeners: the gateways' one, the apps' TLS
+// and WebSocket ones, and the HTTP one.
+func (b *Broker) bind() error {
 	b.gw = listen.NewListener(b.srv, listenerGateways, b.cfg.Listen, b.gwTLS, b.cfg.ConnectTimeout).BatchWrites(gatewayWriteTimeout)
 	if err := b.srv.AddListener(b.gw); err != nil {
-		return fail(fmt.Errorf("listen for gateways on %s: %w", b.cfg.Listen, err))
+		return fmt.Errorf("listen for gateways on %s: %w", b.cfg.Listen, err)
 	}
 	if b.cfg.Apps != "" {
 		b.apps = listen.NewListener(b.srv, listenerApps, b.cfg.Apps, b.appTLS, b.cfg.ConnectTimeout).BatchWrites(b.cfg.AppWriteTimeout)
 		if err := b.srv.AddListener(b.apps); err != nil {
-			return fail(fmt.Errorf("listen for apps on %s: %w", b.cfg.Apps, err))
+			return fmt.Errorf("listen for apps on %s: %w", b.cfg.Apps, err)
 		}
 	}
 	if b.cfg.WS != "" {
@@ -202,54 +237,52 @@ func (b *Broker) start() error {
 			writeTimeout: b.cfg.AppWriteTimeout,
 			maxMsg:       int64(2*b.cfg.MaxPacket + 4096)}
 		if err := b.srv.AddListener(b.ws); err != nil {
-			return fail(fmt.Errorf("listen for apps (websocket) on %s: %w", b.cfg.WS, err))
+			return fmt.Errorf("listen for apps (websocket) on %s: %w", b.cfg.WS, err)
 		}
 	}
 	if b.cfg.HTTP != "" {
 		ln, err := net.Listen("tcp", b.cfg.HTTP)
 		if err != nil {
-			return fail(fmt.Errorf("listen for http on %s: %w", b.cfg.HTTP, err))
+			return fmt.Errorf("listen for http on %s: %w", b.cfg.HTTP, err)
 		}
 		b.httpLn = ln
 	}
-	if err := b.srv.Serve(); err != nil {
-		return fail(fmt.Errorf("serve: %w", err))
-	}
-	b.started.Store(true)
-	if b.httpLn != nil {
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(b.m.reg, promhttp.HandlerOpts{}))
-		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
-		mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-			if !b.ready.Load() {
-				http.Error(w, "not ready", http.StatusServiceUnavailable)
-				return
-			}
-			fmt.Fprintln(w, "ready")
-		})
-		b.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-		b.goroutine(func() {
-			if err := b.httpSrv.Serve(b.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				b.log.Error("http server failed", "error", err)
-			}
-		})
-	}
+	return nil
+}
+
+// serveHTTP serves /metrics, /healthz and /readyz on the bound HTTP
+// listener.
+func (b *Broker) serveHTTP() {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(b.m.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !b.ready.Load() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	b.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	b.goroutine(func() {
-		t := time.NewTicker(2 * time.Second)
-		defer t.Stop()
-		for {
-			select {
-			case <-b.done:
-				return
-			case now := <-t.C:
-				b.hook.sweep(now)
-			}
+		if err := b.httpSrv.Serve(b.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			b.log.Error("http server failed", "error", err)
 		}
 	})
-	b.ready.Store(true)
-	b.log.Info("cloud broker started", "gateways", b.GatewayAddr(), "apps", b.AppsAddr(), "ws", b.WSAddr(),
-		"http", b.HTTPAddr(), "data", b.cfg.Data)
-	return nil
+}
+
+// sweepLoop runs the auth hook's sweep every 2 seconds until Close.
+func (b *Broker) sweepLoop() {
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-b.done:
+			return
+		case now := <-t.C:
+			b.hook.sweep(now)
+		}
+	}
 }
 
 // goroutine runs f tied to the broker's WaitGroup.

@@ -248,13 +248,13 @@ func TestDesignPaths(t *testing.T) {
 // aud.
 func TestAppsGuide(t *testing.T) {
 	doc := readDoc(t, "docs/apps.md")
-	src, err := os.ReadFile(filepath.Join(root(t), "internal", "cloud", "auth.go"))
+	src, err := os.ReadFile(filepath.Join(root(t), "internal", "cloud", "acl.go"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	m := regexp.MustCompile(`prefixes = map\[string\]bool\{([^}]*)\}`).FindSubmatch(src)
 	if m == nil {
-		t.Fatal("internal/cloud/auth.go: no prefixes map")
+		t.Fatal("internal/cloud/acl.go: no prefixes map")
 	}
 	var code []string
 	for _, p := range regexp.MustCompile(`"([a-z]+)": true`).FindAllSubmatch(m[1], -1) {
@@ -267,7 +267,7 @@ func TestAppsGuide(t *testing.T) {
 	sort.Strings(code)
 	sort.Strings(documented)
 	if len(code) == 0 || strings.Join(code, " ") != strings.Join(documented, " ") {
-		t.Errorf("docs/apps.md lets apps read %v; internal/cloud/auth.go allows %v", documented, code)
+		t.Errorf("docs/apps.md lets apps read %v; internal/cloud/acl.go allows %v", documented, code)
 	}
 	for _, claim := range []string{"| `iss` | `" + pki.TokenIssuer + "` |", "| `aud` | `" + pki.TokenAudience + "` |"} {
 		if !strings.Contains(doc, claim) {
