@@ -314,19 +314,16 @@ func (cl *Client) ResendInflightMessages(force bool) error {
 
 	for _, tk := range cl.State.Inflight.GetAll(false) {
 		if tk.FixedHeader.Type == packets.Publish {
-			// VitalGate patch: a resend takes send quota like a first send
-			// (mochi resent the whole session at once, past the client's
-			// Receive Maximum); what finds none waits as pending.
-			if cl.State.Inflight.FlowControlled() && !cl.State.Inflight.TakeSendQuota() {
-				if !cl.State.Inflight.IsPending(tk.PacketID) {
-					tk.FixedHeader.Dup = true // sent on an earlier connection
-				}
-				cl.State.Inflight.SetPending(tk)
-				continue
-			}
-			if !cl.State.Inflight.Unpend(tk.PacketID) { // sent before: a resend
-				tk.FixedHeader.Dup = true // [MQTT-3.3.1-1] [MQTT-3.3.1-3]
-			}
+			// VitalGate patch: a taken-over session's messages were all
+			// marked pending (Inflight.PendAll, DUP set on those sent
+			// before) before the client could be reached; the server sends
+			// them in order, within the client's Receive Maximum, with what
+			// publishers add (sendPending after this). mochi wrote them all
+			// here at once, past the Receive Maximum, racing the publishers.
+			// The store is told of each again: the taken-over session's
+			// ClearInflights dropped them from it.
+			cl.ops.hooks.OnQosPublish(cl, tk, tk.Created, 0)
+			continue
 		}
 
 		cl.ops.hooks.OnQosPublish(cl, tk, tk.Created, 0)
@@ -370,9 +367,8 @@ func (cl *Client) ClearExpiredInflights(now, maximumExpiry int64) []uint16 {
 			// VitalGate patch: a message sent and never acknowledged held
 			// a unit of send quota; give it back, or the client's Receive
 			// Maximum shrinks with every expiry.
-			sent := tk.FixedHeader.Type == packets.Publish && !cl.State.Inflight.IsPending(tk.PacketID)
-			if ok := cl.State.Inflight.Delete(tk.PacketID); ok {
-				if sent {
+			if ok, pending := cl.State.Inflight.DeletePending(tk.PacketID); ok {
+				if tk.FixedHeader.Type == packets.Publish && !pending {
 					cl.State.Inflight.IncreaseSendQuota()
 				}
 				cl.ops.hooks.OnQosDropped(cl, tk)

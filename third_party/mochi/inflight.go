@@ -122,6 +122,41 @@ func (i *Inflight) IsPending(id uint16) bool {
 	return ok
 }
 
+// PendAll marks every outbound QoS 1/2 PUBLISH pending, in the order it was
+// added, with DUP set on those sent before: a session taken over resends
+// them through the pending path (VitalGate patch).
+func (i *Inflight) PendAll() {
+	i.Lock()
+	defer i.Unlock()
+	for id, pk := range i.internal {
+		if pk.FixedHeader.Type != packets.Publish || pk.FixedHeader.Qos == 0 {
+			continue
+		}
+		if _, p := i.pending[id]; !p {
+			pk.FixedHeader.Dup = true // [MQTT-3.3.1-1] [MQTT-3.3.1-3]
+			i.internal[id] = pk
+			i.markPending(id)
+		}
+	}
+}
+
+// SendQuota is the remaining send quota (for tests and metrics).
+func (i *Inflight) SendQuota() int32 { return atomic.LoadInt32(&i.sendQuota) }
+
+// DeletePending removes a message and reports whether it existed and
+// whether it was still pending, in one step (VitalGate patch: the expiry
+// loop returns the send quota of a message that was sent).
+func (i *Inflight) DeletePending(id uint16) (existed, wasPending bool) {
+	i.Lock()
+	defer i.Unlock()
+	_, existed = i.internal[id]
+	_, wasPending = i.pending[id]
+	delete(i.internal, id)
+	delete(i.order, id)
+	i.unmarkPending(id)
+	return existed, wasPending
+}
+
 // Unpend clears the pending mark of id and reports whether it was pending.
 func (i *Inflight) Unpend(id uint16) bool {
 	i.Lock()

@@ -469,6 +469,7 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 		if err != nil {
 			return fmt.Errorf("resend inflight: %w", err)
 		}
+		s.sendPending(cl) // VitalGate patch: the session's messages (see PendAll)
 	}
 
 	s.hooks.OnSessionEstablished(cl, pk)
@@ -572,6 +573,7 @@ func (s *Server) inheritClientSession(pk packets.Packet, cl *Client) bool {
 		existing.State.isTakenOver.Store(true)
 		if existing.State.Inflight.Len() > 0 {
 			cl.State.Inflight = existing.State.Inflight.Clone() // [MQTT-3.1.2-5]
+			cl.State.Inflight.PendAll()                         // VitalGate patch: resent in order, within the Receive Maximum (sendPending)
 			if cl.State.Inflight.maximumReceiveQuota == 0 && cl.ops.options.Capabilities.ReceiveMaximum != 0 {
 				cl.State.Inflight.ResetReceiveQuota(int32(cl.ops.options.Capabilities.ReceiveMaximum)) // server receive max per client
 				cl.State.Inflight.ResetSendQuota(int32(cl.Properties.Props.ReceiveMaximum))            // client receive max
@@ -1731,6 +1733,15 @@ func (s *Server) loadClients(v []storage.Client) {
 
 // loadInflight restores inflight messages from the datastore.
 func (s *Server) loadInflight(v []storage.Message) {
+	// VitalGate patch: restored in the order they were created (the
+	// store iterates by key, "client:packet ID" as text, so 10 came before
+	// 2), which is the order the in-flight map sends them in.
+	sort.SliceStable(v, func(a, b int) bool {
+		if v[a].Created != v[b].Created {
+			return v[a].Created < v[b].Created
+		}
+		return v[a].PacketID < v[b].PacketID
+	})
 	for _, msg := range v {
 		if client, ok := s.Clients.Get(msg.Client); ok {
 			if client.State.Inflight.Set(msg.ToPacket()) {
@@ -1792,6 +1803,7 @@ func (s *Server) clearExpiredInflights(now int64) {
 			for _, id := range deleted {
 				s.hooks.OnQosDropped(client, packets.Packet{PacketID: id})
 			}
+			s.sendPending(client) // VitalGate patch: the quota the expired messages held
 		}
 	}
 }
