@@ -451,3 +451,52 @@ func TestResendWithPublisher(t *testing.T) {
 	}
 	mu.Unlock()
 }
+
+// TestOversizedDeliveryDropped: a message over an app's Maximum Packet Size
+// can never be written to it; it is dropped and counted, and gives back the
+// send quota it took, so an app with a Receive Maximum of 1 goes on
+// receiving (it held the quota for ever, and the app got nothing more).
+func TestOversizedDeliveryDropped(t *testing.T) {
+	dir := testPKI(t)
+	b, _ := startBroker(t, testConfig(dir, ""))
+	conn, err := tls.Dial("tcp", b.AppsAddr(), appTLS(t, dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	var mu sync.Mutex
+	var got []string
+	c := paho5.NewClient(paho5.ClientConfig{Conn: packets5.NewThreadSafeConn(conn),
+		OnPublishReceived: []func(paho5.PublishReceived) (bool, error){func(pr paho5.PublishReceived) (bool, error) {
+			mu.Lock()
+			got = append(got, string(pr.Packet.Payload))
+			mu.Unlock()
+			return true, nil
+		}}})
+	rm, maxSize, expiry := uint16(1), uint32(300), uint32(0)
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	ack, err := c.Connect(ctx, &paho5.Connect{ClientID: "small-app", KeepAlive: 30, CleanStart: true,
+		Password: []byte(mint(t, dir, "site1")), PasswordFlag: true,
+		Properties: &paho5.ConnectProperties{ReceiveMaximum: &rm, MaximumPacketSize: &maxSize, SessionExpiryInterval: &expiry}})
+	if err != nil || ack.ReasonCode != 0 {
+		t.Fatalf("connect: %v %+v", err, ack)
+	}
+	if _, err := c.Subscribe(ctx, &paho5.Subscribe{Subscriptions: []paho5.SubscribeOptions{{Topic: "telemetry/site1/#", QoS: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	gw := pahoClient(t, "ssl://"+b.GatewayAddr(), gatewayTLS(t, dir), "gw1", "", "", true)
+	wait(t, gw.Publish("telemetry/site1/dev-00001/ecg", 1, false, strings.Repeat("x", 2000)), "publish big")
+	for i := 0; i < 3; i++ {
+		wait(t, gw.Publish("telemetry/site1/dev-00001/spo2", 1, false, fmt.Sprintf("small-%d", i)), "publish small")
+	}
+	testutil.Eventually(t, waitFor, "the small messages delivered", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return fmt.Sprint(got) == "[small-0 small-1 small-2]"
+	})
+	if n := gauge(t, b, `vitalgate_cloud_deliveries_dropped_total{kind="app"}`); n != 1 {
+		t.Fatalf("deliveries dropped %v, want 1", n)
+	}
+	testutil.Eventually(t, waitFor, "in-flight gauge back to 0", func() bool { return gauge(t, b, "vitalgate_cloud_inflight") == 0 })
+}

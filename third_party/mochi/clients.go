@@ -197,6 +197,7 @@ func (cl *Client) WriteLoop() {
 		select {
 		case pk := <-cl.State.outbound:
 			if err := cl.WritePacket(*pk); err != nil {
+				cl.dropUnsendable(pk, err)
 				// TODO : Figure out what to do with error
 				cl.ops.log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", pk)
 			}
@@ -268,6 +269,27 @@ func (cl *Client) refreshDeadline(keepalive uint16) {
 
 	if cl.Net.Conn != nil {
 		_ = cl.Net.Conn.SetDeadline(expiry) // [MQTT-3.1.2-22]
+	}
+}
+
+// dropUnsendable drops a QoS 1/2 PUBLISH that can never be written to the
+// client, one over its Maximum Packet Size (VitalGate patch): kept, it held a
+// unit of send quota for ever, so a client with a Receive Maximum of 1
+// stopped receiving, and at every reconnect its resend failed again.
+func (cl *Client) dropUnsendable(pk *packets.Packet, err error) {
+	if !errors.Is(err, packets.ErrPacketTooLarge) || pk.FixedHeader.Type != packets.Publish || pk.FixedHeader.Qos == 0 {
+		return
+	}
+	if ok, pending := cl.State.Inflight.DeletePending(pk.PacketID); ok {
+		if !pending {
+			cl.State.Inflight.IncreaseSendQuota()
+		}
+		atomic.AddInt64(&cl.ops.info.Inflight, -1)
+		cl.ops.hooks.OnQosDropped(cl, *pk)
+		cl.ops.hooks.OnPublishDropped(cl, *pk)
+		if cl.ops.sendPending != nil {
+			cl.ops.sendPending(cl) // what waited for the quota it held
+		}
 	}
 }
 

@@ -162,6 +162,9 @@ type ops struct {
 	info    *system.Info // pointers to server system info
 	hooks   *Hooks       // pointer to the server hooks
 	log     *slog.Logger // a structured logger for the client
+	// sendPending sends a client's pending messages (VitalGate patch; nil
+	// for clients made outside a server).
+	sendPending func(*Client)
 }
 
 // New returns a new instance of mochi mqtt broker. Optional parameters
@@ -241,10 +244,11 @@ func (o *Options) ensureDefaults() {
 // topic validation checks.
 func (s *Server) NewClient(c net.Conn, listener string, id string, inline bool) *Client {
 	cl := newClient(c, &ops{ // [MQTT-3.1.2-6] implicit
-		options: s.Options,
-		info:    s.Info,
-		hooks:   s.hooks,
-		log:     s.Log,
+		options:     s.Options,
+		info:        s.Info,
+		hooks:       s.hooks,
+		log:         s.Log,
+		sendPending: s.sendPending,
 	})
 
 	cl.ID = id
