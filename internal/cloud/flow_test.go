@@ -185,10 +185,7 @@ func TestReceiveMaximumPersistentSession(t *testing.T) {
 	dir := testPKI(t)
 	b, _ := startBroker(t, testConfig(dir, t.TempDir()))
 	tok := mint(t, dir, "site1")
-	a := dialApp5(t, b, dir, "app-persist", tok, 20, true, 3600)
-	a.subscribe(t, "telemetry/site1/#")
-	_ = a.conn.Close() // gone without DISCONNECT: the session stays
-	testutil.Eventually(t, waitFor, "app's connection ended", func() bool { return gauge(t, b, `vitalgate_cloud_connections{kind="app"}`) == 0 })
+	awayWithSession(t, b, dir, "app-persist", tok, 20)
 
 	gw := pahoClient(t, "ssl://"+b.GatewayAddr(), gatewayTLS(t, dir), "gw1", "", "", true)
 	const backlog = 400
@@ -211,6 +208,17 @@ func TestReceiveMaximumPersistentSession(t *testing.T) {
 	wait(t, gw.Publish("telemetry/site1/dev-00001/spo2", 1, false, "after"), "publish after")
 	testutil.Eventually(t, waitFor, "a message after the backlog delivered", func() bool { return back.distinct() == backlog+1 })
 	testutil.Eventually(t, waitFor, "in-flight gauge back to 0", func() bool { return gauge(t, b, "vitalgate_cloud_inflight") == 0 })
+}
+
+// awayWithSession connects an app with a persistent session (Receive
+// Maximum rm, 0: none) subscribed to site1, and drops its connection without
+// DISCONNECT, so what arrives next waits in its session.
+func awayWithSession(t *testing.T, b *Broker, dir, clientID, tok string, rm uint16) {
+	t.Helper()
+	a := dialApp5(t, b, dir, clientID, tok, rm, true, 3600)
+	a.subscribe(t, "telemetry/site1/#")
+	_ = a.conn.Close()
+	testutil.Eventually(t, waitFor, "app's connection ended", func() bool { return gauge(t, b, `vitalgate_cloud_connections{kind="app"}`) == 0 })
 }
 
 // TestInflightPendingInOrder: messages waiting for send quota leave in the
@@ -326,10 +334,7 @@ func TestPendingKeptInStoreAtReconnect(t *testing.T) {
 	dir := testPKI(t)
 	b, _ := startBroker(t, testConfig(dir, t.TempDir()))
 	tok := mint(t, dir, "site1")
-	a := dialApp5(t, b, dir, "app-p", tok, 5, true, 3600)
-	a.subscribe(t, "telemetry/site1/#")
-	_ = a.conn.Close()
-	testutil.Eventually(t, waitFor, "app gone", func() bool { return gauge(t, b, `vitalgate_cloud_connections{kind="app"}`) == 0 })
+	awayWithSession(t, b, dir, "app-p", tok, 5)
 	gw := pahoClient(t, "ssl://"+b.GatewayAddr(), gatewayTLS(t, dir), "gw1", "", "", true)
 	const n = 20
 	for i := 0; i < n; i++ {
@@ -362,10 +367,7 @@ func TestRestoredInOrder(t *testing.T) {
 	cfg := testConfig(dir, data)
 	b, _ := startBroker(t, cfg)
 	tok := mint(t, dir, "site1")
-	a := dialApp5(t, b, dir, "app-o", tok, 0, true, 3600)
-	a.subscribe(t, "telemetry/site1/#")
-	_ = a.conn.Close()
-	testutil.Eventually(t, waitFor, "app gone", func() bool { return gauge(t, b, `vitalgate_cloud_connections{kind="app"}`) == 0 })
+	awayWithSession(t, b, dir, "app-o", tok, 0)
 	gw := pahoClient(t, "ssl://"+b.GatewayAddr(), gatewayTLS(t, dir), "gw1", "", "", true)
 	const n = 12
 	for i := 0; i < n; i++ {
@@ -420,10 +422,7 @@ func TestResendWithPublisher(t *testing.T) {
 	dir := testPKI(t)
 	b, _ := startBroker(t, testConfig(dir, ""))
 	tok := mint(t, dir, "site1")
-	a := dialApp5(t, b, dir, "app-r", tok, 1, true, 3600)
-	a.subscribe(t, "telemetry/site1/#")
-	_ = a.conn.Close()
-	testutil.Eventually(t, waitFor, "app gone", func() bool { return gauge(t, b, `vitalgate_cloud_connections{kind="app"}`) == 0 })
+	awayWithSession(t, b, dir, "app-r", tok, 1)
 	gw := pahoClient(t, "ssl://"+b.GatewayAddr(), gatewayTLS(t, dir), "gw1", "", "", true)
 	h := &resendHook{gw: gw}
 	if err := b.srv.AddHook(h, nil); err != nil {
