@@ -220,7 +220,9 @@ func TestDesignPKIFiles(t *testing.T) {
 	}
 	code := []string{pki.FileCA, pki.FileDeviceCA, pki.FileDeviceCAKey, pki.FileGatewayCA, pki.FileGatewayCAKey,
 		pki.FileCRL, pki.FileGateway, pki.FileGatewayKey, pki.FileGatewayClient, pki.FileGatewayClientKey,
-		pki.FileBroker, pki.FileBrokerKey, pki.FileAppTokenKey, pki.FileAppTokenPub, pki.DevicesDir}
+		pki.FileBroker, pki.FileBrokerKey, pki.FileAppTokenKey, pki.FileAppTokenPub, pki.DevicesDir,
+		pki.FileIssuingCA, pki.FileIssuingCAKey, pki.FileIssuingCRL, pki.ManufacturersDir, pki.FileEnroll,
+		pki.FileGatewayCRL, pki.FileRevokedTokens}
 	sort.Strings(doc)
 	sort.Strings(code)
 	if strings.Join(doc, " ") != strings.Join(code, " ") {

@@ -44,8 +44,10 @@ func Init(dir string, o InitOptions) error {
 	if exists(caFile) && !o.Force {
 		return &existsError{path: caFile, hint: " (use --force to replace the CA)"}
 	}
-	if err := os.MkdirAll(filepath.Join(dir, DevicesDir), 0o755); err != nil {
-		return fmt.Errorf("create PKI directory: %w", err)
+	for _, sub := range []string{DevicesDir, ManufacturersDir} {
+		if err := os.MkdirAll(filepath.Join(dir, sub), 0o755); err != nil {
+			return fmt.Errorf("create PKI directory: %w", err)
+		}
 	}
 	if o.Force {
 		if err := removeDevices(dir); err != nil {
@@ -128,6 +130,10 @@ func generateFiles(o InitOptions, now time.Time) ([]pkiFile, error) {
 	if err != nil {
 		return nil, err
 	}
+	issuing, err := b.pair(devCA, Profiles.IssuingCA, Request{CommonName: "VitalGate Issuing CA " + o.GatewayID}, FileIssuingCA, FileIssuingCAKey)
+	if err != nil {
+		return nil, err
+	}
 	gwCA, err := b.pair(root, Profiles.GatewayCA, Request{CommonName: "VitalGate Gateway CA"}, FileGatewayCA, FileGatewayCAKey)
 	if err != nil {
 		return nil, err
@@ -146,6 +152,16 @@ func generateFiles(o InitOptions, now time.Time) ([]pkiFile, error) {
 		return nil, err
 	}
 	b.add(FileCRL, crl)
+	if crl, err = signCRL(issuing, nil, nil, now); err != nil {
+		return nil, err
+	}
+	b.add(FileIssuingCRL, crl)
+	if crl, err = signCRL(gwCA, nil, nil, now); err != nil {
+		return nil, err
+	}
+	b.add(FileGatewayCRL, crl)
+	b.add(FileRevokedTokens, []byte("# revoked app tokens: one jti a line\n"))
+	b.add(FileEnroll, []byte("# the enrolment allow-list: which factory identity may enrol as which device ID\n[]\n"))
 	tokKey, tokPub, err := tokenKeyPair(o.Key)
 	if err != nil {
 		return nil, err

@@ -7,7 +7,8 @@
 // ca.crt is the root and the trust anchor of every TLS server. It signs two intermediates and the server
 // certificates:
 //
-//	ca.crt ─┬─ device-ca.crt  ── devices/ID.crt        (client auth, CN = device ID)
+//	ca.crt ─┬─ device-ca.crt  ─┬─ devices/ID.crt       (client auth, CN = device ID)
+//	        │                  └─ issuing-ca.crt ── operational certificates of enrolled devices
 //	        ├─ gateway-ca.crt ── gateway-client.crt    (client auth, CN = gateway ID, OU = site)
 //	        ├─ gateway.crt                             (server auth)
 //	        └─ broker.crt                              (server auth)
@@ -67,6 +68,16 @@ const (
 	FileAppTokenKey      = "app-token.key"
 	FileAppTokenPub      = "app-token.pub"
 	DevicesDir           = "devices"
+
+	// The files of a device's identity over its lifetime: enrolment, issuing on the gateway, revocation of
+	// gateways and app tokens.
+	FileIssuingCA     = "issuing-ca.crt"  // the gateway's online intermediate under the device CA
+	FileIssuingCAKey  = "issuing-ca.key"  // its key, on the gateway
+	FileIssuingCRL    = "issuing-crl.pem" // the issuing CA's revocation list, signed by the gateway
+	ManufacturersDir  = "manufacturers"   // NAME.crt: factory-identity issuers accepted for enrolment only
+	FileEnroll        = "enroll.yaml"     // the enrolment allow-list: [{serial, id}]
+	FileGatewayCRL    = "gateway-crl.pem" // the gateway CA's revocation list, read by the broker
+	FileRevokedTokens = "revoked-tokens"  // revoked app-token jti, one a line, read by the broker
 
 	// TokenIssuer is the iss claim of the app tokens minted by [MintToken].
 	TokenIssuer = "vitalgate-pki"

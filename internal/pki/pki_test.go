@@ -200,7 +200,7 @@ func TestKeyFileModes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := 5 + 1 + 3 + 1; n != want { // CAs, servers, client, token; app token; 3+1 devices
+	if want := 6 + 1 + 3 + 1; n != want { // CAs (with the issuing CA), servers, client; app token; 3+1 devices
 		t.Errorf("%d key files, want %d", n, want)
 	}
 }
@@ -486,6 +486,69 @@ func TestDeviceIDNotDotOrDotDot(t *testing.T) {
 		filepath.Join(dir, "devices.crt"), filepath.Join(dir, "devices.key")} {
 		if _, err := os.Stat(f); err == nil {
 			t.Errorf("%s written", f)
+		}
+	}
+}
+
+// TestIssuingCAChain checks the hierarchy Init writes for enrolment: the issuing CA chains to the root through the
+// device CA, may sign end-entity certificates only (path length 0), and a certificate it signs verifies against
+// the device CA alone (the gateway's client pool) and against the root.
+func TestIssuingCAChain(t *testing.T) {
+	dir := newPKI(t, InitOptions{})
+	iss, err := loadIssuer(filepath.Join(dir, FileIssuingCA), filepath.Join(dir, FileIssuingCAKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !iss.cert.MaxPathLenZero || iss.cert.MaxPathLen != 0 {
+		t.Errorf("issuing CA path length %d (zero %v), want 0", iss.cert.MaxPathLen, iss.cert.MaxPathLenZero)
+	}
+	if d := time.Until(iss.cert.NotAfter); d > IssuingCAValidity || d < IssuingCAValidity-time.Hour {
+		t.Errorf("issuing CA valid for %v, want %v", d, IssuingCAValidity)
+	}
+	key, err := generateKey(P256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, _, err := iss.sign(Profiles.Device, Request{CommonName: "enrolled-1", Validity: OperationalValidity}, key.Public(), nil, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	inter := x509.NewCertPool()
+	inter.AddCert(iss.cert)
+	devCA, err := LoadCert(filepath.Join(dir, FileDeviceCA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	inter.AddCert(devCA)
+	for _, root := range []string{FileDeviceCA, FileCA} {
+		roots, err := LoadPool(filepath.Join(dir, root))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter,
+			KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+			t.Errorf("operational certificate against %s: %v", root, err)
+		}
+	}
+	// Path length 0: a CA signed by the issuing CA is refused.
+	sub, _, err := iss.sign(Profiles.IssuingCA, Request{CommonName: "rogue"}, key.Public(), nil, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	inter.AddCert(sub)
+	k2, _ := generateKey(P256)
+	below, _, err := (&issuer{cert: sub, key: key}).sign(Profiles.Device, Request{CommonName: "x"}, k2.Public(), nil, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots, _ := LoadPool(filepath.Join(dir, FileDeviceCA))
+	if _, err := below.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err == nil {
+		t.Error("a certificate under a CA below the issuing CA verified")
+	}
+	for _, f := range []string{FileIssuingCRL, FileGatewayCRL, FileRevokedTokens, FileEnroll, ManufacturersDir} {
+		if !exists(filepath.Join(dir, f)) {
+			t.Errorf("init wrote no %s", f)
 		}
 	}
 }

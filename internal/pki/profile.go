@@ -36,6 +36,10 @@ const Organization = "VitalGate"
 const (
 	CAValidity   = 10 * 365 * 24 * time.Hour
 	LeafValidity = 365 * 24 * time.Hour
+	// IssuingCAValidity is the lifetime of the gateway's online issuing CA.
+	IssuingCAValidity = 90 * 24 * time.Hour
+	// OperationalValidity is the default lifetime of a certificate the issuing CA signs at enrolment.
+	OperationalValidity = 30 * 24 * time.Hour
 )
 
 // backdate is how far before "now" a certificate starts to be valid, to absorb clock skew between machines.
@@ -43,14 +47,21 @@ const backdate = 5 * time.Minute
 
 // Profiles is the certificate policy of the deployment, one entry per kind of certificate.
 var Profiles = struct {
-	Root, DeviceCA, GatewayCA, Device, GatewayServer, GatewayClient, BrokerServer Profile
+	Root, DeviceCA, IssuingCA, GatewayCA, Device, GatewayServer, GatewayClient, BrokerServer Profile
 }{
-	Root: Profile{Name: "root CA", IsCA: true, MaxPathLen: 1,
+	// The root allows two CAs below it: the device CA and the gateway's issuing CA under it.
+	Root: Profile{Name: "root CA", IsCA: true, MaxPathLen: 2,
 		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign, Validity: CAValidity},
 	// The intermediates are restricted to client auth: a device or gateway CA cannot issue a server certificate.
-	DeviceCA: Profile{Name: "device CA", IsCA: true, MaxPathLen: 0,
+	// The device CA's key stays offline; it signs the gateway's issuing CA, the one CA allowed below it.
+	DeviceCA: Profile{Name: "device CA", IsCA: true, MaxPathLen: 1,
 		KeyUsage:    x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, Validity: CAValidity},
+	// The issuing CA is online on the gateway: it signs the operational certificates of enrolled devices and
+	// its own revocation list, lives a short time and is renewed with certs.
+	IssuingCA: Profile{Name: "issuing CA", IsCA: true, MaxPathLen: 0,
+		KeyUsage:    x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, Validity: IssuingCAValidity},
 	GatewayCA: Profile{Name: "gateway CA", IsCA: true, MaxPathLen: 0,
 		KeyUsage:    x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, Validity: CAValidity},
