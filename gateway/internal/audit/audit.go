@@ -93,6 +93,17 @@ type Event struct {
 	Verdict string `json:"verdict" cbor:"verdict"`
 	Detail  string `json:"detail" cbor:"detail"`
 	Remote  string `json:"remote" cbor:"remote"`
+
+	// Severity grades a posture finding (verdict "audit"): "low", "medium",
+	// "high" or "critical".
+	Severity string `json:"severity,omitempty" cbor:"severity,omitempty"`
+	// Figure, Baseline and Threshold quantify a behaviour anomaly (verdict
+	// "anomaly"): what Metric measured, the device's learned baseline, and
+	// the threshold the figure crossed.
+	Metric    string   `json:"metric,omitempty" cbor:"metric,omitempty"`
+	Figure    *float64 `json:"figure,omitempty" cbor:"figure,omitempty"`
+	Baseline  *float64 `json:"baseline,omitempty" cbor:"baseline,omitempty"`
+	Threshold *float64 `json:"threshold,omitempty" cbor:"threshold,omitempty"`
 }
 
 // Anchor is the prev of the first entry: 64 zeros.

@@ -66,6 +66,9 @@ func (h *Hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	}
 	h.mu.Unlock()
 	h.o.Metrics.Connections.Inc()
+	for _, o := range h.o.Observers {
+		o.Connected(id, leaf, remote)
+	}
 	// mochi does not call OnDisconnect when it gives up on a client after
 	// OnConnect (a failed CONNACK write, say), but it always closes the
 	// connection: forget the session then.
@@ -171,12 +174,34 @@ func (h *Hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) { h.forget(
 // forget drops a connection's session once.
 func (h *Hook) forget(cl *mqtt.Client) {
 	h.mu.Lock()
-	_, ok := h.sessions[cl]
+	s, ok := h.sessions[cl]
 	delete(h.sessions, cl)
 	h.mu.Unlock()
 	if ok {
 		h.o.Metrics.Connections.Dec()
+		for _, o := range h.o.Observers {
+			o.Disconnected(s.id, s.cert, s.remote)
+		}
 	}
+}
+
+// Connection is one authenticated device connection, as [Hook.Connections]
+// lists it.
+type Connection struct {
+	ID     string
+	Cert   *x509.Certificate
+	Remote string
+}
+
+// Connections lists the device connections open now.
+func (h *Hook) Connections() []Connection {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	out := make([]Connection, 0, len(h.sessions))
+	for _, s := range h.sessions {
+		out = append(out, Connection{ID: s.id, Cert: s.cert, Remote: s.remote})
+	}
+	return out
 }
 
 func (h *Hook) session(cl *mqtt.Client) *session {

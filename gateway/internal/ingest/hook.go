@@ -62,8 +62,24 @@ type Options struct {
 	// (a device's QoS 1 messages in flight) does not count towards
 	// quarantine. Default 64.
 	ResendWindow int
-	Log          *slog.Logger
-	Now          func() time.Time
+	// Observers are told of each device's connections and verdicts (the
+	// posture audit, the behaviour baseline); may be empty.
+	Observers []Observer
+	Log       *slog.Logger
+	Now       func() time.Time
+}
+
+// Observer is told of each device's life on the gateway. Its methods run on
+// the connection and message paths: they must be cheap and never block.
+type Observer interface {
+	// Connected: dev was admitted with cert from remote (host:port). A
+	// device already connected elsewhere is taken over after this call.
+	Connected(dev string, cert *x509.Certificate, remote string)
+	// Disconnected: the connection from remote is gone.
+	Disconnected(dev string, cert *x509.Certificate, remote string)
+	// Verdict: one message of dev ended in v ("" for accepted, a duplicate
+	// of an accepted one included).
+	Verdict(dev string, v verdict.Verdict)
 }
 
 // Hook is the gateway's only mochi hook. mochi ORs OnConnectAuthenticate

@@ -82,6 +82,7 @@ func (h *Hook) publish(cl *mqtt.Client, s *session, pk *packets.Packet) (reply e
 	}
 	err := h.process(s, pk)
 	h.o.Metrics.Latency.Observe(time.Since(start).Seconds())
+	defer h.observe(s.id, err)
 	if err == nil || err == errDuplicate {
 		if err == nil {
 			h.storeErr.Store(nil)
@@ -124,6 +125,22 @@ func (h *Hook) publish(cl *mqtt.Client, s *session, pk *packets.Packet) (reply e
 	}
 	_ = h.server.DisconnectClient(cl, packets.ErrNotAuthorized)
 	return packets.ErrRejectPacket, false
+}
+
+// observe tells the observers the verdict of one message of dev.
+func (h *Hook) observe(dev string, err error) {
+	if len(h.o.Observers) == 0 {
+		return
+	}
+	v := verdict.Verdict("")
+	if err != nil && err != errDuplicate {
+		if v = verdict.Of(err); v == "" {
+			v = verdict.Overloaded
+		}
+	}
+	for _, o := range h.o.Observers {
+		o.Verdict(dev, v)
+	}
 }
 
 // noteStoreError records a failure to store a message.
