@@ -78,6 +78,11 @@ const (
 	FileEnroll        = "enroll.yaml"     // the enrolment allow-list: [{serial, id}]
 	FileGatewayCRL    = "gateway-crl.pem" // the gateway CA's revocation list, read by the broker
 	FileRevokedTokens = "revoked-tokens"  // revoked app-token jti, one a line, read by the broker
+	IssuedDir         = "issued"          // ID.pem: the unexpired certificates the issuing CA signed for ID, newest first
+	FactoryDir        = "factory"         // for tests and the simulator: manufacturer CA keys and factory identities
+
+	// lockFile is the writer lock of [LockDir].
+	lockFile = ".lock"
 
 	// TokenIssuer is the iss claim of the app tokens minted by [MintToken].
 	TokenIssuer = "vitalgate-pki"
