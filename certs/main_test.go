@@ -45,7 +45,7 @@ func TestCLI(t *testing.T) {
 	}{
 		{"no command", nil, 2, "", "*"},
 		{"help", []string{"--help"}, 0, "Commands:", ""},
-		{"unknown command", []string{"frobnicate"}, 2, "", `certs: unknown command "frobnicate" (want init, device, devices, revoke or token; see certs --help)`},
+		{"unknown command", []string{"frobnicate"}, 2, "", `certs: unknown command "frobnicate" (want init, device, devices, revoke, token or gateway; see certs --help)`},
 		{"init help", []string{"init", "--help"}, 0, "--force", ""},
 		{"init help placeholder", []string{"init", "--help"}, 0, "-dir directory\n    \tPKI directory to write\n", ""},
 		{"device help", []string{"device", "-h"}, 0, "-days", ""},
@@ -76,7 +76,7 @@ func TestCLI(t *testing.T) {
 		{"devices no CA", []string{"devices", "--dir", t.TempDir(), "--count", "1"}, 1, "", "*device CA"},
 		{"revoke", []string{"revoke", "--dir", dir, "--id", "pump-1"}, 0, "revoked pump-1", ""},
 		{"revoke unknown", []string{"revoke", "--dir", dir, "--id", "ghost"}, 1, "", "certs: revoke: device ghost: no certificate " + filepath.Join(dir, "devices", "ghost.crt")},
-		{"token", []string{"token", "--dir", dir, "--sub", "nurse", "--sites", "north,south", "--ttl", "5m"}, 0, "eyJ", ""},
+		{"token", []string{"token", "--dir", dir, "--sub", "nurse", "--sites", "north,south", "--ttl", "5m"}, 0, "eyJ", "*"}, // the jti on stderr (TestRevokeCommands)
 		{"token without sites", []string{"token", "--dir", dir, "--sub", "nurse"}, 2, "", "certs: token: --sites is required (see certs token --help)"},
 		{"token bad ttl", []string{"token", "--dir", dir, "--sub", "n", "--sites", "a", "--ttl", "-1h"}, 1, "", "certs: token: ttl -1h0m0s is not positive"},
 	}
@@ -143,6 +143,65 @@ func TestCLI(t *testing.T) {
 	claims, err := pki.VerifyToken(pub, strings.TrimSpace(stdout))
 	if err != nil || claims.Subject != "nurse" || len(claims.Sites) != 1 {
 		t.Fatalf("token claims %+v, %v", claims, err)
+	}
+}
+
+// TestRevokeCommands: certs token prints the jti that certs revoke --jti takes; revoke --token reads it from the
+// checked token; certs gateway issues a further gateway and revoke --gateway lists it on gateway-crl.pem.
+func TestRevokeCommands(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "pki")
+	if code, _, stderr := certs(t, "init", "--dir", dir); code != 0 {
+		t.Fatal(stderr)
+	}
+	code, _, stderr := certs(t, "token", "--dir", dir, "--sub", "nurse", "--sites", "site1")
+	jti, ok := strings.CutPrefix(strings.TrimSpace(stderr), "jti ")
+	if code != 0 || !ok || len(jti) != 32 {
+		t.Fatalf("token: exit %d, stderr %q", code, stderr)
+	}
+	_, tok2, _ := certs(t, "token", "--dir", dir, "--sub", "other", "--sites", "site1")
+	for _, tc := range []struct {
+		args       []string
+		wantCode   int
+		wantStdout string
+		wantStderr string
+	}{
+		{[]string{"revoke", "--dir", dir, "--jti", jti}, 0, "revoked token " + jti, ""},
+		{[]string{"revoke", "--dir", dir, "--token", strings.TrimSpace(tok2)}, 0, "revoked token ", ""},
+		{[]string{"revoke", "--dir", dir, "--token", "not.a.jwt"}, 1, "", "invalid token"},
+		{[]string{"revoke", "--dir", dir, "--jti", "has space"}, 1, "", "invalid token ID"},
+		{[]string{"revoke", "--dir", dir}, 2, "", "give exactly one of --id, --gateway, --jti and --token"},
+		{[]string{"revoke", "--dir", dir, "--jti", jti, "--gateway", "gw1"}, 2, "", "give exactly one"},
+		{[]string{"gateway", "--dir", dir, "--id", "gw2", "--site", "site2"}, 0, filepath.Join("gateways", "gw2.crt"), ""},
+		{[]string{"gateway", "--dir", dir, "--id", "gw2", "--site", "site2"}, 1, "", "exists"},
+		{[]string{"gateway", "--dir", dir, "--id", "gw3"}, 2, "", "--site is required"},
+		{[]string{"revoke", "--dir", dir, "--gateway", "gw2"}, 0, "revoked gateway gw2", ""},
+		{[]string{"revoke", "--dir", dir, "--gateway", "gw1"}, 0, "revoked gateway gw1", ""},
+		{[]string{"revoke", "--dir", dir, "--gateway", "ghost"}, 1, "", "gateway ghost: no certificate"},
+	} {
+		code, stdout, stderr := certs(t, tc.args...)
+		if code != tc.wantCode || !strings.Contains(stdout, tc.wantStdout) || !strings.Contains(stderr, tc.wantStderr) {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q", tc.args, code, stdout, stderr)
+		}
+	}
+	ids, err := pki.ReadRevokedTokens(filepath.Join(dir, pki.FileRevokedTokens))
+	if err != nil || len(ids) != 2 {
+		t.Fatalf("revoked-tokens: %v %v", ids, err)
+	}
+	if _, ok := ids[jti]; !ok {
+		t.Error("the jti certs token printed is not on revoked-tokens")
+	}
+	rev, err := pki.NewRevocations(filepath.Join(dir, pki.FileGatewayCRL), mustLoad(t, filepath.Join(dir, pki.FileGatewayCA)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw2, _ := pki.GatewayPaths(dir, "gw2")
+	for _, f := range []string{gw2, filepath.Join(dir, pki.FileGatewayClient)} {
+		if !rev.IsRevoked(mustLoad(t, f).SerialNumber) {
+			t.Errorf("%s not on gateway-crl.pem", f)
+		}
+	}
+	if _, stdout, _ := certs(t, "token", "--help"); !strings.Contains(stdout, "jti") {
+		t.Errorf("token --help does not mention the jti: %s", stdout)
 	}
 }
 

@@ -3,9 +3,11 @@ package cloud
 import (
 	"bytes"
 	"container/list"
+	"context"
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"math/big"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -21,27 +23,81 @@ import (
 
 // Watcher is the reference consumer's logic (`broker watch`): it decodes
 // each cloud message, drops duplicates by ID, checks the device signature
-// end to end and renders a readable line. It is safe for concurrent use.
+// end to end, refuses a record signed with a revoked device certificate
+// and renders a readable line. It is safe for concurrent use.
 type Watcher struct {
 	dir      string
 	deviceCA *x509.CertPool
+	issuing  *x509.CertPool // issuing-ca.crt, the intermediate of enrolled devices (nil: none)
+	lists    []*revList     // crl.pem, and issuing-crl.pem when there is an issuing CA
 
 	mu    sync.Mutex
-	seen  *lru                          // message IDs
-	certs map[string]*envelope.Verifier // device ID -> verifier of a chained certificate
+	seen  *lru                    // message IDs
+	certs map[string]*devVerifier // device ID -> verifier of a chained certificate
 }
 
-// NewWatcher reads device-ca.crt from the PKI directory dir and remembers up
-// to dedup message IDs (default 100000 when <= 0).
+// revList is a CA's revocation list, reloaded on change.
+type revList struct {
+	ca  *x509.Certificate
+	rev *pki.Revocations
+}
+
+// devVerifier checks a device's signatures; list revokes its certificate.
+type devVerifier struct {
+	v      *envelope.Verifier
+	serial *big.Int
+	list   *revList // the list of the certificate's issuer (nil: none)
+}
+
+// NewWatcher reads device-ca.crt and its crl.pem from the PKI directory dir
+// (and issuing-ca.crt with issuing-crl.pem, when there), and remembers up to
+// dedup message IDs (default 100000 when <= 0).
 func NewWatcher(dir string, dedup int) (*Watcher, error) {
-	pool, err := pki.LoadPool(filepath.Join(dir, pki.FileDeviceCA))
+	caFile := filepath.Join(dir, pki.FileDeviceCA)
+	pool, err := pki.LoadPool(caFile)
 	if err != nil {
 		return nil, fmt.Errorf("load device CA: %w", err)
 	}
 	if dedup <= 0 {
 		dedup = 100000
 	}
-	return &Watcher{dir: dir, deviceCA: pool, seen: newLRU(dedup), certs: map[string]*envelope.Verifier{}}, nil
+	w := &Watcher{dir: dir, deviceCA: pool, seen: newLRU(dedup), certs: map[string]*devVerifier{}}
+	if err := w.addList(caFile, filepath.Join(dir, pki.FileCRL)); err != nil {
+		return nil, err
+	}
+	issFile := filepath.Join(dir, pki.FileIssuingCA)
+	if _, err := os.Stat(issFile); err == nil {
+		if w.issuing, err = pki.LoadPool(issFile); err != nil {
+			return nil, fmt.Errorf("load issuing CA: %w", err)
+		}
+		if err := w.addList(issFile, filepath.Join(dir, pki.FileIssuingCRL)); err != nil {
+			return nil, err
+		}
+	}
+	return w, nil
+}
+
+// addList loads the revocation list crlFile of the CA in caFile.
+func (w *Watcher) addList(caFile, crlFile string) error {
+	ca, err := pki.LoadCert(caFile)
+	if err != nil {
+		return err
+	}
+	rev, err := pki.NewRevocations(crlFile, ca)
+	if err != nil {
+		return fmt.Errorf("device revocation list: %w", err)
+	}
+	w.lists = append(w.lists, &revList{ca: ca, rev: rev})
+	return nil
+}
+
+// WatchRevocations reloads the revocation lists when their files change
+// (polled every second) until ctx is done; a list that fails to load keeps
+// the previous one.
+func (w *Watcher) WatchRevocations(ctx context.Context) {
+	for _, l := range w.lists {
+		go l.rev.Watch(ctx, time.Second)
+	}
 }
 
 // maxCachedVerifiers bounds the verifier cache.
@@ -53,13 +109,14 @@ const (
 	SigNoCert   = "sig unchecked: no device certificate"
 	SigBad      = "SIG BAD"
 	SigMismatch = "SIG OK BUT REC DIFFERS"
+	SigRevoked  = "REJECTED: device certificate revoked"
 )
 
 // Seen is one decoded message and the outcome of its checks.
 type Seen struct {
 	Msg    *wire.Message
 	Dup    bool
-	Status string // one of SigOK, SigNoCert, SigBad, SigMismatch
+	Status string // one of SigOK, SigNoCert, SigBad, SigMismatch, SigRevoked
 	Detail string
 }
 
@@ -93,7 +150,11 @@ func (w *Watcher) Handle(topic string, payload []byte) (*Seen, error) {
 		s.Status, s.Detail = SigBad, err.Error()
 		return s, nil
 	}
-	signed, err := v.Verify(m.Sig)
+	if v.list != nil && v.list.rev.IsRevoked(v.serial) {
+		s.Status, s.Detail = SigRevoked, fmt.Sprintf("serial %x is on the revocation list of %s", v.serial, v.list.ca.Subject.CommonName)
+		return s, nil
+	}
+	signed, err := v.v.Verify(m.Sig)
 	if err != nil {
 		s.Status, s.Detail = SigBad, err.Error()
 		return s, nil
@@ -114,8 +175,9 @@ func (w *Watcher) Handle(topic string, payload []byte) (*Seen, error) {
 }
 
 // verifier returns the verifier of device id from devices/{id}.crt, after
-// checking that the certificate chains to device-ca.crt.
-func (w *Watcher) verifier(id string) (*envelope.Verifier, error) {
+// checking that the certificate chains to device-ca.crt (directly or
+// through issuing-ca.crt).
+func (w *Watcher) verifier(id string) (*devVerifier, error) {
 	if !pki.ValidDeviceID(id) {
 		return nil, fmt.Errorf("invalid device id %q", id)
 	}
@@ -130,15 +192,22 @@ func (w *Watcher) verifier(id string) (*envelope.Verifier, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := cert.Verify(x509.VerifyOptions{Roots: w.deviceCA, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: w.deviceCA, Intermediates: w.issuing,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
 		return nil, fmt.Errorf("device certificate of %s does not chain to the device CA", id)
 	}
 	if cert.Subject.CommonName != id {
 		return nil, fmt.Errorf("device certificate CN %q is not %s", cert.Subject.CommonName, id)
 	}
-	v, err = envelope.NewVerifier(cert.PublicKey, id)
+	ev, err := envelope.NewVerifier(cert.PublicKey, id)
 	if err != nil {
 		return nil, err
+	}
+	v = &devVerifier{v: ev, serial: cert.SerialNumber}
+	for _, l := range w.lists {
+		if cert.CheckSignatureFrom(l.ca) == nil {
+			v.list = l
+		}
 	}
 	w.mu.Lock()
 	if len(w.certs) >= maxCachedVerifiers {

@@ -1,12 +1,15 @@
 package cloud
 
 import (
+	"context"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/vitalgate/vitalgate/internal/envelope"
 	"github.com/vitalgate/vitalgate/internal/pki"
 	"github.com/vitalgate/vitalgate/internal/telemetry"
+	"github.com/vitalgate/vitalgate/internal/testutil"
 	"github.com/vitalgate/vitalgate/internal/wire"
 )
 
@@ -90,5 +93,46 @@ func TestWatcherChecksSignatureEndToEnd(t *testing.T) {
 	// The LRU holds 2 IDs: the first one is forgotten after two more.
 	if s, _ := w.Handle(topic, enc(m1, wire.CBOR)); s.Dup {
 		t.Error("LRU did not forget")
+	}
+}
+
+// TestWatcherRefusesRevokedDevice: once crl.pem lists the device (reloaded
+// while watching), its records are shown as rejected.
+func TestWatcherRefusesRevokedDevice(t *testing.T) {
+	dir := testPKI(t)
+	w, err := NewWatcher(dir, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	w.WatchRevocations(ctx)
+	topic := "telemetry/site1/dev-00001/spo2"
+	handle := func(seq uint64) *Seen {
+		b, err := wire.Encode(wire.CBOR, signedMessage(t, dir, seq, 97))
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := w.Handle(topic, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	if s := handle(1); s.Status != SigOK {
+		t.Fatalf("before revocation: %s %s", s.Status, s.Detail)
+	}
+	if err := pki.Revoke(dir, "dev-00001"); err != nil {
+		t.Fatal(err)
+	}
+	seq := uint64(1)
+	var last *Seen
+	testutil.Eventually(t, 10*time.Second, "record of a revoked device rejected", func() bool {
+		seq++
+		last = handle(seq)
+		return last.Status == SigRevoked
+	})
+	if line := last.Line(time.UTC); !strings.Contains(line, "[REJECTED: device certificate revoked: serial ") {
+		t.Errorf("line %q", line)
 	}
 }

@@ -29,13 +29,16 @@ type WatchOptions struct {
 
 // Watch is the reference consumer (`broker watch`): it subscribes as an app
 // to telemetry/{site}/#, drops duplicates, checks every record's device
-// signature and prints a readable line per message to out until ctx is done.
+// signature (a record signed with a revoked device certificate is shown as
+// rejected; crl.pem and issuing-crl.pem are reloaded on change) and prints a
+// readable line per message to out until ctx is done.
 // Connection events (subscribed, refused, lost) go to events.
 func Watch(ctx context.Context, o WatchOptions, out, events io.Writer) error {
 	w, err := NewWatcher(o.PKI, o.Dedup)
 	if err != nil {
 		return err
 	}
+	w.WatchRevocations(ctx)
 	tc, err := pki.ClientTLS(filepath.Join(o.PKI, pki.FileCA), "", "")
 	if err != nil {
 		return err

@@ -80,6 +80,7 @@ const (
 	FileRevokedTokens = "revoked-tokens"  // revoked app-token jti, one a line, read by the broker
 	IssuedDir         = "issued"          // ID.pem: the unexpired certificates the issuing CA signed for ID, newest first
 	FactoryDir        = "factory"         // for tests and the simulator: manufacturer CA keys and factory identities
+	GatewaysDir       = "gateways"        // ID.crt, ID.key: client certificates of further gateways (certs gateway)
 
 	// lockFile is the writer lock of [LockDir].
 	lockFile = ".lock"
