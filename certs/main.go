@@ -6,6 +6,9 @@
 //	certs device  --dir DIR --id ID [--key p256|ed25519] [--days N]
 //	certs devices --dir DIR --count N [--prefix P] [--key p256|ed25519]
 //	certs revoke  --dir DIR (--id ID | --gateway ID | --jti JTI | --token JWT)
+//	certs factory --dir DIR --count N [--manufacturer NAME] [--prefix P] [--key p256|ed25519] [--days N]
+//	certs manufacturer  --dir DIR --name NAME [--key p256|ed25519]
+//	certs renew-issuing --dir DIR [--days 90]
 //	certs token   --dir DIR --sub NAME --sites S1,S2 [--ttl 1h]
 //	certs gateway --dir DIR --id ID --site SITE [--key p256|ed25519]
 //
@@ -45,6 +48,12 @@ var commands = []command{
 		"issue a fleet of devices P-00001..P-N, skipping existing ones", setupDevices},
 	{"revoke", "--dir DIR (--id ID | --gateway ID | --jti JTI | --token JWT)",
 		"revoke a device (crl.pem), a gateway (gateway-crl.pem) or an app token (revoked-tokens)", setupRevoke},
+	{"factory", "--dir DIR --count N [--manufacturer NAME] [--prefix P] [--key p256|ed25519] [--days N]",
+		"issue factory identities for devices P-00001..P-N and list them in enroll.yaml (tests and the simulator)", setupFactory},
+	{"manufacturer", "--dir DIR --name NAME [--key p256|ed25519]",
+		"create a manufacturer CA: manufacturers/NAME.crt, its key factory/NAME-ca.key", setupManufacturer},
+	{"renew-issuing", "--dir DIR [--days 90]",
+		"re-sign issuing-ca.crt with the device CA, keeping its key (run where device-ca.key lives)", setupRenewIssuing},
 	{"token", "--dir DIR --sub NAME --sites S1,S2 [--ttl 1h]",
 		"print an app JWT on stdout and its jti (what certs revoke --jti takes) on stderr", setupToken},
 	{"gateway", "--dir DIR --id ID --site SITE [--key p256|ed25519]",
@@ -58,7 +67,7 @@ func mainUsage(w io.Writer) {
 	fmt.Fprintln(w, "Usage: certs COMMAND [flags]   (certs COMMAND --help for its flags)")
 	fmt.Fprintln(w, "\nCommands:")
 	for _, c := range commands {
-		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
+		fmt.Fprintf(w, "  %-13s %s\n", c.name, c.summary)
 	}
 }
 
@@ -90,7 +99,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 	}
-	fmt.Fprintf(stderr, "certs: unknown command %q (want init, device, devices, revoke, token or gateway; see certs --help)\n", args[0])
+	names := make([]string, len(commands))
+	for i, c := range commands {
+		names[i] = c.name
+	}
+	fmt.Fprintf(stderr, "certs: unknown command %q (want %s; see certs --help)\n", args[0], strings.Join(names, ", "))
 	return 2
 }
 
@@ -274,10 +287,7 @@ func setupRevoke(fs *flag.FlagSet) ([]string, func(io.Writer) error) {
 		}
 		switch {
 		case *id != "":
-			if err := pki.Revoke(*dir, *id); err != nil {
-				return err
-			}
-			fmt.Fprintf(w, "revoked %s in %s\n", *id, filepath.Join(*dir, pki.FileCRL))
+			return revokeDevice(w, *dir, *id)
 		case *gw != "":
 			if err := pki.RevokeGateway(*dir, *gw); err != nil {
 				return err
@@ -356,4 +366,22 @@ func notes(w io.Writer) io.Writer {
 		return c.stderr
 	}
 	return io.Discard
+}
+
+// revokeDevice puts a device on crl.pem (devices/ID.crt) and its enrolled certificates (issued/ID.pem) on
+// issuing-crl.pem, and says what went where.
+func revokeDevice(w io.Writer, dir, id string) error {
+	r, err := pki.RevokeDevice(dir, id)
+	if err != nil {
+		return err
+	}
+	var where []string
+	if r.DeviceCert {
+		where = append(where, "its certificate in "+filepath.Join(dir, pki.FileCRL))
+	}
+	if r.Issued > 0 {
+		where = append(where, fmt.Sprintf("%d enrolled certificates in %s", r.Issued, filepath.Join(dir, pki.FileIssuingCRL)))
+	}
+	fmt.Fprintf(w, "revoked %s: %s\n", id, strings.Join(where, ", "))
+	return nil
 }

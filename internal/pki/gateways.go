@@ -3,10 +3,8 @@ package pki
 import (
 	"crypto/x509"
 	"fmt"
-	"math/big"
 	"os"
 	"path/filepath"
-	"slices"
 	"time"
 )
 
@@ -111,40 +109,5 @@ func RevokeGateway(dir, id string) error {
 		return err
 	}
 	defer release()
-	return addToCRL(filepath.Join(dir, FileGatewayCRL), ca, certs, time.Now())
-}
-
-// addToCRL adds the serial numbers of certs to the CRL file path signed by ca, re-signed with the next CRL
-// number; a missing file is started at number 1, a file that does not verify is an error.
-func addToCRL(path string, ca *issuer, certs []*x509.Certificate, now time.Time) error {
-	var entries []x509.RevocationListEntry
-	number := big.NewInt(1)
-	old, _, err := readCRL(path, ca.cert)
-	switch {
-	case err == nil:
-		for _, e := range old.RevokedCertificateEntries { // keep only the fields CreateRevocationList re-encodes
-			entries = append(entries, x509.RevocationListEntry{SerialNumber: e.SerialNumber,
-				RevocationTime: e.RevocationTime, ReasonCode: e.ReasonCode})
-		}
-		if old.Number != nil {
-			number.Add(old.Number, big.NewInt(1))
-		}
-	case exists(path):
-		return err
-	}
-	added := 0
-	for _, c := range certs {
-		if !slices.ContainsFunc(entries, func(e x509.RevocationListEntry) bool { return e.SerialNumber.Cmp(c.SerialNumber) == 0 }) {
-			entries = append(entries, x509.RevocationListEntry{SerialNumber: c.SerialNumber, RevocationTime: now})
-			added++
-		}
-	}
-	if added == 0 && err == nil {
-		return nil
-	}
-	b, err := signCRL(ca, entries, number, now)
-	if err != nil {
-		return err
-	}
-	return writeFile(path, b, 0o644, true)
+	return revokeInCRL(filepath.Join(dir, FileGatewayCRL), ca, certs, time.Now())
 }
