@@ -74,6 +74,11 @@ func (c *pkiCheck) add(check, sev, subject, format string, args ...any) {
 	c.found = append(c.found, Finding{Check: check, Severity: sev, Subject: subject, Detail: fmt.Sprintf(format, args...)})
 }
 
+// addDev adds a finding about device dev.
+func (c *pkiCheck) addDev(check, sev, dev, format string, args ...any) {
+	c.found = append(c.found, Finding{dev: true, Check: check, Severity: sev, Subject: dev, Detail: fmt.Sprintf(format, args...)})
+}
+
 // caFiles are the certificates of CAs and of the gateway itself, checked
 // against the CA threshold; manufacturers/*.crt are added to them.
 var caFiles = []string{pki.FileCA, pki.FileDeviceCA, pki.FileIssuingCA, pki.FileGatewayCA, pki.FileGateway, pki.FileGatewayClient}
@@ -197,9 +202,9 @@ func (c *pkiCheck) devices() {
 		dc := latest[id]
 		switch rest := dc.cert.NotAfter.Sub(c.now); {
 		case rest <= 0:
-			c.add(CheckDeviceCert, Low, id, "%s: %s and no later certificate on file: the device cannot connect until it enrols again (or remove the file)", dc.file, left(dc.cert.NotAfter, c.now))
+			c.addDev(CheckDeviceCert, Low, id, "%s: %s and no later certificate on file: the device cannot connect until it enrols again (or remove the file)", dc.file, left(dc.cert.NotAfter, c.now))
 		case rest < c.p.DeviceCertWarn:
-			c.add(CheckDeviceCert, High, id, "%s: %s and no renewal on file", dc.file, left(dc.cert.NotAfter, c.now))
+			c.addDev(CheckDeviceCert, High, id, "%s: %s and no renewal on file", dc.file, left(dc.cert.NotAfter, c.now))
 		}
 	}
 }

@@ -62,6 +62,8 @@ type Finding struct {
 	Severity string `json:"severity"`
 	Subject  string `json:"subject"`
 	Detail   string `json:"detail"`
+
+	dev bool // Subject is a device ID (else a file of the PKI directory)
 }
 
 // key identifies a finding across runs: the same check on the same subject

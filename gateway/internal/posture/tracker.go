@@ -159,7 +159,7 @@ func (t *Tracker) findings(p Policy) []Finding {
 			out = append(out, f)
 		}
 		if n := s.takeoversSince(since); n >= p.Takeovers {
-			out = append(out, Finding{Check: CheckStorm, Severity: High, Subject: dev,
+			out = append(out, Finding{dev: true, Check: CheckStorm, Severity: High, Subject: dev,
 				Detail: fmt.Sprintf("%d takeovers of client ID %s within %s (threshold %d): two clients fight over one identity, or one reconnects without closing",
 					n, dev, p.Window, p.Takeovers)})
 		}
@@ -196,7 +196,7 @@ func (s *devState) cloned(dev string, since int64, p Policy) (Finding, bool) {
 	}
 	for serial, n := range switches {
 		if n >= 2 {
-			return Finding{Check: CheckCloned, Severity: Critical, Subject: dev,
+			return Finding{dev: true, Check: CheckCloned, Severity: Critical, Subject: dev,
 				Detail: fmt.Sprintf("certificate serial %s connected from %s in turn (%d switches within %s): its key is probably copied; revoke the certificate and enrol the real device again",
 					serial, strings.Join(hosts[serial], " and "), n, p.Window)}, true
 		}
@@ -234,7 +234,7 @@ func (s *devState) silence(dev string, now time.Time, p Policy) (Finding, bool) 
 	if s.open > 0 {
 		state = "connected"
 	}
-	return Finding{Check: CheckSilent, Severity: Medium, Subject: dev,
+	return Finding{dev: true, Check: CheckSilent, Severity: Medium, Subject: dev,
 		Detail: fmt.Sprintf("no accepted message for %s (%s), expected within %s (%.0fx its median gap of %s, at least %s)",
 			quiet.Round(time.Second), state, expected.Round(time.Second), p.SilenceFactor, median.Round(time.Millisecond), p.SilenceMin)}, true
 }
