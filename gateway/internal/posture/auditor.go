@@ -38,8 +38,9 @@ type Auditor struct {
 	o     Options
 	gauge *prometheus.GaugeVec
 
-	mu     sync.Mutex
+	mu     sync.Mutex      // held for a whole run: one at a time
 	active map[string]bool // keys of the findings of the last run
+	last   Report
 }
 
 // NewAuditor returns an auditor; its gauge is registered with
@@ -66,6 +67,24 @@ func NewAuditor(o Options) *Auditor {
 // Run audits now: the PKI directory, the open connections, the tracked
 // behaviour. It emits the events of new findings and sets the gauge.
 func (a *Auditor) Run() Report {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.run()
+}
+
+// Fresh returns the last report if it is younger than maxAge, else runs
+// the audit: a flood of requests costs at most one run per maxAge.
+func (a *Auditor) Fresh(maxAge time.Duration) Report {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.last.Time.IsZero() && a.o.Now().Sub(a.last.Time) < maxAge {
+		return a.last
+	}
+	return a.run()
+}
+
+// run is one audit; the caller holds a.mu.
+func (a *Auditor) run() Report {
 	now := a.o.Now()
 	st, found := CheckPKI(a.o.PKI, now, a.o.Policy)
 	if a.o.Connections != nil {
@@ -76,11 +95,10 @@ func (a *Auditor) Run() Report {
 		found = append(found, a.o.Tracker.findings(a.o.Policy)...)
 		rep.Tracked, rep.Untracked = a.o.Tracker.Counts()
 	}
-	rep.Findings = dedupe(found)
+	rep.Findings = append([]Finding{}, dedupe(found)...)
 	sortFindings(rep.Findings)
-	a.mu.Lock()
-	defer a.mu.Unlock()
 	a.publish(rep, now)
+	a.last = rep
 	return rep
 }
 
