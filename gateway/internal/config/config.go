@@ -47,6 +47,7 @@ type Config struct {
 	Queue      QueueConfig `yaml:"queue"`
 	Relay      RelayConfig `yaml:"relay"`
 	Embedded   Embedded    `yaml:"embedded"`
+	Audit      AuditConfig `yaml:"audit"`
 
 	// ResetQueue (--reset-queue, never from the file: it is one start's
 	// decision) moves a queue that is refused as corrupt or lost aside and
@@ -91,6 +92,17 @@ type RelayConfig struct {
 	Window int `yaml:"window"` // QoS 1 messages in flight to the cloud
 }
 
+// AuditConfig tunes the posture audit: how often the running gateway
+// audits, and the thresholds of its checks of live devices.
+type AuditConfig struct {
+	Interval      time.Duration `yaml:"interval"`       // between two audits of the running gateway
+	SilenceFactor float64       `yaml:"silence_factor"` // silent after this many median gaps...
+	SilenceMin    time.Duration `yaml:"silence_min"`    // ...and at least this long
+	Window        time.Duration `yaml:"window"`         // clones and takeover storms are judged over it
+	Takeovers     int           `yaml:"takeovers"`      // takeovers of one client ID within window that make a storm
+	MaxDevices    int           `yaml:"max_devices"`    // devices tracked at most
+}
+
 // Default returns a configuration that runs on a laptop.
 func Default() Config {
 	return Config{
@@ -113,6 +125,8 @@ func Default() Config {
 		Queue:            QueueConfig{MaxRecords: 1_000_000, MaxBytes: 1 << 30, CommitDelay: time.Millisecond},
 		Relay:            RelayConfig{Window: 4096}, // relay.DefaultWindow
 		Embedded:         Embedded{Apps: "127.0.0.1:8884"},
+		Audit: AuditConfig{Interval: time.Minute, SilenceFactor: 3, SilenceMin: 5 * time.Minute,
+			Window: 10 * time.Minute, Takeovers: 10, MaxDevices: 50000},
 	}
 }
 
@@ -268,6 +282,26 @@ func (c Config) validateGuards(p *problems) {
 	}
 	if c.Quarantine.Violations < 1 || c.Quarantine.Window <= 0 || c.Quarantine.Cooloff <= 0 {
 		p.bad("quarantine", "violations, window and cooloff must be positive")
+	}
+	c.validateAudit(p)
+}
+
+func (c Config) validateAudit(p *problems) {
+	a := c.Audit
+	if a.Interval < time.Second {
+		p.bad("audit.interval", "%v is under a second", a.Interval)
+	}
+	if a.SilenceFactor < 1 {
+		p.bad("audit.silence_factor", "%v is under 1", a.SilenceFactor)
+	}
+	if a.SilenceMin < time.Second || a.Window < time.Second {
+		p.bad("audit", "silence_min and window must be at least a second")
+	}
+	if a.Takeovers < 2 || a.Takeovers > 32 {
+		p.bad("audit.takeovers", "%d outside 2..32", a.Takeovers)
+	}
+	if a.MaxDevices < 1 {
+		p.bad("audit.max_devices", "must be positive")
 	}
 }
 

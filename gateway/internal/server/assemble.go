@@ -18,6 +18,7 @@ import (
 	"github.com/vitalgate/vitalgate/gateway/internal/config"
 	"github.com/vitalgate/vitalgate/gateway/internal/guard"
 	"github.com/vitalgate/vitalgate/gateway/internal/ingest"
+	"github.com/vitalgate/vitalgate/gateway/internal/posture"
 	"github.com/vitalgate/vitalgate/gateway/internal/relay"
 	"github.com/vitalgate/vitalgate/gateway/internal/spool"
 	"github.com/vitalgate/vitalgate/internal/cloud"
@@ -136,6 +137,7 @@ func (g *Gateway) recordQueueReset() error {
 func (g *Gateway) newIngest() error {
 	g.maxConns = connCap(g.cfg.MaxConnections, g.log)
 	g.metrics = ingest.NewMetrics(g.reg)
+	g.tracker = posture.NewTracker(g.cfg.Audit.MaxDevices, nil)
 	g.hook = ingest.NewHook(g.ingestOptions())
 	// Every rejection is already a security event with its verdict: mochi's
 	// own line for it is dropped.
@@ -170,8 +172,21 @@ func (g *Gateway) ingestOptions() ingest.Options {
 		MaxPayload:   cfg.MaxPayload,
 		MaxAge:       cfg.MaxAge,
 		ResendWindow: cfg.MaxInflight,
+		Observers:    []ingest.Observer{g.tracker},
 		Log:          g.log.With("component", "ingest"),
 	}
+}
+
+// newAuditor builds the posture audit of the PKI directory, the open
+// connections and the tracked devices; Start runs it periodically.
+func (g *Gateway) newAuditor() error {
+	a := g.cfg.Audit
+	g.auditor = posture.NewAuditor(posture.Options{
+		PKI: g.cfg.PKI, Tracker: g.tracker, Connections: g.hook.Connections, GatewayID: g.id, Registerer: g.reg,
+		Policy: posture.Policy{SilenceFactor: a.SilenceFactor, SilenceMin: a.SilenceMin, Window: a.Window, Takeovers: a.Takeovers},
+		Event:  func(e audit.Event) { g.event(e, false) },
+	})
+	return nil
 }
 
 // deviceCapabilities are the MQTT limits the devices' mochi server grants.

@@ -150,10 +150,15 @@ func (e *env) dial5(id, clientID string) (*paho5.Client, *paho5.Connack, error) 
 }
 
 func (e *env) dialAt(addr, id string, clientID ...string) (*paho5.Client, *paho5.Connack, error) {
+	return e.dialWith(&net.Dialer{Timeout: 5 * time.Second}, addr, id, clientID...)
+}
+
+// dialWith is dialAt through dialer d (from another local address, say).
+func (e *env) dialWith(d *net.Dialer, addr, id string, clientID ...string) (*paho5.Client, *paho5.Connack, error) {
 	if len(clientID) == 0 {
 		clientID = []string{id}
 	}
-	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, e.deviceTLS(id))
+	conn, err := tls.DialWithDialer(d, "tcp", addr, e.deviceTLS(id))
 	if err != nil {
 		return nil, nil, err
 	}

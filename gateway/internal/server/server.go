@@ -26,6 +26,7 @@ import (
 	"github.com/vitalgate/vitalgate/gateway/internal/audit"
 	"github.com/vitalgate/vitalgate/gateway/internal/config"
 	"github.com/vitalgate/vitalgate/gateway/internal/ingest"
+	"github.com/vitalgate/vitalgate/gateway/internal/posture"
 	"github.com/vitalgate/vitalgate/gateway/internal/relay"
 	"github.com/vitalgate/vitalgate/gateway/internal/spool"
 	"github.com/vitalgate/vitalgate/internal/cloud"
@@ -69,6 +70,8 @@ type Gateway struct {
 	relay    *relay.Relay
 	metrics  *ingest.Metrics
 	hook     *ingest.Hook
+	tracker  *posture.Tracker // devices' connects and traffic, for the posture audit
+	auditor  *posture.Auditor
 	mqtt     *mqtt.Server
 	maxConns int
 	devices  *ingest.Listener
@@ -110,6 +113,7 @@ func New(cfg config.Config, log *slog.Logger) (*Gateway, error) {
 		g.newRelay,         // queue to cloud
 		g.recordQueueReset, // a reset's security event, now that it can be recorded
 		g.newIngest,        // devices: mochi server and ingest hook...
+		g.newAuditor,       // ...watched by the posture audit
 		g.listenDevices,    // ...behind the admission-controlled mTLS listener
 		g.listenHTTP,       // operations
 	} {
@@ -149,10 +153,14 @@ func (g *Gateway) Start() error {
 			g.log.Error("relay stopped", "error", err)
 		}
 	}()
-	g.wg.Add(1)
+	g.wg.Add(2)
 	go func() {
 		defer g.wg.Done()
 		g.watchFiles()
+	}()
+	go func() {
+		defer g.wg.Done()
+		g.auditLoop()
 	}()
 	if g.http != nil {
 		g.wg.Add(1)

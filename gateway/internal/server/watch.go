@@ -104,3 +104,20 @@ func (g *Gateway) watchAudit(failing bool) bool {
 	}
 	return err != nil
 }
+
+// auditLoop runs the posture audit every audit.interval, the first time
+// one interval after the start (devices have connected by then).
+func (g *Gateway) auditLoop() {
+	t := time.NewTicker(g.cfg.Audit.Interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-g.ctx.Done():
+			return
+		case <-t.C:
+		}
+		if rep := g.auditor.Run(); len(rep.Findings) > 0 {
+			g.log.Info("posture audit", "findings", len(rep.Findings), "high_or_critical", rep.Serious())
+		}
+	}
+}
