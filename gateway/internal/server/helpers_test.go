@@ -96,6 +96,7 @@ func testConfig(t *testing.T, pkiDir string) config.Config {
 	c.PKI = pkiDir
 	c.Listen = "127.0.0.1:0"
 	c.HTTP = "127.0.0.1:0"
+	c.HTTPS = "127.0.0.1:0"
 	c.Data = t.TempDir()
 	c.Embedded = config.Embedded{Apps: "127.0.0.1:0"}
 	return c
