@@ -23,7 +23,7 @@ import (
 // --check-config loads exactly what a start loads.
 type files struct {
 	site, id  string
-	mismatch  error // the configured identity differs from the certificate's (a warning: a cloud is configured)
+	mismatch  error            // the configured identity differs from the certificate's (a warning: a cloud is configured)
 	rev       *pki.Revocations // the device CA's list (crl.pem)
 	issuing   *pki.IssuingCA   // signs enrolled devices' certificates
 	issRev    *pki.Revocations // the issuing CA's list (issuing-crl.pem)
