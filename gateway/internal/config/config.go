@@ -25,6 +25,7 @@ type Config struct {
 	Cloud  URLList `yaml:"cloud"`  // cloud broker URLs, in failover order; empty: embedded broker
 	Data   string  `yaml:"data"`   // queue, audit log and embedded broker state
 	HTTP   string  `yaml:"http"`   // /metrics, /healthz, /readyz; "" disables
+	HTTPS  string  `yaml:"https"`  // EST enrolment (RFC 7030) with the gateway's TLS certificate; "" disables
 	Pprof  bool    `yaml:"pprof"`  // also /debug/pprof/ on the http address
 	Site   string  `yaml:"site"`   // default: OU of gateway-client.crt
 	ID     string  `yaml:"id"`     // default: CN of gateway-client.crt
@@ -48,6 +49,7 @@ type Config struct {
 	Relay      RelayConfig `yaml:"relay"`
 	Embedded   Embedded    `yaml:"embedded"`
 	Audit      AuditConfig `yaml:"audit"`
+	Enroll     Enroll      `yaml:"enroll"`
 
 	// ResetQueue (--reset-queue, never from the file: it is one start's
 	// decision) moves a queue that is refused as corrupt or lost aside and
@@ -61,6 +63,14 @@ type Config struct {
 type Embedded struct {
 	Apps string `yaml:"apps"`
 	WS   string `yaml:"ws"`
+}
+
+// Enroll configures enrolment over EST on the https address: the lifetime of the operational certificates the
+// issuing CA signs, and each client's request rate.
+type Enroll struct {
+	Validity time.Duration `yaml:"validity"` // of an operational certificate (never beyond the issuing CA)
+	Rate     float64       `yaml:"rate"`     // EST requests per second per client
+	Burst    int           `yaml:"burst"`    // EST requests a client may make at once
 }
 
 // RateConfig bounds each device's traffic.
@@ -110,6 +120,7 @@ func Default() Config {
 		Listen:           "127.0.0.1:8883",
 		Data:             "data",
 		HTTP:             "127.0.0.1:9100",
+		HTTPS:            "127.0.0.1:8443",
 		Format:           "cbor",
 		Log:              "info",
 		MaxPayload:       64 << 10,
@@ -127,6 +138,7 @@ func Default() Config {
 		Embedded:         Embedded{Apps: "127.0.0.1:8884"},
 		Audit: AuditConfig{Interval: time.Minute, SilenceFactor: 3, SilenceMin: 5 * time.Minute,
 			Window: 10 * time.Minute, Takeovers: 10, MaxDevices: 50000},
+		Enroll: Enroll{Validity: 30 * 24 * time.Hour, Rate: 1, Burst: 10}, // pki.OperationalValidity
 	}
 }
 
@@ -219,6 +231,11 @@ func (c Config) validateAddresses(p *problems) {
 			p.bad("http", "%q is not host:port", c.HTTP)
 		}
 	}
+	if c.HTTPS != "" {
+		if _, _, err := net.SplitHostPort(c.HTTPS); err != nil {
+			p.bad("https", "%q is not host:port", c.HTTPS)
+		}
+	}
 	for _, u := range c.Cloud {
 		pu, err := url.Parse(u)
 		switch {
@@ -279,6 +296,12 @@ func (c Config) validateGuards(p *problems) {
 	}
 	if c.Rate.Messages <= 0 || c.Rate.Burst < 1 || c.Rate.Bytes <= 0 || c.Rate.ByteBurst < c.MaxPayload {
 		p.bad("rate", "messages, burst, bytes must be positive and byte_burst at least max_payload")
+	}
+	if c.Enroll.Validity < time.Minute {
+		p.bad("enroll.validity", "%v is under a minute", c.Enroll.Validity)
+	}
+	if c.Enroll.Rate <= 0 || c.Enroll.Burst < 1 {
+		p.bad("enroll", "rate and burst must be positive")
 	}
 	if c.Quarantine.Violations < 1 || c.Quarantine.Window <= 0 || c.Quarantine.Cooloff <= 0 {
 		p.bad("quarantine", "violations, window and cooloff must be positive")
