@@ -22,26 +22,50 @@ import (
 // Watcher is the reference consumer's logic (`broker watch`): it decodes
 // each cloud message, drops duplicates by ID, checks the device signature
 // end to end and renders a readable line. It is safe for concurrent use.
+//
+// It checks signatures with the certificates the gateways publish on
+// certs/{site}/{device} ([Watcher.HandleChain]), verified to ca.crt; a
+// watcher made with [NewWatcher] falls back on devices/{id}.crt of the PKI
+// directory for a device with no published chain.
 type Watcher struct {
-	dir      string
-	deviceCA *x509.CertPool
+	dir      string         // the PKI directory; "" for a watcher of published chains only
+	deviceCA *x509.CertPool // with dir
+	roots    *x509.CertPool // ca.crt
 
-	mu    sync.Mutex
-	seen  *lru                          // message IDs
-	certs map[string]*envelope.Verifier // device ID -> verifier of a chained certificate
+	mu     sync.Mutex
+	seen   *lru                            // message IDs
+	certs  map[string]*envelope.Verifier   // device ID -> verifier of devices/{id}.crt
+	chains map[string][]*envelope.Verifier // device ID -> verifiers of its published chains, newest first
 }
 
-// NewWatcher reads device-ca.crt from the PKI directory dir and remembers up
-// to dedup message IDs (default 100000 when <= 0).
+// NewWatcher reads ca.crt and device-ca.crt from the PKI directory dir and
+// remembers up to dedup message IDs (default 100000 when <= 0).
 func NewWatcher(dir string, dedup int) (*Watcher, error) {
 	pool, err := pki.LoadPool(filepath.Join(dir, pki.FileDeviceCA))
 	if err != nil {
 		return nil, fmt.Errorf("load device CA: %w", err)
 	}
+	w, err := NewChainWatcher(filepath.Join(dir, pki.FileCA), dedup)
+	if err != nil {
+		return nil, err
+	}
+	w.dir, w.deviceCA = dir, pool
+	return w, nil
+}
+
+// NewChainWatcher trusts caFile (the deployment's ca.crt) alone: it checks
+// records with the devices' published chains only, and a record of a device
+// with no chain yet is [SigUnverified].
+func NewChainWatcher(caFile string, dedup int) (*Watcher, error) {
+	roots, err := pki.LoadPool(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("load trust anchor: %w", err)
+	}
 	if dedup <= 0 {
 		dedup = 100000
 	}
-	return &Watcher{dir: dir, deviceCA: pool, seen: newLRU(dedup), certs: map[string]*envelope.Verifier{}}, nil
+	return &Watcher{roots: roots, seen: newLRU(dedup), certs: map[string]*envelope.Verifier{},
+		chains: map[string][]*envelope.Verifier{}}, nil
 }
 
 // maxCachedVerifiers bounds the verifier cache.
@@ -59,7 +83,7 @@ const (
 type Seen struct {
 	Msg    *wire.Message
 	Dup    bool
-	Status string // one of SigOK, SigNoCert, SigBad, SigMismatch
+	Status string // one of SigOK, SigNoCert, SigUnverified, SigBad, SigMismatch
 	Detail string
 }
 
@@ -84,17 +108,15 @@ func (w *Watcher) Handle(topic string, payload []byte) (*Seen, error) {
 		s.Status, s.Detail = SigMismatch, "id is not dev:seq"
 		return s, nil
 	}
-	v, err := w.verifier(m.Rec.Dev)
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			s.Status = SigNoCert
-			return s, nil
-		}
-		s.Status, s.Detail = SigBad, err.Error()
+	signed, err := w.verify(m.Rec.Dev, m.Sig)
+	switch {
+	case errors.Is(err, errNoChain):
+		s.Status = SigUnverified
 		return s, nil
-	}
-	signed, err := v.Verify(m.Sig)
-	if err != nil {
+	case errors.Is(err, os.ErrNotExist):
+		s.Status = SigNoCert
+		return s, nil
+	case err != nil:
 		s.Status, s.Detail = SigBad, err.Error()
 		return s, nil
 	}
@@ -111,6 +133,37 @@ func (w *Watcher) Handle(topic string, payload []byte) (*Seen, error) {
 	}
 	s.Status = SigOK
 	return s, nil
+}
+
+// errNoChain: a watcher without a PKI directory has no published chain of the device.
+var errNoChain = errors.New("no published certificate")
+
+// verify checks sig with dev's published certificates, newest first, or,
+// with none and a PKI directory, with devices/{dev}.crt. It returns the
+// signed payload.
+func (w *Watcher) verify(dev string, sig []byte) ([]byte, error) {
+	vs := w.published(dev)
+	if len(vs) == 0 {
+		if w.dir == "" {
+			return nil, errNoChain
+		}
+		v, err := w.verifier(dev)
+		if err != nil {
+			return nil, err
+		}
+		vs = []*envelope.Verifier{v}
+	}
+	var first error
+	for _, v := range vs {
+		signed, err := v.Verify(sig)
+		if err == nil {
+			return signed, nil
+		}
+		if first == nil {
+			first = err
+		}
+	}
+	return nil, first
 }
 
 // verifier returns the verifier of device id from devices/{id}.crt, after
