@@ -69,7 +69,7 @@ type Publisher struct {
 	cas     *caSet
 	dropped atomic.Uint64
 	busy    atomic.Bool // drain is handling a batch
-	saveMu  sync.Mutex // one Save at a time, so the last snapshot is the last written
+	saveMu  sync.Mutex  // one Save at a time, so the last snapshot is the last written
 
 	mu        sync.Mutex
 	pending   map[string]*x509.Certificate // device -> certificate it connected with, not yet handled
