@@ -50,30 +50,7 @@ func Watch(ctx context.Context, o WatchOptions, out, events io.Writer) error {
 	}
 	brokerURL := strings.Replace(o.URL, "mqtts://", "ssl://", 1)
 	lines := make(chan string, 1024)
-	handler := func(_ paho.Client, m paho.Message) {
-		var line string
-		if strings.HasPrefix(m.Topic(), "certs/") {
-			line = time.Now().Format("15:04:05") + " " + w.HandleChain(m.Topic(), m.Payload()).Line()
-			select {
-			case lines <- line:
-			case <-ctx.Done():
-			}
-			return
-		}
-		s, err := w.Handle(m.Topic(), m.Payload())
-		switch {
-		case err != nil:
-			line = fmt.Sprintf("%s %s: undecodable message: %v", time.Now().Format("15:04:05"), m.Topic(), err)
-		case s.Dup:
-			return
-		default:
-			line = s.Line(nil)
-		}
-		select {
-		case lines <- line:
-		case <-ctx.Done():
-		}
-	}
+	handler := lineHandler(ctx, w, lines)
 	filters := []string{"certs/" + o.Site + "/#", "telemetry/" + o.Site + "/#"} // chains first
 	opts := paho.NewClientOptions().AddBroker(brokerURL).SetClientID(id).SetTLSConfig(tc).
 		SetUsername("app").SetPassword(o.Token).SetCleanSession(!o.Persistent).SetOrderMatters(true).
@@ -129,4 +106,30 @@ func newWatcher(o WatchOptions) (*Watcher, string, error) {
 	}
 	w, err := NewWatcher(o.PKI, o.Dedup)
 	return w, filepath.Join(o.PKI, pki.FileCA), err
+}
+
+// lineHandler turns each message into a line on lines: a certificate
+// chain's verdict, or a record as the watcher checked it (duplicates make
+// no line).
+func lineHandler(ctx context.Context, w *Watcher, lines chan<- string) paho.MessageHandler {
+	return func(_ paho.Client, m paho.Message) {
+		var line string
+		if strings.HasPrefix(m.Topic(), "certs/") {
+			line = time.Now().Format("15:04:05") + " " + w.HandleChain(m.Topic(), m.Payload()).Line()
+		} else {
+			s, err := w.Handle(m.Topic(), m.Payload())
+			switch {
+			case err != nil:
+				line = fmt.Sprintf("%s %s: undecodable message: %v", time.Now().Format("15:04:05"), m.Topic(), err)
+			case s.Dup:
+				return
+			default:
+				line = s.Line(nil)
+			}
+		}
+		select {
+		case lines <- line:
+		case <-ctx.Done():
+		}
+	}
 }
