@@ -123,6 +123,10 @@ func TestDemo(t *testing.T) {
 	if !okRow.MatchString(final) {
 		t.Errorf("no patient row with vitals and a verified signature in the final view:\n%s", final)
 	}
+	// The clinician trusts ca.crt alone: the rows verified with the chains the gateway published.
+	if m := regexp.MustCompile(`device certificates \(published, checked against ca.crt\): (\d+) verified, 0 rejected`).FindStringSubmatch(final); m == nil || m[1] == "0" {
+		t.Errorf("no verified published certificate chain in the final view:\n%s", final)
+	}
 	r := rejections(final)
 	for _, v := range firstPhase {
 		if r[v] == 0 {

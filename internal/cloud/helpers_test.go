@@ -283,8 +283,14 @@ func (c *rawClient) connect(clientID, user, pass string) (byte, error) {
 
 // publish sends a QoS 1 PUBLISH and returns the PUBACK reason code.
 func (c *rawClient) publish(topic string, payload []byte) (byte, error) {
+	return c.publishRetain(topic, payload, false)
+}
+
+// publishRetain sends a QoS 1 PUBLISH, retained if retain, and returns the
+// PUBACK reason code.
+func (c *rawClient) publishRetain(topic string, payload []byte, retain bool) (byte, error) {
 	c.id++
-	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, ProtocolVersion: 5,
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1, Retain: retain}, ProtocolVersion: 5,
 		TopicName: topic, Payload: payload, PacketID: c.id}
 	if err := c.send(pk, (*packets.Packet).PublishEncode); err != nil {
 		return 0, err

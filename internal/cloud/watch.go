@@ -2,12 +2,11 @@ package cloud
 
 import (
 	"bytes"
+	"cmp"
 	"container/list"
-	"context"
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"math/big"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -25,79 +24,62 @@ import (
 // each cloud message, drops duplicates by ID, checks the device signature
 // end to end, refuses a record signed with a revoked device certificate
 // and renders a readable line. It is safe for concurrent use.
+//
+// It checks signatures with the certificates the gateways publish on
+// certs/{site}/{device} ([Watcher.HandleChain]), verified to ca.crt; a
+// watcher made with [NewWatcher] falls back on devices/{id}.crt of the PKI
+// directory for a device with no published chain.
 type Watcher struct {
-	dir      string
-	deviceCA *x509.CertPool
-	issuing  *x509.CertPool // issuing-ca.crt, the intermediate of enrolled devices (nil: none)
-	lists    []*revList     // crl.pem, and issuing-crl.pem when there is an issuing CA
+	dir      string         // the PKI directory; "" for a watcher of published chains only
+	deviceCA *x509.CertPool // with dir
+	issuing  *x509.CertPool // with dir: issuing-ca.crt, the intermediate of enrolled devices (nil: none)
+	lists    []*revList     // with dir: crl.pem, and issuing-crl.pem when there is an issuing CA
+	roots    *x509.CertPool // ca.crt
 
-	mu    sync.Mutex
-	seen  *lru                    // message IDs
-	certs map[string]*devVerifier // device ID -> verifier of a chained certificate
+	mu     sync.Mutex
+	seen   *lru                 // message IDs
+	certs  map[string]*devKey   // device ID -> key of devices/{id}.crt
+	chains map[string][]*devKey // device ID -> keys of its published chains, newest first
 }
 
-// revList is a CA's revocation list, reloaded on change.
-type revList struct {
-	ca  *x509.Certificate
-	rev *pki.Revocations
+// devKey is a device certificate and the verifier of its key.
+type devKey struct {
+	v    *envelope.Verifier
+	cert *x509.Certificate
 }
 
-// devVerifier checks a device's signatures; list revokes its certificate.
-type devVerifier struct {
-	v      *envelope.Verifier
-	serial *big.Int
-	list   *revList // the list of the certificate's issuer (nil: none)
-}
-
-// NewWatcher reads device-ca.crt and its crl.pem from the PKI directory dir
-// (and issuing-ca.crt with issuing-crl.pem, when there), and remembers up to
-// dedup message IDs (default 100000 when <= 0).
+// NewWatcher reads ca.crt, device-ca.crt and crl.pem from the PKI directory
+// dir (and issuing-ca.crt with issuing-crl.pem, when there) and remembers up
+// to dedup message IDs (default 100000 when <= 0).
 func NewWatcher(dir string, dedup int) (*Watcher, error) {
-	caFile := filepath.Join(dir, pki.FileDeviceCA)
-	pool, err := pki.LoadPool(caFile)
+	pool, err := pki.LoadPool(filepath.Join(dir, pki.FileDeviceCA))
 	if err != nil {
 		return nil, fmt.Errorf("load device CA: %w", err)
 	}
-	if dedup <= 0 {
-		dedup = 100000
-	}
-	w := &Watcher{dir: dir, deviceCA: pool, seen: newLRU(dedup), certs: map[string]*devVerifier{}}
-	if err := w.addList(caFile, filepath.Join(dir, pki.FileCRL)); err != nil {
+	w, err := NewChainWatcher(filepath.Join(dir, pki.FileCA), dedup)
+	if err != nil {
 		return nil, err
 	}
-	issFile := filepath.Join(dir, pki.FileIssuingCA)
-	if _, err := os.Stat(issFile); err == nil {
-		if w.issuing, err = pki.LoadPool(issFile); err != nil {
-			return nil, fmt.Errorf("load issuing CA: %w", err)
-		}
-		if err := w.addList(issFile, filepath.Join(dir, pki.FileIssuingCRL)); err != nil {
-			return nil, err
-		}
+	w.dir, w.deviceCA = dir, pool
+	if err := w.loadRevocations(dir); err != nil {
+		return nil, err
 	}
 	return w, nil
 }
 
-// addList loads the revocation list crlFile of the CA in caFile.
-func (w *Watcher) addList(caFile, crlFile string) error {
-	ca, err := pki.LoadCert(caFile)
+// NewChainWatcher trusts caFile (the deployment's ca.crt) alone: it checks
+// records with the devices' published chains only, and a record of a device
+// with no chain yet is [SigUnverified].
+func NewChainWatcher(caFile string, dedup int) (*Watcher, error) {
+	roots, err := pki.LoadPool(caFile)
 	if err != nil {
-		return err
+		return nil, fmt.Errorf("load trust anchor: %w", err)
 	}
-	rev, err := pki.NewRevocations(crlFile, ca)
-	if err != nil {
-		return fmt.Errorf("device revocation list: %w", err)
+	if dedup <= 0 {
+		dedup = 100000
 	}
-	w.lists = append(w.lists, &revList{ca: ca, rev: rev})
-	return nil
-}
-
-// WatchRevocations reloads the revocation lists when their files change
-// (polled every second) until ctx is done; a list that fails to load keeps
-// the previous one.
-func (w *Watcher) WatchRevocations(ctx context.Context) {
-	for _, l := range w.lists {
-		go l.rev.Watch(ctx, time.Second)
-	}
+	return &Watcher{roots: roots, seen: newLRU(dedup), certs: map[string]*devKey{},
+		chains: map[string][]*devKey{}}, nil
 }
 
 // maxCachedVerifiers bounds the verifier cache.
@@ -116,7 +98,7 @@ const (
 type Seen struct {
 	Msg    *wire.Message
 	Dup    bool
-	Status string // one of SigOK, SigNoCert, SigBad, SigMismatch, SigRevoked
+	Status string // one of SigOK, SigNoCert, SigUnverified, SigBad, SigMismatch, SigRevoked
 	Detail string
 }
 
@@ -141,21 +123,18 @@ func (w *Watcher) Handle(topic string, payload []byte) (*Seen, error) {
 		s.Status, s.Detail = SigMismatch, "id is not dev:seq"
 		return s, nil
 	}
-	v, err := w.verifier(m.Rec.Dev)
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			s.Status = SigNoCert
-			return s, nil
-		}
-		s.Status, s.Detail = SigBad, err.Error()
+	signed, err := w.verify(m.Rec.Dev, m.Sig)
+	switch {
+	case errors.Is(err, errNoChain):
+		s.Status = SigUnverified
 		return s, nil
-	}
-	if v.list != nil && v.list.rev.IsRevoked(v.serial) {
-		s.Status, s.Detail = SigRevoked, fmt.Sprintf("serial %x is on the revocation list of %s", v.serial, v.list.ca.Subject.CommonName)
+	case errors.Is(err, os.ErrNotExist):
+		s.Status = SigNoCert
 		return s, nil
-	}
-	signed, err := v.v.Verify(m.Sig)
-	if err != nil {
+	case errors.As(err, new(*revokedError)):
+		s.Status, s.Detail = SigRevoked, err.Error()
+		return s, nil
+	case err != nil:
 		s.Status, s.Detail = SigBad, err.Error()
 		return s, nil
 	}
@@ -174,10 +153,45 @@ func (w *Watcher) Handle(topic string, payload []byte) (*Seen, error) {
 	return s, nil
 }
 
-// verifier returns the verifier of device id from devices/{id}.crt, after
+// errNoChain: a watcher without a PKI directory has no published chain of the device.
+var errNoChain = errors.New("no published certificate")
+
+// verify checks sig with dev's published certificates, newest first, or,
+// with none and a PKI directory, with devices/{dev}.crt. It returns the
+// signed payload.
+func (w *Watcher) verify(dev string, sig []byte) ([]byte, error) {
+	vs := w.published(dev)
+	if len(vs) == 0 {
+		if w.dir == "" {
+			return nil, errNoChain
+		}
+		k, err := w.verifier(dev)
+		if err != nil {
+			return nil, err
+		}
+		vs = []*devKey{k}
+	}
+	var first error
+	for _, k := range vs {
+		if err := w.revoked(k.cert); err != nil {
+			first = cmp.Or(first, err)
+			continue
+		}
+		signed, err := k.v.Verify(sig)
+		if err == nil {
+			return signed, nil
+		}
+		if first == nil {
+			first = err
+		}
+	}
+	return nil, first
+}
+
+// verifier returns the key of device id from devices/{id}.crt, after
 // checking that the certificate chains to device-ca.crt (directly or
 // through issuing-ca.crt).
-func (w *Watcher) verifier(id string) (*devVerifier, error) {
+func (w *Watcher) verifier(id string) (*devKey, error) {
 	if !pki.ValidDeviceID(id) {
 		return nil, fmt.Errorf("invalid device id %q", id)
 	}
@@ -203,12 +217,7 @@ func (w *Watcher) verifier(id string) (*devVerifier, error) {
 	if err != nil {
 		return nil, err
 	}
-	v = &devVerifier{v: ev, serial: cert.SerialNumber}
-	for _, l := range w.lists {
-		if cert.CheckSignatureFrom(l.ca) == nil {
-			v.list = l
-		}
-	}
+	v = &devKey{v: ev, cert: cert}
 	w.mu.Lock()
 	if len(w.certs) >= maxCachedVerifiers {
 		clear(w.certs)

@@ -2,6 +2,7 @@ package cloud
 
 import (
 	"context"
+	"crypto"
 	"strings"
 	"testing"
 	"time"
@@ -22,6 +23,12 @@ func signedMessage(t *testing.T, dir string, seq uint64, spo2 float64) *wire.Acc
 	if err != nil {
 		t.Fatal(err)
 	}
+	return signedBy(t, key, seq, spo2)
+}
+
+// signedBy is a record of dev-00001 signed with key (the device's or another).
+func signedBy(t *testing.T, key crypto.Signer, seq uint64, spo2 float64) *wire.Accepted {
+	t.Helper()
 	bat := uint8(80)
 	rec := telemetry.Record{V: 1, Dev: "dev-00001", Seq: seq, TS: time.Date(2025, 1, 2, 12, 0, 1, 0, time.UTC).UnixMilli(), Kind: "spo2",
 		Obs: []telemetry.Observation{

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/vitalgate/vitalgate/gateway/internal/audit"
+	"github.com/vitalgate/vitalgate/gateway/internal/certpub"
 	"github.com/vitalgate/vitalgate/gateway/internal/config"
 	"github.com/vitalgate/vitalgate/gateway/internal/guard"
 	"github.com/vitalgate/vitalgate/gateway/internal/ingest"
@@ -122,6 +123,15 @@ func (g *Gateway) newRelay() (err error) {
 	return err // "relay: ..."
 }
 
+// newCertPub builds the publisher of the devices' certificate chains
+// (certs/{site}/{device}, retained), which remembers what the cloud
+// acknowledged in the data directory.
+func (g *Gateway) newCertPub() (err error) {
+	g.certs, err = certpub.New(certpub.Options{Site: g.site, PKI: g.cfg.PKI, Relay: g.relay,
+		File: filepath.Join(g.cfg.Data, certpub.File), Log: g.log.With("component", "certpub")})
+	return err // "certpub: ..."
+}
+
 // recordQueueReset records a queue reset by --reset-queue as a security
 // event: audit log, cloud and log (the relay queues it until connected).
 func (g *Gateway) recordQueueReset() error {
@@ -171,7 +181,7 @@ func (g *Gateway) ingestOptions() ingest.Options {
 		MaxPayload:   cfg.MaxPayload,
 		MaxAge:       cfg.MaxAge,
 		ResendWindow: cfg.MaxInflight,
-		Observers:    []ingest.Observer{g.tracker},
+		Observers:    []ingest.Observer{g.tracker, g.certs},
 		Log:          g.log.With("component", "ingest"),
 	}
 }

@@ -273,7 +273,14 @@ type app struct {
 	msgs   []*wire.Message
 	topics []string
 	events []string
+	chains []chainMsg // on certs/site1/#
 	c      mqtt3.Client
+}
+
+// chainMsg is one certificate chain an app received.
+type chainMsg struct {
+	topic, pem string
+	retained   bool
 }
 
 func (e *env) app(brokerURL string) *app { return e.appWith(brokerURL, true) }
@@ -297,9 +304,14 @@ func (e *env) appWith(brokerURL string, clean bool) *app {
 		e.t.Fatalf("app connect: %v", t.Error())
 	}
 	e.t.Cleanup(func() { a.c.Disconnect(100) })
-	sub := a.c.SubscribeMultiple(map[string]byte{"telemetry/site1/#": 1, "security/site1/#": 1}, func(_ mqtt3.Client, m mqtt3.Message) {
+	filters := map[string]byte{"telemetry/site1/#": 1, "security/site1/#": 1, "certs/site1/#": 1}
+	sub := a.c.SubscribeMultiple(filters, func(_ mqtt3.Client, m mqtt3.Message) {
 		a.mu.Lock()
 		defer a.mu.Unlock()
+		if strings.HasPrefix(m.Topic(), "certs/") {
+			a.chains = append(a.chains, chainMsg{m.Topic(), string(m.Payload()), m.Retained()})
+			return
+		}
 		if strings.HasPrefix(m.Topic(), "security/") {
 			a.events = append(a.events, string(m.Payload()))
 			return
@@ -316,6 +328,19 @@ func (e *env) appWith(brokerURL string, clean bool) *app {
 		e.t.Fatalf("app subscribe: %v", sub.Error())
 	}
 	return a
+}
+
+// chainsOf returns the chains received on topic, in order.
+func (a *app) chainsOf(topic string) []chainMsg {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var out []chainMsg
+	for _, c := range a.chains {
+		if c.topic == topic {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 func (a *app) ids() map[string]int {

@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/vitalgate/vitalgate/gateway/internal/audit"
+	"github.com/vitalgate/vitalgate/gateway/internal/certpub"
 	"github.com/vitalgate/vitalgate/gateway/internal/config"
 	"github.com/vitalgate/vitalgate/gateway/internal/ingest"
 	"github.com/vitalgate/vitalgate/gateway/internal/posture"
@@ -68,6 +69,7 @@ type Gateway struct {
 	audit    *audit.Log
 	cloud    *cloud.Broker // embedded, when no cloud URL is configured
 	relay    *relay.Relay
+	certs    *certpub.Publisher
 	metrics  *ingest.Metrics
 	hook     *ingest.Hook
 	tracker  *posture.Tracker // devices' connects and traffic, for the posture audit
@@ -113,6 +115,7 @@ func New(cfg config.Config, log *slog.Logger) (*Gateway, error) {
 		g.openAudit,        // ...and the audit log
 		g.startCloud,       // the embedded cloud broker, if no cloud is configured
 		g.newRelay,         // queue to cloud
+		g.newCertPub,       // devices' certificate chains to the cloud, through the relay
 		g.recordQueueReset, // a reset's security event, now that it can be recorded
 		g.newIngest,        // devices: mochi server and ingest hook...
 		g.newAuditor,       // ...watched by the posture audit
@@ -165,6 +168,7 @@ func (g *Gateway) Start() error {
 		defer g.wg.Done()
 		g.auditLoop()
 	}()
+	g.wg.Go(func() { g.certs.Run(g.ctx) })
 	if g.http != nil {
 		g.wg.Add(1)
 		go func() {
@@ -233,6 +237,9 @@ func (g *Gateway) Close() error {
 		}
 		g.cancel() // the relay waits for in-flight PUBACKs before it returns
 		g.relayWG.Wait()
+		if g.certs != nil {
+			g.certs.Save() // the chains the relay's last PUBACKs acknowledged
+		}
 		if g.http != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			errs = append(errs, g.http.Shutdown(ctx))
