@@ -126,7 +126,7 @@ func malformed(status int, format string, a ...any) *refusal {
 // ServeHTTP routes a request under [Prefix], after the client's rate limit.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	op, method := route(r.URL.Path)
-	if wait, ok := s.limits.allow(clientKey(r), time.Now()); !ok {
+	if wait, ok := s.limits.allow(s.clientKey(r), time.Now()); !ok {
 		w.Header().Set("Retry-After", strconv.Itoa(int(wait/time.Second)+1))
 		s.refuse(w, r, op, &refusal{status: http.StatusTooManyRequests, verdict: EventDenied,
 			detail: fmt.Sprintf("%s: more than %g requests per second from this client", op, s.o.Rate)})

@@ -293,11 +293,25 @@ func TestRoutesAndRate(t *testing.T) {
 	if ev := e.lastEvent(); ev.Verdict != EventDenied || !strings.Contains(ev.Detail, "requests per second") {
 		t.Errorf("flood event %+v", ev)
 	}
-	// Another client (a certificate) has its own budget.
+	// A self-made certificate, which no route would accept, buys no budget
+	// of its own: it is counted with its IP address.
+	key := newKey(t)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "fresh"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	self, _ := x509.ParseCertificate(der)
+	if status, _ := e.do(e.certClient(self, key), http.MethodGet, "cacerts", "", nil); status != 429 {
+		t.Errorf("a self-signed certificate from the same address: %d, want 429", status)
+	}
+	// Another client (a certificate of a known manufacturer) has its own budget.
 	if status, _ := e.do(e.factoryClient("dev-00001"), http.MethodGet, "cacerts", "", nil); status != 200 {
 		t.Errorf("another client: %d", status)
 	}
-	if e.requests("cacerts", "rate_limited") != 1 || e.requests("other", "not_found") != 1 {
+	if e.requests("cacerts", "rate_limited") != 2 || e.requests("other", "not_found") != 1 {
 		t.Error("refusals not counted by outcome")
 	}
 }

@@ -68,12 +68,13 @@ func (l *limiter) evict(now time.Time) {
 	}
 }
 
-// clientKey identifies the client of r for its rate: its certificate's issuer and serial, or its IP address
-// without one.
-func clientKey(r *http.Request) string {
-	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
-		c := r.TLS.PeerCertificates[0]
-		return "cert:" + c.Issuer.CommonName + "/" + c.SerialNumber.Text(16)
+// clientKey identifies the client of r for its rate: a certificate the gateway would accept on some route (a
+// factory identity of a known manufacturer, or a device certificate, valid or expired) by its issuer and
+// serial, anything else by its IP address, so that a client presenting a fresh self-made certificate at each
+// request does not get a fresh budget with it.
+func (s *Server) clientKey(r *http.Request) string {
+	if leaf, inter := peer(r.TLS); leaf != nil && s.trust.known(leaf, inter) {
+		return "cert:" + leaf.Issuer.CommonName + "/" + leaf.SerialNumber.Text(16)
 	}
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
 	if err != nil {

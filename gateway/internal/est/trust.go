@@ -168,6 +168,14 @@ func (t *trust) operational(cs *tls.ConnectionState, now time.Time) (*x509.Certi
 	return nil, deny("", "%s does not chain to the device CA", name)
 }
 
+// known reports whether leaf chains to a manufacturer or to the device CA, whatever its validity period.
+func (t *trust) known(leaf *x509.Certificate, inter *x509.CertPool) bool {
+	t.mu.Lock()
+	makers := t.makers
+	t.mu.Unlock()
+	return t.isOperational(leaf, inter, leaf.NotAfter) || verifies(leaf, makers, inter, leaf.NotAfter)
+}
+
 // isOperational reports whether leaf chains to the device CA (directly or through the issuing CA) at now.
 func (t *trust) isOperational(leaf *x509.Certificate, inter *x509.CertPool, now time.Time) bool {
 	roots := x509.NewCertPool()
