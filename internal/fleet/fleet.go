@@ -43,6 +43,7 @@ package fleet
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -56,6 +57,7 @@ import (
 
 	"golang.org/x/time/rate"
 
+	"github.com/vitalgate/vitalgate/internal/estclient"
 	"github.com/vitalgate/vitalgate/internal/pki"
 )
 
@@ -86,6 +88,7 @@ type counters struct {
 	duplicates, dropped, errors                 atomic.Uint64
 	connacks, codes, attackCodes                [256]atomic.Uint64
 	attackSent, attackMatched, revokedConnected atomic.Uint64
+	enrolments, renewals, enrolErrors           atomic.Uint64
 	latency                                     histogram
 }
 
@@ -101,6 +104,9 @@ type fleet struct {
 	expectCode byte
 	hasExpect  bool
 	settle     time.Duration // revoked attackers wait this long before their first attempt
+	est        *estclient.Client
+	cas        []*x509.Certificate // the EST server's CA certificates
+	enrolled   map[string]*renewal // each device's first certificate, when the fleet enrols
 }
 
 // Run starts the fleet, calls progress (if not nil) every cfg.Progress with a
@@ -119,7 +125,7 @@ func Run(ctx context.Context, cfg Config, progress func(Stats)) (Report, error) 
 	}
 	f.expectCode, f.hasExpect = expectedCode(cfg.Attack)
 
-	runners, err := f.prepare()
+	runners, err := f.prepare(ctx)
 	if err != nil {
 		return Report{}, err
 	}
@@ -197,7 +203,7 @@ func probe(ctx context.Context, addr string, timeout time.Duration) error {
 }
 
 // prepare checks and issues certificates and builds one runner per device.
-func (f *fleet) prepare() ([]*runner, error) {
+func (f *fleet) prepare(ctx context.Context) ([]*runner, error) {
 	cfg := f.cfg
 	caFile := filepath.Join(cfg.PKI, pki.FileCA)
 	if _, err := os.Stat(caFile); err != nil {
@@ -210,8 +216,12 @@ func (f *fleet) prepare() ([]*runner, error) {
 	host, _, _ := net.SplitHostPort(cfg.Gateway)
 	f.roots = &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: roots, ServerName: host}
 
-	normal := cfg.Devices
-	ids, err := ensureDevices(cfg.PKI, cfg.Prefix, normal, pki.KeyAlg(cfg.Key))
+	var ids []string
+	if cfg.Enroll {
+		ids, err = f.enrolAll(ctx, roots)
+	} else {
+		ids, err = ensureDevices(cfg.PKI, cfg.Prefix, cfg.Devices, pki.KeyAlg(cfg.Key))
+	}
 	if err != nil {
 		return nil, err
 	}
