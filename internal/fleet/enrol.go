@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -61,15 +60,9 @@ type enroller struct {
 	ctr     *counters
 }
 
-// factoryPaths are the factory identity's certificate and key of device id.
-func factoryPaths(dir, id string) (certFile, keyFile string) {
-	d := filepath.Join(dir, pki.FactoryDir)
-	return filepath.Join(d, id+".crt"), filepath.Join(d, id+".key")
-}
-
 // newEnroller loads device id's factory identity.
 func (f *fleet) newEnroller(id string) (*enroller, error) {
-	certFile, keyFile := factoryPaths(f.cfg.PKI, id)
+	certFile, keyFile := pki.FactoryPaths(f.cfg.PKI, id)
 	kp, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {
 		return nil, fmt.Errorf("%w: factory identity of %s: %v (issue them with `certs factory`)", ErrCertificates, id, err)
