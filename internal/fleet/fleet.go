@@ -28,6 +28,18 @@
 // code matches it. With MQTT 3.1.1 a rejected message is acknowledged like
 // an accepted one: rejections are invisible there.
 //
+// # Enrolment
+//
+// With Enroll set, device i starts from its factory identity
+// (pki.FactoryPaths) instead of a device certificate: the fleet fetches the
+// EST server's CA certificates, and each device enrols a new key
+// (simpleenroll) before its first connection. It renews with a new key
+// (simplereenroll) at two thirds of its certificate's lifetime, finishes
+// the messages in flight on the old connection, and reconnects with the new
+// certificate, signing its buffered records again with the new key; an
+// expired certificate enrols again with the factory identity. Counts are in
+// [Stats] (Enrolments, Renewals, EnrolErrors).
+//
 // # Attacks
 //
 // With Attack set, the first Attackers devices (all by default) attack. Each
