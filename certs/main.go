@@ -5,6 +5,9 @@
 //	certs device  --dir DIR --id ID [--key p256|ed25519] [--days N]
 //	certs devices --dir DIR --count N [--prefix P] [--key p256|ed25519]
 //	certs revoke  --dir DIR --id ID
+//	certs factory --dir DIR --count N [--manufacturer NAME] [--prefix P] [--key p256|ed25519] [--days N]
+//	certs manufacturer  --dir DIR --name NAME [--key p256|ed25519]
+//	certs renew-issuing --dir DIR [--days 90]
 //	certs token   --dir DIR --sub NAME --sites S1,S2 [--ttl 1h]
 //
 // Every subcommand takes --config FILE, a YAML map whose keys are flag names; flags on the command line win.
@@ -41,7 +44,13 @@ var commands = []command{
 	{"device", "--dir DIR --id ID [--key p256|ed25519] [--days N]", "issue one device certificate", setupDevice},
 	{"devices", "--dir DIR --count N [--prefix P] [--key p256|ed25519]",
 		"issue a fleet of devices P-00001..P-N, skipping existing ones", setupDevices},
-	{"revoke", "--dir DIR --id ID", "add a device to crl.pem", setupRevoke},
+	{"revoke", "--dir DIR --id ID", "add a device to crl.pem and its enrolled certificates to issuing-crl.pem", setupRevoke},
+	{"factory", "--dir DIR --count N [--manufacturer NAME] [--prefix P] [--key p256|ed25519] [--days N]",
+		"issue factory identities for devices P-00001..P-N and list them in enroll.yaml (tests and the simulator)", setupFactory},
+	{"manufacturer", "--dir DIR --name NAME [--key p256|ed25519]",
+		"create a manufacturer CA: manufacturers/NAME.crt, its key factory/NAME-ca.key", setupManufacturer},
+	{"renew-issuing", "--dir DIR [--days 90]",
+		"re-sign issuing-ca.crt with the device CA, keeping its key (run where device-ca.key lives)", setupRenewIssuing},
 	{"token", "--dir DIR --sub NAME --sites S1,S2 [--ttl 1h]", "print an app JWT", setupToken},
 }
 
@@ -52,7 +61,7 @@ func mainUsage(w io.Writer) {
 	fmt.Fprintln(w, "Usage: certs COMMAND [flags]   (certs COMMAND --help for its flags)")
 	fmt.Fprintln(w, "\nCommands:")
 	for _, c := range commands {
-		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
+		fmt.Fprintf(w, "  %-13s %s\n", c.name, c.summary)
 	}
 }
 
@@ -84,7 +93,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 	}
-	fmt.Fprintf(stderr, "certs: unknown command %q (want init, device, devices, revoke or token; see certs --help)\n", args[0])
+	names := make([]string, len(commands))
+	for i, c := range commands {
+		names[i] = c.name
+	}
+	fmt.Fprintf(stderr, "certs: unknown command %q (want %s; see certs --help)\n", args[0], strings.Join(names, ", "))
 	return 2
 }
 
@@ -254,10 +267,18 @@ func setupRevoke(fs *flag.FlagSet) ([]string, func(io.Writer) error) {
 	dir := fs.String("dir", "", "PKI `directory`")
 	id := fs.String("id", "", "device `ID` to revoke")
 	return []string{"dir", "id"}, func(w io.Writer) error {
-		if err := pki.Revoke(*dir, *id); err != nil {
+		r, err := pki.RevokeDevice(*dir, *id)
+		if err != nil {
 			return err
 		}
-		fmt.Fprintf(w, "revoked %s in %s\n", *id, filepath.Join(*dir, pki.FileCRL))
+		var where []string
+		if r.DeviceCert {
+			where = append(where, "its certificate in "+filepath.Join(*dir, pki.FileCRL))
+		}
+		if r.Issued > 0 {
+			where = append(where, fmt.Sprintf("%d enrolled certificates in %s", r.Issued, filepath.Join(*dir, pki.FileIssuingCRL)))
+		}
+		fmt.Fprintf(w, "revoked %s: %s\n", *id, strings.Join(where, ", "))
 		return nil
 	}
 }

@@ -2,7 +2,7 @@
 // publish signed telemetry; the gateway verifies, guards, stores and relays
 // it to the cloud at least once.
 //
-//	gateway [--config FILE] [--pki DIR] [--listen ADDR] [--cloud URL,...] [--data DIR] [--http ADDR] [--site S] [--id ID]
+//	gateway [--config FILE] [--pki DIR] [--listen ADDR] [--cloud URL,...] [--data DIR] [--http ADDR] [--https ADDR] [--site S] [--id ID]
 //	gateway --check-config [flags]
 //	gateway audit verify [--data DIR | --file FILE]
 //	gateway replay reset --data DIR --id DEVICE
@@ -72,6 +72,7 @@ func parseConfig(args []string) (config.Config, bool, error) {
 	cli.ListVar(fs, (*[]string)(&c.Cloud), "cloud", "cloud broker `URLs`, comma-separated, in failover order (tcp:// or mqtt://; TLS: ssl://, tls:// or mqtts://); empty: embedded broker")
 	fs.StringVar(&c.Data, "data", c.Data, "directory of the queue, the audit log and the embedded broker's state")
 	fs.StringVar(&c.HTTP, "http", c.HTTP, "address of /metrics, /healthz, /readyz (empty: off)")
+	fs.StringVar(&c.HTTPS, "https", c.HTTPS, "address of device enrolment over EST, /.well-known/est/ (empty: off)")
 	fs.StringVar(&c.Site, "site", c.Site, "site name (default: OU of gateway-client.crt)")
 	fs.StringVar(&c.ID, "id", c.ID, "gateway ID (default: CN of gateway-client.crt)")
 	fs.StringVar(&c.Format, "format", c.Format, "cloud payload format: cbor or json")

@@ -90,7 +90,7 @@ func TestCheckConfig(t *testing.T) {
 	// A PKI directory without a PKI (a typo, say) is one error that says
 	// how to make one, in a real start as in --check-config.
 	empty := t.TempDir()
-	for _, args := range [][]string{{"--check-config"}, {"--listen", "127.0.0.1:0", "--http", ""}} {
+	for _, args := range [][]string{{"--check-config"}, {"--listen", "127.0.0.1:0", "--http", "", "--https", ""}} {
 		err = run(append(args, "--pki", empty, "--data", data))
 		if err == nil || !strings.Contains(err.Error(), "certs init --dir "+empty) || strings.Contains(err.Error(), "gateway-client.crt") {
 			t.Fatalf("%v with an empty PKI directory: %v", args, err)
@@ -117,7 +117,7 @@ func TestCheckConfig(t *testing.T) {
 	}
 	os.WriteFile(typo, []byte("lisen: 127.0.0.1:0\n"), 0o600)
 	err = run([]string{"--check-config", "--config", typo, "--pki", dir, "--data", data})
-	if err == nil || !strings.Contains(err.Error(), `unknown key "lisen" (valid keys: pki, listen, cloud, data, http, pprof, site, id, format, log, max_payload,`) {
+	if err == nil || !strings.Contains(err.Error(), `unknown key "lisen" (valid keys: pki, listen, cloud, data, http, https, pprof, site, id, format, log, max_payload,`) {
 		t.Fatalf("misspelt key: %v", err)
 	}
 	// Without --cloud the gateway starts the embedded broker: its files

@@ -52,8 +52,18 @@ func manufacturerPaths(dir, name string) (certFile, keyFile string) {
 
 // NewManufacturer creates the manufacturer CA name (CN "NAME Manufacturer CA", O = NAME, self-signed, path length
 // 0, client auth) with a key of algorithm alg: manufacturers/NAME.crt and factory/NAME-ca.key (mode 0600). A
-// manufacturer whose certificate exists is left as it is (nil).
+// manufacturer whose certificate exists is left as it is (nil). It holds the PKI directory's writer lock.
 func NewManufacturer(dir, name string, alg KeyAlg) error {
+	release, err := LockDir(dir)
+	if err != nil {
+		return err
+	}
+	defer release()
+	return newManufacturer(dir, name, alg)
+}
+
+// newManufacturer is [NewManufacturer] for a caller that holds the writer lock.
+func newManufacturer(dir, name string, alg KeyAlg) error {
 	if !ValidDeviceID(name) {
 		return fmt.Errorf("invalid manufacturer name %q (want "+idSyntax+")", name)
 	}
@@ -111,7 +121,12 @@ func IssueFactory(dir string, o FactoryOptions) ([]AllowEntry, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := NewManufacturer(dir, o.Manufacturer, o.Key); err != nil {
+	release, err := LockDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	if err := newManufacturer(dir, o.Manufacturer, o.Key); err != nil {
 		return nil, err
 	}
 	certFile, keyFile := manufacturerPaths(dir, o.Manufacturer)
@@ -119,11 +134,6 @@ func IssueFactory(dir string, o FactoryOptions) ([]AllowEntry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("manufacturer %s: %w", o.Manufacturer, err)
 	}
-	release, err := LockDir(dir)
-	if err != nil {
-		return nil, err
-	}
-	defer release()
 	entries, todo, err := factoryPlan(dir, o.Manufacturer, ca, ids)
 	if err != nil {
 		return nil, err

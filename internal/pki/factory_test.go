@@ -232,6 +232,36 @@ func TestIssueFactory(t *testing.T) {
 	}
 }
 
+// TestIssueFactoryConcurrent runs two factory runs at once on one directory: the writer lock keeps their serials
+// apart, and both fleets end up in the allow-list.
+func TestIssueFactoryConcurrent(t *testing.T) {
+	dir := newPKI(t, InitOptions{})
+	errs := make(chan error, 2)
+	for _, prefix := range []string{"a", "b"} {
+		go func() {
+			_, err := IssueFactory(dir, FactoryOptions{Count: 20, Prefix: prefix})
+			errs <- err
+		}()
+	}
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	l, err := ReadAllowList(filepath.Join(dir, FileEnroll)) // refuses a serial listed twice
+	if err != nil || len(l) != 40 {
+		t.Fatalf("allow-list of %d entries, %v", len(l), err)
+	}
+	seen := map[string]bool{}
+	for _, e := range l {
+		certFile, _ := FactoryPaths(dir, e.ID)
+		if sn := mustCert(t, certFile).Subject.SerialNumber; sn != e.Serial || seen[sn] {
+			t.Fatalf("%s: identity serial %q, listed %q (seen %v)", e.ID, sn, e.Serial, seen[sn])
+		}
+		seen[e.Serial] = true
+	}
+}
+
 // BenchmarkIssueFactory1k measures a factory run at a simulated fleet's size:
 // `go test -run ^$ -bench IssueFactory1k ./internal/pki/`.
 func BenchmarkIssueFactory1k(b *testing.B) {

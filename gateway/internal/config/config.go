@@ -25,6 +25,7 @@ type Config struct {
 	Cloud  URLList `yaml:"cloud"`  // cloud broker URLs, in failover order; empty: embedded broker
 	Data   string  `yaml:"data"`   // queue, audit log and embedded broker state
 	HTTP   string  `yaml:"http"`   // /metrics, /healthz, /readyz; "" disables
+	HTTPS  string  `yaml:"https"`  // EST enrolment (RFC 7030) with the gateway's TLS certificate; "" disables
 	Pprof  bool    `yaml:"pprof"`  // also /debug/pprof/ on the http address
 	Site   string  `yaml:"site"`   // default: OU of gateway-client.crt
 	ID     string  `yaml:"id"`     // default: CN of gateway-client.crt
@@ -47,6 +48,7 @@ type Config struct {
 	Queue      QueueConfig `yaml:"queue"`
 	Relay      RelayConfig `yaml:"relay"`
 	Embedded   Embedded    `yaml:"embedded"`
+	Enroll     Enroll      `yaml:"enroll"`
 
 	// ResetQueue (--reset-queue, never from the file: it is one start's
 	// decision) moves a queue that is refused as corrupt or lost aside and
@@ -60,6 +62,14 @@ type Config struct {
 type Embedded struct {
 	Apps string `yaml:"apps"`
 	WS   string `yaml:"ws"`
+}
+
+// Enroll configures enrolment over EST on the https address: the lifetime of the operational certificates the
+// issuing CA signs, and each client's request rate.
+type Enroll struct {
+	Validity time.Duration `yaml:"validity"` // of an operational certificate (never beyond the issuing CA)
+	Rate     float64       `yaml:"rate"`     // EST requests per second per client
+	Burst    int           `yaml:"burst"`    // EST requests a client may make at once
 }
 
 // RateConfig bounds each device's traffic.
@@ -98,6 +108,7 @@ func Default() Config {
 		Listen:           "127.0.0.1:8883",
 		Data:             "data",
 		HTTP:             "127.0.0.1:9100",
+		HTTPS:            "127.0.0.1:8443",
 		Format:           "cbor",
 		Log:              "info",
 		MaxPayload:       64 << 10,
@@ -113,6 +124,7 @@ func Default() Config {
 		Queue:            QueueConfig{MaxRecords: 1_000_000, MaxBytes: 1 << 30, CommitDelay: time.Millisecond},
 		Relay:            RelayConfig{Window: 4096}, // relay.DefaultWindow
 		Embedded:         Embedded{Apps: "127.0.0.1:8884"},
+		Enroll:           Enroll{Validity: 30 * 24 * time.Hour, Rate: 1, Burst: 10}, // pki.OperationalValidity
 	}
 }
 
@@ -205,6 +217,11 @@ func (c Config) validateAddresses(p *problems) {
 			p.bad("http", "%q is not host:port", c.HTTP)
 		}
 	}
+	if c.HTTPS != "" {
+		if _, _, err := net.SplitHostPort(c.HTTPS); err != nil {
+			p.bad("https", "%q is not host:port", c.HTTPS)
+		}
+	}
 	for _, u := range c.Cloud {
 		pu, err := url.Parse(u)
 		switch {
@@ -265,6 +282,12 @@ func (c Config) validateGuards(p *problems) {
 	}
 	if c.Rate.Messages <= 0 || c.Rate.Burst < 1 || c.Rate.Bytes <= 0 || c.Rate.ByteBurst < c.MaxPayload {
 		p.bad("rate", "messages, burst, bytes must be positive and byte_burst at least max_payload")
+	}
+	if c.Enroll.Validity < time.Minute {
+		p.bad("enroll.validity", "%v is under a minute", c.Enroll.Validity)
+	}
+	if c.Enroll.Rate <= 0 || c.Enroll.Burst < 1 {
+		p.bad("enroll", "rate and burst must be positive")
 	}
 	if c.Quarantine.Violations < 1 || c.Quarantine.Window <= 0 || c.Quarantine.Cooloff <= 0 {
 		p.bad("quarantine", "violations, window and cooloff must be positive")

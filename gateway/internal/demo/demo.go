@@ -275,7 +275,7 @@ func prepareFiles(o Options) (*Result, error) {
 func startGateway(res *Result, log *slog.Logger) (*server.Gateway, error) {
 	cfg := config.Default()
 	cfg.PKI, cfg.Data = res.PKI, res.Data
-	cfg.Listen, cfg.HTTP = "127.0.0.1:0", "127.0.0.1:0"
+	cfg.Listen, cfg.HTTP, cfg.HTTPS = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
 	cfg.Embedded = config.Embedded{Apps: "127.0.0.1:0"}
 	gw, err := server.New(cfg, log)
 	if err != nil {

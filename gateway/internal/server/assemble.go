@@ -2,7 +2,6 @@ package server
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -161,7 +160,7 @@ func (g *Gateway) ingestOptions() ingest.Options {
 			Violations: cfg.Quarantine.Violations, Window: cfg.Quarantine.Window, Cooloff: cfg.Quarantine.Cooloff,
 		}),
 		Schemas:      &g.schemas,
-		Revoked:      func(c *x509.Certificate) bool { return g.rev.IsRevoked(c.SerialNumber) },
+		Revoked:      g.files.revoked, // either CA's list
 		Event:        g.event,
 		Metrics:      g.metrics,
 		Site:         g.site,

@@ -96,6 +96,7 @@ func testConfig(t *testing.T, pkiDir string) config.Config {
 	c.PKI = pkiDir
 	c.Listen = "127.0.0.1:0"
 	c.HTTP = "127.0.0.1:0"
+	c.HTTPS = "127.0.0.1:0"
 	c.Data = t.TempDir()
 	c.Embedded = config.Embedded{Apps: "127.0.0.1:0"}
 	return c
@@ -153,7 +154,12 @@ func (e *env) dialAt(addr, id string, clientID ...string) (*paho5.Client, *paho5
 	if len(clientID) == 0 {
 		clientID = []string{id}
 	}
-	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, e.deviceTLS(id))
+	return e.dialTLS(addr, e.deviceTLS(id), id, clientID[0])
+}
+
+// dialTLS connects an MQTT 5 device with the TLS configuration tc.
+func (e *env) dialTLS(addr string, tc *tls.Config, id, clientID string) (*paho5.Client, *paho5.Connack, error) {
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, tc)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -164,7 +170,7 @@ func (e *env) dialAt(addr, id string, clientID ...string) (*paho5.Client, *paho5
 		}})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	ack, err := c.Connect(ctx, &paho5.Connect{ClientID: clientID[0], KeepAlive: 30, CleanStart: true})
+	ack, err := c.Connect(ctx, &paho5.Connect{ClientID: clientID, KeepAlive: 30, CleanStart: true})
 	if err != nil {
 		conn.Close()
 		return nil, ack, err
@@ -230,6 +236,12 @@ func spo2(dev string, seq uint64) *telemetry.Record {
 func (e *env) sign(keyID string, rec *telemetry.Record) []byte {
 	e.t.Helper()
 	_, keyFile := pki.DevicePaths(e.pki, keyID)
+	return e.signWith(keyFile, keyID, rec)
+}
+
+// signWith encodes rec and signs it with the key in keyFile, as device keyID.
+func (e *env) signWith(keyFile, keyID string, rec *telemetry.Record) []byte {
+	e.t.Helper()
 	key, err := pki.LoadKey(keyFile)
 	if err != nil {
 		e.t.Fatal(err)

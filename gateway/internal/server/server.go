@@ -74,6 +74,8 @@ type Gateway struct {
 	devices  *ingest.Listener
 	http     *http.Server
 	httpLn   net.Listener
+	https    *http.Server // enrolment over EST
+	httpsLn  net.Listener
 	closing  atomic.Bool
 
 	// queueReset says why --reset-queue replaced the queue at this start,
@@ -112,6 +114,7 @@ func New(cfg config.Config, log *slog.Logger) (*Gateway, error) {
 		g.newIngest,        // devices: mochi server and ingest hook...
 		g.listenDevices,    // ...behind the admission-controlled mTLS listener
 		g.listenHTTP,       // operations
+		g.listenEnroll,     // enrolment over EST
 	} {
 		if err := stage(); err != nil {
 			g.Close()
@@ -163,8 +166,9 @@ func (g *Gateway) Start() error {
 			}
 		}()
 	}
+	g.serveEnroll()
 	g.log.Info("gateway started", "site", g.site, "id", g.id, "devices", g.DeviceAddr(), "http", g.HTTPAddr(),
-		"cloud", g.cloudDesc())
+		"https", g.HTTPSAddr(), "cloud", g.cloudDesc())
 	return nil
 }
 
@@ -212,6 +216,7 @@ func (g *Gateway) Close() error {
 		if g.devices != nil {
 			errs = append(errs, g.devices.Close()) // no new devices
 		}
+		errs = append(errs, g.closeEnroll()) // no new enrolments
 		if g.hook != nil {
 			g.hook.Drain(2 * time.Second) // what is being stored gets its PUBACK; nothing new is taken
 		}
