@@ -8,7 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -53,7 +55,7 @@ func newIdentity(key crypto.Signer, issued, cas []*x509.Certificate, now time.Ti
 // current certificate and a new key (simplereenroll) to renew.
 type enroller struct {
 	est     *estclient.Client
-	cas     []*x509.Certificate // from cacerts, at the start of the run
+	cas     []*x509.Certificate // from cacerts, at the start of the run (set before the first enrolment)
 	id      string
 	alg     pki.KeyAlg
 	factory tls.Certificate
@@ -67,7 +69,7 @@ func (f *fleet) newEnroller(id string) (*enroller, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: factory identity of %s: %v (issue them with `certs factory`)", ErrCertificates, id, err)
 	}
-	return &enroller{est: f.est, cas: f.cas, id: id, alg: pki.KeyAlg(f.cfg.Key), factory: kp, ctr: &f.ctr}, nil
+	return &enroller{est: f.est, id: id, alg: pki.KeyAlg(f.cfg.Key), factory: kp, ctr: &f.ctr}, nil
 }
 
 // enrol gets a first certificate for a new key with the factory identity.
@@ -262,10 +264,22 @@ func (f *fleet) enrolAll(ctx context.Context, roots *x509.CertPool) ([]string, e
 		return nil, err
 	}
 	f.est = est
+	ids := make([]string, f.cfg.Devices)
+	ens := make([]*enroller, len(ids))
+	for i := range ids {
+		ids[i] = fmt.Sprintf("%s-%05d", f.cfg.Prefix, i+1)
+		if ens[i], err = f.newEnroller(ids[i]); err != nil {
+			return nil, err
+		}
+	}
 	if f.cas, err = est.CACerts(ctx); err != nil {
+		var op *net.OpError
+		if errors.As(err, &op) && op.Op == "dial" {
+			u, _ := url.Parse(f.cfg.EST)
+			return nil, &unreachableError{addr: u.Host, err: err}
+		}
 		return nil, fmt.Errorf("enrolment: %w", err)
 	}
-	ids := make([]string, f.cfg.Devices)
 	rns := make([]*renewal, len(ids))
 	errs := make([]error, len(ids))
 	var next atomic.Int64
@@ -273,18 +287,13 @@ func (f *fleet) enrolAll(ctx context.Context, roots *x509.CertPool) ([]string, e
 	for range min(enrolWorkers, len(ids)) {
 		wg.Go(func() {
 			for i := int(next.Add(1)) - 1; i < len(ids); i = int(next.Add(1)) - 1 {
-				ids[i] = fmt.Sprintf("%s-%05d", f.cfg.Prefix, i+1)
-				e, err := f.newEnroller(ids[i])
+				ens[i].cas = f.cas
+				id, err := ens[i].enrolRetrying(ctx)
 				if err != nil {
 					errs[i] = err
 					continue
 				}
-				id, err := e.enrolRetrying(ctx)
-				if err != nil {
-					errs[i] = err
-					continue
-				}
-				rns[i] = newRenewal(e, id)
+				rns[i] = newRenewal(ens[i], id)
 			}
 		})
 	}
