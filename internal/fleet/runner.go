@@ -466,11 +466,13 @@ func (r *runner) pump(ctx context.Context) {
 			r.f.ctr.resent.Add(1)
 		}
 		r.inflight[e.id] = e
-		cl, gen, qos := r.cl, r.gen, r.f.cfg.QoS
+		// The goroutine reads no field of e: a renewal may sign the entry
+		// again once it is back in the buffer.
+		cl, gen, qos, topic, payload := r.cl, r.gen, r.f.cfg.QoS, e.topic, e.payload
 		r.f.ctr.sent.Add(1)
 		r.f.wg.Go(func() {
 			start := time.Now()
-			code, err := cl.publish(ctx, e.topic, qos, e.payload)
+			code, err := cl.publish(ctx, topic, qos, payload)
 			res := result{gen: gen, e: e, code: code, err: err, rtt: time.Since(start)}
 			select {
 			case r.results <- res:
