@@ -103,7 +103,7 @@ func TestConfigFile(t *testing.T) {
 func TestEnrollFlags(t *testing.T) {
 	for args, want := range map[*[]string]string{
 		{"--enroll", "--est", "http://127.0.0.1:8443"}: `devicesim: est: "http://127.0.0.1:8443" is not an https://host:port URL`,
-		{"--enroll", "--attack", "replay"}:              `devicesim: enroll: not with attack "replay"`,
+		{"--enroll", "--attack", "replay"}:             `devicesim: enroll: not with attack "replay"`,
 	} {
 		if code, _, e := runCLI(*args...); code != 2 || !strings.Contains(e, want) {
 			t.Errorf("%v: exit %d, %q, want %q", *args, code, e, want)
