@@ -2,7 +2,14 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
 	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -10,6 +17,7 @@ import (
 	"time"
 
 	"github.com/vitalgate/vitalgate/gateway/internal/config"
+	"github.com/vitalgate/vitalgate/internal/estclient"
 	"github.com/vitalgate/vitalgate/internal/fleet"
 	"github.com/vitalgate/vitalgate/internal/pki"
 	"github.com/vitalgate/vitalgate/internal/testutil"
@@ -138,5 +146,92 @@ func TestRenewalLosesNothing(t *testing.T) {
 	}
 	if gaps := a.seqGaps("rnw"); len(gaps) > 0 {
 		t.Errorf("seqs missing at the cloud: %v", gaps)
+	}
+}
+
+// TestESTClient runs the device side of EST (internal/estclient) against
+// the gateway's listener: cacerts, an enrolment and a renewal with a new
+// key whose certificate the device listener accepts, and refusals that
+// come back as errors naming the HTTP status and the server's reason.
+func TestESTClient(t *testing.T) {
+	e := newEnv(t, func(c *config.Config) { c.HTTPS = "127.0.0.1:0" })
+	if _, err := pki.IssueFactory(e.pki, pki.FactoryOptions{Count: 1, Prefix: "estc"}); err != nil {
+		t.Fatal(err)
+	}
+	roots, err := pki.LoadPool(filepath.Join(e.pki, pki.FileCA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := estclient.New("https://"+e.gw.HTTPSAddr(), roots, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	cas, err := c.CACerts(ctx)
+	if err != nil || len(cas) != 2 {
+		t.Fatalf("cacerts: %d certificates, %v", len(cas), err)
+	}
+	factory, err := tls.LoadX509KeyPair(pki.FactoryPaths(e.pki, "estc-00001"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := func(what string, err error, status int) {
+		t.Helper()
+		var se *estclient.StatusError
+		if !errors.As(err, &se) || se.Status != status || se.Text == "" ||
+			!strings.Contains(err.Error(), fmt.Sprintf("HTTP %d %s: %s", status, http.StatusText(status), se.Text)) {
+			t.Errorf("%s: %v, want HTTP %d with the server's reason", what, err, status)
+		}
+	}
+	other, _, _ := estclient.NewCSR("estc-00002", pki.P256)
+	_, err = c.SimpleEnroll(ctx, other, factory)
+	refused("enrol as another device ID", err, http.StatusForbidden)
+
+	csr, key, _ := estclient.NewCSR("estc-00001", pki.Ed25519)
+	issued, err := c.SimpleEnroll(ctx, csr, factory)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kp, err := estclient.KeyPair(key, issued, cas)
+	if err != nil || kp.Leaf.Subject.CommonName != "estc-00001" || len(kp.Certificate) != 2 {
+		t.Fatalf("enrolled identity: %v", err)
+	}
+	_, err = c.SimpleReenroll(ctx, other, kp)
+	refused("renew as another device ID", err, http.StatusForbidden)
+	_, err = c.SimpleReenroll(ctx, csr, factory)
+	refused("renew with the factory identity", err, http.StatusForbidden)
+
+	csr2, key2, _ := estclient.NewCSR("estc-00001", pki.P256)
+	renewed, err := c.SimpleReenroll(ctx, csr2, kp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kp2, err := estclient.KeyPair(key2, renewed, cas)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The device keeps its renewed identity where the helpers look for it,
+	// connects with it and sends a record signed with the new key.
+	crt, keyFile := pki.DevicePaths(e.pki, "estc-00001")
+	var chain []byte
+	for _, der := range kp2.Certificate {
+		chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
+	}
+	kder, err := x509.MarshalPKCS8PrivateKey(key2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Dir(crt), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(crt, chain, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dev := e.mustDial5("estc-00001")
+	if code := publish5(t, dev, telemetryTopic("estc-00001"), e.sign("estc-00001", spo2("estc-00001", 1))); code != 0 {
+		t.Errorf("record signed with the renewed key: reason code 0x%02x", code)
 	}
 }
