@@ -235,3 +235,71 @@ func TestESTClient(t *testing.T) {
 		t.Errorf("record signed with the renewed key: reason code 0x%02x", code)
 	}
 }
+
+// TestExpiredCertificateEnrolsAgain: devices whose 1-minute certificates
+// expire while the gateway is down (renewals fail, records wait in their
+// buffers) enrol again with their factory identities when it is back, and
+// send what they kept, signed again with the new key: nothing lost, nothing
+// rejected.
+func TestExpiredCertificateEnrolsAgain(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs 80 seconds")
+	}
+	const devices = 3
+	e := &env{t: t, pki: newPKI(t)}
+	cl := startCloud(t, e.pki, t.TempDir(), "127.0.0.1:0", "127.0.0.1:0")
+	a := e.persistentApp("ssl://" + cl.AppsAddr())
+	e.cfg = testConfig(t, e.pki)
+	e.cfg.Cloud = []string{"ssl://" + cl.GatewayAddr()}
+	e.cfg.Listen, e.cfg.HTTPS = freeAddr(t), freeAddr(t) // the same addresses after the restart
+	e.cfg.Enroll.Validity = time.Minute
+	e.start()
+	cfg := e.enrolFleet("exp", devices, 2, 75*time.Second)
+	cfg.Progress = 5 * time.Second
+
+	type outcome struct {
+		rep fleet.Report
+		err error
+	}
+	done := make(chan outcome, 1)
+	go func() {
+		rep, err := fleet.Run(context.Background(), cfg, func(s fleet.Stats) { t.Logf("%s", s) })
+		done <- outcome{rep, err}
+	}()
+	testutil.Eventually(t, 30*time.Second, "records of every device at the cloud", func() bool {
+		return a.idsWithPrefix("exp") >= 2*devices
+	})
+	e.gw.Close() // renewals at 40 s fail; the certificates expire at 60 s
+	downSince := time.Now()
+	testutil.Eventually(t, 90*time.Second, "every certificate issued to the devices to expire", func() bool {
+		for i := 1; i <= devices; i++ {
+			certs, err := pki.ReadIssued(e.pki, fmt.Sprintf("exp-%05d", i))
+			if err != nil || len(certs) == 0 || time.Now().Before(certs[0].NotAfter.Add(time.Second)) {
+				return false
+			}
+		}
+		return true
+	})
+	e.start()
+	t.Logf("gateway down for %v", time.Since(downSince).Round(time.Second))
+
+	out := <-done
+	if out.err != nil {
+		t.Fatal(out.err)
+	}
+	s := out.rep.Stats
+	t.Logf("final: %s; connects %d tls_refused %d", s, s.Connects, s.TLSRefused)
+	if s.Enrolments != 2*devices {
+		t.Errorf("enrolments %d, want %d: each device enrols again after its certificate expired", s.Enrolments, 2*devices)
+	}
+	if len(s.Rejected) != 0 || s.Codes["0x00"] != s.Acked || s.Acked != s.Generated || s.Dropped != 0 {
+		t.Errorf("generated %d acked %d dropped %d, rejected %v codes %v: want every record accepted",
+			s.Generated, s.Acked, s.Dropped, s.Rejected, s.Codes)
+	}
+	testutil.Eventually(t, 30*time.Second, fmt.Sprintf("%d records at the cloud", s.Acked), func() bool {
+		return uint64(a.idsWithPrefix("exp")) >= s.Acked
+	})
+	if gaps := a.seqGaps("exp"); len(gaps) > 0 {
+		t.Errorf("seqs missing at the cloud: %v", gaps)
+	}
+}
