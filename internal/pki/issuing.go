@@ -26,6 +26,15 @@ const IssuingCRLValidity = 7 * 24 * time.Hour
 // maxIssuedSize bounds how much of an issued/ID.pem bundle is read.
 const maxIssuedSize = 1 << 20
 
+// MaxIssuedPerDevice is how many unexpired certificates one device may hold: [IssuingCA.Issue] refuses another
+// (wrapping [ErrTooManyIssued]), so a device re-enrolling in a loop cannot grow its bundle without bound, and
+// every certificate it holds stays in the bundle that revocation reads.
+const MaxIssuedPerDevice = 32
+
+// ErrTooManyIssued is returned (wrapped) by [IssuingCA.Issue] when the device holds [MaxIssuedPerDevice]
+// unexpired certificates.
+var ErrTooManyIssued = errors.New("too many unexpired certificates")
+
 // IssuingCA is the gateway's online issuing CA (issuing-ca.crt and .key of a PKI directory). It signs the
 // operational certificates of enrolled devices, records them under [IssuedDir], and keeps its revocation list
 // fresh. The pair is re-read when either file changes (a renewal by certs replaces it); a pair that fails to
@@ -120,11 +129,15 @@ func recordIssued(dir, id string, der []byte, now time.Time) error {
 	if err != nil {
 		return err
 	}
-	out := encodeCert(der)
+	out, kept := encodeCert(der), 0
 	for _, c := range old {
 		if now.Before(c.NotAfter) {
 			out = append(out, encodeCert(c.Raw)...)
+			kept++
 		}
+	}
+	if kept >= MaxIssuedPerDevice {
+		return fmt.Errorf("device %s holds %d unexpired certificates (%s): revoke them or let them expire: %w", id, kept, path, ErrTooManyIssued)
 	}
 	return writeFile(path, out, 0o644, true)
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"errors"
 	"math/big"
 	"os"
 	"path/filepath"
@@ -152,5 +153,26 @@ func TestIssuingCRLRefresh(t *testing.T) {
 	}
 	if crl.Number.Int64() != 6 || len(crl.RevokedCertificateEntries) != 1 || crl.RevokedCertificateEntries[0].SerialNumber.Int64() != 77 {
 		t.Errorf("refreshed CRL: number %v, %d entries; want number 6 with serial 77", crl.Number, len(crl.RevokedCertificateEntries))
+	}
+}
+
+// TestIssuingCACap checks that a device holding MaxIssuedPerDevice unexpired certificates gets no other.
+func TestIssuingCACap(t *testing.T) {
+	dir := newPKI(t, InitOptions{})
+	ca, err := OpenIssuingCA(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	for i := range MaxIssuedPerDevice {
+		if _, err := ca.Issue("dev-1", key.Public(), time.Hour); err != nil {
+			t.Fatalf("certificate %d: %v", i+1, err)
+		}
+	}
+	if _, err := ca.Issue("dev-1", key.Public(), time.Hour); !errors.Is(err, ErrTooManyIssued) {
+		t.Fatalf("certificate %d: %v, want ErrTooManyIssued", MaxIssuedPerDevice+1, err)
+	}
+	if got, _ := ReadIssued(dir, "dev-1"); len(got) != MaxIssuedPerDevice {
+		t.Errorf("bundle holds %d certificates, want %d", len(got), MaxIssuedPerDevice)
 	}
 }

@@ -13,6 +13,8 @@ import (
 	"mime"
 	"net/http"
 	"time"
+
+	"github.com/vitalgate/vitalgate/internal/pki"
 )
 
 // enroll is simpleenroll: a factory identity on the allow-list gets an operational certificate for its
@@ -71,6 +73,9 @@ func about(err error, dev, prefix string) error {
 // issue signs and answers the operational certificate for id and csr's key, and logs it.
 func (s *Server) issue(w http.ResponseWriter, r *http.Request, id string, csr *x509.CertificateRequest, what, k, v string) error {
 	cert, err := s.o.CA.Issue(id, csr.PublicKey, s.o.Validity)
+	if errors.Is(err, pki.ErrTooManyIssued) {
+		return deny(id, "%v", err)
+	}
 	if err != nil {
 		return fmt.Errorf("issue certificate for %s: %w", id, err)
 	}

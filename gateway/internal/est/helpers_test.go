@@ -31,7 +31,7 @@ import (
 // estEnv is a PKI with factory identities for dev-00001..dev-00003 (manufacturer acme) and an EST server on a
 // real TLS listener on loopback.
 type estEnv struct {
-	t       *testing.T
+	t       testing.TB
 	pki     string
 	data    string
 	srv     *Server
@@ -43,7 +43,7 @@ type estEnv struct {
 }
 
 // newEstEnv starts the server; mod may change its options.
-func newEstEnv(t *testing.T, mod func(*Options)) *estEnv {
+func newEstEnv(t testing.TB, mod func(*Options)) *estEnv {
 	t.Helper()
 	e := &estEnv{t: t, pki: t.TempDir(), data: t.TempDir()}
 	if err := pki.Init(e.pki, pki.InitOptions{}); err != nil {
@@ -141,7 +141,7 @@ func (e *estEnv) do(c *http.Client, method, route, ctype string, body []byte) (i
 }
 
 // newKey is a fresh P-256 key.
-func newKey(t *testing.T) *ecdsa.PrivateKey {
+func newKey(t testing.TB) *ecdsa.PrivateKey {
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -150,7 +150,7 @@ func newKey(t *testing.T) *ecdsa.PrivateKey {
 }
 
 // csr is the base64 DER PKCS#10 request of key for CN cn.
-func csr(t *testing.T, key crypto.Signer, cn string) []byte {
+func csr(t testing.TB, key crypto.Signer, cn string) []byte {
 	t.Helper()
 	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: cn}}, key)
 	if err != nil {
