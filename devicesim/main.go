@@ -4,6 +4,7 @@
 //
 //	devicesim [--pki DIR] [--gateway ADDR] [--devices N] [--rate R] [--duration D]
 //	          [--mqtt 3|5|mix] [--qos 0|1] [--attack MODE] [--report FILE] [--config FILE]
+//	          [--enroll [--est URL]]
 //
 // Exit status: 0 after a run, 2 on bad flags or configuration, missing
 // certificates or an unreachable gateway, 1 on other errors.
@@ -108,6 +109,8 @@ func parse(args []string, stdout, stderr io.Writer) (fleet.Config, string, error
 	fs.IntVar(&c.Buffer, "buffer", c.Buffer, "records kept per device while the gateway is away")
 	fs.IntVar(&c.Window, "window", c.Window, "QoS 1 messages in flight per device")
 	fs.DurationVar(&c.Drain, "drain", c.Drain, "time after --duration to send the backlog and collect acks")
+	fs.BoolVar(&c.Enroll, "enroll", c.Enroll, "start from factory identities (PKI/factory/ID.crt, certs factory): enrol over EST, renew at two thirds of each certificate's lifetime")
+	fs.StringVar(&c.EST, "est", c.EST, "EST server `URL` for --enroll (the gateway's --https listener)")
 	fs.StringVar(&file.Report, "report", "", "write the final report as JSON to `file` (- for stdout)")
 	check := fs.Bool("check-config", false, "validate the configuration and exit")
 	fs.BoolVar(&file.Verbose, "v", false, "log connection problems (debug) on stderr")
@@ -215,6 +218,9 @@ func summary(w io.Writer, r fleet.Report) {
 		s.Devices, s.ElapsedS, s.Generated, s.Sent, s.Resent, s.Acked, s.Duplicates, s.Dropped, s.Errors, s.P50MS, s.P99MS)
 	if len(s.Codes) > 0 {
 		fmt.Fprintf(w, "devicesim: reason codes %s\n", kv(s.Codes))
+	}
+	if r.Config.Enroll {
+		fmt.Fprintf(w, "devicesim: enrolments %d renewals %d enrolment errors %d\n", s.Enrolments, s.Renewals, s.EnrolErrors)
 	}
 	if a := r.Attack; a != nil {
 		fmt.Fprintf(w, "devicesim: attack %s by %d devices: expected %s", a.Mode, a.Attackers, a.Expected)

@@ -99,3 +99,47 @@ func TestConfigFile(t *testing.T) {
 		t.Errorf("--check-config: exit %d, %q", code, e)
 	}
 }
+
+func TestEnrollFlags(t *testing.T) {
+	for args, want := range map[*[]string]string{
+		{"--enroll", "--est", "http://127.0.0.1:8443"}: `devicesim: est: "http://127.0.0.1:8443" is not an https://host:port URL`,
+		{"--enroll", "--attack", "replay"}:             `devicesim: enroll: not with attack "replay"`,
+	} {
+		if code, _, e := runCLI(*args...); code != 2 || !strings.Contains(e, want) {
+			t.Errorf("%v: exit %d, %q, want %q", *args, code, e, want)
+		}
+	}
+	if code, o, _ := runCLI("--help"); code != 0 || !strings.Contains(o, "-enroll") || !strings.Contains(o, "-est URL") {
+		t.Errorf("--help does not show --enroll and --est: %q", o)
+	}
+	path := filepath.Join(t.TempDir(), "sim.yaml")
+	if err := os.WriteFile(path, []byte("enroll: true\nest: https://gw.example:8443\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, _, err := parse([]string{"--config", path}, &bytes.Buffer{}, &bytes.Buffer{})
+	if err != nil || !cfg.Enroll || cfg.EST != "https://gw.example:8443" {
+		t.Errorf("config file: enroll %v est %q, %v", cfg.Enroll, cfg.EST, err)
+	}
+}
+
+// TestEnrollWithout: a fleet that enrols says which factory identity is
+// missing, and that the EST server is unreachable, before any connection.
+func TestEnrollWithout(t *testing.T) {
+	dir := t.TempDir()
+	if err := pki.Init(dir, pki.InitOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	est := freeAddr(t)
+	args := []string{"--pki", dir, "--gateway", freeAddr(t), "--devices", "2", "--enroll", "--est", "https://" + est}
+	code, _, e := runCLI(args...)
+	if want := "devicesim: certificates missing: factory identity of dev-00001: "; code != 2 || !strings.HasPrefix(e, want) || !strings.Contains(e, "certs factory") {
+		t.Errorf("no factory identities: exit %d, %q, want %q...", code, e, want)
+	}
+	if _, err := pki.IssueFactory(dir, pki.FactoryOptions{Count: 2}); err != nil {
+		t.Fatal(err)
+	}
+	code, _, e = runCLI(args...)
+	if want := fmt.Sprintf("devicesim: gateway %s unreachable: connection refused\n", est); code != 2 || e != want {
+		t.Errorf("EST server down: exit %d, %q, want %q", code, e, want)
+	}
+}

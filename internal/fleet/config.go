@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"net/url"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -52,6 +53,8 @@ type Config struct {
 	Drain        time.Duration `yaml:"drain" json:"drain"`                 // after Duration: time to send the backlog and collect acks
 	Progress     time.Duration `yaml:"progress" json:"progress"`           // interval of progress callbacks
 	RevokeSettle time.Duration `yaml:"revoke_settle" json:"revoke_settle"` // revoked: wait after changing crl.pem, for the gateway to reload it
+	Enroll       bool          `yaml:"enroll" json:"enroll,omitempty"`     // start from factory identities, enrol and renew over EST
+	EST          string        `yaml:"est" json:"est,omitempty"`           // EST server URL (the gateway's HTTPS listener)
 
 	// Logger receives connection problems at debug level; nil discards.
 	Logger *slog.Logger `yaml:"-" json:"-"`
@@ -80,6 +83,7 @@ func Default() Config {
 		Drain:        5 * time.Second,
 		Progress:     250 * time.Millisecond,
 		RevokeSettle: 3 * time.Second,
+		EST:          "https://127.0.0.1:8443",
 	}
 }
 
@@ -101,6 +105,7 @@ func (c Config) withDefaults() Config {
 	c.Drain = cmp.Or(c.Drain, d.Drain)
 	c.Progress = cmp.Or(c.Progress, d.Progress)
 	c.RevokeSettle = cmp.Or(c.RevokeSettle, d.RevokeSettle)
+	c.EST = cmp.Or(c.EST, d.EST)
 	if len(c.Kinds) == 0 {
 		c.Kinds = d.Kinds
 	}
@@ -160,6 +165,14 @@ func (c Config) Validate() error {
 	for _, k := range c.Kinds {
 		if !slices.Contains(physio.Kinds(), k) {
 			bad("kinds", "unknown kind %q", k)
+		}
+	}
+	if c.Enroll {
+		if u, err := url.Parse(c.EST); err != nil || u.Scheme != "https" || u.Host == "" {
+			bad("est", "%q is not an https://host:port URL", c.EST)
+		}
+		if c.Attack != "" {
+			bad("enroll", "not with attack %q", c.Attack)
 		}
 	}
 	if c.Buffer < 1 {

@@ -28,6 +28,18 @@
 // code matches it. With MQTT 3.1.1 a rejected message is acknowledged like
 // an accepted one: rejections are invisible there.
 //
+// # Enrolment
+//
+// With Enroll set, device i starts from its factory identity
+// (pki.FactoryPaths) instead of a device certificate: the fleet fetches the
+// EST server's CA certificates, and each device enrols a new key
+// (simpleenroll) before its first connection. It renews with a new key
+// (simplereenroll) at two thirds of its certificate's lifetime, finishes
+// the messages in flight on the old connection, and reconnects with the new
+// certificate, signing its buffered records again with the new key; an
+// expired certificate enrols again with the factory identity. Counts are in
+// [Stats] (Enrolments, Renewals, EnrolErrors).
+//
 // # Attacks
 //
 // With Attack set, the first Attackers devices (all by default) attack. Each
@@ -43,6 +55,7 @@ package fleet
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -56,6 +69,7 @@ import (
 
 	"golang.org/x/time/rate"
 
+	"github.com/vitalgate/vitalgate/internal/estclient"
 	"github.com/vitalgate/vitalgate/internal/pki"
 )
 
@@ -86,6 +100,7 @@ type counters struct {
 	duplicates, dropped, errors                 atomic.Uint64
 	connacks, codes, attackCodes                [256]atomic.Uint64
 	attackSent, attackMatched, revokedConnected atomic.Uint64
+	enrolments, renewals, enrolErrors           atomic.Uint64
 	latency                                     histogram
 }
 
@@ -101,6 +116,9 @@ type fleet struct {
 	expectCode byte
 	hasExpect  bool
 	settle     time.Duration // revoked attackers wait this long before their first attempt
+	est        *estclient.Client
+	cas        []*x509.Certificate // the EST server's CA certificates
+	enrolled   map[string]*renewal // each device's first certificate, when the fleet enrols
 }
 
 // Run starts the fleet, calls progress (if not nil) every cfg.Progress with a
@@ -119,7 +137,7 @@ func Run(ctx context.Context, cfg Config, progress func(Stats)) (Report, error) 
 	}
 	f.expectCode, f.hasExpect = expectedCode(cfg.Attack)
 
-	runners, err := f.prepare()
+	runners, err := f.prepare(ctx)
 	if err != nil {
 		return Report{}, err
 	}
@@ -197,7 +215,7 @@ func probe(ctx context.Context, addr string, timeout time.Duration) error {
 }
 
 // prepare checks and issues certificates and builds one runner per device.
-func (f *fleet) prepare() ([]*runner, error) {
+func (f *fleet) prepare(ctx context.Context) ([]*runner, error) {
 	cfg := f.cfg
 	caFile := filepath.Join(cfg.PKI, pki.FileCA)
 	if _, err := os.Stat(caFile); err != nil {
@@ -210,8 +228,12 @@ func (f *fleet) prepare() ([]*runner, error) {
 	host, _, _ := net.SplitHostPort(cfg.Gateway)
 	f.roots = &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: roots, ServerName: host}
 
-	normal := cfg.Devices
-	ids, err := ensureDevices(cfg.PKI, cfg.Prefix, normal, pki.KeyAlg(cfg.Key))
+	var ids []string
+	if cfg.Enroll {
+		ids, err = f.enrolAll(ctx, roots)
+	} else {
+		ids, err = ensureDevices(cfg.PKI, cfg.Prefix, cfg.Devices, pki.KeyAlg(cfg.Key))
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -10,7 +10,7 @@ import (
 	"slices"
 	"time"
 
-	"github.com/vitalgate/vitalgate/internal/pki"
+	"github.com/vitalgate/vitalgate/internal/telemetry"
 )
 
 // entry is one message waiting in a device's buffer or in flight.
@@ -18,8 +18,9 @@ type entry struct {
 	id       uint64 // order in the device's buffer
 	topic    string
 	payload  []byte
-	attack   bool // an attack message: its code is counted against the expected one
-	burst    bool // rate_limited burst
+	rec      *telemetry.Record // a record to sign again after a renewal (enrolled devices)
+	attack   bool              // an attack message: its code is counted against the expected one
+	burst    bool              // rate_limited burst
 	attempts int
 }
 
@@ -37,6 +38,22 @@ type connectResult struct {
 	err error
 }
 
+// link is the state of a device's connection attempts.
+type link struct {
+	ch         chan connectResult
+	connecting bool // an attempt is under way: its result comes on ch
+	retry      *time.Timer
+	retryC     <-chan time.Time // a reconnect is scheduled
+}
+
+// stopRetry cancels a scheduled reconnect.
+func (l *link) stopRetry() {
+	if l.retry != nil {
+		l.retry.Stop()
+	}
+	l.retryC = nil
+}
+
 // runner drives one device: it owns all of its state; publishes and
 // connection attempts run in goroutines that report back on channels.
 type runner struct {
@@ -49,6 +66,7 @@ type runner struct {
 	rng      *rand.Rand
 	seqs     seqs
 	att      *attacker // nil unless this device attacks
+	rn       *renewal  // nil unless the device enrols
 	attacks  int       // attack messages (rate_limited: rejections) in the current minute
 	minute   time.Time
 	bursting int // rate_limited: burst messages still to make
@@ -57,6 +75,7 @@ type runner struct {
 	inflight map[uint64]*entry
 	nextID   uint64
 	cl       client
+	link     link
 	gen      uint64
 	failures int
 	lastOK   []byte // payload of the last accepted message
@@ -103,10 +122,9 @@ func (f *fleet) newRevokedRunner(id string) (*runner, error) {
 }
 
 func (f *fleet) baseRunner(id string, i int) (*runner, error) {
-	certFile, keyFile := pki.DevicePaths(f.cfg.PKI, id)
-	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	cert, rn, err := f.deviceCert(id)
 	if err != nil {
-		return nil, fmt.Errorf("%w: device %s: %v", ErrCertificates, id, err)
+		return nil, err
 	}
 	key, ok := cert.PrivateKey.(crypto.Signer)
 	if !ok {
@@ -121,11 +139,13 @@ func (f *fleet) baseRunner(id string, i int) (*runner, error) {
 	return &runner{
 		f:        f,
 		id:       id,
+		rn:       rn,
 		key:      key,
 		tls:      tc,
 		v5:       v5,
 		rng:      rand.New(rand.NewPCG(deviceSeed(f.cfg.Seed, id), 0x5eed)),
 		inflight: map[uint64]*entry{},
+		link:     link{ch: make(chan connectResult, 1)},
 		results:  make(chan result, f.cfg.Window),
 		done:     make(chan struct{}),
 	}, nil
@@ -158,37 +178,25 @@ func (r *runner) run(ctx context.Context, stopGen <-chan struct{}) {
 }
 
 // runRecords is the life of a device that measures: it makes a message
-// every tick, keeps a connection (reconnecting with backoff), and sends its
-// buffer through it, until ctx is done, or until stopGen is closed and its
-// buffer is empty.
+// every tick, keeps a connection (reconnecting with backoff), renews its
+// certificate when it enrols, and sends its buffer through the connection,
+// until ctx is done, or until stopGen is closed and its buffer is empty.
 func (r *runner) runRecords(ctx context.Context, stopGen <-chan struct{}) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
-	cfg := r.f.cfg
-	interval := time.Duration(float64(time.Second) / cfg.Rate)
+	interval := time.Duration(float64(time.Second) / r.f.cfg.Rate)
 	next := time.Now().Add(time.Duration(r.rng.Int64N(int64(interval) + 1))) // spread the fleet over one interval
 	tick := time.NewTimer(time.Until(next))
 	defer tick.Stop()
 	tickC := tick.C
-
-	connectCh := make(chan connectResult, 1)
-	connecting := true
-	r.connect(ctx, connectCh)
-	var retry *time.Timer
-	var retryC <-chan time.Time
-	reconnectLater := func() {
-		retry = time.NewTimer(r.backoff())
-		retryC = retry.C
-	}
+	r.connect(ctx)
 	generating := true
-
 	defer func() {
-		if retry != nil {
-			retry.Stop()
-		}
+		r.link.stopRetry()
+		r.rn.stop()
 		cancel()
-		r.stop(connectCh, connecting)
+		r.stop()
 	}()
 
 	for {
@@ -216,30 +224,48 @@ func (r *runner) runRecords(ctx context.Context, stopGen <-chan struct{}) {
 				next = time.Now().Add(interval)
 				tick.Reset(interval)
 			}
-		case cr := <-connectCh:
-			connecting = false
+		case cr := <-r.link.ch:
+			r.link.connecting = false
 			if !r.connected(cr) {
-				reconnectLater()
+				r.reconnectLater()
 			}
 		case <-lost:
 			r.f.log.Debug("connection lost", "device", r.id)
 			r.disconnect()
 			r.failures++
-			reconnectLater()
+			r.reconnectLater()
 		case res := <-r.results:
 			// A failed publish drops the connection before its loss is
 			// reported (paho completes the tokens first), and with it the
 			// lost channel: the reconnect is scheduled here.
-			if r.handle(res) && !connecting && retryC == nil {
-				reconnectLater()
+			if r.handle(res) && !r.link.connecting && r.link.retryC == nil {
+				r.reconnectLater()
 			}
-		case <-retryC:
-			retryC = nil
-			connecting = true
-			r.connect(ctx, connectCh)
+		case <-r.link.retryC:
+			r.link.retryC = nil
+			r.connect(ctx)
+		case <-r.rn.due():
+			r.rn.start(ctx, r.f)
+		case res := <-r.rn.results():
+			r.rn.took(res, r.f.log.Warn)
+		}
+		if !r.link.connecting {
+			if switched, err := r.switchIdentity(); err != nil {
+				r.f.log.Error("device stopped", "device", r.id, "err", err)
+				return
+			} else if switched {
+				r.link.stopRetry()
+				r.connect(ctx)
+			}
 		}
 		r.pump(ctx)
 	}
+}
+
+// reconnectLater schedules a reconnect after the backoff.
+func (r *runner) reconnectLater() {
+	r.link.retry = time.NewTimer(r.backoff())
+	r.link.retryC = r.link.retry.C
 }
 
 // connected takes the outcome of a connection attempt: a failure is
@@ -259,12 +285,12 @@ func (r *runner) connected(cr connectResult) bool {
 }
 
 // stop ends a device's run once its context is cancelled: it waits for a
-// connection attempt under way (connecting) and closes what that got,
-// closes the connection, and takes what is left in the buffer out of the
-// fleet's buffered count.
-func (r *runner) stop(connectCh <-chan connectResult, connecting bool) {
-	if connecting {
-		if cr := <-connectCh; cr.c != nil {
+// connection attempt under way and closes what that got, closes the
+// connection, and takes what is left in the buffer out of the fleet's
+// buffered count.
+func (r *runner) stop() {
+	if r.link.connecting {
+		if cr := <-r.link.ch; cr.c != nil {
 			cr.c.close()
 		}
 	}
@@ -281,14 +307,17 @@ func (r *runner) backoff() time.Duration {
 	return time.Duration(float64(d) * (0.5 + r.rng.Float64()))
 }
 
-// connect dials in a goroutine, after the fleet's ramp admits it.
-func (r *runner) connect(ctx context.Context, ch chan<- connectResult) {
+// connect dials in a goroutine, after the fleet's ramp admits it; the
+// result comes on r.link.ch.
+func (r *runner) connect(ctx context.Context) {
+	r.link.connecting = true
+	o, ch := r.dialOptions(), r.link.ch
 	r.f.wg.Go(func() {
 		if err := r.f.limiter.Wait(ctx); err != nil {
 			ch <- connectResult{err: err}
 			return
 		}
-		c, err := dialClient(ctx, r.dialOptions())
+		c, err := dialClient(ctx, o)
 		ch <- connectResult{c: c, err: err}
 	})
 }
@@ -389,6 +418,9 @@ func (r *runner) generate(now time.Time) error {
 		return err
 	}
 	e.payload = payload
+	if r.rn != nil {
+		e.rec = &rec
+	}
 	r.add(e)
 	return nil
 }
@@ -409,7 +441,7 @@ func (r *runner) burstEntry() (*entry, error) {
 
 // pump sends buffered messages while the window has room.
 func (r *runner) pump(ctx context.Context) {
-	for r.cl != nil && len(r.inflight) < r.f.cfg.Window {
+	for r.cl != nil && !r.rn.switching() && len(r.inflight) < r.f.cfg.Window {
 		var e *entry
 		switch {
 		case len(r.pending) > 0:
@@ -434,11 +466,13 @@ func (r *runner) pump(ctx context.Context) {
 			r.f.ctr.resent.Add(1)
 		}
 		r.inflight[e.id] = e
-		cl, gen, qos := r.cl, r.gen, r.f.cfg.QoS
+		// The goroutine reads no field of e: a renewal may sign the entry
+		// again once it is back in the buffer.
+		cl, gen, qos, topic, payload := r.cl, r.gen, r.f.cfg.QoS, e.topic, e.payload
 		r.f.ctr.sent.Add(1)
 		r.f.wg.Go(func() {
 			start := time.Now()
-			code, err := cl.publish(ctx, e.topic, qos, e.payload)
+			code, err := cl.publish(ctx, topic, qos, payload)
 			res := result{gen: gen, e: e, code: code, err: err, rtt: time.Since(start)}
 			select {
 			case r.results <- res:
@@ -495,103 +529,4 @@ func (r *runner) handle(res result) (dropped bool) {
 		}
 	}
 	return false
-}
-
-// runRevoked connects with a revoked certificate about once a second and
-// counts what the gateway does: refuse the handshake (expected) or accept it.
-func (r *runner) runRevoked(ctx context.Context, stopGen <-chan struct{}) {
-	c := &r.f.ctr
-	if r.f.settle > 0 {
-		t := time.NewTimer(r.f.settle)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
-		}
-	}
-	for {
-		if err := r.f.limiter.Wait(ctx); err != nil {
-			return
-		}
-		c.attackSent.Add(1)
-		cl, err := dialClient(ctx, r.dialOptions())
-		if err != nil {
-			r.countConnectError(err)
-		} else {
-			c.connects.Add(1)
-			c.revokedConnected.Add(1)
-			cl.close()
-		}
-		t := time.NewTimer(time.Duration(float64(time.Second) * (0.5 + r.rng.Float64())))
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-stopGen:
-			t.Stop()
-			return
-		case <-t.C:
-		}
-	}
-}
-
-// runFlood reconnects in a loop without waiting for the ramp, publishing a
-// burst of records on every connection.
-func (r *runner) runFlood(ctx context.Context, stopGen <-chan struct{}) {
-	c := &r.f.ctr
-	const burst = 20
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-stopGen:
-			return
-		default:
-		}
-		cl, err := dialClient(ctx, r.dialOptions())
-		if err != nil {
-			r.countConnectError(err)
-			t := time.NewTimer(time.Duration(50+r.rng.IntN(100)) * time.Millisecond) // refused: do not spin
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return
-			case <-t.C:
-			}
-			continue
-		}
-		c.connects.Add(1)
-		c.connected.Add(1)
-		for range burst {
-			if err := r.seqs.ensure(r.dev.Seq() + 1); err != nil {
-				break
-			}
-			rec := r.dev.Next()
-			payload, err := SignRecord(r.key, r.id, &rec)
-			if err != nil {
-				break
-			}
-			c.generated.Add(1)
-			c.sent.Add(1)
-			start := time.Now()
-			code, err := cl.publish(ctx, telemetryTopic(r.id), r.f.cfg.QoS, payload)
-			if err != nil {
-				c.errors.Add(1)
-				break
-			}
-			c.answered.Add(1)
-			c.attackSent.Add(1)
-			if r.f.cfg.QoS == 1 {
-				c.latency.Record(time.Since(start))
-				c.codes[code].Add(1)
-				c.attackCodes[code].Add(1)
-				if code == 0 {
-					c.acked.Add(1)
-				}
-			}
-		}
-		cl.close()
-		c.connected.Add(-1)
-	}
 }

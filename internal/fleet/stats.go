@@ -20,17 +20,20 @@ type Stats struct {
 	ConnectErrors uint64            `json:"connect_errors"` // failed attempts (TLS refusals included)
 	TLSRefused    uint64            `json:"tls_refused"`    // handshakes the gateway refused (TLS alert)
 	Connacks      map[string]uint64 `json:"connack_codes,omitempty"`
-	Generated     uint64            `json:"generated"`  // records made
-	Sent          uint64            `json:"sent"`       // PUBLISH packets written, resends included
-	Resent        uint64            `json:"resent"`     // of which resends after a lost connection
-	Acked         uint64            `json:"acked"`      // PUBACK 0x00 (any PUBACK with MQTT 3.1.1)
-	Rejected      map[string]uint64 `json:"rejected"`   // by expected verdict (attack messages with the matching code), else by code
-	Codes         map[string]uint64 `json:"codes"`      // every PUBACK reason code, "0x00" included
-	Duplicates    uint64            `json:"duplicates"` // resends answered replay: stored before the ack was lost
-	Dropped       uint64            `json:"dropped"`    // records dropped from a full buffer
-	Buffered      int64             `json:"buffered"`   // records waiting to be sent or acknowledged
-	Errors        uint64            `json:"errors"`     // publishes without an answer (timeout, connection lost)
-	MsgRate       float64           `json:"msg_per_s"`  // answered messages per second, recent
+	Generated     uint64            `json:"generated"`              // records made
+	Sent          uint64            `json:"sent"`                   // PUBLISH packets written, resends included
+	Resent        uint64            `json:"resent"`                 // of which resends after a lost connection
+	Acked         uint64            `json:"acked"`                  // PUBACK 0x00 (any PUBACK with MQTT 3.1.1)
+	Rejected      map[string]uint64 `json:"rejected"`               // by expected verdict (attack messages with the matching code), else by code
+	Codes         map[string]uint64 `json:"codes"`                  // every PUBACK reason code, "0x00" included
+	Duplicates    uint64            `json:"duplicates"`             // resends answered replay: stored before the ack was lost
+	Dropped       uint64            `json:"dropped"`                // records dropped from a full buffer
+	Buffered      int64             `json:"buffered"`               // records waiting to be sent or acknowledged
+	Errors        uint64            `json:"errors"`                 // publishes without an answer (timeout, connection lost)
+	Enrolments    uint64            `json:"enrolments,omitempty"`   // certificates got with a factory identity (EST simpleenroll)
+	Renewals      uint64            `json:"renewals,omitempty"`     // certificates renewed (EST simplereenroll)
+	EnrolErrors   uint64            `json:"enrol_errors,omitempty"` // failed enrolments and renewals
+	MsgRate       float64           `json:"msg_per_s"`              // answered messages per second, recent
 	P50           time.Duration     `json:"-"`
 	P99           time.Duration     `json:"-"`
 	P50MS         float64           `json:"p50_ms"` // PUBLISH to PUBACK
@@ -68,6 +71,12 @@ func (s Stats) String() string {
 	}
 	if s.TLSRefused > 0 {
 		fmt.Fprintf(&b, " tls_refused %d", s.TLSRefused)
+	}
+	if s.Enrolments+s.Renewals+s.EnrolErrors > 0 {
+		fmt.Fprintf(&b, " | enrolled %d renewed %d", s.Enrolments, s.Renewals)
+		if s.EnrolErrors > 0 {
+			fmt.Fprintf(&b, " enrol_errors %d", s.EnrolErrors)
+		}
 	}
 	return b.String()
 }
@@ -140,6 +149,9 @@ func (f *fleet) snapshot(rt *rateTracker) Stats {
 		Dropped:       c.dropped.Load(),
 		Buffered:      c.buffered.Load(),
 		Errors:        c.errors.Load(),
+		Enrolments:    c.enrolments.Load(),
+		Renewals:      c.renewals.Load(),
+		EnrolErrors:   c.enrolErrors.Load(),
 		Rejected:      map[string]uint64{},
 		Codes:         map[string]uint64{},
 	}
