@@ -20,7 +20,7 @@ import (
 // rawDevice speaks MQTT over the device's TLS connection packet by packet,
 // so a test sees every packet the gateway writes, extra ones included.
 type rawDevice struct {
-	t       *testing.T
+	t       testing.TB
 	conn    net.Conn
 	r       *bufio.Reader
 	version byte

@@ -27,14 +27,14 @@ import (
 // env is a PKI, a running gateway with its embedded cloud broker, and a
 // clinician app subscribed at the cloud.
 type env struct {
-	t      *testing.T
+	t      testing.TB
 	pki    string
 	cfg    config.Config
 	gw     *Gateway
 	gwAddr string // device listener of a gateway run as a process
 }
 
-func quietLog(t *testing.T) *slog.Logger {
+func quietLog(t testing.TB) *slog.Logger {
 	if testing.Verbose() {
 		level := slog.LevelInfo
 		if os.Getenv("VG_DEBUG") != "" {
@@ -75,14 +75,14 @@ func (w *tailWriter) String() string {
 	return strings.Join(w.lines, "\n")
 }
 
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(b []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(b)))
 	return len(b), nil
 }
 
-func newPKI(t *testing.T) string {
+func newPKI(t testing.TB) string {
 	t.Helper()
 	dir := t.TempDir()
 	if err := pki.Init(dir, pki.InitOptions{Site: "site1", GatewayID: "gw1"}); err != nil {
@@ -91,7 +91,7 @@ func newPKI(t *testing.T) string {
 	return dir
 }
 
-func testConfig(t *testing.T, pkiDir string) config.Config {
+func testConfig(t testing.TB, pkiDir string) config.Config {
 	c := config.Default()
 	c.PKI = pkiDir
 	c.Listen = "127.0.0.1:0"
@@ -102,7 +102,7 @@ func testConfig(t *testing.T, pkiDir string) config.Config {
 	return c
 }
 
-func newEnv(t *testing.T, mod func(*config.Config)) *env {
+func newEnv(t testing.TB, mod func(*config.Config)) *env {
 	t.Helper()
 	e := &env{t: t, pki: newPKI(t)}
 	e.cfg = testConfig(t, e.pki)
