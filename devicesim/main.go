@@ -79,6 +79,9 @@ func parse(args []string, stdout, stderr io.Writer) (fleet.Config, string, error
 		fmt.Fprintf(fs.Output(), "usage: devicesim [flags]\n       devicesim bench [flags]\n\nA fleet of simulated devices against the gateway. Flags override --config.\n\n")
 		fs.PrintDefaults()
 		fmt.Fprintf(fs.Output(), "\nattack modes: %s\n", strings.Join(fleet.Attacks(), ", "))
+		fmt.Fprintf(fs.Output(), "  burst: after --attack-after, %d times the rate (valid records, within the gateway's default rate limit at --rate 1)\n", fleet.BurstFactor)
+		fmt.Fprintf(fs.Output(), "  flap: after --attack-after, drop the connection and reconnect every 2 to 4 seconds\n")
+		fmt.Fprintf(fs.Output(), "  both are caught only by the gateway's behaviour baseline: an anomaly event\n")
 	}
 	// The file holds the fields of fleet.Config and what only this command
 	// does with them: the report file and verbose logging.
@@ -98,6 +101,7 @@ func parse(args []string, stdout, stderr io.Writer) (fleet.Config, string, error
 	qos := fs.Uint("qos", uint(c.QoS), "QoS of telemetry: 0 or 1")
 	fs.StringVar(&c.Attack, "attack", c.Attack, "attack `mode` (see below)")
 	fs.IntVar(&c.Attackers, "attackers", c.Attackers, "devices that attack (0: all)")
+	fs.DurationVar(&c.AttackAfter, "attack-after", c.AttackAfter, "burst, flap: behave normally this long first, past the gateway's anomaly warm-up (default 11m)")
 	fs.IntVar(&c.AttackBudget, "attack-budget", c.AttackBudget, "attack messages per attacker per minute (keep under the gateway's quarantine threshold)")
 	fs.Int64Var(&c.Seed, "seed", c.Seed, "physiology seed")
 	fs.Float64Var(&c.Ramp, "ramp", c.Ramp, "new connections per second across the fleet")

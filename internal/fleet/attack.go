@@ -36,7 +36,22 @@ const (
 	// AttackFlood is a connection storm: connect without ramp, publish a
 	// burst, disconnect, again.
 	AttackFlood = "flood"
+	// AttackBurst behaves normally for AttackAfter, then sends BurstFactor
+	// times its rate: valid records, within the gateway's default rate limit
+	// at the default rate (20/s, burst 200). Only the gateway's behaviour
+	// baseline can see it (an anomaly event).
+	AttackBurst = "burst"
+	// AttackFlap behaves normally for AttackAfter, then drops its
+	// connection and reconnects every few seconds (2 to 4).
+	AttackFlap = "flap"
 )
+
+// BurstFactor is how many times its rate a burst attacker sends.
+const BurstFactor = 20
+
+// DefaultAttackAfter is AttackAfter for burst and flap when none is set:
+// past the gateway's default anomaly warm-up of 10 minutes.
+const DefaultAttackAfter = 11 * time.Minute
 
 // OutcomeTLSRefused is the expected outcome of [AttackRevoked]: no verdict,
 // the handshake is refused.
@@ -46,7 +61,7 @@ const OutcomeTLSRefused = "tls_refused"
 func Attacks() []string {
 	return []string{AttackBadSignature, AttackReplay, AttackMalformed, AttackSchema, AttackTooLarge,
 		AttackACLDenied, AttackIdentityMismatch, AttackFuture, AttackStale, AttackRateLimited,
-		AttackRevoked, AttackFlood}
+		AttackRevoked, AttackFlood, AttackBurst, AttackFlap}
 }
 
 // validAttack reports whether mode is "" (none) or one of [Attacks].
@@ -56,7 +71,7 @@ func validAttack(mode string) bool { return mode == "" || slices.Contains(Attack
 // must get, and false for revoked and flood, which have no single verdict.
 func expectedCode(mode string) (byte, bool) {
 	switch mode {
-	case "", AttackRevoked, AttackFlood:
+	case "", AttackRevoked, AttackFlood, AttackBurst, AttackFlap:
 		return 0, false
 	}
 	return verdict.Verdict(mode).Code().Code, true
@@ -76,6 +91,45 @@ type attacker struct {
 	foreign crypto.Signer // bad_signature: a key the gateway does not know
 	variant int           // rotates through the variants of a mode
 	other   string        // acl_denied, identity_mismatch: another device's ID
+	from    time.Time     // burst, flap: when the attack begins
+	flapAt  time.Time     // flap: when the connection drops next
+}
+
+// crafts reports whether the mode replaces records by crafted messages
+// (rate_limited, burst and flap send valid records).
+func (a *attacker) crafts() bool {
+	return a.mode != AttackRateLimited && a.mode != AttackBurst && a.mode != AttackFlap
+}
+
+// active reports whether a burst or flap attack has begun at now.
+func (a *attacker) active(mode string, now time.Time) bool {
+	return a != nil && a.mode == mode && !now.Before(a.from)
+}
+
+// tickInterval is the time to the device's next record: its interval, or
+// a BurstFactor-th of it once a burst has begun.
+func (r *runner) tickInterval(interval time.Duration, now time.Time) time.Duration {
+	if r.att.active(AttackBurst, now) {
+		return interval / BurstFactor
+	}
+	return interval
+}
+
+// flapDue reports whether a flapping device drops its connection at now;
+// the caller disconnects and reconnects. Each drop counts as an attack.
+func (r *runner) flapDue(now time.Time) bool {
+	if !r.att.active(AttackFlap, now) || r.cl == nil {
+		return false
+	}
+	a := r.att
+	due := !a.flapAt.IsZero() && !now.Before(a.flapAt)
+	if a.flapAt.IsZero() || due {
+		a.flapAt = now.Add(2*time.Second + time.Duration(r.rng.Int64N(int64(2*time.Second))))
+	}
+	if due {
+		r.f.ctr.attackSent.Add(1)
+	}
+	return due
 }
 
 func newAttacker(mode string, key crypto.Signer, other string) (*attacker, error) {

@@ -39,6 +39,7 @@ type Config struct {
 	Attack       string        `yaml:"attack" json:"attack,omitempty"`     // "" or one of Attacks()
 	Attackers    int           `yaml:"attackers" json:"attackers"`         // devices that attack; 0: all
 	AttackBudget int           `yaml:"attack_budget" json:"attack_budget"` // attack messages (rate_limited: rejections) per attacker per minute
+	AttackAfter  time.Duration `yaml:"attack_after" json:"attack_after"`   // burst, flap: normal behaviour first, this long (default DefaultAttackAfter)
 	Seed         int64         `yaml:"seed" json:"seed"`                   // physiology seed of the fleet
 	Ramp         float64       `yaml:"ramp" json:"ramp"`                   // new connections per second across the fleet
 	Prefix       string        `yaml:"prefix" json:"prefix"`               // device ID prefix
@@ -111,6 +112,9 @@ func (c Config) withDefaults() Config {
 	if c.Attack == "" {
 		c.Attackers = 0
 	}
+	if c.AttackAfter == 0 && (c.Attack == AttackBurst || c.Attack == AttackFlap) {
+		c.AttackAfter = DefaultAttackAfter
+	}
 	return c
 }
 
@@ -144,6 +148,9 @@ func (c Config) Validate() error {
 	}
 	if c.Attackers < 0 {
 		bad("attackers", "negative")
+	}
+	if c.AttackAfter < 0 {
+		bad("attack_after", "negative")
 	}
 	if c.AttackBudget < 1 {
 		bad("attack_budget", "%d: want at least 1", c.AttackBudget)

@@ -47,6 +47,7 @@ type Config struct {
 	Queue      QueueConfig `yaml:"queue"`
 	Relay      RelayConfig `yaml:"relay"`
 	Embedded   Embedded    `yaml:"embedded"`
+	Anomaly    Anomaly     `yaml:"anomaly"`
 
 	// ResetQueue (--reset-queue, never from the file: it is one start's
 	// decision) moves a queue that is refused as corrupt or lost aside and
@@ -60,6 +61,23 @@ type Config struct {
 type Embedded struct {
 	Apps string `yaml:"apps"`
 	WS   string `yaml:"ws"`
+}
+
+// Anomaly configures the behaviour baselines: per device, messages per
+// minute, reconnects per hour and the share of rejected messages, learned
+// over windows; a figure above max(factor × baseline, baseline + deviations
+// × deviation, floor) after the warm-up is reported, never blocked.
+type Anomaly struct {
+	Enabled    bool          `yaml:"enabled"`
+	Window     time.Duration `yaml:"window"`      // one figure per window
+	Warmup     time.Duration `yaml:"warmup"`      // history before a device is judged
+	Factor     float64       `yaml:"factor"`      // times the baseline
+	Deviations float64       `yaml:"deviations"`  // deviations above the baseline
+	MaxDevices int           `yaml:"max_devices"` // devices tracked at once
+	// Floors: the lowest thresholds.
+	MessagesFloor   float64 `yaml:"messages_floor"`   // messages per minute
+	ReconnectsFloor float64 `yaml:"reconnects_floor"` // reconnects per hour
+	RejectedFloor   float64 `yaml:"rejected_floor"`   // share of rejected messages, 0..1
 }
 
 // RateConfig bounds each device's traffic.
@@ -113,6 +131,8 @@ func Default() Config {
 		Queue:            QueueConfig{MaxRecords: 1_000_000, MaxBytes: 1 << 30, CommitDelay: time.Millisecond},
 		Relay:            RelayConfig{Window: 4096}, // relay.DefaultWindow
 		Embedded:         Embedded{Apps: "127.0.0.1:8884"},
+		Anomaly: Anomaly{Enabled: true, Window: time.Minute, Warmup: 10 * time.Minute, Factor: 3, Deviations: 6,
+			MaxDevices: 20000, MessagesFloor: 10, ReconnectsFloor: 60, RejectedFloor: 0.1},
 	}
 }
 
@@ -268,6 +288,26 @@ func (c Config) validateGuards(p *problems) {
 	}
 	if c.Quarantine.Violations < 1 || c.Quarantine.Window <= 0 || c.Quarantine.Cooloff <= 0 {
 		p.bad("quarantine", "violations, window and cooloff must be positive")
+	}
+	c.validateAnomaly(p)
+}
+
+func (c Config) validateAnomaly(p *problems) {
+	a := c.Anomaly
+	if a.Window < time.Second || a.Window > time.Hour {
+		p.bad("anomaly.window", "%v outside 1s..1h", a.Window)
+	}
+	if a.Warmup < a.Window {
+		p.bad("anomaly.warmup", "%v is under one window (%v)", a.Warmup, a.Window)
+	}
+	if a.Factor < 1 || a.Deviations < 0 {
+		p.bad("anomaly", "factor must be at least 1 and deviations not negative")
+	}
+	if a.MaxDevices < 1 {
+		p.bad("anomaly.max_devices", "must be positive")
+	}
+	if a.MessagesFloor <= 0 || a.ReconnectsFloor <= 0 || a.RejectedFloor <= 0 || a.RejectedFloor > 1 {
+		p.bad("anomaly", "messages_floor and reconnects_floor must be positive, rejected_floor within (0, 1]")
 	}
 }
 

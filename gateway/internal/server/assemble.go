@@ -14,6 +14,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/vitalgate/vitalgate/gateway/internal/anomaly"
 	"github.com/vitalgate/vitalgate/gateway/internal/audit"
 	"github.com/vitalgate/vitalgate/gateway/internal/config"
 	"github.com/vitalgate/vitalgate/gateway/internal/guard"
@@ -136,6 +137,7 @@ func (g *Gateway) recordQueueReset() error {
 func (g *Gateway) newIngest() error {
 	g.maxConns = connCap(g.cfg.MaxConnections, g.log)
 	g.metrics = ingest.NewMetrics(g.reg)
+	g.newAnomaly()
 	g.hook = ingest.NewHook(g.ingestOptions())
 	// Every rejection is already a security event with its verdict: mochi's
 	// own line for it is dropped.
@@ -152,8 +154,30 @@ func (g *Gateway) newIngest() error {
 	return nil
 }
 
+// newAnomaly builds the behaviour baselines, if enabled: an observer of the
+// ingest hook that reports anomalies as security events ([Gateway.Start]
+// runs its windows).
+func (g *Gateway) newAnomaly() {
+	a := g.cfg.Anomaly
+	if !a.Enabled {
+		return
+	}
+	g.anomaly = anomaly.New(anomaly.Options{
+		Window: a.Window, Warmup: a.Warmup, Factor: a.Factor, Deviations: a.Deviations, MaxDevices: a.MaxDevices,
+		Floors:    anomaly.Floors{MessagesPerMinute: a.MessagesFloor, ReconnectsPerHour: a.ReconnectsFloor, RejectedShare: a.RejectedFloor},
+		GatewayID: g.id, Registerer: g.reg, Log: g.log.With("component", "anomaly"),
+		// One event per episode: never held back by the device's event
+		// budget, which its own rejections may have spent.
+		Emit: func(e audit.Event) { g.event(e, true) },
+	})
+}
+
 func (g *Gateway) ingestOptions() ingest.Options {
 	cfg := g.cfg
+	var observers []ingest.Observer
+	if g.anomaly != nil {
+		observers = append(observers, g.anomaly)
+	}
 	return ingest.Options{
 		Queue: g.queue, Guard: guard.New(guard.Limits{
 			MessagesPerSecond: cfg.Rate.Messages, MessageBurst: cfg.Rate.Burst,
@@ -170,6 +194,7 @@ func (g *Gateway) ingestOptions() ingest.Options {
 		MaxPayload:   cfg.MaxPayload,
 		MaxAge:       cfg.MaxAge,
 		ResendWindow: cfg.MaxInflight,
+		Observers:    observers,
 		Log:          g.log.With("component", "ingest"),
 	}
 }

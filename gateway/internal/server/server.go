@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/vitalgate/vitalgate/gateway/internal/anomaly"
 	"github.com/vitalgate/vitalgate/gateway/internal/audit"
 	"github.com/vitalgate/vitalgate/gateway/internal/config"
 	"github.com/vitalgate/vitalgate/gateway/internal/ingest"
@@ -69,6 +70,7 @@ type Gateway struct {
 	relay    *relay.Relay
 	metrics  *ingest.Metrics
 	hook     *ingest.Hook
+	anomaly  *anomaly.Detector // nil when disabled
 	mqtt     *mqtt.Server
 	maxConns int
 	devices  *ingest.Listener
@@ -154,6 +156,9 @@ func (g *Gateway) Start() error {
 		defer g.wg.Done()
 		g.watchFiles()
 	}()
+	if g.anomaly != nil {
+		g.wg.Go(func() { g.anomaly.Run(g.ctx) })
+	}
 	if g.http != nil {
 		g.wg.Add(1)
 		go func() {
