@@ -42,7 +42,8 @@ const (
 	// baseline can see it (an anomaly event).
 	AttackBurst = "burst"
 	// AttackFlap behaves normally for AttackAfter, then drops its
-	// connection and reconnects every few seconds (2 to 4).
+	// connection and reconnects every few seconds (FlapEvery ±1/3: 2 to 4
+	// by default).
 	AttackFlap = "flap"
 )
 
@@ -124,7 +125,8 @@ func (r *runner) flapDue(now time.Time) bool {
 	a := r.att
 	due := !a.flapAt.IsZero() && !now.Before(a.flapAt)
 	if a.flapAt.IsZero() || due {
-		a.flapAt = now.Add(2*time.Second + time.Duration(r.rng.Int64N(int64(2*time.Second))))
+		every := r.f.cfg.FlapEvery
+		a.flapAt = now.Add(every*2/3 + time.Duration(r.rng.Int64N(int64(every*2/3)+1)))
 	}
 	if due {
 		r.f.ctr.attackSent.Add(1)

@@ -40,6 +40,7 @@ type Config struct {
 	Attackers    int           `yaml:"attackers" json:"attackers"`         // devices that attack; 0: all
 	AttackBudget int           `yaml:"attack_budget" json:"attack_budget"` // attack messages (rate_limited: rejections) per attacker per minute
 	AttackAfter  time.Duration `yaml:"attack_after" json:"attack_after"`   // burst, flap: normal behaviour first, this long (default DefaultAttackAfter)
+	FlapEvery    time.Duration `yaml:"flap_every" json:"flap_every"`       // flap: mean time between drops, ±1/3
 	Seed         int64         `yaml:"seed" json:"seed"`                   // physiology seed of the fleet
 	Ramp         float64       `yaml:"ramp" json:"ramp"`                   // new connections per second across the fleet
 	Prefix       string        `yaml:"prefix" json:"prefix"`               // device ID prefix
@@ -81,6 +82,7 @@ func Default() Config {
 		Drain:        5 * time.Second,
 		Progress:     250 * time.Millisecond,
 		RevokeSettle: 3 * time.Second,
+		FlapEvery:    3 * time.Second,
 	}
 }
 
@@ -102,6 +104,7 @@ func (c Config) withDefaults() Config {
 	c.Drain = cmp.Or(c.Drain, d.Drain)
 	c.Progress = cmp.Or(c.Progress, d.Progress)
 	c.RevokeSettle = cmp.Or(c.RevokeSettle, d.RevokeSettle)
+	c.FlapEvery = cmp.Or(c.FlapEvery, d.FlapEvery)
 	if len(c.Kinds) == 0 {
 		c.Kinds = d.Kinds
 	}
@@ -149,8 +152,8 @@ func (c Config) Validate() error {
 	if c.Attackers < 0 {
 		bad("attackers", "negative")
 	}
-	if c.AttackAfter < 0 {
-		bad("attack_after", "negative")
+	if c.AttackAfter < 0 || c.FlapEvery < 0 {
+		bad("attack_after", "negative durations (attack_after, flap_every)")
 	}
 	if c.AttackBudget < 1 {
 		bad("attack_budget", "%d: want at least 1", c.AttackBudget)
