@@ -38,6 +38,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 && args[0] == "bench" {
 		return benchCmd(ctx, args[1:], stdout, stderr)
 	}
+	if len(args) > 0 && args[0] == "anomalies" {
+		return anomaliesCmd(ctx, args[1:], stdout, stderr)
+	}
 	cfg, report, err := parse(args, stdout, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
@@ -76,7 +79,7 @@ func parse(args []string, stdout, stderr io.Writer) (fleet.Config, string, error
 	fs := flag.NewFlagSet("devicesim", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: devicesim [flags]\n       devicesim bench [flags]\n\nA fleet of simulated devices against the gateway. Flags override --config.\n\n")
+		fmt.Fprintf(fs.Output(), "usage: devicesim [flags]\n       devicesim bench [flags]\n       devicesim anomalies [flags]\n\nA fleet of simulated devices against the gateway. Flags override --config.\n\n")
 		fs.PrintDefaults()
 		fmt.Fprintf(fs.Output(), "\nattack modes: %s\n", strings.Join(fleet.Attacks(), ", "))
 		fmt.Fprintf(fs.Output(), "  burst: after --attack-after, %d times the rate (valid records, within the gateway's default rate limit at --rate 1)\n", fleet.BurstFactor)
