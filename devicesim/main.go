@@ -72,6 +72,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+// attackHelp lists the attack modes, for --help.
+func attackHelp(w io.Writer) {
+	fmt.Fprintf(w, "\nattack modes: %s\n", strings.Join(fleet.Attacks(), ", "))
+	fmt.Fprintf(w, "  burst: after --attack-after, %d times the rate (valid records, within the gateway's default rate limit at --rate 1)\n", fleet.BurstFactor)
+	fmt.Fprintf(w, "  flap: after --attack-after, drop the connection and reconnect every 2 to 4 seconds\n")
+	fmt.Fprintf(w, "  both are caught only by the gateway's behaviour baselines: an anomaly event\n")
+}
+
 // parse reads --config (YAML with the fields of fleet.Config) and then the
 // flags, which override it.
 func parse(args []string, stdout, stderr io.Writer) (fleet.Config, string, error) {
@@ -81,10 +89,7 @@ func parse(args []string, stdout, stderr io.Writer) (fleet.Config, string, error
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: devicesim [flags]\n       devicesim bench [flags]\n       devicesim anomalies [flags]\n\nA fleet of simulated devices against the gateway. Flags override --config.\n\n")
 		fs.PrintDefaults()
-		fmt.Fprintf(fs.Output(), "\nattack modes: %s\n", strings.Join(fleet.Attacks(), ", "))
-		fmt.Fprintf(fs.Output(), "  burst: after --attack-after, %d times the rate (valid records, within the gateway's default rate limit at --rate 1)\n", fleet.BurstFactor)
-		fmt.Fprintf(fs.Output(), "  flap: after --attack-after, drop the connection and reconnect every 2 to 4 seconds\n")
-		fmt.Fprintf(fs.Output(), "  both are caught only by the gateway's behaviour baseline: an anomaly event\n")
+		attackHelp(fs.Output())
 	}
 	// The file holds the fields of fleet.Config and what only this command
 	// does with them: the report file and verbose logging.

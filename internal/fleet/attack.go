@@ -102,6 +102,14 @@ func (a *attacker) crafts() bool {
 	return a.mode != AttackRateLimited && a.mode != AttackBurst && a.mode != AttackFlap
 }
 
+// begin starts the clock of a burst or flap attack, which begins after
+// d of normal behaviour.
+func (a *attacker) begin(d time.Duration) {
+	if a != nil {
+		a.from = time.Now().Add(d)
+	}
+}
+
 // active reports whether a burst or flap attack has begun at now.
 func (a *attacker) active(mode string, now time.Time) bool {
 	return a != nil && a.mode == mode && !now.Before(a.from)

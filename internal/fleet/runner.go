@@ -171,9 +171,7 @@ func (r *runner) runRecords(ctx context.Context, stopGen <-chan struct{}) {
 	tick := time.NewTimer(time.Until(next))
 	defer tick.Stop()
 	tickC := tick.C
-	if r.att != nil {
-		r.att.from = time.Now().Add(cfg.AttackAfter)
-	}
+	r.att.begin(cfg.AttackAfter)
 
 	connectCh := make(chan connectResult, 1)
 	connecting := true
@@ -216,14 +214,7 @@ func (r *runner) runRecords(ctx context.Context, stopGen <-chan struct{}) {
 				r.f.log.Error("device stopped", "device", r.id, "err", err)
 				return
 			}
-			step := r.tickInterval(interval, now)
-			next = next.Add(step)
-			if d := time.Until(next); d > 0 {
-				tick.Reset(d)
-			} else { // fell behind (slow machine): skip, do not burst
-				next = time.Now().Add(step)
-				tick.Reset(step)
-			}
+			r.scheduleNext(tick, &next, interval, now)
 		case cr := <-connectCh:
 			connecting = false
 			if !r.connected(cr) {
@@ -248,6 +239,21 @@ func (r *runner) runRecords(ctx context.Context, stopGen <-chan struct{}) {
 		}
 		r.pump(ctx)
 	}
+}
+
+// scheduleNext sets tick for the record after the one made at now:
+// interval after the last one (a burst shortens it), or, when the device
+// fell behind (a slow machine), interval from now: it skips rather than
+// bursts.
+func (r *runner) scheduleNext(tick *time.Timer, next *time.Time, interval time.Duration, now time.Time) {
+	step := r.tickInterval(interval, now)
+	*next = next.Add(step)
+	if d := time.Until(*next); d > 0 {
+		tick.Reset(d)
+		return
+	}
+	*next = time.Now().Add(step)
+	tick.Reset(step)
 }
 
 // connected takes the outcome of a connection attempt: a failure is
