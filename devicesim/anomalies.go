@@ -95,7 +95,7 @@ func parseAnomalies(args []string, helpOut io.Writer) (anomaliesConfig, error) {
 func (c anomaliesConfig) attackAfter() time.Duration { return c.warmup + 2*c.window }
 
 // measureAnomalies runs the gateway and the fleets, and reads the events.
-func measureAnomalies(ctx context.Context, c anomaliesConfig, progress io.Writer) (anomalyCounts, error) {
+func measureAnomalies(ctx context.Context, c anomaliesConfig, progress io.Writer) (*anomalyCounts, error) {
 	if c.dir == "" {
 		dir, err := os.MkdirTemp("", "devicesim-anomalies-")
 		if err != nil {
@@ -155,35 +155,49 @@ func (c anomaliesConfig) runFleets(ctx context.Context, pkiDir, addr string) err
 	return errors.Join(errs...)
 }
 
-// anomalyCounts counts anomaly events by device group (the ID's prefix:
-// dev, burst, flap), metric and device.
-type anomalyCounts map[string]map[string]map[string]int
+// anomalyCounts are the anomaly events of an audit log.
+type anomalyCounts struct {
+	// by counts them by device group (the ID's prefix: dev, burst, flap),
+	// metric and device.
+	by     map[string]map[string]map[string]int
+	listed []string // the first maxListed, in words
+}
+
+// maxListed bounds the events the report lists.
+const maxListed = 20
 
 // readAnomalies reads the anomaly events of an audit log.
-func readAnomalies(path string) (anomalyCounts, error) {
+func readAnomalies(path string) (*anomalyCounts, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("read audit log: %w", err)
 	}
 	defer f.Close()
-	n := anomalyCounts{}
+	n := &anomalyCounts{by: map[string]map[string]map[string]int{}}
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		var line struct {
-			Event struct{ Verdict, Dev, Metric string } `json:"event"`
+			Event struct {
+				Verdict, Dev, Metric        string
+				Figure, Baseline, Threshold float64
+			} `json:"event"`
 		}
 		if json.Unmarshal(sc.Bytes(), &line) != nil || line.Event.Verdict != "anomaly" {
 			continue
 		}
-		group, _, _ := strings.Cut(line.Event.Dev, "-")
-		if n[group] == nil {
-			n[group] = map[string]map[string]int{}
+		ev := line.Event
+		if len(n.listed) < maxListed {
+			n.listed = append(n.listed, fmt.Sprintf("%s %s: figure %.4g, threshold %.4g, baseline %.4g", ev.Dev, ev.Metric, ev.Figure, ev.Threshold, ev.Baseline))
 		}
-		if n[group][line.Event.Metric] == nil {
-			n[group][line.Event.Metric] = map[string]int{}
+		group, _, _ := strings.Cut(ev.Dev, "-")
+		if n.by[group] == nil {
+			n.by[group] = map[string]map[string]int{}
 		}
-		n[group][line.Event.Metric][line.Event.Dev]++
+		if n.by[group][ev.Metric] == nil {
+			n.by[group][ev.Metric] = map[string]int{}
+		}
+		n.by[group][ev.Metric][ev.Dev]++
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("read audit log %s: %w", path, err)
@@ -191,13 +205,14 @@ func readAnomalies(path string) (anomalyCounts, error) {
 	return n, nil
 }
 
-// report prints the counts and returns the exit status: 0 when no normal
-// device was reported and every attacker was, for its metric.
-func (n anomalyCounts) report(w io.Writer, c anomaliesConfig) int {
+// report prints the counts and the first events, and returns the exit
+// status: 0 when no normal device was reported and every attacker was, for
+// its metric.
+func (n *anomalyCounts) report(w io.Writer, c anomaliesConfig) int {
 	status := 0
 	for _, g := range []struct{ group, metric string }{{"dev", ""}, {"burst", "messages_per_minute"}, {"flap", "reconnects_per_hour"}} {
 		total, lines := 0, []string{}
-		for metric, devs := range n[g.group] {
+		for metric, devs := range n.by[g.group] {
 			sum := 0
 			for _, k := range devs {
 				sum += k
@@ -208,13 +223,16 @@ func (n anomalyCounts) report(w io.Writer, c anomaliesConfig) int {
 		sort.Strings(lines)
 		want, good := "none", total == 0
 		if g.metric != "" {
-			want, good = fmt.Sprintf("%s from each of %d", g.metric, c.attackers), len(n[g.group][g.metric]) == c.attackers
+			want, good = fmt.Sprintf("%s from each of %d", g.metric, c.attackers), len(n.by[g.group][g.metric]) == c.attackers
 		}
 		verdict := "ok"
 		if !good {
 			verdict, status = "FAIL", 1
 		}
 		fmt.Fprintf(w, "%-5s anomaly events: %d [%s] (want %s): %s\n", g.group, total, strings.Join(lines, "; "), want, verdict)
+	}
+	for _, l := range n.listed {
+		fmt.Fprintf(w, "  %s\n", l)
 	}
 	return status
 }

@@ -35,7 +35,7 @@ func TestAnomaliesFlags(t *testing.T) {
 func TestAnomaliesReport(t *testing.T) {
 	line := func(verdict, dev, metric string) string {
 		return `{"n":1,"prev":"00","hash":"00","event":{"v":1,"ts":1,"gw":"gw1","dev":"` + dev + `","verdict":"` + verdict +
-			`","detail":"x","remote":"","metric":"` + metric + `"}}` + "\n"
+			`","detail":"x","remote":"","metric":"` + metric + `","figure":1200,"baseline":60,"threshold":180}}` + "\n"
 	}
 	path := filepath.Join(t.TempDir(), "audit.log")
 	write := func(lines ...string) {
@@ -53,6 +53,7 @@ func TestAnomaliesReport(t *testing.T) {
 		want   string
 	}{
 		{good, 0, "flap  anomaly events: 3 [reconnects_per_hour 3 from 2 devices]"},
+		{good, 0, "\n  burst-00002 messages_per_minute: figure 1200, threshold 180, baseline 60\n"},
 		{append(good, line("anomaly", "dev-00007", "messages_per_minute")), 1, "dev   anomaly events: 1 [messages_per_minute 1 from 1 devices] (want none): FAIL"},
 		{good[1:], 1, "burst anomaly events: 1 [messages_per_minute 1 from 1 devices] (want messages_per_minute from each of 2): FAIL"},
 	} {
