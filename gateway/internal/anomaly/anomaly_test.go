@@ -319,13 +319,15 @@ func TestConcurrentUse(t *testing.T) {
 // BenchmarkVerdict is the cost on the message path.
 func BenchmarkVerdict(b *testing.B) {
 	d := New(Options{})
-	for i := range 1000 {
-		d.Connected(fmt.Sprintf("dev-%d", i), nil, "192.0.2.1:1")
+	ids := make([]string, 1000)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("dev-%05d", i)
+		d.Connected(ids[i], nil, "192.0.2.1:1")
 	}
 	b.RunParallel(func(pb *testing.PB) {
 		i := 0
 		for pb.Next() {
-			d.Verdict("dev-"+fmt.Sprint(i%1000), "")
+			d.Verdict(ids[i%len(ids)], "")
 			i++
 		}
 	})
@@ -349,4 +351,20 @@ func gather(t *testing.T, reg *prometheus.Registry) map[string]float64 {
 		}
 	}
 	return out
+}
+
+// BenchmarkTick is one window's close for 20,000 devices (the default
+// limit), during which new devices wait for the map.
+func BenchmarkTick(b *testing.B) {
+	d := New(Options{})
+	for i := range 20000 {
+		id := fmt.Sprintf("dev-%05d", i)
+		d.Connected(id, nil, "192.0.2.1:1")
+		d.Verdict(id, "")
+	}
+	now := time.Now()
+	for b.Loop() {
+		now = now.Add(time.Minute)
+		d.Tick(now)
+	}
 }
