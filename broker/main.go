@@ -5,6 +5,7 @@
 //
 //	broker [--pki DIR] [--listen ADDR] [--apps ADDR] [--ws ADDR] [--data DIR] [--http ADDR] [--config FILE] [--check-config]
 //	broker watch --pki DIR --token JWT --site S [--url ssl://127.0.0.1:8884]
+//	broker watch --ca ca.crt --token JWT --site S [--url ssl://127.0.0.1:8884]
 package main
 
 import (
@@ -53,7 +54,7 @@ func oneLine(err error) string {
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("broker", flag.ContinueOnError)
 	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: broker [flags]\n       broker watch --pki DIR --token JWT --site S [--url URL]\n\nflags:")
+		fmt.Fprintln(fs.Output(), "usage: broker [flags]\n       broker watch (--pki DIR | --ca ca.crt) --token JWT --site S [--url URL]\n\nflags:")
 		fs.PrintDefaults()
 	}
 	d := cloud.Default()
@@ -115,11 +116,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 func watch(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("broker watch", flag.ContinueOnError)
 	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: broker watch --pki DIR --token JWT --site S [--url URL]\n\n"+
-			"Prints the site's telemetry as an app receives it, each record's device signature checked.\n\nflags:")
+		fmt.Fprintln(fs.Output(), "usage: broker watch --pki DIR --token JWT --site S [--url URL]\n"+
+			"       broker watch --ca ca.crt --token JWT --site S [--url URL]\n\n"+
+			"Prints the site's telemetry as an app receives it, each record's device signature checked with the\n"+
+			"certificate chains the gateways publish (with --pki, devices/ID.crt for a device with none yet).\n\nflags:")
 		fs.PrintDefaults()
 	}
 	pkiDir := fs.String("pki", "pki", "PKI directory (ca.crt, device-ca.crt, devices/)")
+	ca := fs.String("ca", "", "trust `ca.crt` alone, without the PKI directory: records are checked with the published certificate chains only")
 	token := fs.String("token", "", "app `JWT` (from certs token); default $VITALGATE_TOKEN")
 	site := fs.String("site", "", "site to watch")
 	url := fs.String("url", "ssl://127.0.0.1:8884", "broker URL: ssl://, mqtts:// or wss://")
@@ -140,6 +144,14 @@ func watch(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case *site == "" || strings.ContainsAny(*site, "/+#"):
 		return errors.New("watch: --site is required (one site name)")
 	}
-	return cloud.Watch(ctx, cloud.WatchOptions{PKI: *pkiDir, Token: *token, Site: *site, URL: *url,
+	if *ca != "" {
+		pkiSet := false
+		fs.Visit(func(f *flag.Flag) { pkiSet = pkiSet || f.Name == "pki" })
+		if pkiSet {
+			return errors.New("watch: --pki and --ca exclude each other (--ca trusts ca.crt alone)")
+		}
+		*pkiDir = ""
+	}
+	return cloud.Watch(ctx, cloud.WatchOptions{PKI: *pkiDir, CA: *ca, Token: *token, Site: *site, URL: *url,
 		ClientID: *id, Persistent: *persistent, Dedup: *dedup}, stdout, stderr)
 }

@@ -1,11 +1,16 @@
 // Command certs manages the deployment's PKI directory (docs/design.md#the-pki-directory): the CAs, the gateway and broker
-// certificates, device certificates, the device revocation list and app tokens.
+// certificates, device certificates, the device revocation list, app tokens and their revocation, and the client
+// certificates of further gateways and their revocation.
 //
 //	certs init    --dir DIR [--site SITE] [--gateway-id ID] [--hosts h1,h2] [--key p256|ed25519] [--force]
 //	certs device  --dir DIR --id ID [--key p256|ed25519] [--days N]
 //	certs devices --dir DIR --count N [--prefix P] [--key p256|ed25519]
-//	certs revoke  --dir DIR --id ID
+//	certs revoke  --dir DIR (--id ID | --gateway ID | --jti JTI | --token JWT)
+//	certs factory --dir DIR --count N [--manufacturer NAME] [--prefix P] [--key p256|ed25519] [--days N]
+//	certs manufacturer  --dir DIR --name NAME [--key p256|ed25519]
+//	certs renew-issuing --dir DIR [--days 90]
 //	certs token   --dir DIR --sub NAME --sites S1,S2 [--ttl 1h]
+//	certs gateway --dir DIR --id ID --site SITE [--key p256|ed25519]
 //
 // Every subcommand takes --config FILE, a YAML map whose keys are flag names; flags on the command line win.
 // Exit status: 0 on success, 1 on failure, 2 on bad usage, with a one-line reason on stderr.
@@ -41,8 +46,18 @@ var commands = []command{
 	{"device", "--dir DIR --id ID [--key p256|ed25519] [--days N]", "issue one device certificate", setupDevice},
 	{"devices", "--dir DIR --count N [--prefix P] [--key p256|ed25519]",
 		"issue a fleet of devices P-00001..P-N, skipping existing ones", setupDevices},
-	{"revoke", "--dir DIR --id ID", "add a device to crl.pem", setupRevoke},
-	{"token", "--dir DIR --sub NAME --sites S1,S2 [--ttl 1h]", "print an app JWT", setupToken},
+	{"revoke", "--dir DIR (--id ID | --gateway ID | --jti JTI | --token JWT)",
+		"revoke a device (crl.pem), a gateway (gateway-crl.pem) or an app token (revoked-tokens)", setupRevoke},
+	{"factory", "--dir DIR --count N [--manufacturer NAME] [--prefix P] [--key p256|ed25519] [--days N]",
+		"issue factory identities for devices P-00001..P-N and list them in enroll.yaml (tests and the simulator)", setupFactory},
+	{"manufacturer", "--dir DIR --name NAME [--key p256|ed25519]",
+		"create a manufacturer CA: manufacturers/NAME.crt, its key factory/NAME-ca.key", setupManufacturer},
+	{"renew-issuing", "--dir DIR [--days 90]",
+		"re-sign issuing-ca.crt with the device CA, keeping its key (run where device-ca.key lives)", setupRenewIssuing},
+	{"token", "--dir DIR --sub NAME --sites S1,S2 [--ttl 1h]",
+		"print an app JWT on stdout and its jti (what certs revoke --jti takes) on stderr", setupToken},
+	{"gateway", "--dir DIR --id ID --site SITE [--key p256|ed25519]",
+		"issue the client certificate of a further gateway: gateways/ID.crt and ID.key", setupGateway},
 }
 
 // usageError marks a bad command line (exit status 2).
@@ -52,7 +67,7 @@ func mainUsage(w io.Writer) {
 	fmt.Fprintln(w, "Usage: certs COMMAND [flags]   (certs COMMAND --help for its flags)")
 	fmt.Fprintln(w, "\nCommands:")
 	for _, c := range commands {
-		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
+		fmt.Fprintf(w, "  %-13s %s\n", c.name, c.summary)
 	}
 }
 
@@ -69,7 +84,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	for _, c := range commands {
 		if c.name == args[0] {
-			err := c.run(args[1:], stdout)
+			err := c.run(args[1:], console{stdout, stderr})
 			switch {
 			case err == nil:
 				return 0
@@ -84,7 +99,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 	}
-	fmt.Fprintf(stderr, "certs: unknown command %q (want init, device, devices, revoke or token; see certs --help)\n", args[0])
+	names := make([]string, len(commands))
+	for i, c := range commands {
+		names[i] = c.name
+	}
+	fmt.Fprintf(stderr, "certs: unknown command %q (want %s; see certs --help)\n", args[0], strings.Join(names, ", "))
 	return 2
 }
 
@@ -252,14 +271,48 @@ func setupDevices(fs *flag.FlagSet) ([]string, func(io.Writer) error) {
 
 func setupRevoke(fs *flag.FlagSet) ([]string, func(io.Writer) error) {
 	dir := fs.String("dir", "", "PKI `directory`")
-	id := fs.String("id", "", "device `ID` to revoke")
-	return []string{"dir", "id"}, func(w io.Writer) error {
-		if err := pki.Revoke(*dir, *id); err != nil {
-			return err
+	id := fs.String("id", "", "device `ID` to revoke (into crl.pem)")
+	gw := fs.String("gateway", "", "gateway `ID` to revoke (into gateway-crl.pem): gateway-client.crt when its CN is ID, and gateways/ID.crt")
+	jti := fs.String("jti", "", "app token `ID` to revoke (into revoked-tokens), as certs token printed it")
+	token := fs.String("token", "", "app `JWT` to revoke: its jti is read after its signature is checked")
+	return []string{"dir"}, func(w io.Writer) error {
+		given := 0
+		for _, v := range []string{*id, *gw, *jti, *token} {
+			if v != "" {
+				given++
+			}
 		}
-		fmt.Fprintf(w, "revoked %s in %s\n", *id, filepath.Join(*dir, pki.FileCRL))
+		if given != 1 {
+			return usageError{errors.New("give exactly one of --id, --gateway, --jti and --token (see certs revoke --help)")}
+		}
+		switch {
+		case *id != "":
+			return revokeDevice(w, *dir, *id)
+		case *gw != "":
+			if err := pki.RevokeGateway(*dir, *gw); err != nil {
+				return err
+			}
+			fmt.Fprintf(w, "revoked gateway %s in %s\n", *gw, filepath.Join(*dir, pki.FileGatewayCRL))
+		default:
+			return revokeToken(w, *dir, *jti, *token)
+		}
 		return nil
 	}
+}
+
+// revokeToken adds an app token's jti (given, or read from the checked token) to revoked-tokens.
+func revokeToken(w io.Writer, dir, jti, token string) error {
+	if token != "" {
+		var err error
+		if jti, err = pki.TokenIDOf(dir, token); err != nil {
+			return err
+		}
+	}
+	if err := pki.RevokeToken(dir, jti); err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "revoked token %s in %s\n", jti, filepath.Join(dir, pki.FileRevokedTokens))
+	return nil
 }
 
 func setupToken(fs *flag.FlagSet) ([]string, func(io.Writer) error) {
@@ -272,7 +325,63 @@ func setupToken(fs *flag.FlagSet) ([]string, func(io.Writer) error) {
 		if err != nil {
 			return err
 		}
+		jti, err := pki.TokenIDOf(*dir, tok)
+		if err != nil {
+			return err
+		}
 		fmt.Fprintln(w, tok)
+		fmt.Fprintf(notes(w), "jti %s\n", jti)
 		return nil
 	}
+}
+
+func setupGateway(fs *flag.FlagSet) ([]string, func(io.Writer) error) {
+	dir := fs.String("dir", "", "PKI `directory` (signs with gateway-ca.key)")
+	id := fs.String("id", "", "gateway `ID`, the certificate's CN and the gateway's MQTT client ID at the cloud")
+	site := fs.String("site", "", "the gateway's `SITE`, the certificate's OU: the topics it may publish under")
+	key := keyFlag(fs)
+	return []string{"dir", "id", "site"}, func(w io.Writer) error {
+		alg, err := pki.ParseKeyAlg(*key)
+		if err != nil {
+			return usageError{err}
+		}
+		if err := pki.IssueGateway(*dir, *id, *site, alg); err != nil {
+			return err
+		}
+		certFile, keyFile := pki.GatewayPaths(*dir, *id)
+		fmt.Fprintf(w, "%s\n%s\n", certFile, keyFile)
+		return nil
+	}
+}
+
+// console is the stdout an action writes its result to, carrying the stderr for notes beside it.
+type console struct {
+	io.Writer           // stdout
+	stderr    io.Writer // notes
+}
+
+// notes returns the stderr of w when w is a console, else io.Discard.
+func notes(w io.Writer) io.Writer {
+	if c, ok := w.(console); ok {
+		return c.stderr
+	}
+	return io.Discard
+}
+
+// revokeDevice puts a device on crl.pem (devices/ID.crt) and its enrolled certificates (issued/ID.pem) on
+// issuing-crl.pem, and says what went where.
+func revokeDevice(w io.Writer, dir, id string) error {
+	r, err := pki.RevokeDevice(dir, id)
+	if err != nil {
+		return err
+	}
+	var where []string
+	if r.DeviceCert {
+		where = append(where, "its certificate in "+filepath.Join(dir, pki.FileCRL))
+	}
+	if r.Issued > 0 {
+		where = append(where, fmt.Sprintf("%d enrolled certificates in %s", r.Issued, filepath.Join(dir, pki.FileIssuingCRL)))
+	}
+	fmt.Fprintf(w, "revoked %s: %s\n", id, strings.Join(where, ", "))
+	return nil
 }

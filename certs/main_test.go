@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vitalgate/vitalgate/internal/cli/clitest"
 	"github.com/vitalgate/vitalgate/internal/pki"
@@ -45,7 +46,7 @@ func TestCLI(t *testing.T) {
 	}{
 		{"no command", nil, 2, "", "*"},
 		{"help", []string{"--help"}, 0, "Commands:", ""},
-		{"unknown command", []string{"frobnicate"}, 2, "", `certs: unknown command "frobnicate" (want init, device, devices, revoke or token; see certs --help)`},
+		{"unknown command", []string{"frobnicate"}, 2, "", `certs: unknown command "frobnicate" (want init, device, devices, revoke, factory, manufacturer, renew-issuing, token, gateway; see certs --help)`},
 		{"init help", []string{"init", "--help"}, 0, "--force", ""},
 		{"init help placeholder", []string{"init", "--help"}, 0, "-dir directory\n    \tPKI directory to write\n", ""},
 		{"device help", []string{"device", "-h"}, 0, "-days", ""},
@@ -74,9 +75,24 @@ func TestCLI(t *testing.T) {
 		{"devices missing config", []string{"devices", "--config", "/nonexistent.yaml"}, 2, "", "*no such file"},
 		{"devices bad count", []string{"devices", "--dir", dir, "--count", "many"}, 2, "", "*invalid value"},
 		{"devices no CA", []string{"devices", "--dir", t.TempDir(), "--count", "1"}, 1, "", "*device CA"},
-		{"revoke", []string{"revoke", "--dir", dir, "--id", "pump-1"}, 0, "revoked pump-1", ""},
-		{"revoke unknown", []string{"revoke", "--dir", dir, "--id", "ghost"}, 1, "", "certs: revoke: device ghost: no certificate " + filepath.Join(dir, "devices", "ghost.crt")},
-		{"token", []string{"token", "--dir", dir, "--sub", "nurse", "--sites", "north,south", "--ttl", "5m"}, 0, "eyJ", ""},
+		{"revoke", []string{"revoke", "--dir", dir, "--id", "pump-1"}, 0, "revoked pump-1: its certificate in " + filepath.Join(dir, "crl.pem") + "\n", ""},
+		{"revoke unknown", []string{"revoke", "--dir", dir, "--id", "ghost"}, 1, "", "certs: revoke: device ghost: no certificate " + filepath.Join(dir, "devices", "ghost.crt") +
+			" and none issued at enrolment (" + filepath.Join(dir, "issued", "ghost.pem") + ")"},
+		{"factory help", []string{"factory", "--help"}, 0, "-manufacturer NAME", ""},
+		{"factory", []string{"factory", "--dir", dir, "--count", "3", "--manufacturer", "globex", "--prefix", "fx"}, 0,
+			"3 factory identities of globex (GLOBEX-00000001..GLOBEX-00000003) for fx-00001..fx-00003, listed in " + filepath.Join(dir, "enroll.yaml"), ""},
+		{"factory grows", []string{"factory", "--dir", dir, "--count", "4", "--manufacturer", "globex", "--prefix", "fx", "--key", "ed25519"}, 0,
+			"(GLOBEX-00000001..GLOBEX-00000004) for fx-00001..fx-00004", ""},
+		{"factory without count", []string{"factory", "--dir", dir}, 2, "", "certs: factory: --count is required (see certs factory --help)"},
+		{"factory bad days", []string{"factory", "--dir", dir, "--count", "1", "--days", "0"}, 2, "", "certs: factory: --days 0: want at least 1"},
+		{"factory bad manufacturer", []string{"factory", "--dir", dir, "--count", "1", "--manufacturer", "a b"}, 1, "",
+			`certs: factory: invalid manufacturer name "a b" (want [A-Za-z0-9._-]{1,64}, not . or ..)`},
+		{"manufacturer", []string{"manufacturer", "--dir", dir, "--name", "initech", "--key", "ed25519"}, 0, filepath.Join(dir, "manufacturers", "initech.crt"), ""},
+		{"manufacturer without name", []string{"manufacturer", "--dir", dir}, 2, "", "certs: manufacturer: --name is required (see certs manufacturer --help)"},
+		{"renew-issuing", []string{"renew-issuing", "--dir", dir, "--days", "30"}, 0, "copy it to the gateway", ""},
+		{"renew-issuing bad days", []string{"renew-issuing", "--dir", dir, "--days", "-3"}, 2, "", "certs: renew-issuing: --days -3: want at least 1"},
+		{"renew-issuing without device CA key", []string{"renew-issuing", "--dir", t.TempDir()}, 1, "", "*where the device CA's key lives"},
+		{"token", []string{"token", "--dir", dir, "--sub", "nurse", "--sites", "north,south", "--ttl", "5m"}, 0, "eyJ", "*"}, // the jti on stderr (TestRevokeCommands)
 		{"token without sites", []string{"token", "--dir", dir, "--sub", "nurse"}, 2, "", "certs: token: --sites is required (see certs token --help)"},
 		{"token bad ttl", []string{"token", "--dir", dir, "--sub", "n", "--sites", "a", "--ttl", "-1h"}, 1, "", "certs: token: ttl -1h0m0s is not positive"},
 	}
@@ -135,6 +151,16 @@ func TestCLI(t *testing.T) {
 	if !rev.IsRevoked(mustLoad(t, crt).SerialNumber) {
 		t.Error("pump-1 not on the CRL after certs revoke")
 	}
+	allow, err := pki.ReadAllowList(filepath.Join(dir, pki.FileEnroll))
+	if err != nil || len(allow) != 4 || allow[3] != (pki.AllowEntry{Serial: "GLOBEX-00000004", ID: "fx-00004"}) {
+		t.Errorf("allow-list after certs factory: %v, %v", allow, err)
+	}
+	if c := mustLoad(t, filepath.Join(dir, "factory", "fx-00004.crt")); c.PublicKeyAlgorithm != x509.Ed25519 {
+		t.Errorf("factory --key ed25519 wrote a %v key", c.PublicKeyAlgorithm)
+	}
+	if c := mustLoad(t, filepath.Join(dir, pki.FileIssuingCA)); time.Until(c.NotAfter) > 31*24*time.Hour {
+		t.Errorf("renew-issuing --days 30: valid until %v", c.NotAfter)
+	}
 	_, stdout, _ := certs(t, "token", "--dir", dir, "--sub", "nurse", "--sites", "north")
 	pub, err := pki.LoadTokenKey(filepath.Join(dir, pki.FileAppTokenPub))
 	if err != nil {
@@ -143,6 +169,65 @@ func TestCLI(t *testing.T) {
 	claims, err := pki.VerifyToken(pub, strings.TrimSpace(stdout))
 	if err != nil || claims.Subject != "nurse" || len(claims.Sites) != 1 {
 		t.Fatalf("token claims %+v, %v", claims, err)
+	}
+}
+
+// TestRevokeCommands: certs token prints the jti that certs revoke --jti takes; revoke --token reads it from the
+// checked token; certs gateway issues a further gateway and revoke --gateway lists it on gateway-crl.pem.
+func TestRevokeCommands(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "pki")
+	if code, _, stderr := certs(t, "init", "--dir", dir); code != 0 {
+		t.Fatal(stderr)
+	}
+	code, _, stderr := certs(t, "token", "--dir", dir, "--sub", "nurse", "--sites", "site1")
+	jti, ok := strings.CutPrefix(strings.TrimSpace(stderr), "jti ")
+	if code != 0 || !ok || len(jti) != 32 {
+		t.Fatalf("token: exit %d, stderr %q", code, stderr)
+	}
+	_, tok2, _ := certs(t, "token", "--dir", dir, "--sub", "other", "--sites", "site1")
+	for _, tc := range []struct {
+		args       []string
+		wantCode   int
+		wantStdout string
+		wantStderr string
+	}{
+		{[]string{"revoke", "--dir", dir, "--jti", jti}, 0, "revoked token " + jti, ""},
+		{[]string{"revoke", "--dir", dir, "--token", strings.TrimSpace(tok2)}, 0, "revoked token ", ""},
+		{[]string{"revoke", "--dir", dir, "--token", "not.a.jwt"}, 1, "", "invalid token"},
+		{[]string{"revoke", "--dir", dir, "--jti", "has space"}, 1, "", "invalid token ID"},
+		{[]string{"revoke", "--dir", dir}, 2, "", "give exactly one of --id, --gateway, --jti and --token"},
+		{[]string{"revoke", "--dir", dir, "--jti", jti, "--gateway", "gw1"}, 2, "", "give exactly one"},
+		{[]string{"gateway", "--dir", dir, "--id", "gw2", "--site", "site2"}, 0, filepath.Join("gateways", "gw2.crt"), ""},
+		{[]string{"gateway", "--dir", dir, "--id", "gw2", "--site", "site2"}, 1, "", "exists"},
+		{[]string{"gateway", "--dir", dir, "--id", "gw3"}, 2, "", "--site is required"},
+		{[]string{"revoke", "--dir", dir, "--gateway", "gw2"}, 0, "revoked gateway gw2", ""},
+		{[]string{"revoke", "--dir", dir, "--gateway", "gw1"}, 0, "revoked gateway gw1", ""},
+		{[]string{"revoke", "--dir", dir, "--gateway", "ghost"}, 1, "", "gateway ghost: no certificate"},
+	} {
+		code, stdout, stderr := certs(t, tc.args...)
+		if code != tc.wantCode || !strings.Contains(stdout, tc.wantStdout) || !strings.Contains(stderr, tc.wantStderr) {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q", tc.args, code, stdout, stderr)
+		}
+	}
+	ids, err := pki.ReadRevokedTokens(filepath.Join(dir, pki.FileRevokedTokens))
+	if err != nil || len(ids) != 2 {
+		t.Fatalf("revoked-tokens: %v %v", ids, err)
+	}
+	if _, ok := ids[jti]; !ok {
+		t.Error("the jti certs token printed is not on revoked-tokens")
+	}
+	rev, err := pki.NewRevocations(filepath.Join(dir, pki.FileGatewayCRL), mustLoad(t, filepath.Join(dir, pki.FileGatewayCA)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw2, _ := pki.GatewayPaths(dir, "gw2")
+	for _, f := range []string{gw2, filepath.Join(dir, pki.FileGatewayClient)} {
+		if !rev.IsRevoked(mustLoad(t, f).SerialNumber) {
+			t.Errorf("%s not on gateway-crl.pem", f)
+		}
+	}
+	if _, stdout, _ := certs(t, "token", "--help"); !strings.Contains(stdout, "jti") {
+		t.Errorf("token --help does not mention the jti: %s", stdout)
 	}
 }
 

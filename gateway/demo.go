@@ -98,14 +98,16 @@ func signCmd(args []string, out, errOut io.Writer) error {
 	fs := flag.NewFlagSet("gateway demo sign", flag.ContinueOnError)
 	fs.SetOutput(errOut)
 	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: gateway demo sign --pki DIR --id ID [--kind KIND] --seq N > rec.cose\n\n"+
-			"Writes a COSE_Sign1 telemetry record signed with devices/ID.key, measured now, to stdout.\n\nflags:")
+		fmt.Fprintln(fs.Output(), "usage: gateway demo sign (--pki DIR | --key FILE) --id ID [--kind KIND] --seq N > rec.cose\n\n"+
+			"Writes a COSE_Sign1 telemetry record signed with devices/ID.key of the PKI directory (or the key\n"+
+			"FILE of an enrolled device), measured now, to stdout.\n\nflags:")
 		fs.PrintDefaults()
 	}
 	dir := fs.String("pki", "pki", "PKI directory holding devices/ID.key")
 	id := fs.String("id", "", "device ID (the certificate's CN)")
 	kind := fs.String("kind", "spo2", "record kind: spo2, bp, glucose, temp, weight or ecg")
 	seq := fs.Uint64("seq", 0, "sequence number: above the last one the gateway accepted from the device")
+	keyFlag := fs.String("key", "", "the device's private key `FILE` (PEM), in place of devices/ID.key")
 	if err := cli.ParseFlags(fs, args, out); err != nil {
 		return err
 	}
@@ -118,6 +120,9 @@ func signCmd(args []string, out, errOut io.Writer) error {
 		return fmt.Errorf("demo sign: --seq: want a number above the device's last")
 	}
 	_, keyFile := pki.DevicePaths(*dir, *id)
+	if *keyFlag != "" {
+		keyFile = *keyFlag
+	}
 	key, err := pki.LoadKey(keyFile)
 	if err != nil {
 		return fmt.Errorf("demo sign: device key: %w", err)

@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -123,6 +125,10 @@ func TestDemo(t *testing.T) {
 	if !okRow.MatchString(final) {
 		t.Errorf("no patient row with vitals and a verified signature in the final view:\n%s", final)
 	}
+	// The clinician trusts ca.crt alone: the rows verified with the chains the gateway published.
+	if m := regexp.MustCompile(`device certificates \(published, checked against ca.crt\): (\d+) verified, 0 rejected`).FindStringSubmatch(final); m == nil || m[1] == "0" {
+		t.Errorf("no verified published certificate chain in the final view:\n%s", final)
+	}
 	r := rejections(final)
 	for _, v := range firstPhase {
 		if r[v] == 0 {
@@ -216,7 +222,23 @@ func TestDemoSign(t *testing.T) {
 			t.Error(err)
 		}
 	}
+	// An enrolled device's key lives with the device, not in the PKI directory.
+	crt, keyFile := pki.DevicePaths(dir, "oxi-0001")
+	own := filepath.Join(t.TempDir(), "oxi.key")
+	if err := os.Rename(keyFile, own); err != nil {
+		t.Fatal(err)
+	}
+	var out, errOut bytes.Buffer
+	if err := signCmd([]string{"--key", own, "--id", "oxi-0001", "--seq", "8"}, &out, &errOut); err != nil {
+		t.Fatalf("--key: %v %s", err, errOut.String())
+	}
+	if cert, err := pki.LoadCert(crt); err != nil {
+		t.Fatal(err)
+	} else if _, err := envelope.VerifyCert(cert, out.Bytes()); err != nil {
+		t.Errorf("--key: %v", err)
+	}
 	for _, args := range [][]string{
+		{"--key", filepath.Join(dir, "missing.key"), "--id", "oxi-0001", "--seq", "9"},
 		{"--pki", dir, "--id", "oxi-0001", "--seq", "0"},
 		{"--pki", dir, "--id", "nobody", "--seq", "1"},
 		{"--pki", dir, "--id", "bad id", "--seq", "1"},

@@ -2,8 +2,9 @@
 // publish signed telemetry; the gateway verifies, guards, stores and relays
 // it to the cloud at least once.
 //
-//	gateway [--config FILE] [--pki DIR] [--listen ADDR] [--cloud URL,...] [--data DIR] [--http ADDR] [--site S] [--id ID]
+//	gateway [--config FILE] [--pki DIR] [--listen ADDR] [--cloud URL,...] [--data DIR] [--http ADDR] [--https ADDR] [--site S] [--id ID]
 //	gateway --check-config [flags]
+//	gateway audit [--config FILE] [--pki DIR] [--json]
 //	gateway audit verify [--data DIR | --file FILE]
 //	gateway replay reset --data DIR --id DEVICE
 //	gateway demo [--devices N] [--duration D]
@@ -11,6 +12,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -25,6 +27,7 @@ import (
 
 	"github.com/vitalgate/vitalgate/gateway/internal/audit"
 	"github.com/vitalgate/vitalgate/gateway/internal/config"
+	"github.com/vitalgate/vitalgate/gateway/internal/posture"
 	"github.com/vitalgate/vitalgate/gateway/internal/server"
 	"github.com/vitalgate/vitalgate/gateway/internal/spool"
 	"github.com/vitalgate/vitalgate/internal/cli"
@@ -47,6 +50,11 @@ func main() {
 	if errors.Is(err, flag.ErrHelp) {
 		os.Exit(0)
 	}
+	var st exitStatus
+	if errors.As(err, &st) {
+		fmt.Fprintln(os.Stderr, "gateway:", st.msg)
+		os.Exit(st.code)
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "gateway:", strings.ReplaceAll(err.Error(), "\n", "; "))
 		os.Exit(1)
@@ -58,6 +66,7 @@ func parseConfig(args []string) (config.Config, bool, error) {
 	fs := flag.NewFlagSet("gateway", flag.ContinueOnError)
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: gateway [flags]            run the gateway\n"+
+			"       gateway audit [flags]         posture audit of the PKI directory (exit 3: a high or critical finding)\n"+
 			"       gateway audit verify [flags]  check the audit log's hash chain\n"+
 			"       gateway replay reset [flags]  forget one device's last seq (stopped gateway)\n"+
 			"       gateway demo [flags]          broker, gateway, fleet and a clinician view in one process\n"+
@@ -72,6 +81,7 @@ func parseConfig(args []string) (config.Config, bool, error) {
 	cli.ListVar(fs, (*[]string)(&c.Cloud), "cloud", "cloud broker `URLs`, comma-separated, in failover order (tcp:// or mqtt://; TLS: ssl://, tls:// or mqtts://); empty: embedded broker")
 	fs.StringVar(&c.Data, "data", c.Data, "directory of the queue, the audit log and the embedded broker's state")
 	fs.StringVar(&c.HTTP, "http", c.HTTP, "address of /metrics, /healthz, /readyz (empty: off)")
+	fs.StringVar(&c.HTTPS, "https", c.HTTPS, "address of device enrolment over EST, /.well-known/est/ (empty: off)")
 	fs.StringVar(&c.Site, "site", c.Site, "site name (default: OU of gateway-client.crt)")
 	fs.StringVar(&c.ID, "id", c.ID, "gateway ID (default: CN of gateway-client.crt)")
 	fs.StringVar(&c.Format, "format", c.Format, "cloud payload format: cbor or json")
@@ -130,18 +140,19 @@ func run(args []string) error {
 	return g.Close()
 }
 
-// auditUsage is the synopsis of `gateway audit`.
+// auditUsage is the synopsis of `gateway audit verify`.
 const auditUsage = "usage: gateway audit verify [--data DIR | --file FILE]"
 
 func auditCmd(args []string, out io.Writer) error {
 	switch {
-	case len(args) == 0:
-		return errors.New("audit: missing subcommand (" + auditUsage + ")")
-	case args[0] == "-h" || args[0] == "-help" || args[0] == "--help" || args[0] == "help":
-		fmt.Fprintf(out, "%s\n\nverify checks the audit log's hash chain and the gaps it records (gateway audit verify --help for its flags).\n", auditUsage)
+	case len(args) == 0 || strings.HasPrefix(args[0], "-") && !isHelp(args[0]):
+		return postureCmd(args, out)
+	case isHelp(args[0]):
+		fmt.Fprintf(out, "%s\n%s\n\nThe first runs the posture audit of the PKI directory (gateway audit --pki DIR --help for its flags);\n"+
+			"verify checks the audit log's hash chain and the gaps it records (gateway audit verify --help for its flags).\n", postureUsage, auditUsage)
 		return flag.ErrHelp
 	case args[0] != "verify":
-		return fmt.Errorf("audit: unknown subcommand %q (%s)", args[0], auditUsage)
+		return fmt.Errorf("audit: unknown subcommand %q (%s, or %s)", args[0], postureUsage, auditUsage)
 	}
 	fs := flag.NewFlagSet("gateway audit verify", flag.ContinueOnError)
 	fs.Usage = func() {
@@ -172,6 +183,64 @@ func auditCmd(args []string, out io.Writer) error {
 	}
 	return fmt.Errorf("audit log %s is incomplete: %s not recorded (%s)", path,
 		plural(int(rep.Missing), "event", "events"), plural(len(rep.Gaps), "gap", "gaps"))
+}
+
+func isHelp(a string) bool { return a == "-h" || a == "-help" || a == "--help" || a == "help" }
+
+// exitStatus is an error that main reports with its own exit status.
+type exitStatus struct {
+	code int
+	msg  string
+}
+
+func (e exitStatus) Error() string { return e.msg }
+
+// ExitFindings is the exit status of `gateway audit` when it finds a
+// problem of high or critical severity.
+const ExitFindings = 3
+
+// postureUsage is the synopsis of the posture audit.
+const postureUsage = "usage: gateway audit [--config FILE] [--pki DIR] [--json]"
+
+// postureCmd is `gateway audit`: the posture checks of the PKI directory,
+// printed one finding a line (or as JSON). It exits 0 with no finding at
+// high or critical severity, 3 with one, 1 on an error. The checks of live
+// connections and traffic need the running gateway's GET /audit.
+func postureCmd(args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("gateway audit", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "%s\n\nPosture audit of the PKI directory (stopped or running gateway): certificates and revocation lists\n"+
+			"near their end, keys outside policy. Exit status 0: no finding at high or critical severity; %d: at least one; 1: an error.\n\nflags:\n", postureUsage, ExitFindings)
+		fs.PrintDefaults()
+	}
+	c := config.Default()
+	file := fs.String("config", "", "YAML configuration file of the gateway (for its pki key)")
+	fs.StringVar(&c.PKI, "pki", c.PKI, "PKI `directory` as certs init writes it")
+	asJSON := fs.Bool("json", false, "print the report as JSON")
+	if err := cli.ParseConfig(fs, args, out, file, &c); err != nil {
+		return err
+	}
+	if _, err := os.Stat(filepath.Join(c.PKI, pki.FileCA)); err != nil {
+		return fmt.Errorf("audit: no PKI in %s: %w", c.PKI, err)
+	}
+	_, found := posture.CheckPKI(c.PKI, time.Now(), posture.DefaultPolicy())
+	rep := posture.Report{Time: time.Now().UTC(), Findings: append([]posture.Finding{}, found...)}
+	if *asJSON {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(rep); err != nil {
+			return err
+		}
+	} else {
+		for _, f := range rep.Findings {
+			fmt.Fprintf(out, "%-8s  %-20s  %s: %s\n", f.Severity, f.Check, f.Subject, f.Detail)
+		}
+		fmt.Fprintf(out, "posture audit of %s: %s, %d high or critical\n", c.PKI, plural(len(rep.Findings), "finding", "findings"), rep.Serious())
+	}
+	if n := rep.Serious(); n > 0 {
+		return exitStatus{code: ExitFindings, msg: fmt.Sprintf("audit: %s at high or critical severity", plural(n, "finding", "findings"))}
+	}
+	return nil
 }
 
 // plural is n with the noun in the number n asks for: "1 gap", "2 gaps".

@@ -2,12 +2,14 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/vitalgate/vitalgate/gateway/internal/audit"
+	"github.com/vitalgate/vitalgate/gateway/internal/posture"
 	"github.com/vitalgate/vitalgate/internal/cli/clitest"
 	"github.com/vitalgate/vitalgate/internal/pki"
 )
@@ -32,7 +34,8 @@ func TestHelp(t *testing.T) {
 		{[]string{"--help"}, []string{"gateway audit verify [flags]", "gateway demo [flags]", "gateway demo sign [flags]",
 			"-pki directory\n", "PKI directory as certs init writes it", "mqtt://", "tls://", "mqtts://"}},
 		{[]string{"-h"}, []string{"gateway demo sign [flags]"}},
-		{[]string{"audit", "--help"}, []string{"usage: gateway audit verify [--data DIR | --file FILE]"}},
+		{[]string{"audit", "--help"}, []string{"usage: gateway audit verify [--data DIR | --file FILE]", "usage: gateway audit [--config FILE] [--pki DIR] [--json]"}},
+		{[]string{"audit", "--pki", "x", "--help"}, []string{"Exit status 0: no finding at high or critical severity; 3: at least one", "-json"}},
 		{[]string{"audit", "-h"}, []string{"usage: gateway audit verify"}},
 		{[]string{"audit", "verify", "--help"}, []string{"usage: gateway audit verify [--data DIR | --file FILE]", "-data", "-file"}},
 		{[]string{"demo", "--help"}, []string{"usage: gateway demo [flags]", "-devices"}},
@@ -50,14 +53,13 @@ func TestHelp(t *testing.T) {
 	}
 }
 
-// `gateway audit` without its subcommand, or with an unknown one, fails
-// with one line that shows the usage.
+// `gateway audit` with an unknown subcommand fails with one line that
+// shows the usage.
 func TestAuditWithoutSubcommand(t *testing.T) {
 	for _, c := range []struct {
 		args []string
 		want string
 	}{
-		{[]string{"audit"}, "missing subcommand"},
 		{[]string{"audit", "check"}, `unknown subcommand "check"`},
 	} {
 		code, stdout, stderr := runMain(t, c.args...)
@@ -90,7 +92,7 @@ func TestCheckConfig(t *testing.T) {
 	// A PKI directory without a PKI (a typo, say) is one error that says
 	// how to make one, in a real start as in --check-config.
 	empty := t.TempDir()
-	for _, args := range [][]string{{"--check-config"}, {"--listen", "127.0.0.1:0", "--http", ""}} {
+	for _, args := range [][]string{{"--check-config"}, {"--listen", "127.0.0.1:0", "--http", "", "--https", ""}} {
 		err = run(append(args, "--pki", empty, "--data", data))
 		if err == nil || !strings.Contains(err.Error(), "certs init --dir "+empty) || strings.Contains(err.Error(), "gateway-client.crt") {
 			t.Fatalf("%v with an empty PKI directory: %v", args, err)
@@ -117,7 +119,7 @@ func TestCheckConfig(t *testing.T) {
 	}
 	os.WriteFile(typo, []byte("lisen: 127.0.0.1:0\n"), 0o600)
 	err = run([]string{"--check-config", "--config", typo, "--pki", dir, "--data", data})
-	if err == nil || !strings.Contains(err.Error(), `unknown key "lisen" (valid keys: pki, listen, cloud, data, http, pprof, site, id, format, log, max_payload,`) {
+	if err == nil || !strings.Contains(err.Error(), `unknown key "lisen" (valid keys: pki, listen, cloud, data, http, https, pprof, site, id, format, log, max_payload,`) {
 		t.Fatalf("misspelt key: %v", err)
 	}
 	// Without --cloud the gateway starts the embedded broker: its files
@@ -201,5 +203,36 @@ func TestAuditVerifyGap(t *testing.T) {
 	if s := out.String(); strings.Contains(s, "intact") || !strings.Contains(s, "3 entries, hash chain unbroken, 1 gap:") ||
 		!strings.Contains(s, "line 2: audit: 4 events lost") {
 		t.Fatalf("output %q", s)
+	}
+}
+
+// `gateway audit` is the posture audit of a PKI directory: exit 0 on a
+// fresh one, 3 with a device certificate expiring in 3 days (printed, and
+// in --json), 1 without a PKI.
+func TestPostureAuditCommand(t *testing.T) {
+	dir := t.TempDir()
+	if err := pki.Init(dir, pki.InitOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	code, stdout, stderr := runMain(t, "audit", "--pki", dir)
+	if code != 0 || stderr != "" || !strings.Contains(stdout, "0 findings, 0 high or critical") {
+		t.Fatalf("fresh PKI: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+	if err := pki.IssueDevice(dir, "soon", pki.P256, 3); err != nil {
+		t.Fatal(err)
+	}
+	code, stdout, stderr = runMain(t, "audit", "--pki", dir)
+	if code != 3 || !strings.Contains(stdout, "high      device_cert_expiring  soon: devices/soon.crt: 3 days left") ||
+		!strings.Contains(stdout, "1 finding, 1 high or critical") || stderr != "gateway: audit: 1 finding at high or critical severity\n" {
+		t.Fatalf("expiring device: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+	code, stdout, _ = runMain(t, "audit", "--pki", dir, "--json")
+	var rep posture.Report
+	if err := json.Unmarshal([]byte(stdout), &rep); code != 3 || err != nil || len(rep.Findings) != 1 || rep.Findings[0].Subject != "soon" {
+		t.Fatalf("--json: exit %d, %v, %q", code, err, stdout)
+	}
+	code, _, stderr = runMain(t, "audit", "--pki", t.TempDir())
+	if code != 1 || !strings.Contains(stderr, "no PKI in") || strings.Count(stderr, "\n") != 1 {
+		t.Fatalf("no PKI: exit %d, stderr %q", code, stderr)
 	}
 }

@@ -66,7 +66,7 @@ func TestDamagedQueueExit(t *testing.T) {
 			if err := c.damage(writeQueue(t, data)); err != nil {
 				t.Fatal(err)
 			}
-			code, _, stderr := runMain(t, "--pki", dir, "--data", data, "--listen", "127.0.0.1:0", "--http", "")
+			code, _, stderr := runMain(t, "--pki", dir, "--data", data, "--listen", "127.0.0.1:0", "--http", "", "--https", "")
 			lines := strings.Split(strings.TrimSpace(stderr), "\n")
 			last := lines[len(lines)-1]
 			if code != 1 || !strings.HasPrefix(last, "gateway: open queue: "+c.want) || strings.Contains(stderr, "panic") || strings.Contains(stderr, "SIG") {

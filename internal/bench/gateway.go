@@ -57,7 +57,7 @@ func build(ctx context.Context, dir, name string) (string, error) {
 func StartGateway(ctx context.Context, bin string, cfg GatewayConfig) (*GatewayProc, error) {
 	rate := cfg.RatePerDevice
 	file := map[string]any{
-		"pki": cfg.PKI, "data": cfg.Data, "listen": "127.0.0.1:0", "http": "127.0.0.1:0",
+		"pki": cfg.PKI, "data": cfg.Data, "listen": "127.0.0.1:0", "http": "127.0.0.1:0", "https": "127.0.0.1:0",
 		"cloud": []string{cfg.Cloud}, "log": "info",
 		"max_connections": cfg.MaxConnections, "accept_rate": cfg.AcceptRate,
 		"rate": map[string]any{"messages": rate, "burst": int(rate), "bytes": rate * (64 << 10), "byte_burst": int(rate) * (64 << 10)},

@@ -11,6 +11,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/vitalgate/vitalgate/internal/pki"
 	"github.com/vitalgate/vitalgate/internal/subcap"
 )
 
@@ -143,18 +144,19 @@ func clip(s string) string {
 }
 
 // Top-level topic prefixes of docs/apps.md#messages.
-var prefixes = map[string]bool{"telemetry": true, "security": true, "gateways": true}
+var prefixes = map[string]bool{"telemetry": true, "security": true, "gateways": true, "certs": true}
 
 // topicBounded: at most maxTopicLen bytes and maxTopicLevels levels.
 func topicBounded(topic string) bool {
 	return len(topic) <= maxTopicLen && strings.Count(topic, "/") < maxTopicLevels
 }
 
-// gatewayMayPublish: telemetry/{site}/..., security/{site}/{gw}[/...] and
-// gateways/{site}/{gw}/... for the certificate's site and gateway ID, within
-// the bounds of topicBounded. The gateway ID level is checked too, so one
-// gateway cannot speak for another of its site (its status or its security
-// events).
+// gatewayMayPublish: telemetry/{site}/..., certs/{site}/{device},
+// security/{site}/{gw}[/...] and gateways/{site}/{gw}/... for the
+// certificate's site and gateway ID, within the bounds of topicBounded. The
+// gateway ID level is checked too, so one gateway cannot speak for another of
+// its site (its status or its security events). Retained messages are allowed
+// on all of them (status and certificate chains are retained).
 func gatewayMayPublish(id *identity, topic string) bool {
 	if !topicBounded(topic) {
 		return false
@@ -168,13 +170,16 @@ func gatewayMayPublish(id *identity, topic string) bool {
 			return false
 		}
 	}
-	if lv[0] == "telemetry" {
+	switch lv[0] {
+	case "telemetry":
 		return true
+	case "certs":
+		return len(lv) == 3 && pki.ValidDeviceID(lv[2])
 	}
 	return lv[2] == id.name
 }
 
-// appMayRead: a filter or topic under telemetry/, security/ or gateways/ of a
+// appMayRead: a filter or topic under telemetry/, security/, gateways/ or certs/ of a
 // site in the token, both first levels literal (so `#`, `+/...` and
 // `telemetry/+/...` are refused), within the bounds of topicBounded. A shared
 // subscription is judged by the filter after `$share/{group}/`.

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"math/big"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -54,6 +55,10 @@ type identity struct {
 	site  string // gateway's site
 	sites map[string]bool
 	exp   time.Time // apps: token expiry
+	jti   string    // apps: token ID, what revoked-tokens lists
+	// serial is a gateway's client certificate serial, what
+	// gateway-crl.pem lists.
+	serial *big.Int
 	// counted: OnSessionEstablished added the connection to the
 	// connections gauge (under authHook.mu), so forgetting it subtracts it.
 	counted bool
@@ -61,6 +66,9 @@ type identity struct {
 	dropping atomic.Bool
 	// expiring: the token expired and the disconnect is under way.
 	expiring atomic.Bool
+	// revoked: the certificate or token was revoked and the disconnect is
+	// under way.
+	revoked atomic.Bool
 }
 
 // owner is stored in the session's username (which mochi persists), so that a
@@ -153,7 +161,10 @@ func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	case listenerGateways:
 		id = h.authGateway(cl)
 	case listenerApps, listenerWS:
-		id = h.authApp(cl, pk)
+		var err error
+		if id, err = h.authApp(cl, pk); err != nil {
+			return err // CONNACK sent
+		}
 	default:
 		h.refuse(cl, "unknown", "listener", "no authentication for this listener")
 	}
@@ -237,7 +248,11 @@ func (h *authHook) authGateway(cl *mqtt.Client) *identity {
 		h.refuse(cl, kindGateway, "client_id", "client ID is not the certificate's gateway ID", "gateway", gw)
 		return nil
 	}
-	id := &identity{kind: kindGateway, name: gw, site: site}
+	if h.b.rev.gatewayRevoked(certs[0].SerialNumber) { // revoked since the handshake
+		h.refuse(cl, kindGateway, "revoked", "certificate revoked (on gateway-crl.pem)", "gateway", gw)
+		return nil
+	}
+	id := &identity{kind: kindGateway, name: gw, site: site, serial: certs[0].SerialNumber}
 	if cl.Properties.Will.Flag != 0 && !gatewayMayPublish(id, cl.Properties.Will.TopicName) {
 		h.refuse(cl, kindGateway, "will_topic", "will topic outside the gateway's own prefixes", "gateway", gw)
 		return nil
@@ -245,15 +260,18 @@ func (h *authHook) authGateway(cl *mqtt.Client) *identity {
 	return id
 }
 
-func (h *authHook) authApp(cl *mqtt.Client, pk packets.Packet) *identity {
+// authApp checks an app's token. It returns a nil identity to refuse with
+// CONNACK 0x86, or an error when it has sent a CONNACK of its own (a
+// revoked token: not authorized).
+func (h *authHook) authApp(cl *mqtt.Client, pk packets.Packet) (*identity, error) {
 	tok := pk.Connect.Password
 	if len(tok) == 0 {
 		h.refuse(cl, kindApp, "no_token", "no token in the password field")
-		return nil
+		return nil, nil
 	}
 	if len(tok) > maxTokenLen {
 		h.refuse(cl, kindApp, "malformed", "token too long")
-		return nil
+		return nil, nil
 	}
 	var c AppClaims
 	_, err := h.parser.ParseWithClaims(string(tok), &c, func(*jwt.Token) (any, error) { return h.key, nil })
@@ -267,29 +285,40 @@ func (h *authHook) authApp(cl *mqtt.Client, pk packets.Packet) *identity {
 	if err != nil {
 		reason := tokenReason(err)
 		h.refuse(cl, kindApp, reason, flatTokenError(reason))
-		return nil
+		return nil, nil
 	}
 	if !validSubject(c.Subject) {
 		h.refuse(cl, kindApp, "bad_claims", "sub missing or invalid")
-		return nil
+		return nil, nil
 	}
 	sites := map[string]bool{}
 	for _, s := range c.Sites {
 		if !validName(s) {
 			h.refuse(cl, kindApp, "bad_claims", "invalid site in sites", "sub", c.Subject)
-			return nil
+			return nil, nil
 		}
 		sites[s] = true
 	}
 	if len(sites) == 0 {
 		h.refuse(cl, kindApp, "bad_claims", "no sites", "sub", c.Subject)
-		return nil
+		return nil, nil
+	}
+	if c.ID == "" {
+		h.refuse(cl, kindApp, "no_jti", "token has no jti, so it could never be revoked: mint a new one with certs token", "sub", c.Subject)
+		return nil, nil
+	}
+	if !pki.ValidTokenID(c.ID) {
+		h.refuse(cl, kindApp, "bad_claims", "jti invalid", "sub", c.Subject)
+		return nil, nil
+	}
+	if h.b.rev.tokenRevoked(c.ID) {
+		return nil, h.refuseRevoked(cl, c.Subject, c.ID)
 	}
 	if cl.Properties.Will.Flag != 0 {
 		h.refuse(cl, kindApp, "will", "apps may not publish, not even a will", "sub", c.Subject)
-		return nil
+		return nil, nil
 	}
-	return &identity{kind: kindApp, name: c.Subject, sites: sites, exp: c.ExpiresAt.Time}
+	return &identity{kind: kindApp, name: c.Subject, sites: sites, exp: c.ExpiresAt.Time, jti: c.ID}, nil
 }
 
 // tokenReason maps a JWT error to a metric label.
@@ -362,8 +391,9 @@ func validSubject(s string) bool {
 	return true
 }
 
-// verifyGatewayCert is the gateway listener's VerifyConnection: the chain
-// must lead to gateway-ca.crt and allow client authentication. Failures are
+// verifyGatewayCert is the gateway listener's VerifyConnection (also on
+// resumed sessions): the chain must lead to gateway-ca.crt and allow client
+// authentication, and the certificate must not be on gateway-crl.pem. Failures are
 // counted and logged (the TLS stack alone would only close the socket).
 func (h *authHook) verifyGatewayCert(cs tls.ConnectionState, remote string) error {
 	if len(cs.PeerCertificates) == 0 {
@@ -382,6 +412,10 @@ func (h *authHook) verifyGatewayCert(cs tls.ConnectionState, remote string) erro
 	if err != nil {
 		h.tlsRefused(remote, "untrusted_cert", fmt.Sprintf("certificate %q does not chain to the gateway CA", cs.PeerCertificates[0].Subject.CommonName))
 		return errors.New("client certificate not issued by the gateway CA")
+	}
+	if leaf := cs.PeerCertificates[0]; h.b.rev.gatewayRevoked(leaf.SerialNumber) {
+		h.tlsRefused(remote, "revoked", fmt.Sprintf("certificate %q (serial %x) is on gateway-crl.pem", leaf.Subject.CommonName, leaf.SerialNumber))
+		return errors.New("client certificate revoked")
 	}
 	return nil
 }

@@ -61,6 +61,7 @@ type Broker struct {
 	m     *metrics
 	srv   *mqtt.Server
 	hook  *authHook
+	rev   *revocations
 	store *pebble.Hook // nil without Config.Data
 
 	gwTLS, appTLS *tls.Config
@@ -80,7 +81,9 @@ type Broker struct {
 
 // New checks cfg and loads the PKI material: broker.crt and broker.key (the
 // TLS server identity), gateway-ca.crt (the only issuer of gateway client
-// certificates) and app-token.pub (the key that signs app tokens). Nothing is
+// certificates), app-token.pub (the key that signs app tokens), and the
+// revocation lists gateway-crl.pem (its signature must verify with
+// gateway-ca.crt) and revoked-tokens (missing: none revoked). Nothing is
 // bound until [Broker.Start].
 func New(cfg Config, log *slog.Logger) (*Broker, error) {
 	if err := cfg.Validate(); err != nil {
@@ -104,6 +107,9 @@ func New(cfg Config, log *slog.Logger) (*Broker, error) {
 	key, err := pki.LoadTokenKey(filepath.Join(cfg.PKI, pki.FileAppTokenPub))
 	if err != nil {
 		return nil, fmt.Errorf("app token key: %w", err)
+	}
+	if b.rev, err = loadRevocations(cfg.PKI); err != nil {
+		return nil, err
 	}
 	b.hook = newAuthHook(b, key, gwCAs)
 
@@ -166,6 +172,7 @@ func (b *Broker) start() error {
 		b.serveHTTP()
 	}
 	b.goroutine(b.sweepLoop)
+	b.goroutine(b.revocationLoop)
 	b.ready.Store(true)
 	b.log.Info("cloud broker started", "gateways", b.GatewayAddr(), "apps", b.AppsAddr(), "ws", b.WSAddr(),
 		"http", b.HTTPAddr(), "data", b.cfg.Data)

@@ -213,7 +213,7 @@ func TestBadTokensRefusedAtConnect(t *testing.T) {
 	now := time.Now()
 	claims := func(mod func(*AppClaims)) *AppClaims {
 		c := &AppClaims{Sites: []string{"site1"}, RegisteredClaims: jwt.RegisteredClaims{
-			Subject: "mallory", Issuer: pki.TokenIssuer, Audience: jwt.ClaimStrings{pki.TokenAudience},
+			ID: "0123456789abcdef0123456789abcdef", Subject: "mallory", Issuer: pki.TokenIssuer, Audience: jwt.ClaimStrings{pki.TokenAudience},
 			IssuedAt: jwt.NewNumericDate(now.Add(-time.Minute)), ExpiresAt: jwt.NewNumericDate(now.Add(time.Hour)),
 		}}
 		if mod != nil {
@@ -253,6 +253,8 @@ func TestBadTokensRefusedAtConnect(t *testing.T) {
 		{"none", sign(jwt.SigningMethodNone, jwt.UnsafeAllowNoneSignatureType, claims(nil)), "bad_signature"},
 		{"no_sites", sign(jwt.SigningMethodES256, key, claims(func(c *AppClaims) { c.Sites = nil })), "bad_claims"},
 		{"wildcard_site", sign(jwt.SigningMethodES256, key, claims(func(c *AppClaims) { c.Sites = []string{"#"} })), "bad_claims"},
+		// A token without a jti could never be revoked.
+		{"no_jti", sign(jwt.SigningMethodES256, key, claims(func(c *AppClaims) { c.ID = "" })), "no_jti"},
 		{"garbage", "not-a-jwt", "malformed"},
 	}
 	for _, tc := range cases {

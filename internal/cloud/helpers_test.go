@@ -23,7 +23,7 @@ import (
 const waitFor = 10 * time.Second
 
 // testPKI creates a PKI (site1, gw1) and one device certificate.
-func testPKI(t *testing.T) string {
+func testPKI(t testing.TB) string {
 	t.Helper()
 	dir := t.TempDir()
 	if err := pki.Init(dir, pki.InitOptions{}); err != nil {
@@ -61,7 +61,7 @@ func testConfig(dir, data string) Config {
 	return cfg
 }
 
-func startBroker(t *testing.T, cfg Config) (*Broker, *logBuf) {
+func startBroker(t testing.TB, cfg Config) (*Broker, *logBuf) {
 	t.Helper()
 	lb := &logBuf{}
 	log := slog.New(slog.NewTextHandler(io.MultiWriter(lb, testWriter{t}), &slog.HandlerOptions{Level: slog.LevelInfo}))
@@ -77,7 +77,7 @@ func startBroker(t *testing.T, cfg Config) (*Broker, *logBuf) {
 }
 
 // testWriter sends logs to t.Log only when -v is on (keeps failures readable).
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
 	if testing.Verbose() {
@@ -86,7 +86,7 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func gatewayTLS(t *testing.T, dir string) *tls.Config {
+func gatewayTLS(t testing.TB, dir string) *tls.Config {
 	t.Helper()
 	c, err := pki.ClientTLS(filepath.Join(dir, pki.FileCA), filepath.Join(dir, pki.FileGatewayClient), filepath.Join(dir, pki.FileGatewayClientKey))
 	if err != nil {
@@ -105,7 +105,7 @@ func deviceTLS(t *testing.T, dir string) *tls.Config {
 	return c
 }
 
-func appTLS(t *testing.T, dir string) *tls.Config {
+func appTLS(t testing.TB, dir string) *tls.Config {
 	t.Helper()
 	c, err := pki.ClientTLS(filepath.Join(dir, pki.FileCA), "", "")
 	if err != nil {
@@ -114,7 +114,7 @@ func appTLS(t *testing.T, dir string) *tls.Config {
 	return c
 }
 
-func mint(t *testing.T, dir string, sites ...string) string {
+func mint(t testing.TB, dir string, sites ...string) string {
 	t.Helper()
 	tok, err := pki.MintToken(dir, "alice", sites, time.Hour)
 	if err != nil {
@@ -283,8 +283,14 @@ func (c *rawClient) connect(clientID, user, pass string) (byte, error) {
 
 // publish sends a QoS 1 PUBLISH and returns the PUBACK reason code.
 func (c *rawClient) publish(topic string, payload []byte) (byte, error) {
+	return c.publishRetain(topic, payload, false)
+}
+
+// publishRetain sends a QoS 1 PUBLISH, retained if retain, and returns the
+// PUBACK reason code.
+func (c *rawClient) publishRetain(topic string, payload []byte, retain bool) (byte, error) {
 	c.id++
-	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, ProtocolVersion: 5,
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1, Retain: retain}, ProtocolVersion: 5,
 		TopicName: topic, Payload: payload, PacketID: c.id}
 	if err := c.send(pk, (*packets.Packet).PublishEncode); err != nil {
 		return 0, err

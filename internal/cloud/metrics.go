@@ -19,6 +19,9 @@ type metrics struct {
 	// keep up; slowConsumers the clients disconnected for it.
 	deliveriesDropped *prometheus.CounterVec // kind
 	slowConsumers     *prometheus.CounterVec // kind
+	// revokedDisconnects counts live sessions closed because their
+	// certificate or token was revoked.
+	revokedDisconnects *prometheus.CounterVec // kind
 }
 
 func newMetrics(info func() *mqtt.Server) *metrics {
@@ -40,7 +43,11 @@ func newMetrics(info func() *mqtt.Server) *metrics {
 	m.slowConsumers = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "vitalgate_cloud_slow_consumers_total", Help: "Clients disconnected because a write to them made no progress within the write timeout, by kind.",
 	}, []string{"kind"})
+	m.revokedDisconnects = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "vitalgate_cloud_revoked_disconnects_total", Help: "Live sessions closed because gateway-crl.pem revoked the gateway's certificate or revoked-tokens the app's token, by kind.",
+	}, []string{"kind"})
 	for _, k := range []string{kindGateway, kindApp} {
+		m.revokedDisconnects.WithLabelValues(k)
 		m.connections.WithLabelValues(k)
 		m.deliveriesDropped.WithLabelValues(k)
 		m.slowConsumers.WithLabelValues(k)
@@ -54,7 +61,7 @@ func newMetrics(info func() *mqtt.Server) *metrics {
 			return float64(f(s))
 		}
 	}
-	m.reg.MustRegister(m.connections, m.authFailures, m.aclDenied, m.deliveriesDropped, m.slowConsumers,
+	m.reg.MustRegister(m.connections, m.authFailures, m.aclDenied, m.deliveriesDropped, m.slowConsumers, m.revokedDisconnects,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "vitalgate_cloud_messages_in_total", Help: "PUBLISH packets received from clients.",

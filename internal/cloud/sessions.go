@@ -143,10 +143,12 @@ func (h *authHook) forgetStopped(now time.Time) {
 }
 
 // sweep is the broker's periodic check: it forgets the identities of
-// stopped clients, then disconnects apps whose token has expired.
+// stopped clients, disconnects apps whose token has expired, and closes
+// revoked sessions (one that connected while its list was being reloaded).
 func (h *authHook) sweep(now time.Time) {
 	h.forgetStopped(now)
 	h.expireTokens(now)
+	h.dropRevoked()
 }
 
 // expire disconnects an app whose token expired, once, without holding up

@@ -2,6 +2,7 @@ package cloud
 
 import (
 	"bytes"
+	"cmp"
 	"container/list"
 	"crypto/x509"
 	"errors"
@@ -21,27 +22,64 @@ import (
 
 // Watcher is the reference consumer's logic (`broker watch`): it decodes
 // each cloud message, drops duplicates by ID, checks the device signature
-// end to end and renders a readable line. It is safe for concurrent use.
+// end to end, refuses a record signed with a revoked device certificate
+// and renders a readable line. It is safe for concurrent use.
+//
+// It checks signatures with the certificates the gateways publish on
+// certs/{site}/{device} ([Watcher.HandleChain]), verified to ca.crt; a
+// watcher made with [NewWatcher] falls back on devices/{id}.crt of the PKI
+// directory for a device with no published chain.
 type Watcher struct {
-	dir      string
-	deviceCA *x509.CertPool
+	dir      string         // the PKI directory; "" for a watcher of published chains only
+	deviceCA *x509.CertPool // with dir
+	issuing  *x509.CertPool // with dir: issuing-ca.crt, the intermediate of enrolled devices (nil: none)
+	lists    []*revList     // with dir: crl.pem, and issuing-crl.pem when there is an issuing CA
+	roots    *x509.CertPool // ca.crt
 
-	mu    sync.Mutex
-	seen  *lru                          // message IDs
-	certs map[string]*envelope.Verifier // device ID -> verifier of a chained certificate
+	mu     sync.Mutex
+	seen   *lru                 // message IDs
+	certs  map[string]*devKey   // device ID -> key of devices/{id}.crt
+	chains map[string][]*devKey // device ID -> keys of its published chains, newest first
 }
 
-// NewWatcher reads device-ca.crt from the PKI directory dir and remembers up
+// devKey is a device certificate and the verifier of its key.
+type devKey struct {
+	v    *envelope.Verifier
+	cert *x509.Certificate
+}
+
+// NewWatcher reads ca.crt, device-ca.crt and crl.pem from the PKI directory
+// dir (and issuing-ca.crt with issuing-crl.pem, when there) and remembers up
 // to dedup message IDs (default 100000 when <= 0).
 func NewWatcher(dir string, dedup int) (*Watcher, error) {
 	pool, err := pki.LoadPool(filepath.Join(dir, pki.FileDeviceCA))
 	if err != nil {
 		return nil, fmt.Errorf("load device CA: %w", err)
 	}
+	w, err := NewChainWatcher(filepath.Join(dir, pki.FileCA), dedup)
+	if err != nil {
+		return nil, err
+	}
+	w.dir, w.deviceCA = dir, pool
+	if err := w.loadRevocations(dir); err != nil {
+		return nil, err
+	}
+	return w, nil
+}
+
+// NewChainWatcher trusts caFile (the deployment's ca.crt) alone: it checks
+// records with the devices' published chains only, and a record of a device
+// with no chain yet is [SigUnverified].
+func NewChainWatcher(caFile string, dedup int) (*Watcher, error) {
+	roots, err := pki.LoadPool(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("load trust anchor: %w", err)
+	}
 	if dedup <= 0 {
 		dedup = 100000
 	}
-	return &Watcher{dir: dir, deviceCA: pool, seen: newLRU(dedup), certs: map[string]*envelope.Verifier{}}, nil
+	return &Watcher{roots: roots, seen: newLRU(dedup), certs: map[string]*devKey{},
+		chains: map[string][]*devKey{}}, nil
 }
 
 // maxCachedVerifiers bounds the verifier cache.
@@ -53,13 +91,14 @@ const (
 	SigNoCert   = "sig unchecked: no device certificate"
 	SigBad      = "SIG BAD"
 	SigMismatch = "SIG OK BUT REC DIFFERS"
+	SigRevoked  = "REJECTED: device certificate revoked"
 )
 
 // Seen is one decoded message and the outcome of its checks.
 type Seen struct {
 	Msg    *wire.Message
 	Dup    bool
-	Status string // one of SigOK, SigNoCert, SigBad, SigMismatch
+	Status string // one of SigOK, SigNoCert, SigUnverified, SigBad, SigMismatch, SigRevoked
 	Detail string
 }
 
@@ -84,17 +123,18 @@ func (w *Watcher) Handle(topic string, payload []byte) (*Seen, error) {
 		s.Status, s.Detail = SigMismatch, "id is not dev:seq"
 		return s, nil
 	}
-	v, err := w.verifier(m.Rec.Dev)
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			s.Status = SigNoCert
-			return s, nil
-		}
-		s.Status, s.Detail = SigBad, err.Error()
+	signed, err := w.verify(m.Rec.Dev, m.Sig)
+	switch {
+	case errors.Is(err, errNoChain):
+		s.Status = SigUnverified
 		return s, nil
-	}
-	signed, err := v.Verify(m.Sig)
-	if err != nil {
+	case errors.Is(err, os.ErrNotExist):
+		s.Status = SigNoCert
+		return s, nil
+	case errors.As(err, new(*revokedError)):
+		s.Status, s.Detail = SigRevoked, err.Error()
+		return s, nil
+	case err != nil:
 		s.Status, s.Detail = SigBad, err.Error()
 		return s, nil
 	}
@@ -113,9 +153,45 @@ func (w *Watcher) Handle(topic string, payload []byte) (*Seen, error) {
 	return s, nil
 }
 
-// verifier returns the verifier of device id from devices/{id}.crt, after
-// checking that the certificate chains to device-ca.crt.
-func (w *Watcher) verifier(id string) (*envelope.Verifier, error) {
+// errNoChain: a watcher without a PKI directory has no published chain of the device.
+var errNoChain = errors.New("no published certificate")
+
+// verify checks sig with dev's published certificates, newest first, or,
+// with none and a PKI directory, with devices/{dev}.crt. It returns the
+// signed payload.
+func (w *Watcher) verify(dev string, sig []byte) ([]byte, error) {
+	vs := w.published(dev)
+	if len(vs) == 0 {
+		if w.dir == "" {
+			return nil, errNoChain
+		}
+		k, err := w.verifier(dev)
+		if err != nil {
+			return nil, err
+		}
+		vs = []*devKey{k}
+	}
+	var first error
+	for _, k := range vs {
+		if err := w.revoked(k.cert); err != nil {
+			first = cmp.Or(first, err)
+			continue
+		}
+		signed, err := k.v.Verify(sig)
+		if err == nil {
+			return signed, nil
+		}
+		if first == nil {
+			first = err
+		}
+	}
+	return nil, first
+}
+
+// verifier returns the key of device id from devices/{id}.crt, after
+// checking that the certificate chains to device-ca.crt (directly or
+// through issuing-ca.crt).
+func (w *Watcher) verifier(id string) (*devKey, error) {
 	if !pki.ValidDeviceID(id) {
 		return nil, fmt.Errorf("invalid device id %q", id)
 	}
@@ -130,16 +206,18 @@ func (w *Watcher) verifier(id string) (*envelope.Verifier, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := cert.Verify(x509.VerifyOptions{Roots: w.deviceCA, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: w.deviceCA, Intermediates: w.issuing,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
 		return nil, fmt.Errorf("device certificate of %s does not chain to the device CA", id)
 	}
 	if cert.Subject.CommonName != id {
 		return nil, fmt.Errorf("device certificate CN %q is not %s", cert.Subject.CommonName, id)
 	}
-	v, err = envelope.NewVerifier(cert.PublicKey, id)
+	ev, err := envelope.NewVerifier(cert.PublicKey, id)
 	if err != nil {
 		return nil, err
 	}
+	v = &devKey{v: ev, cert: cert}
 	w.mu.Lock()
 	if len(w.certs) >= maxCachedVerifiers {
 		clear(w.certs)

@@ -1,12 +1,16 @@
 package cloud
 
 import (
+	"context"
+	"crypto"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/vitalgate/vitalgate/internal/envelope"
 	"github.com/vitalgate/vitalgate/internal/pki"
 	"github.com/vitalgate/vitalgate/internal/telemetry"
+	"github.com/vitalgate/vitalgate/internal/testutil"
 	"github.com/vitalgate/vitalgate/internal/wire"
 )
 
@@ -19,6 +23,12 @@ func signedMessage(t *testing.T, dir string, seq uint64, spo2 float64) *wire.Acc
 	if err != nil {
 		t.Fatal(err)
 	}
+	return signedBy(t, key, seq, spo2)
+}
+
+// signedBy is a record of dev-00001 signed with key (the device's or another).
+func signedBy(t *testing.T, key crypto.Signer, seq uint64, spo2 float64) *wire.Accepted {
+	t.Helper()
 	bat := uint8(80)
 	rec := telemetry.Record{V: 1, Dev: "dev-00001", Seq: seq, TS: time.Date(2025, 1, 2, 12, 0, 1, 0, time.UTC).UnixMilli(), Kind: "spo2",
 		Obs: []telemetry.Observation{
@@ -90,5 +100,46 @@ func TestWatcherChecksSignatureEndToEnd(t *testing.T) {
 	// The LRU holds 2 IDs: the first one is forgotten after two more.
 	if s, _ := w.Handle(topic, enc(m1, wire.CBOR)); s.Dup {
 		t.Error("LRU did not forget")
+	}
+}
+
+// TestWatcherRefusesRevokedDevice: once crl.pem lists the device (reloaded
+// while watching), its records are shown as rejected.
+func TestWatcherRefusesRevokedDevice(t *testing.T) {
+	dir := testPKI(t)
+	w, err := NewWatcher(dir, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	w.WatchRevocations(ctx)
+	topic := "telemetry/site1/dev-00001/spo2"
+	handle := func(seq uint64) *Seen {
+		b, err := wire.Encode(wire.CBOR, signedMessage(t, dir, seq, 97))
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := w.Handle(topic, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	if s := handle(1); s.Status != SigOK {
+		t.Fatalf("before revocation: %s %s", s.Status, s.Detail)
+	}
+	if err := pki.Revoke(dir, "dev-00001"); err != nil {
+		t.Fatal(err)
+	}
+	seq := uint64(1)
+	var last *Seen
+	testutil.Eventually(t, 10*time.Second, "record of a revoked device rejected", func() bool {
+		seq++
+		last = handle(seq)
+		return last.Status == SigRevoked
+	})
+	if line := last.Line(time.UTC); !strings.Contains(line, "[REJECTED: device certificate revoked: serial ") {
+		t.Errorf("line %q", line)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"math/big"
 	"os"
 	"path/filepath"
@@ -80,20 +81,55 @@ func readCRL(path string, issuer *x509.Certificate) (*x509.RevocationList, os.Fi
 	return crl, fi, nil
 }
 
-// revokeMu serialises Revoke within a process. Two processes revoking at once may lose one update: revocation is
-// an operator's command, not a concurrent service.
-var revokeMu sync.Mutex
-
-// Revoke adds the serial number of devices/ID.crt to crl.pem, re-signed by the device CA with the next CRL number.
-// It fails when the device has no certificate; revoking a device twice is not an error (the CRL is unchanged).
+// Revoke revokes device id: see [RevokeDevice].
 func Revoke(dir, id string) error {
+	_, err := RevokeDevice(dir, id)
+	return err
+}
+
+// Revoked reports what [RevokeDevice] put on the revocation lists.
+type Revoked struct {
+	DeviceCert bool // devices/ID.crt, on crl.pem
+	Issued     int  // certificates of issued/ID.pem, on issuing-crl.pem
+}
+
+// RevokeDevice revokes every certificate of device id that the PKI directory knows: devices/ID.crt goes on
+// crl.pem (re-signed by the device CA), and each certificate of issued/ID.pem (the operational certificates the
+// gateway's issuing CA signed at enrolment) on issuing-crl.pem (re-signed by the issuing CA), each list with its
+// next CRL number. It holds the directory's writer lock ([LockDir]) and replaces each file atomically. It fails
+// when the device has neither file; revoking a device twice is not an error (the lists are unchanged).
+func RevokeDevice(dir, id string) (Revoked, error) {
 	if !ValidDeviceID(id) {
-		return fmt.Errorf("invalid device ID %q (want "+idSyntax+")", id)
+		return Revoked{}, fmt.Errorf("invalid device ID %q (want "+idSyntax+")", id)
 	}
 	certFile, _ := DevicePaths(dir, id)
-	if !exists(certFile) {
-		return fmt.Errorf("device %s: no certificate %s", id, certFile)
+	issued := filepath.Join(dir, IssuedDir, id+".pem")
+	hasCert, hasIssued := exists(certFile), exists(issued)
+	if !hasCert && !hasIssued {
+		return Revoked{}, fmt.Errorf("device %s: no certificate %s and none issued at enrolment (%s)", id, certFile, issued)
 	}
+	release, err := LockDir(dir)
+	if err != nil {
+		return Revoked{}, err
+	}
+	defer release()
+	var r Revoked
+	if hasCert {
+		if err := revokeDeviceCert(dir, id, certFile); err != nil {
+			return r, err
+		}
+		r.DeviceCert = true
+	}
+	if hasIssued {
+		if r.Issued, err = revokeIssued(dir, id, issued); err != nil {
+			return r, err
+		}
+	}
+	return r, nil
+}
+
+// revokeDeviceCert adds devices/ID.crt (certFile) to crl.pem.
+func revokeDeviceCert(dir, id, certFile string) error {
 	dev, err := LoadCert(certFile)
 	if err != nil {
 		return fmt.Errorf("device %s: %w", id, err)
@@ -105,25 +141,34 @@ func Revoke(dir, id string) error {
 	if err := dev.CheckSignatureFrom(ca.cert); err != nil {
 		return fmt.Errorf("device %s: certificate not issued by this device CA", id)
 	}
-	revokeMu.Lock()
-	defer revokeMu.Unlock()
-	crlFile := filepath.Join(dir, FileCRL)
-	old, _, err := readCRL(crlFile, ca.cert)
-	if err != nil {
+	return revokeInCRL(filepath.Join(dir, FileCRL), ca, []*x509.Certificate{dev}, time.Now())
+}
+
+// revokeInCRL adds the serial numbers of certs to the CRL at path, which ca signs, and re-signs it with the next
+// CRL number; a list that already holds them all is left as it is. A missing file is started at number 1; one
+// that does not verify with ca is an error.
+func revokeInCRL(path string, ca *issuer, certs []*x509.Certificate, now time.Time) error {
+	old, _, err := readCRL(path, ca.cert)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		old = &x509.RevocationList{}
+	case err != nil:
 		return err
 	}
-	if slices.ContainsFunc(old.RevokedCertificateEntries, func(e x509.RevocationListEntry) bool {
-		return e.SerialNumber.Cmp(dev.SerialNumber) == 0
-	}) {
-		return nil
+	entries := make([]x509.RevocationListEntry, 0, len(old.RevokedCertificateEntries)+len(certs))
+	for _, e := range old.RevokedCertificateEntries { // keep only the fields CreateRevocationList re-encodes
+		entries = append(entries, x509.RevocationListEntry{SerialNumber: e.SerialNumber,
+			RevocationTime: e.RevocationTime, ReasonCode: e.ReasonCode})
 	}
-	now := time.Now()
-	entries := append(slices.Clone(old.RevokedCertificateEntries), x509.RevocationListEntry{
-		SerialNumber: dev.SerialNumber, RevocationTime: now,
-	})
-	for i := range entries { // keep only the fields CreateRevocationList re-encodes
-		entries[i] = x509.RevocationListEntry{SerialNumber: entries[i].SerialNumber,
-			RevocationTime: entries[i].RevocationTime, ReasonCode: entries[i].ReasonCode}
+	added := false
+	for _, c := range certs {
+		if !slices.ContainsFunc(entries, func(e x509.RevocationListEntry) bool { return e.SerialNumber.Cmp(c.SerialNumber) == 0 }) {
+			entries = append(entries, x509.RevocationListEntry{SerialNumber: c.SerialNumber, RevocationTime: now})
+			added = true
+		}
+	}
+	if !added {
+		return nil
 	}
 	number := big.NewInt(1)
 	if old.Number != nil {
@@ -133,7 +178,7 @@ func Revoke(dir, id string) error {
 	if err != nil {
 		return err
 	}
-	return writeFile(crlFile, b, 0o644, true)
+	return writeFile(path, b, 0o644, true)
 }
 
 // Revocations is the device revocation list the gateway checks at every handshake. It is loaded from a CRL whose

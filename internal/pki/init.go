@@ -152,7 +152,7 @@ func generateFiles(o InitOptions, now time.Time) ([]pkiFile, error) {
 		return nil, err
 	}
 	b.add(FileCRL, crl)
-	if crl, err = signCRL(issuing, nil, nil, now); err != nil {
+	if crl, err = signIssuingCRL(issuing, &x509.RevocationList{}, now); err != nil { // 7 days, re-signed by the gateway
 		return nil, err
 	}
 	b.add(FileIssuingCRL, crl)

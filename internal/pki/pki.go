@@ -20,7 +20,9 @@
 // # Files
 //
 // [Init] writes the whole directory (see the File* constants); [IssueDevice] and [IssueDevices] add device pairs
-// under [DevicesDir]; [Revoke] adds a device to [FileCRL]. Private keys are PKCS#8 PEM files created with mode
+// under [DevicesDir]; [Revoke] adds a device to [FileCRL] and its enrolled certificates to [FileIssuingCRL];
+// [RenewIssuing] re-signs the issuing CA; [IssueFactory] writes factory identities under [FactoryDir] and lists
+// them in the allow-list [FileEnroll] ([ReadAllowList]). Private keys are PKCS#8 PEM files created with mode
 // 0600 (never widened by the umask, never chmod-ed afterwards). Files are written to a temporary name, synced and
 // renamed into place, so readers never see half a file; the bulk path [IssueDevices] writes device pairs in place
 // for speed and repairs an interrupted pair on its next run.
@@ -80,6 +82,7 @@ const (
 	FileRevokedTokens = "revoked-tokens"  // revoked app-token jti, one a line, read by the broker
 	IssuedDir         = "issued"          // ID.pem: the unexpired certificates the issuing CA signed for ID, newest first
 	FactoryDir        = "factory"         // for tests and the simulator: manufacturer CA keys and factory identities
+	GatewaysDir       = "gateways"        // ID.crt, ID.key: client certificates of further gateways (certs gateway)
 
 	// lockFile is the writer lock of [LockDir].
 	lockFile = ".lock"

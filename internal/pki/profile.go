@@ -1,6 +1,7 @@
 package pki
 
 import (
+	"cmp"
 	"crypto"
 	"crypto/rand"
 	"crypto/x509"
@@ -78,9 +79,13 @@ var Profiles = struct {
 // Request is what a caller supplies for one certificate; the profile supplies the rest.
 type Request struct {
 	CommonName string
-	OrgUnit    string        // optional (the site of a gateway)
-	Hosts      []string      // extra SANs for server profiles: IP addresses or DNS names
-	Validity   time.Duration // 0: the profile's default
+	OrgUnit    string // optional (the site of a gateway)
+	// Organization replaces the subject organisation [Organization] (a manufacturer's name on a factory
+	// identity); SerialNumber is the subject serialNumber attribute (a factory identity's), none when empty.
+	Organization string
+	SerialNumber string
+	Hosts        []string      // extra SANs for server profiles: IP addresses or DNS names
+	Validity     time.Duration // 0: the profile's default
 }
 
 // loopbackNames are always in a server certificate.
@@ -105,7 +110,7 @@ func (p Profile) Template(r Request, now time.Time) (*x509.Certificate, error) {
 	}
 	t := &x509.Certificate{
 		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: r.CommonName, Organization: []string{Organization}},
+		Subject:               pkix.Name{CommonName: r.CommonName, Organization: []string{cmp.Or(r.Organization, Organization)}, SerialNumber: r.SerialNumber},
 		NotBefore:             now.Add(-backdate),
 		NotAfter:              now.Add(validity),
 		KeyUsage:              p.KeyUsage,

@@ -313,6 +313,12 @@ func TestMintToken(t *testing.T) {
 						claims.IssuedAt == nil || claims.ExpiresAt.Sub(claims.IssuedAt.Time) != tt.ttl {
 						t.Errorf("claims %+v", claims)
 					}
+					if len(claims.ID) != 32 || strings.Trim(claims.ID, "0123456789abcdef") != "" {
+						t.Errorf("jti %q, want 32 lowercase hex digits", claims.ID)
+					}
+					if again, _ := MintToken(dir, tt.sub, tt.sites, tt.ttl); again == tok {
+						t.Error("two tokens minted alike: the jti is not fresh")
+					}
 					if _, err := VerifyToken(pub, tok); err != nil {
 						t.Errorf("VerifyToken: %v", err)
 					}

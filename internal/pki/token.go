@@ -5,6 +5,8 @@ import (
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -15,7 +17,7 @@ import (
 )
 
 // TokenClaims are the claims of an app token: the sites the app may read, and the registered claims sub, iss
-// (= [TokenIssuer]), aud (= [TokenAudience]), exp and iat.
+// (= [TokenIssuer]), aud (= [TokenAudience]), exp, iat and jti (the token's ID, which [RevokeToken] revokes).
 type TokenClaims struct {
 	Sites []string `json:"sites"`
 	jwt.RegisteredClaims
@@ -38,7 +40,8 @@ func signingMethod(pub crypto.PublicKey) (jwt.SigningMethod, error) {
 func validSite(s string) bool { return ValidDeviceID(s) }
 
 // MintToken signs an app JWT with dir/app-token.key: ES256 for a P-256 key, EdDSA for Ed25519. The claims are
-// sub, sites, iss = [TokenIssuer], aud = [TokenAudience], iat = now and exp = now + ttl.
+// sub, sites, iss = [TokenIssuer], aud = [TokenAudience], iat = now, exp = now + ttl and jti = 128 random bits
+// in lowercase hex (see [NewTokenID]), so the token can be revoked on its own.
 func MintToken(dir, sub string, sites []string, ttl time.Duration) (string, error) {
 	if sub == "" || strings.TrimSpace(sub) != sub || len(sub) > 256 {
 		return "", fmt.Errorf("invalid subject %q", sub)
@@ -62,8 +65,13 @@ func MintToken(dir, sub string, sites []string, ttl time.Duration) (string, erro
 	if err != nil {
 		return "", err
 	}
+	jti, err := NewTokenID()
+	if err != nil {
+		return "", err
+	}
 	now := time.Now().Truncate(time.Second)
 	claims := TokenClaims{Sites: sites, RegisteredClaims: jwt.RegisteredClaims{
+		ID:        jti,
 		Subject:   sub,
 		Issuer:    TokenIssuer,
 		Audience:  jwt.ClaimStrings{TokenAudience},
@@ -104,4 +112,13 @@ func VerifyToken(pub crypto.PublicKey, token string) (*TokenClaims, error) {
 		return nil, errors.New("invalid token: no subject")
 	}
 	return &c, nil
+}
+
+// NewTokenID returns a fresh token ID (jti): 128 random bits in lowercase hex.
+func NewTokenID() (string, error) {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("token ID: %w", err)
+	}
+	return hex.EncodeToString(b[:]), nil
 }

@@ -25,6 +25,7 @@ type Config struct {
 	Cloud  URLList `yaml:"cloud"`  // cloud broker URLs, in failover order; empty: embedded broker
 	Data   string  `yaml:"data"`   // queue, audit log and embedded broker state
 	HTTP   string  `yaml:"http"`   // /metrics, /healthz, /readyz; "" disables
+	HTTPS  string  `yaml:"https"`  // EST enrolment (RFC 7030) with the gateway's TLS certificate; "" disables
 	Pprof  bool    `yaml:"pprof"`  // also /debug/pprof/ on the http address
 	Site   string  `yaml:"site"`   // default: OU of gateway-client.crt
 	ID     string  `yaml:"id"`     // default: CN of gateway-client.crt
@@ -47,6 +48,8 @@ type Config struct {
 	Queue      QueueConfig `yaml:"queue"`
 	Relay      RelayConfig `yaml:"relay"`
 	Embedded   Embedded    `yaml:"embedded"`
+	Audit      AuditConfig `yaml:"audit"`
+	Enroll     Enroll      `yaml:"enroll"`
 	Anomaly    Anomaly     `yaml:"anomaly"`
 
 	// ResetQueue (--reset-queue, never from the file: it is one start's
@@ -80,6 +83,14 @@ type Anomaly struct {
 	RejectedFloor   float64 `yaml:"rejected_floor"`   // share of rejected messages, 0..1
 }
 
+// Enroll configures enrolment over EST on the https address: the lifetime of the operational certificates the
+// issuing CA signs, and each client's request rate.
+type Enroll struct {
+	Validity time.Duration `yaml:"validity"` // of an operational certificate (never beyond the issuing CA)
+	Rate     float64       `yaml:"rate"`     // EST requests per second per client
+	Burst    int           `yaml:"burst"`    // EST requests a client may make at once
+}
+
 // RateConfig bounds each device's traffic.
 type RateConfig struct {
 	Messages  float64 `yaml:"messages"` // per second
@@ -109,6 +120,17 @@ type RelayConfig struct {
 	Window int `yaml:"window"` // QoS 1 messages in flight to the cloud
 }
 
+// AuditConfig tunes the posture audit: how often the running gateway
+// audits, and the thresholds of its checks of live devices.
+type AuditConfig struct {
+	Interval      time.Duration `yaml:"interval"`       // between two audits of the running gateway
+	SilenceFactor float64       `yaml:"silence_factor"` // silent after this many median gaps...
+	SilenceMin    time.Duration `yaml:"silence_min"`    // ...and at least this long
+	Window        time.Duration `yaml:"window"`         // clones and takeover storms are judged over it
+	Takeovers     int           `yaml:"takeovers"`      // takeovers of one client ID within window that make a storm
+	MaxDevices    int           `yaml:"max_devices"`    // devices tracked at most
+}
+
 // Default returns a configuration that runs on a laptop.
 func Default() Config {
 	return Config{
@@ -116,6 +138,7 @@ func Default() Config {
 		Listen:           "127.0.0.1:8883",
 		Data:             "data",
 		HTTP:             "127.0.0.1:9100",
+		HTTPS:            "127.0.0.1:8443",
 		Format:           "cbor",
 		Log:              "info",
 		MaxPayload:       64 << 10,
@@ -131,6 +154,9 @@ func Default() Config {
 		Queue:            QueueConfig{MaxRecords: 1_000_000, MaxBytes: 1 << 30, CommitDelay: time.Millisecond},
 		Relay:            RelayConfig{Window: 4096}, // relay.DefaultWindow
 		Embedded:         Embedded{Apps: "127.0.0.1:8884"},
+		Audit: AuditConfig{Interval: time.Minute, SilenceFactor: 3, SilenceMin: 5 * time.Minute,
+			Window: 10 * time.Minute, Takeovers: 10, MaxDevices: 50000},
+		Enroll: Enroll{Validity: 30 * 24 * time.Hour, Rate: 1, Burst: 10}, // pki.OperationalValidity
 		Anomaly: Anomaly{Enabled: true, Window: time.Minute, Warmup: 10 * time.Minute, Factor: 3, Deviations: 6,
 			MaxDevices: 20000, MessagesFloor: 10, ReconnectsFloor: 60, RejectedFloor: 0.1},
 	}
@@ -225,6 +251,11 @@ func (c Config) validateAddresses(p *problems) {
 			p.bad("http", "%q is not host:port", c.HTTP)
 		}
 	}
+	if c.HTTPS != "" {
+		if _, _, err := net.SplitHostPort(c.HTTPS); err != nil {
+			p.bad("https", "%q is not host:port", c.HTTPS)
+		}
+	}
 	for _, u := range c.Cloud {
 		pu, err := url.Parse(u)
 		switch {
@@ -286,10 +317,36 @@ func (c Config) validateGuards(p *problems) {
 	if c.Rate.Messages <= 0 || c.Rate.Burst < 1 || c.Rate.Bytes <= 0 || c.Rate.ByteBurst < c.MaxPayload {
 		p.bad("rate", "messages, burst, bytes must be positive and byte_burst at least max_payload")
 	}
+	if c.Enroll.Validity < time.Minute {
+		p.bad("enroll.validity", "%v is under a minute", c.Enroll.Validity)
+	}
+	if c.Enroll.Rate <= 0 || c.Enroll.Burst < 1 {
+		p.bad("enroll", "rate and burst must be positive")
+	}
 	if c.Quarantine.Violations < 1 || c.Quarantine.Window <= 0 || c.Quarantine.Cooloff <= 0 {
 		p.bad("quarantine", "violations, window and cooloff must be positive")
 	}
+	c.validateAudit(p)
 	c.validateAnomaly(p)
+}
+
+func (c Config) validateAudit(p *problems) {
+	a := c.Audit
+	if a.Interval < time.Second {
+		p.bad("audit.interval", "%v is under a second", a.Interval)
+	}
+	if a.SilenceFactor < 1 {
+		p.bad("audit.silence_factor", "%v is under 1", a.SilenceFactor)
+	}
+	if a.SilenceMin < time.Second || a.Window < time.Second {
+		p.bad("audit", "silence_min and window must be at least a second")
+	}
+	if a.Takeovers < 2 || a.Takeovers > 32 {
+		p.bad("audit.takeovers", "%d outside 2..32", a.Takeovers)
+	}
+	if a.MaxDevices < 1 {
+		p.bad("audit.max_devices", "must be positive")
+	}
 }
 
 func (c Config) validateAnomaly(p *problems) {

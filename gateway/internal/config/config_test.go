@@ -57,11 +57,13 @@ func TestValidateReportsEverything(t *testing.T) {
 	c.HTTP, c.Pprof = "", true
 	c.Queue.CommitDelay = time.Second
 	c.MaxSeqJump = 10
+	c.HTTPS = "8443"
+	c.Enroll = Enroll{Validity: time.Second, Rate: 0, Burst: 0}
 	err := c.Validate()
 	if err == nil {
 		t.Fatal("no error")
 	}
-	for _, key := range []string{"listen:", `"http://x:1": scheme must be tcp, mqtt, ssl, tls, mqtts`, "port required", "host required", "format:", "max_packet:", "curves:", "pprof:", "queue.commit_delay:", "max_seq_jump:"} {
+	for _, key := range []string{"listen:", `"http://x:1": scheme must be tcp, mqtt, ssl, tls, mqtts`, "port required", "host required", "format:", "max_packet:", "curves:", "pprof:", "queue.commit_delay:", "max_seq_jump:", "https:", "enroll.validity:", "enroll: rate and burst"} {
 		if !strings.Contains(err.Error(), key) {
 			t.Errorf("missing %q in:\n%v", key, err)
 		}

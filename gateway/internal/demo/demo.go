@@ -275,7 +275,7 @@ func prepareFiles(o Options) (*Result, error) {
 func startGateway(res *Result, log *slog.Logger) (*server.Gateway, error) {
 	cfg := config.Default()
 	cfg.PKI, cfg.Data = res.PKI, res.Data
-	cfg.Listen, cfg.HTTP = "127.0.0.1:0", "127.0.0.1:0"
+	cfg.Listen, cfg.HTTP, cfg.HTTPS = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
 	cfg.Embedded = config.Embedded{Apps: "127.0.0.1:0"}
 	gw, err := server.New(cfg, log)
 	if err != nil {
@@ -385,10 +385,11 @@ func header(res *Result, st *fleetState, attackers int, terminal, final bool) []
 
 // connectApp connects a clinician app to the cloud broker's apps listener
 // with a JWT for site, and feeds what it receives into v: telemetry through
-// a cloud.Watcher (decode, drop duplicates, check the device signature end to
-// end), security events by verdict.
+// a cloud.Watcher that trusts ca.crt alone (decode, drop duplicates, check
+// the device signature end to end with the chain the gateway published on
+// certs/{site}/{device}), security events by verdict.
 func connectApp(pkiDir, addr, site string, v *view.View) (mqtt3.Client, error) {
-	w, err := cloud.NewWatcher(pkiDir, 0)
+	w, err := cloud.NewChainWatcher(filepath.Join(pkiDir, pki.FileCA), 0)
 	if err != nil {
 		return nil, fmt.Errorf("clinician app: %w", err)
 	}
@@ -407,6 +408,14 @@ func connectApp(pkiDir, addr, site string, v *view.View) (mqtt3.Client, error) {
 	c := mqtt3.NewClient(o)
 	if t := c.Connect(); !t.WaitTimeout(10*time.Second) || t.Error() != nil {
 		return nil, fmt.Errorf("clinician app: connect to %s: %v", addr, t.Error())
+	}
+	// The chains first, so their retained messages come before the records.
+	chains := c.Subscribe("certs/"+site+"/#", 1, func(_ mqtt3.Client, m mqtt3.Message) {
+		v.Chain(w.HandleChain(m.Topic(), m.Payload()))
+	})
+	if !chains.WaitTimeout(10*time.Second) || chains.Error() != nil {
+		c.Disconnect(0)
+		return nil, fmt.Errorf("clinician app: subscribe: %v", chains.Error())
 	}
 	sub := c.SubscribeMultiple(map[string]byte{"telemetry/" + site + "/#": 1, "security/" + site + "/#": 1},
 		func(_ mqtt3.Client, m mqtt3.Message) {

@@ -16,6 +16,7 @@ import (
 const (
 	DefaultWindow         = 4096
 	DefaultEventBuffer    = 4096
+	DefaultRetainBuffer   = 16384
 	DefaultConnectTimeout = 10 * time.Second
 	DefaultKeepAlive      = 15 * time.Second
 	DefaultWriteTimeout   = 10 * time.Second
@@ -44,6 +45,9 @@ type Config struct {
 	Window int
 	// EventBuffer bounds the security events waiting to be published; default 4096.
 	EventBuffer int
+	// RetainBuffer bounds the topics whose retained message waits for the
+	// cloud (see [Relay.Retain]); default 16384.
+	RetainBuffer int
 	// ConnectTimeout bounds the dial, TLS handshake and CONNACK; default 10 s.
 	ConnectTimeout time.Duration
 	// KeepAlive is the MQTT keepalive; default 15 s.
@@ -72,6 +76,7 @@ func (c Config) withDefaults() Config {
 	}
 	setDefault(&c.Window, DefaultWindow)
 	setDefault(&c.EventBuffer, DefaultEventBuffer)
+	setDefault(&c.RetainBuffer, DefaultRetainBuffer)
 	setDefault(&c.ConnectTimeout, DefaultConnectTimeout)
 	setDefault(&c.KeepAlive, DefaultKeepAlive)
 	setDefault(&c.WriteTimeout, DefaultWriteTimeout)
@@ -122,6 +127,9 @@ func (c Config) Validate() error {
 	}
 	if c.EventBuffer < 0 {
 		errs = append(errs, fmt.Errorf("relay: EventBuffer: %d is negative", c.EventBuffer))
+	}
+	if c.RetainBuffer < 0 {
+		errs = append(errs, fmt.Errorf("relay: RetainBuffer: %d is negative", c.RetainBuffer))
 	}
 	for _, d := range []struct {
 		name string

@@ -9,6 +9,7 @@ import (
 type metrics struct {
 	connectedG                                prometheus.Gauge
 	publishedC, ackedC, reconnectsC, droppedC prometheus.Counter
+	retainDroppedC                            prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (metrics, error) {
@@ -23,10 +24,12 @@ func newMetrics(reg prometheus.Registerer) (metrics, error) {
 		Help: "Connections to the cloud established after the first one."})
 	m.droppedC = prometheus.NewCounter(prometheus.CounterOpts{Name: "vitalgate_relay_events_dropped_total",
 		Help: "Security events dropped because the event buffer was full (they remain in the audit log)."})
+	m.retainDroppedC = prometheus.NewCounter(prometheus.CounterOpts{Name: "vitalgate_relay_retained_dropped_total",
+		Help: "Retained messages (device certificate chains) dropped because the retained buffer was full; each is queued again at the device's next connection."})
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.connectedG, m.publishedC, m.ackedC, m.reconnectsC, m.droppedC} {
+	for _, c := range []prometheus.Collector{m.connectedG, m.publishedC, m.ackedC, m.reconnectsC, m.droppedC, m.retainDroppedC} {
 		if err := reg.Register(c); err != nil {
 			return m, fmt.Errorf("relay: register metrics: %w", err)
 		}

@@ -25,6 +25,8 @@
 // gateways/{site}/{gw}/status, with a retained "offline" will; a graceful stop
 // publishes a retained "offline" before disconnecting. [Relay.PublishEvent]
 // sends security events to security/{site}/{gw} through a bounded buffer.
+// [Relay.Retain] publishes retained messages (the devices' certificate
+// chains), the latest per topic, on every connection until acknowledged.
 package relay
 
 import (
@@ -72,6 +74,7 @@ type Relay struct {
 	log         *slog.Logger
 	m           metrics
 	events      chan []byte
+	ret         *retained
 	statusTopic string
 	eventTopic  string
 	connected   atomic.Bool
@@ -114,6 +117,7 @@ func New(cfg Config, q Queue) (*Relay, error) {
 		log:         cfg.Logger.With("component", "relay"),
 		m:           m,
 		events:      make(chan []byte, cfg.EventBuffer),
+		ret:         newRetained(cfg.RetainBuffer),
 		removals:    make(chan []uint64, 256),
 		removing:    make(map[uint64]struct{}),
 		statusTopic: "gateways/" + cfg.Site + "/" + cfg.GatewayID + "/status",

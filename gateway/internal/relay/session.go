@@ -165,6 +165,7 @@ func (r *Relay) serve(ctx context.Context, s *session) {
 	go r.eventLoop(s, stop, evSlots, evPending)
 	ackers.Go(func() { ackLoop(s, abort, slots, pending, newTelemetryAcks(r, s)) })
 	ackers.Go(func() { ackLoop(s, abort, evSlots, evPending, eventAcks{r}) })
+	ackers.Go(func() { r.retainLoop(s, stop, abort) })
 
 	graceful := false
 	select {

@@ -2,7 +2,6 @@ package server
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -16,9 +15,11 @@ import (
 
 	"github.com/vitalgate/vitalgate/gateway/internal/anomaly"
 	"github.com/vitalgate/vitalgate/gateway/internal/audit"
+	"github.com/vitalgate/vitalgate/gateway/internal/certpub"
 	"github.com/vitalgate/vitalgate/gateway/internal/config"
 	"github.com/vitalgate/vitalgate/gateway/internal/guard"
 	"github.com/vitalgate/vitalgate/gateway/internal/ingest"
+	"github.com/vitalgate/vitalgate/gateway/internal/posture"
 	"github.com/vitalgate/vitalgate/gateway/internal/relay"
 	"github.com/vitalgate/vitalgate/gateway/internal/spool"
 	"github.com/vitalgate/vitalgate/internal/cloud"
@@ -123,6 +124,15 @@ func (g *Gateway) newRelay() (err error) {
 	return err // "relay: ..."
 }
 
+// newCertPub builds the publisher of the devices' certificate chains
+// (certs/{site}/{device}, retained), which remembers what the cloud
+// acknowledged in the data directory.
+func (g *Gateway) newCertPub() (err error) {
+	g.certs, err = certpub.New(certpub.Options{Site: g.site, PKI: g.cfg.PKI, Relay: g.relay,
+		File: filepath.Join(g.cfg.Data, certpub.File), Log: g.log.With("component", "certpub")})
+	return err // "certpub: ..."
+}
+
 // recordQueueReset records a queue reset by --reset-queue as a security
 // event: audit log, cloud and log (the relay queues it until connected).
 func (g *Gateway) recordQueueReset() error {
@@ -137,6 +147,7 @@ func (g *Gateway) recordQueueReset() error {
 func (g *Gateway) newIngest() error {
 	g.maxConns = connCap(g.cfg.MaxConnections, g.log)
 	g.metrics = ingest.NewMetrics(g.reg)
+	g.tracker = posture.NewTracker(g.cfg.Audit.MaxDevices, nil)
 	g.newAnomaly()
 	g.hook = ingest.NewHook(g.ingestOptions())
 	// Every rejection is already a security event with its verdict: mochi's
@@ -174,7 +185,7 @@ func (g *Gateway) newAnomaly() {
 
 func (g *Gateway) ingestOptions() ingest.Options {
 	cfg := g.cfg
-	var observers []ingest.Observer
+	observers := []ingest.Observer{g.tracker, g.certs}
 	if g.anomaly != nil {
 		observers = append(observers, g.anomaly)
 	}
@@ -185,7 +196,7 @@ func (g *Gateway) ingestOptions() ingest.Options {
 			Violations: cfg.Quarantine.Violations, Window: cfg.Quarantine.Window, Cooloff: cfg.Quarantine.Cooloff,
 		}),
 		Schemas:      &g.schemas,
-		Revoked:      func(c *x509.Certificate) bool { return g.rev.IsRevoked(c.SerialNumber) },
+		Revoked:      g.files.revoked, // either CA's list
 		Event:        g.event,
 		Metrics:      g.metrics,
 		Site:         g.site,
@@ -197,6 +208,18 @@ func (g *Gateway) ingestOptions() ingest.Options {
 		Observers:    observers,
 		Log:          g.log.With("component", "ingest"),
 	}
+}
+
+// newAuditor builds the posture audit of the PKI directory, the open
+// connections and the tracked devices; Start runs it periodically.
+func (g *Gateway) newAuditor() error {
+	a := g.cfg.Audit
+	g.auditor = posture.NewAuditor(posture.Options{
+		PKI: g.cfg.PKI, Tracker: g.tracker, Connections: g.hook.Connections, GatewayID: g.id, Registerer: g.reg,
+		Policy: posture.Policy{SilenceFactor: a.SilenceFactor, SilenceMin: a.SilenceMin, Window: a.Window, Takeovers: a.Takeovers},
+		Event:  func(e audit.Event) { g.event(e, false) },
+	})
+	return nil
 }
 
 // deviceCapabilities are the MQTT limits the devices' mochi server grants.

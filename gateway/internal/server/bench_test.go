@@ -145,7 +145,7 @@ func BenchmarkPipeline(b *testing.B) {
 func startBenchGateway(b *testing.B, dir string) *Gateway {
 	b.Helper()
 	c := config.Default()
-	c.PKI, c.Listen, c.HTTP, c.Data = dir, "127.0.0.1:0", "", b.TempDir()
+	c.PKI, c.Listen, c.HTTP, c.HTTPS, c.Data = dir, "127.0.0.1:0", "", "", b.TempDir()
 	c.Embedded = config.Embedded{Apps: "127.0.0.1:0"}
 	c.Log = "error"
 	c.Rate = config.RateConfig{Messages: 1e6, Burst: 1e6, Bytes: 1e12, ByteBurst: 1 << 40}

@@ -93,7 +93,7 @@ func TestKillNineLosesNothing(t *testing.T) {
 
 	run := func() *exec.Cmd {
 		cmd := exec.Command(bin, "--pki", e.pki, "--listen", devAddr, "--cloud", "ssl://"+cl.GatewayAddr(),
-			"--data", data, "--http", "", "--log", "warn")
+			"--data", data, "--http", "", "--https", "", "--log", "warn")
 		cmd.Stderr = os.Stderr
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)

@@ -2,6 +2,7 @@ package server
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -22,17 +23,19 @@ import (
 // --check-config loads exactly what a start loads.
 type files struct {
 	site, id  string
-	mismatch  error // the configured identity differs from the certificate's (a warning: a cloud is configured)
-	rev       *pki.Revocations
+	mismatch  error            // the configured identity differs from the certificate's (a warning: a cloud is configured)
+	rev       *pki.Revocations // the device CA's list (crl.pem)
+	issuing   *pki.IssuingCA   // signs enrolled devices' certificates
+	issRev    *pki.Revocations // the issuing CA's list (issuing-crl.pem)
 	deviceTLS *tls.Config
 	cloudTLS  *tls.Config
 	schemas   *telemetry.Schemas
 	cloud     *cloud.Broker
 
-	// Stamps (mtime, size) of crl.pem and the schema file, taken before
-	// their first load: a change after it, even one made before the watcher
-	// starts, is seen as a change.
-	crlStamp, schemaStamp string
+	// Stamps (mtime, size) of crl.pem, issuing-crl.pem and the schema
+	// file, taken before their first load: a change after it, even one made
+	// before the watcher starts, is seen as a change.
+	crlStamp, issCRLStamp, schemaStamp string
 }
 
 // loadFiles loads every file cfg names and reports every problem at once,
@@ -84,8 +87,9 @@ func (f *files) loadIdentity(cfg config.Config) error {
 }
 
 // loadDeviceTrust loads what the device listener needs: devices chain to
-// the device CA and are not on its CRL; the gateway serves its server
-// certificate with the configured key exchanges.
+// the device CA, directly or through the gateway's issuing CA (a device may
+// send its leaf alone), and are on neither CA's revocation list; the
+// gateway serves its server certificate with the configured key exchanges.
 func (f *files) loadDeviceTrust(cfg config.Config) error {
 	p := func(name string) string { return filepath.Join(cfg.PKI, name) }
 	ca, err := pki.LoadCert(p(pki.FileDeviceCA))
@@ -93,18 +97,44 @@ func (f *files) loadDeviceTrust(cfg config.Config) error {
 		return fmt.Errorf("device CA: %w", err)
 	}
 	var errs []error
-	f.crlStamp = stamp(p(pki.FileCRL))
+	f.crlStamp, f.issCRLStamp = stamp(p(pki.FileCRL)), stamp(p(pki.FileIssuingCRL))
 	if f.rev, err = pki.NewRevocations(p(pki.FileCRL), ca); err != nil {
 		errs = append(errs, fmt.Errorf("revocation list: %w", err))
 	}
-	pool, err := pki.LoadPool(p(pki.FileDeviceCA))
+	if f.issuing, err = pki.OpenIssuingCA(cfg.PKI); err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	if f.issRev, err = pki.NewRevocations(p(pki.FileIssuingCRL), f.issuing.Cert()); err != nil {
+		errs = append(errs, fmt.Errorf("issuing CA revocation list: %w", err))
+	}
+	pool, err := pki.LoadPool(p(pki.FileDeviceCA), p(pki.FileIssuingCA))
 	if err != nil {
 		return errors.Join(append(errs, fmt.Errorf("device CA: %w", err))...)
 	}
 	if f.deviceTLS, err = pki.ServerTLS(p(pki.FileGateway), p(pki.FileGatewayKey), pool, f.rev); err != nil {
 		return errors.Join(append(errs, fmt.Errorf("device listener TLS: %w", err))...)
 	}
+	f.deviceTLS.VerifyConnection = f.refuseRevoked
 	return errors.Join(append(errs, setCurves(f.deviceTLS, cfg.Curves))...)
+}
+
+// revoked reports whether c is on the device CA's or the issuing CA's
+// revocation list (serials are random 128-bit numbers: one list's serial
+// never names the other CA's certificate).
+func (f *files) revoked(c *x509.Certificate) bool {
+	return f.rev.IsRevoked(c.SerialNumber) || (f.issRev != nil && f.issRev.IsRevoked(c.SerialNumber))
+}
+
+// refuseRevoked is the device listener's VerifyConnection: it refuses a
+// client whose leaf is revoked by either list, also on resumed sessions.
+func (f *files) refuseRevoked(cs tls.ConnectionState) error {
+	if len(cs.PeerCertificates) == 0 {
+		return nil // ClientAuth requires one
+	}
+	if leaf := cs.PeerCertificates[0]; f.revoked(leaf) {
+		return fmt.Errorf("client certificate of %q (serial %x) is revoked", leaf.Subject.CommonName, leaf.SerialNumber)
+	}
+	return nil
 }
 
 // loadSchemas loads the configured schema file, or takes the built-in

@@ -96,6 +96,7 @@ func testConfig(t *testing.T, pkiDir string) config.Config {
 	c.PKI = pkiDir
 	c.Listen = "127.0.0.1:0"
 	c.HTTP = "127.0.0.1:0"
+	c.HTTPS = "127.0.0.1:0"
 	c.Data = t.TempDir()
 	c.Embedded = config.Embedded{Apps: "127.0.0.1:0"}
 	return c
@@ -150,10 +151,25 @@ func (e *env) dial5(id, clientID string) (*paho5.Client, *paho5.Connack, error) 
 }
 
 func (e *env) dialAt(addr, id string, clientID ...string) (*paho5.Client, *paho5.Connack, error) {
+	return e.dialWith(&net.Dialer{Timeout: 5 * time.Second}, addr, id, clientID...)
+}
+
+// dialWith is dialAt through dialer d (from another local address, say).
+func (e *env) dialWith(d *net.Dialer, addr, id string, clientID ...string) (*paho5.Client, *paho5.Connack, error) {
 	if len(clientID) == 0 {
 		clientID = []string{id}
 	}
-	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, e.deviceTLS(id))
+	return e.dialTLSWith(d, addr, e.deviceTLS(id), id, clientID[0])
+}
+
+// dialTLS connects an MQTT 5 device with the TLS configuration tc.
+func (e *env) dialTLS(addr string, tc *tls.Config, id, clientID string) (*paho5.Client, *paho5.Connack, error) {
+	return e.dialTLSWith(&net.Dialer{Timeout: 5 * time.Second}, addr, tc, id, clientID)
+}
+
+// dialTLSWith connects an MQTT 5 device through dialer d with the TLS configuration tc.
+func (e *env) dialTLSWith(d *net.Dialer, addr string, tc *tls.Config, id, clientID string) (*paho5.Client, *paho5.Connack, error) {
+	conn, err := tls.DialWithDialer(d, "tcp", addr, tc)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -164,7 +180,7 @@ func (e *env) dialAt(addr, id string, clientID ...string) (*paho5.Client, *paho5
 		}})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	ack, err := c.Connect(ctx, &paho5.Connect{ClientID: clientID[0], KeepAlive: 30, CleanStart: true})
+	ack, err := c.Connect(ctx, &paho5.Connect{ClientID: clientID, KeepAlive: 30, CleanStart: true})
 	if err != nil {
 		conn.Close()
 		return nil, ack, err
@@ -230,6 +246,12 @@ func spo2(dev string, seq uint64) *telemetry.Record {
 func (e *env) sign(keyID string, rec *telemetry.Record) []byte {
 	e.t.Helper()
 	_, keyFile := pki.DevicePaths(e.pki, keyID)
+	return e.signWith(keyFile, keyID, rec)
+}
+
+// signWith encodes rec and signs it with the key in keyFile, as device keyID.
+func (e *env) signWith(keyFile, keyID string, rec *telemetry.Record) []byte {
+	e.t.Helper()
 	key, err := pki.LoadKey(keyFile)
 	if err != nil {
 		e.t.Fatal(err)
@@ -251,7 +273,14 @@ type app struct {
 	msgs   []*wire.Message
 	topics []string
 	events []string
+	chains []chainMsg // on certs/site1/#
 	c      mqtt3.Client
+}
+
+// chainMsg is one certificate chain an app received.
+type chainMsg struct {
+	topic, pem string
+	retained   bool
 }
 
 func (e *env) app(brokerURL string) *app { return e.appWith(brokerURL, true) }
@@ -275,9 +304,14 @@ func (e *env) appWith(brokerURL string, clean bool) *app {
 		e.t.Fatalf("app connect: %v", t.Error())
 	}
 	e.t.Cleanup(func() { a.c.Disconnect(100) })
-	sub := a.c.SubscribeMultiple(map[string]byte{"telemetry/site1/#": 1, "security/site1/#": 1}, func(_ mqtt3.Client, m mqtt3.Message) {
+	filters := map[string]byte{"telemetry/site1/#": 1, "security/site1/#": 1, "certs/site1/#": 1}
+	sub := a.c.SubscribeMultiple(filters, func(_ mqtt3.Client, m mqtt3.Message) {
 		a.mu.Lock()
 		defer a.mu.Unlock()
+		if strings.HasPrefix(m.Topic(), "certs/") {
+			a.chains = append(a.chains, chainMsg{m.Topic(), string(m.Payload()), m.Retained()})
+			return
+		}
 		if strings.HasPrefix(m.Topic(), "security/") {
 			a.events = append(a.events, string(m.Payload()))
 			return
@@ -294,6 +328,19 @@ func (e *env) appWith(brokerURL string, clean bool) *app {
 		e.t.Fatalf("app subscribe: %v", sub.Error())
 	}
 	return a
+}
+
+// chainsOf returns the chains received on topic, in order.
+func (a *app) chainsOf(topic string) []chainMsg {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var out []chainMsg
+	for _, c := range a.chains {
+		if c.topic == topic {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 func (a *app) ids() map[string]int {

@@ -50,6 +50,12 @@ func (g *Gateway) routes() http.Handler {
 		}
 		json.NewEncoder(w).Encode(state)
 	})
+	mux.HandleFunc("GET /audit", func(w http.ResponseWriter, r *http.Request) {
+		// A fresh audit (at most one a second, however many ask): its new
+		// findings are security events like the periodic run's.
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(g.auditor.Fresh(time.Second))
+	})
 	if g.cfg.Pprof {
 		// Profiles reveal the process's internals (no secrets: handlers are
 		// not given request data); the http address should stay on loopback.

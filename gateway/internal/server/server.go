@@ -25,8 +25,10 @@ import (
 
 	"github.com/vitalgate/vitalgate/gateway/internal/anomaly"
 	"github.com/vitalgate/vitalgate/gateway/internal/audit"
+	"github.com/vitalgate/vitalgate/gateway/internal/certpub"
 	"github.com/vitalgate/vitalgate/gateway/internal/config"
 	"github.com/vitalgate/vitalgate/gateway/internal/ingest"
+	"github.com/vitalgate/vitalgate/gateway/internal/posture"
 	"github.com/vitalgate/vitalgate/gateway/internal/relay"
 	"github.com/vitalgate/vitalgate/gateway/internal/spool"
 	"github.com/vitalgate/vitalgate/internal/cloud"
@@ -68,14 +70,19 @@ type Gateway struct {
 	audit    *audit.Log
 	cloud    *cloud.Broker // embedded, when no cloud URL is configured
 	relay    *relay.Relay
+	certs    *certpub.Publisher
 	metrics  *ingest.Metrics
 	hook     *ingest.Hook
+	tracker  *posture.Tracker // devices' connects and traffic, for the posture audit
+	auditor  *posture.Auditor
 	anomaly  *anomaly.Detector // nil when disabled
 	mqtt     *mqtt.Server
 	maxConns int
 	devices  *ingest.Listener
 	http     *http.Server
 	httpLn   net.Listener
+	https    *http.Server // enrolment over EST
+	httpsLn  net.Listener
 	closing  atomic.Bool
 
 	// queueReset says why --reset-queue replaced the queue at this start,
@@ -110,10 +117,13 @@ func New(cfg config.Config, log *slog.Logger) (*Gateway, error) {
 		g.openAudit,        // ...and the audit log
 		g.startCloud,       // the embedded cloud broker, if no cloud is configured
 		g.newRelay,         // queue to cloud
+		g.newCertPub,       // devices' certificate chains to the cloud, through the relay
 		g.recordQueueReset, // a reset's security event, now that it can be recorded
 		g.newIngest,        // devices: mochi server and ingest hook...
+		g.newAuditor,       // ...watched by the posture audit
 		g.listenDevices,    // ...behind the admission-controlled mTLS listener
 		g.listenHTTP,       // operations
+		g.listenEnroll,     // enrolment over EST
 	} {
 		if err := stage(); err != nil {
 			g.Close()
@@ -151,11 +161,16 @@ func (g *Gateway) Start() error {
 			g.log.Error("relay stopped", "error", err)
 		}
 	}()
-	g.wg.Add(1)
+	g.wg.Add(2)
 	go func() {
 		defer g.wg.Done()
 		g.watchFiles()
 	}()
+	go func() {
+		defer g.wg.Done()
+		g.auditLoop()
+	}()
+	g.wg.Go(func() { g.certs.Run(g.ctx) })
 	if g.anomaly != nil {
 		g.wg.Go(func() { g.anomaly.Run(g.ctx) })
 	}
@@ -168,8 +183,9 @@ func (g *Gateway) Start() error {
 			}
 		}()
 	}
+	g.serveEnroll()
 	g.log.Info("gateway started", "site", g.site, "id", g.id, "devices", g.DeviceAddr(), "http", g.HTTPAddr(),
-		"cloud", g.cloudDesc())
+		"https", g.HTTPSAddr(), "cloud", g.cloudDesc())
 	return nil
 }
 
@@ -217,6 +233,7 @@ func (g *Gateway) Close() error {
 		if g.devices != nil {
 			errs = append(errs, g.devices.Close()) // no new devices
 		}
+		errs = append(errs, g.closeEnroll()) // no new enrolments
 		if g.hook != nil {
 			g.hook.Drain(2 * time.Second) // what is being stored gets its PUBACK; nothing new is taken
 		}
@@ -225,6 +242,9 @@ func (g *Gateway) Close() error {
 		}
 		g.cancel() // the relay waits for in-flight PUBACKs before it returns
 		g.relayWG.Wait()
+		if g.certs != nil {
+			g.certs.Save() // the chains the relay's last PUBACKs acknowledged
+		}
 		if g.http != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			errs = append(errs, g.http.Shutdown(ctx))

@@ -65,6 +65,9 @@ type View struct {
 	dups       uint64
 	sigBad     uint64
 	undecoded  uint64
+	chainsOK   uint64 // published certificate chains that verified
+	chainsBad  uint64 // and those rejected
+	chainErr   string // the last rejection
 	now        func() time.Time
 }
 
@@ -131,6 +134,18 @@ func (r *Row) addECG(seq uint64, obs []telemetry.Observation) float64 {
 	return 0
 }
 
+// Chain counts one published certificate chain as the watcher judged it.
+func (v *View) Chain(c *cloud.Chain) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if c.Err == nil {
+		v.chainsOK++
+		return
+	}
+	v.chainsBad++
+	v.chainErr = c.Line()
+}
+
 // SecurityEvent counts one security event payload (JSON) by its verdict.
 func (v *View) SecurityEvent(payload []byte) error {
 	var e Event
@@ -161,6 +176,9 @@ type Snapshot struct {
 	Duplicates uint64            // dropped by message ID
 	SigProblem uint64            // messages whose end-to-end signature check failed
 	Undecoded  uint64
+	ChainsOK   uint64 // published certificate chains verified to ca.crt
+	ChainsBad  uint64 // published certificate chains rejected
+	ChainErr   string // the last rejection, as a line
 }
 
 // Snapshot copies the current state.
@@ -168,7 +186,8 @@ func (v *View) Snapshot() Snapshot {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	s := Snapshot{Rejections: make(map[string]uint64, len(v.rejections)), Recent: slices.Clone(v.recent),
-		Received: v.received, Duplicates: v.dups, SigProblem: v.sigBad, Undecoded: v.undecoded}
+		Received: v.received, Duplicates: v.dups, SigProblem: v.sigBad, Undecoded: v.undecoded,
+		ChainsOK: v.chainsOK, ChainsBad: v.chainsBad, ChainErr: v.chainErr}
 	for k, n := range v.rejections {
 		s.Rejections[k] = n
 	}
@@ -233,7 +252,10 @@ func Render(w io.Writer, s Snapshot, o Options) error {
 	if s.Undecoded > 0 {
 		fmt.Fprintf(&b, "  undecodable %d", s.Undecoded)
 	}
-	b.WriteByte('\n')
+	fmt.Fprintf(&b, "\ndevice certificates (published, checked against ca.crt): %d verified, %d rejected\n", s.ChainsOK, s.ChainsBad)
+	if s.ChainErr != "" {
+		b.WriteString("last rejected: " + s.ChainErr + "\n")
+	}
 
 	writeSecurity(&b, s)
 	if o.Color {

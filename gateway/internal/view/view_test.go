@@ -1,7 +1,10 @@
 package view
 
 import (
+	"crypto/x509"
+	"errors"
 	"math"
+	"math/big"
 	"strings"
 	"testing"
 	"time"
@@ -221,5 +224,23 @@ func TestRowsBounded(t *testing.T) {
 	}
 	if n := len(v.Snapshot().Rows); n > maxRows {
 		t.Fatalf("%d rows, bound %d", n, maxRows)
+	}
+}
+
+// TestChainsCounted: the view counts verified and rejected certificate
+// chains and shows the last rejection.
+func TestChainsCounted(t *testing.T) {
+	v := New()
+	v.Chain(&cloud.Chain{Dev: "oxi-1", Leaf: &x509.Certificate{SerialNumber: big.NewInt(1)}})
+	v.Chain(&cloud.Chain{Dev: "oxi-2", Err: errors.New("does not chain to ca.crt")})
+	var b strings.Builder
+	if err := Render(&b, v.Snapshot(), Options{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"device certificates (published, checked against ca.crt): 1 verified, 1 rejected",
+		"last rejected: certificate of oxi-2 REJECTED: does not chain to ca.crt"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("view lacks %q:\n%s", want, b.String())
+		}
 	}
 }
