@@ -69,7 +69,8 @@ func Attacks() []string {
 func validAttack(mode string) bool { return mode == "" || slices.Contains(Attacks(), mode) }
 
 // expectedCode is the MQTT 5 PUBACK reason code an attack message of mode
-// must get, and false for revoked and flood, which have no single verdict.
+// must get, and false for revoked, flood, burst and flap, which have no
+// single verdict.
 func expectedCode(mode string) (byte, bool) {
 	switch mode {
 	case "", AttackRevoked, AttackFlood, AttackBurst, AttackFlap:
