@@ -39,6 +39,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 && args[0] == "bench" {
 		return benchCmd(ctx, args[1:], stdout, stderr)
 	}
+	if len(args) > 0 && args[0] == "anomalies" {
+		return anomaliesCmd(ctx, args[1:], stdout, stderr)
+	}
 	cfg, report, err := parse(args, stdout, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
@@ -70,6 +73,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+// attackHelp lists the attack modes, for --help.
+func attackHelp(w io.Writer) {
+	fmt.Fprintf(w, "\nattack modes: %s\n", strings.Join(fleet.Attacks(), ", "))
+	fmt.Fprintf(w, "  burst: after --attack-after, %d times the rate (valid records, within the gateway's default rate limit at --rate 1)\n", fleet.BurstFactor)
+	fmt.Fprintf(w, "  flap: after --attack-after, drop the connection and reconnect every 2 to 4 seconds\n")
+	fmt.Fprintf(w, "  both are caught only by the gateway's behaviour baselines: an anomaly event\n")
+}
+
 // parse reads --config (YAML with the fields of fleet.Config) and then the
 // flags, which override it.
 func parse(args []string, stdout, stderr io.Writer) (fleet.Config, string, error) {
@@ -77,9 +88,9 @@ func parse(args []string, stdout, stderr io.Writer) (fleet.Config, string, error
 	fs := flag.NewFlagSet("devicesim", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: devicesim [flags]\n       devicesim bench [flags]\n\nA fleet of simulated devices against the gateway. Flags override --config.\n\n")
+		fmt.Fprintf(fs.Output(), "usage: devicesim [flags]\n       devicesim bench [flags]\n       devicesim anomalies [flags]\n\nA fleet of simulated devices against the gateway. Flags override --config.\n\n")
 		fs.PrintDefaults()
-		fmt.Fprintf(fs.Output(), "\nattack modes: %s\n", strings.Join(fleet.Attacks(), ", "))
+		attackHelp(fs.Output())
 	}
 	// The file holds the fields of fleet.Config and what only this command
 	// does with them: the report file and verbose logging.
@@ -99,6 +110,7 @@ func parse(args []string, stdout, stderr io.Writer) (fleet.Config, string, error
 	qos := fs.Uint("qos", uint(c.QoS), "QoS of telemetry: 0 or 1")
 	fs.StringVar(&c.Attack, "attack", c.Attack, "attack `mode` (see below)")
 	fs.IntVar(&c.Attackers, "attackers", c.Attackers, "devices that attack (0: all)")
+	fs.DurationVar(&c.AttackAfter, "attack-after", c.AttackAfter, "burst, flap: behave normally this long first, past the gateway's anomaly warm-up (default 11m)")
 	fs.IntVar(&c.AttackBudget, "attack-budget", c.AttackBudget, "attack messages per attacker per minute (keep under the gateway's quarantine threshold)")
 	fs.Int64Var(&c.Seed, "seed", c.Seed, "physiology seed")
 	fs.Float64Var(&c.Ramp, "ramp", c.Ramp, "new connections per second across the fleet")
@@ -117,30 +129,8 @@ func parse(args []string, stdout, stderr io.Writer) (fleet.Config, string, error
 	if err := cli.ParseConfig(fs, args, stdout, config, &file); err != nil {
 		return fleet.Config{}, "", err
 	}
-	// --mqtt and --qos name their values as people say them, the file as
-	// fleet.Config holds them.
 	cfg := file.Config
-	var errs []error
-	fs.Visit(func(f *flag.Flag) {
-		switch f.Name {
-		case "mqtt":
-			switch *mqtt {
-			case "3", "3.1.1":
-				cfg.MQTT = fleet.MQTT3
-			case "5":
-				cfg.MQTT = fleet.MQTT5
-			case "mix":
-				cfg.MQTT = fleet.MQTTMix
-			default:
-				errs = append(errs, fmt.Errorf("--mqtt %q: want 3, 5 or mix", *mqtt))
-			}
-		case "qos":
-			if *qos > 1 {
-				errs = append(errs, fmt.Errorf("--qos %d: want 0 or 1", *qos))
-			}
-			cfg.QoS = byte(min(*qos, 1))
-		}
-	})
+	errs := protocolFlags(fs, &cfg, *mqtt, *qos)
 	if err := errors.Join(append(errs, cfg.Validate())...); err != nil {
 		return cfg, "", err
 	}
@@ -152,6 +142,33 @@ func parse(args []string, stdout, stderr io.Writer) (fleet.Config, string, error
 		return cfg, "", flag.ErrHelp
 	}
 	return cfg, file.Report, nil
+}
+
+// protocolFlags applies --mqtt and --qos when given: they name their values
+// as people say them, the file as fleet.Config holds them.
+func protocolFlags(fs *flag.FlagSet, cfg *fleet.Config, mqtt string, qos uint) []error {
+	var errs []error
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "mqtt":
+			switch mqtt {
+			case "3", "3.1.1":
+				cfg.MQTT = fleet.MQTT3
+			case "5":
+				cfg.MQTT = fleet.MQTT5
+			case "mix":
+				cfg.MQTT = fleet.MQTTMix
+			default:
+				errs = append(errs, fmt.Errorf("--mqtt %q: want 3, 5 or mix", mqtt))
+			}
+		case "qos":
+			if qos > 1 {
+				errs = append(errs, fmt.Errorf("--qos %d: want 0 or 1", qos))
+			}
+			cfg.QoS = byte(min(qos, 1))
+		}
+	})
+	return errs
 }
 
 // live is the one-line progress display: rewritten in place about four

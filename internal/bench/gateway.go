@@ -27,6 +27,8 @@ type GatewayConfig struct {
 	RatePerDevice  float64 // messages per second per device: high, so the rate limit checks but never bites
 	RelayWindow    int     // relay.window; 0: the gateway's default
 	Pprof          bool    // serve /debug/pprof/ on the gateway's http address
+	// Keys set as given (anomaly: {...}, say), over the ones above.
+	Extra map[string]any
 }
 
 // GatewayProc is the gateway running as a child process.
@@ -60,11 +62,20 @@ func StartGateway(ctx context.Context, bin string, cfg GatewayConfig) (*GatewayP
 		"max_connections": cfg.MaxConnections, "accept_rate": cfg.AcceptRate,
 		"rate": map[string]any{"messages": rate, "burst": int(rate), "bytes": rate * (64 << 10), "byte_burst": int(rate) * (64 << 10)},
 	}
+	if cfg.Cloud == "" {
+		delete(file, "cloud") // the embedded cloud broker
+	}
+	if rate == 0 {
+		delete(file, "rate") // the gateway's default limits
+	}
 	if cfg.RelayWindow > 0 {
 		file["relay"] = map[string]any{"window": cfg.RelayWindow}
 	}
 	if cfg.Pprof {
 		file["pprof"] = true
+	}
+	for k, v := range cfg.Extra {
+		file[k] = v
 	}
 	c, err := startWithConfig(ctx, "gateway", bin, filepath.Join(cfg.Data, "gateway.yaml"), file, `msg="gateway started"`)
 	if err != nil {

@@ -1,7 +1,6 @@
 package fleet
 
 import (
-	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
@@ -37,7 +36,23 @@ const (
 	// AttackFlood is a connection storm: connect without ramp, publish a
 	// burst, disconnect, again.
 	AttackFlood = "flood"
+	// AttackBurst behaves normally for AttackAfter, then sends BurstFactor
+	// times its rate: valid records, within the gateway's default rate limit
+	// at the default rate (20/s, burst 200). Only the gateway's behaviour
+	// baseline can see it (an anomaly event).
+	AttackBurst = "burst"
+	// AttackFlap behaves normally for AttackAfter, then drops its
+	// connection and reconnects every few seconds (FlapEvery ±1/3: 2 to 4
+	// by default).
+	AttackFlap = "flap"
 )
+
+// BurstFactor is how many times its rate a burst attacker sends.
+const BurstFactor = 20
+
+// DefaultAttackAfter is AttackAfter for burst and flap when none is set:
+// past the gateway's default anomaly warm-up of 10 minutes.
+const DefaultAttackAfter = 11 * time.Minute
 
 // OutcomeTLSRefused is the expected outcome of [AttackRevoked]: no verdict,
 // the handshake is refused.
@@ -47,17 +62,18 @@ const OutcomeTLSRefused = "tls_refused"
 func Attacks() []string {
 	return []string{AttackBadSignature, AttackReplay, AttackMalformed, AttackSchema, AttackTooLarge,
 		AttackACLDenied, AttackIdentityMismatch, AttackFuture, AttackStale, AttackRateLimited,
-		AttackRevoked, AttackFlood}
+		AttackRevoked, AttackFlood, AttackBurst, AttackFlap}
 }
 
 // validAttack reports whether mode is "" (none) or one of [Attacks].
 func validAttack(mode string) bool { return mode == "" || slices.Contains(Attacks(), mode) }
 
 // expectedCode is the MQTT 5 PUBACK reason code an attack message of mode
-// must get, and false for revoked and flood, which have no single verdict.
+// must get, and false for revoked, flood, burst and flap, which have no
+// single verdict.
 func expectedCode(mode string) (byte, bool) {
 	switch mode {
-	case "", AttackRevoked, AttackFlood:
+	case "", AttackRevoked, AttackFlood, AttackBurst, AttackFlap:
 		return 0, false
 	}
 	return verdict.Verdict(mode).Code().Code, true
@@ -77,6 +93,54 @@ type attacker struct {
 	foreign crypto.Signer // bad_signature: a key the gateway does not know
 	variant int           // rotates through the variants of a mode
 	other   string        // acl_denied, identity_mismatch: another device's ID
+	from    time.Time     // burst, flap: when the attack begins
+	flapAt  time.Time     // flap: when the connection drops next
+}
+
+// crafts reports whether the mode replaces records by crafted messages
+// (rate_limited, burst and flap send valid records).
+func (a *attacker) crafts() bool {
+	return a.mode != AttackRateLimited && a.mode != AttackBurst && a.mode != AttackFlap
+}
+
+// begin starts the clock of a burst or flap attack, which begins after
+// d of normal behaviour.
+func (a *attacker) begin(d time.Duration) {
+	if a != nil {
+		a.from = time.Now().Add(d)
+	}
+}
+
+// active reports whether a burst or flap attack has begun at now.
+func (a *attacker) active(mode string, now time.Time) bool {
+	return a != nil && a.mode == mode && !now.Before(a.from)
+}
+
+// tickInterval is the time to the device's next record: its interval, or
+// a BurstFactor-th of it once a burst has begun.
+func (r *runner) tickInterval(interval time.Duration, now time.Time) time.Duration {
+	if r.att.active(AttackBurst, now) {
+		return interval / BurstFactor
+	}
+	return interval
+}
+
+// flapDue reports whether a flapping device drops its connection at now;
+// the caller disconnects and reconnects. Each drop counts as an attack.
+func (r *runner) flapDue(now time.Time) bool {
+	if !r.att.active(AttackFlap, now) || r.cl == nil {
+		return false
+	}
+	a := r.att
+	due := !a.flapAt.IsZero() && !now.Before(a.flapAt)
+	if a.flapAt.IsZero() || due {
+		every := r.f.cfg.FlapEvery
+		a.flapAt = now.Add(every*2/3 + time.Duration(r.rng.Int64N(int64(every*2/3)+1)))
+	}
+	if due {
+		r.f.ctr.attackSent.Add(1)
+	}
+	return due
 }
 
 func newAttacker(mode string, key crypto.Signer, other string) (*attacker, error) {
@@ -237,102 +301,3 @@ func tooLarge(dev string, key crypto.Signer, rec telemetry.Record) ([]byte, erro
 
 // telemetryTopic is the telemetry topic of device id (docs/protocol.md#3-the-message-cose_sign1-around-a-cbor-record).
 func telemetryTopic(id string) string { return "devices/" + id + "/telemetry" }
-
-// runRevoked connects with a revoked certificate about once a second and
-// counts what the gateway does: refuse the handshake (expected) or accept it.
-func (r *runner) runRevoked(ctx context.Context, stopGen <-chan struct{}) {
-	c := &r.f.ctr
-	if r.f.settle > 0 {
-		t := time.NewTimer(r.f.settle)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
-		}
-	}
-	for {
-		if err := r.f.limiter.Wait(ctx); err != nil {
-			return
-		}
-		c.attackSent.Add(1)
-		cl, err := dialClient(ctx, r.dialOptions())
-		if err != nil {
-			r.countConnectError(err)
-		} else {
-			c.connects.Add(1)
-			c.revokedConnected.Add(1)
-			cl.close()
-		}
-		t := time.NewTimer(time.Duration(float64(time.Second) * (0.5 + r.rng.Float64())))
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-stopGen:
-			t.Stop()
-			return
-		case <-t.C:
-		}
-	}
-}
-
-// runFlood reconnects in a loop without waiting for the ramp, publishing a
-// burst of records on every connection.
-func (r *runner) runFlood(ctx context.Context, stopGen <-chan struct{}) {
-	c := &r.f.ctr
-	const burst = 20
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-stopGen:
-			return
-		default:
-		}
-		cl, err := dialClient(ctx, r.dialOptions())
-		if err != nil {
-			r.countConnectError(err)
-			t := time.NewTimer(time.Duration(50+r.rng.IntN(100)) * time.Millisecond) // refused: do not spin
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return
-			case <-t.C:
-			}
-			continue
-		}
-		c.connects.Add(1)
-		c.connected.Add(1)
-		for range burst {
-			if err := r.seqs.ensure(r.dev.Seq() + 1); err != nil {
-				break
-			}
-			rec := r.dev.Next()
-			payload, err := SignRecord(r.key, r.id, &rec)
-			if err != nil {
-				break
-			}
-			c.generated.Add(1)
-			c.sent.Add(1)
-			start := time.Now()
-			code, err := cl.publish(ctx, telemetryTopic(r.id), r.f.cfg.QoS, payload)
-			if err != nil {
-				c.errors.Add(1)
-				break
-			}
-			c.answered.Add(1)
-			c.attackSent.Add(1)
-			if r.f.cfg.QoS == 1 {
-				c.latency.Record(time.Since(start))
-				c.codes[code].Add(1)
-				c.attackCodes[code].Add(1)
-				if code == 0 {
-					c.acked.Add(1)
-				}
-			}
-		}
-		cl.close()
-		c.connected.Add(-1)
-	}
-}

@@ -40,6 +40,8 @@ type Config struct {
 	Attack       string        `yaml:"attack" json:"attack,omitempty"`     // "" or one of Attacks()
 	Attackers    int           `yaml:"attackers" json:"attackers"`         // devices that attack; 0: all
 	AttackBudget int           `yaml:"attack_budget" json:"attack_budget"` // attack messages (rate_limited: rejections) per attacker per minute
+	AttackAfter  time.Duration `yaml:"attack_after" json:"attack_after"`   // burst, flap: normal behaviour first, this long (default DefaultAttackAfter)
+	FlapEvery    time.Duration `yaml:"flap_every" json:"flap_every"`       // flap: mean time between drops, ±1/3
 	Seed         int64         `yaml:"seed" json:"seed"`                   // physiology seed of the fleet
 	Ramp         float64       `yaml:"ramp" json:"ramp"`                   // new connections per second across the fleet
 	Prefix       string        `yaml:"prefix" json:"prefix"`               // device ID prefix
@@ -84,6 +86,7 @@ func Default() Config {
 		Progress:     250 * time.Millisecond,
 		RevokeSettle: 3 * time.Second,
 		EST:          "https://127.0.0.1:8443",
+		FlapEvery:    3 * time.Second,
 	}
 }
 
@@ -106,6 +109,7 @@ func (c Config) withDefaults() Config {
 	c.Progress = cmp.Or(c.Progress, d.Progress)
 	c.RevokeSettle = cmp.Or(c.RevokeSettle, d.RevokeSettle)
 	c.EST = cmp.Or(c.EST, d.EST)
+	c.FlapEvery = cmp.Or(c.FlapEvery, d.FlapEvery)
 	if len(c.Kinds) == 0 {
 		c.Kinds = d.Kinds
 	}
@@ -115,6 +119,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Attack == "" {
 		c.Attackers = 0
+	}
+	if c.AttackAfter == 0 && (c.Attack == AttackBurst || c.Attack == AttackFlap) {
+		c.AttackAfter = DefaultAttackAfter
 	}
 	return c
 }
@@ -149,6 +156,9 @@ func (c Config) Validate() error {
 	}
 	if c.Attackers < 0 {
 		bad("attackers", "negative")
+	}
+	if c.AttackAfter < 0 || c.FlapEvery < 0 {
+		bad("attack_after", "negative durations (attack_after, flap_every)")
 	}
 	if c.AttackBudget < 1 {
 		bad("attack_budget", "%d: want at least 1", c.AttackBudget)

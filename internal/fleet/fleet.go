@@ -49,7 +49,10 @@
 // come until AttackBudget rejections; revoked connects with revoked
 // certificates (its own devices, Prefix-revoked-0000i) and expects the TLS
 // handshake refused; flood reconnects in a loop without ramp and publishes
-// a burst on every connection.
+// a burst on every connection. burst and flap behave normally for
+// AttackAfter, then send BurstFactor times their rate (valid records), or
+// drop and re-establish their connection every FlapEvery or so: no verdict
+// sees them, only the gateway's behaviour baselines (anomaly events).
 package fleet
 
 import (

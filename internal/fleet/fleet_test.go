@@ -324,3 +324,39 @@ func TestValidate(t *testing.T) {
 		t.Errorf("default: %v", err)
 	}
 }
+
+// Burst: after AttackAfter the attacker sends BurstFactor times its rate,
+// valid records in order, while its neighbour keeps its rate. Flap: after
+// AttackAfter the attacker's connection drops every FlapEvery or so, and
+// no record is lost across the drops.
+func TestBurstAndFlap(t *testing.T) {
+	dir := newPKI(t)
+	s := startStandIn(t, dir, "")
+	for _, mode := range []string{AttackBurst, AttackFlap} {
+		t.Run(mode, func(t *testing.T) {
+			cfg := testConfig(dir, s.addr)
+			cfg.Prefix, cfg.Attack, cfg.Attackers = mode, mode, 1
+			cfg.Rate, cfg.AttackAfter, cfg.FlapEvery = 4, time.Second, 300*time.Millisecond
+			cfg.Duration, cfg.State = 4*time.Second, "-"
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			rep, err := Run(ctx, cfg, nil) // burst: 4 records in the first second, then 80 a second
+			attacker, normal := mode+"-00001", mode+"-00002"
+			if err != nil {
+				t.Fatal(err)
+			}
+			a, n := len(checkContiguous(t, s, attacker, 1)), len(checkContiguous(t, s, normal, 1))
+			t.Logf("%s: attacker %d records, normal %d; attack %+v", mode, a, n, *rep.Attack)
+			switch mode {
+			case AttackBurst:
+				if a < 5*n || rep.Attack.Codes["0x00"] != rep.Attack.Sent || rep.Attack.Sent < 20 {
+					t.Errorf("burst: attacker %d records, normal %d; %d burst messages, codes %v", a, n, rep.Attack.Sent, rep.Attack.Codes)
+				}
+			case AttackFlap:
+				if rep.Attack.Sent < 3 || rep.Stats.Connects < 2+rep.Attack.Sent || a < n/2 {
+					t.Errorf("flap: %d drops, %d connects, attacker %d records, normal %d", rep.Attack.Sent, rep.Stats.Connects, a, n)
+				}
+			}
+		})
+	}
+}

@@ -190,6 +190,7 @@ func (r *runner) runRecords(ctx context.Context, stopGen <-chan struct{}) {
 	tick := time.NewTimer(time.Until(next))
 	defer tick.Stop()
 	tickC := tick.C
+	r.att.begin(r.f.cfg.AttackAfter)
 	r.connect(ctx)
 	generating := true
 	defer func() {
@@ -213,17 +214,15 @@ func (r *runner) runRecords(ctx context.Context, stopGen <-chan struct{}) {
 		case <-stopGen:
 			stopGen, tickC, generating, r.bursting = nil, nil, false, 0
 		case now := <-tickC:
+			if r.flapDue(now) {
+				r.disconnect()
+				r.reconnectLater()
+			}
 			if err := r.generate(now); err != nil {
 				r.f.log.Error("device stopped", "device", r.id, "err", err)
 				return
 			}
-			next = next.Add(interval)
-			if d := time.Until(next); d > 0 {
-				tick.Reset(d)
-			} else { // fell behind (slow machine): skip, do not burst
-				next = time.Now().Add(interval)
-				tick.Reset(interval)
-			}
+			r.scheduleNext(tick, &next, interval, now)
 		case cr := <-r.link.ch:
 			r.link.connecting = false
 			if !r.connected(cr) {
@@ -266,6 +265,21 @@ func (r *runner) runRecords(ctx context.Context, stopGen <-chan struct{}) {
 func (r *runner) reconnectLater() {
 	r.link.retry = time.NewTimer(r.backoff())
 	r.link.retryC = r.link.retry.C
+}
+
+// scheduleNext sets tick for the record after the one made at now:
+// interval after the last one (a burst shortens it), or, when the device
+// fell behind (a slow machine), interval from now: it skips rather than
+// bursts.
+func (r *runner) scheduleNext(tick *time.Timer, next *time.Time, interval time.Duration, now time.Time) {
+	step := r.tickInterval(interval, now)
+	*next = next.Add(step)
+	if d := time.Until(*next); d > 0 {
+		tick.Reset(d)
+		return
+	}
+	*next = time.Now().Add(step)
+	tick.Reset(step)
 }
 
 // connected takes the outcome of a connection attempt: a failure is
@@ -400,8 +414,8 @@ func (r *runner) generate(now time.Time) error {
 		return err
 	}
 	rec := r.dev.NextAt(now)
-	e := &entry{topic: telemetryTopic(r.id)}
-	if r.att != nil && r.att.mode != AttackRateLimited && r.budgetLeft(now) {
+	e := &entry{topic: telemetryTopic(r.id), attack: r.att.active(AttackBurst, now)}
+	if r.att != nil && r.att.crafts() && r.budgetLeft(now) {
 		topic, payload, ok, err := r.att.craft(r.id, r.key, rec, r.olderOK, now)
 		if err != nil {
 			return err

@@ -230,6 +230,11 @@ func (f *fleet) attackReport() *AttackReport {
 		a.Sent = c.attackSent.Load()
 		a.Matched = c.tlsRefused.Load()
 		a.Connected = c.revokedConnected.Load()
+	case AttackBurst, AttackFlap:
+		a.Expected = map[string]string{AttackBurst: "an anomaly event messages_per_minute at the gateway; every message accepted (0x00)",
+			AttackFlap: "an anomaly event reconnects_per_hour at the gateway"}[mode]
+		a.Sent = c.attackSent.Load()
+		a.Note = fmt.Sprintf("after %v of normal behaviour; connects %d", f.cfg.AttackAfter, c.connects.Load())
 	case AttackFlood:
 		a.Expected = "gateway stays up; excess answered rate_limited (0x97) or refused at connect"
 		a.Sent = c.attackSent.Load()

@@ -50,6 +50,7 @@ type Config struct {
 	Embedded   Embedded    `yaml:"embedded"`
 	Audit      AuditConfig `yaml:"audit"`
 	Enroll     Enroll      `yaml:"enroll"`
+	Anomaly    Anomaly     `yaml:"anomaly"`
 
 	// ResetQueue (--reset-queue, never from the file: it is one start's
 	// decision) moves a queue that is refused as corrupt or lost aside and
@@ -63,6 +64,23 @@ type Config struct {
 type Embedded struct {
 	Apps string `yaml:"apps"`
 	WS   string `yaml:"ws"`
+}
+
+// Anomaly configures the behaviour baselines: per device, messages per
+// minute, reconnects per hour and the share of rejected messages, learned
+// over windows; a figure above max(factor × baseline, baseline + deviations
+// × deviation, floor) after the warm-up is reported, never blocked.
+type Anomaly struct {
+	Enabled    bool          `yaml:"enabled"`
+	Window     time.Duration `yaml:"window"`      // one figure per window
+	Warmup     time.Duration `yaml:"warmup"`      // history before a device is judged
+	Factor     float64       `yaml:"factor"`      // times the baseline
+	Deviations float64       `yaml:"deviations"`  // deviations above the baseline
+	MaxDevices int           `yaml:"max_devices"` // devices tracked at once
+	// Floors: the lowest thresholds.
+	MessagesFloor   float64 `yaml:"messages_floor"`   // messages per minute
+	ReconnectsFloor float64 `yaml:"reconnects_floor"` // reconnects per hour
+	RejectedFloor   float64 `yaml:"rejected_floor"`   // share of rejected messages, 0..1
 }
 
 // Enroll configures enrolment over EST on the https address: the lifetime of the operational certificates the
@@ -139,6 +157,8 @@ func Default() Config {
 		Audit: AuditConfig{Interval: time.Minute, SilenceFactor: 3, SilenceMin: 5 * time.Minute,
 			Window: 10 * time.Minute, Takeovers: 10, MaxDevices: 50000},
 		Enroll: Enroll{Validity: 30 * 24 * time.Hour, Rate: 1, Burst: 10}, // pki.OperationalValidity
+		Anomaly: Anomaly{Enabled: true, Window: time.Minute, Warmup: 10 * time.Minute, Factor: 3, Deviations: 6,
+			MaxDevices: 20000, MessagesFloor: 10, ReconnectsFloor: 60, RejectedFloor: 0.1},
 	}
 }
 
@@ -307,6 +327,7 @@ func (c Config) validateGuards(p *problems) {
 		p.bad("quarantine", "violations, window and cooloff must be positive")
 	}
 	c.validateAudit(p)
+	c.validateAnomaly(p)
 }
 
 func (c Config) validateAudit(p *problems) {
@@ -325,6 +346,25 @@ func (c Config) validateAudit(p *problems) {
 	}
 	if a.MaxDevices < 1 {
 		p.bad("audit.max_devices", "must be positive")
+	}
+}
+
+func (c Config) validateAnomaly(p *problems) {
+	a := c.Anomaly
+	if a.Window < time.Second || a.Window > time.Hour {
+		p.bad("anomaly.window", "%v outside 1s..1h", a.Window)
+	}
+	if a.Warmup < a.Window {
+		p.bad("anomaly.warmup", "%v is under one window (%v)", a.Warmup, a.Window)
+	}
+	if a.Factor < 1 || a.Deviations < 0 {
+		p.bad("anomaly", "factor must be at least 1 and deviations not negative")
+	}
+	if a.MaxDevices < 1 {
+		p.bad("anomaly.max_devices", "must be positive")
+	}
+	if a.MessagesFloor <= 0 || a.ReconnectsFloor <= 0 || a.RejectedFloor <= 0 || a.RejectedFloor > 1 {
+		p.bad("anomaly", "messages_floor and reconnects_floor must be positive, rejected_floor within (0, 1]")
 	}
 }
 

@@ -146,3 +146,26 @@ func TestCloudAsString(t *testing.T) {
 		t.Errorf("a map: %v", err)
 	}
 }
+
+func TestAnomalyKeys(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "gw.yaml")
+	os.WriteFile(p, []byte("anomaly: {window: 2s, warmup: 20s, messages_floor: 30}\n"), 0o600)
+	c, err := load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := c.Anomaly
+	if !a.Enabled || a.Window != 2*time.Second || a.Warmup != 20*time.Second || a.MessagesFloor != 30 || a.Factor != 3 || a.ReconnectsFloor != 60 {
+		t.Fatalf("loaded %+v", a)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	c.Anomaly.Window, c.Anomaly.Warmup, c.Anomaly.Factor, c.Anomaly.RejectedFloor, c.Anomaly.MaxDevices = time.Millisecond, 0, 0.5, 2, 0
+	err = c.Validate()
+	for _, key := range []string{"anomaly.window:", "anomaly.warmup:", "factor must be at least 1", "rejected_floor within", "anomaly.max_devices:"} {
+		if err == nil || !strings.Contains(err.Error(), key) {
+			t.Errorf("missing %q in:\n%v", key, err)
+		}
+	}
+}

@@ -13,6 +13,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/vitalgate/vitalgate/gateway/internal/anomaly"
 	"github.com/vitalgate/vitalgate/gateway/internal/audit"
 	"github.com/vitalgate/vitalgate/gateway/internal/certpub"
 	"github.com/vitalgate/vitalgate/gateway/internal/config"
@@ -147,6 +148,7 @@ func (g *Gateway) newIngest() error {
 	g.maxConns = connCap(g.cfg.MaxConnections, g.log)
 	g.metrics = ingest.NewMetrics(g.reg)
 	g.tracker = posture.NewTracker(g.cfg.Audit.MaxDevices, nil)
+	g.newAnomaly()
 	g.hook = ingest.NewHook(g.ingestOptions())
 	// Every rejection is already a security event with its verdict: mochi's
 	// own line for it is dropped.
@@ -163,8 +165,30 @@ func (g *Gateway) newIngest() error {
 	return nil
 }
 
+// newAnomaly builds the behaviour baselines, if enabled: an observer of the
+// ingest hook that reports anomalies as security events ([Gateway.Start]
+// runs its windows).
+func (g *Gateway) newAnomaly() {
+	a := g.cfg.Anomaly
+	if !a.Enabled {
+		return
+	}
+	g.anomaly = anomaly.New(anomaly.Options{
+		Window: a.Window, Warmup: a.Warmup, Factor: a.Factor, Deviations: a.Deviations, MaxDevices: a.MaxDevices,
+		Floors:    anomaly.Floors{MessagesPerMinute: a.MessagesFloor, ReconnectsPerHour: a.ReconnectsFloor, RejectedShare: a.RejectedFloor},
+		GatewayID: g.id, Registerer: g.reg, Log: g.log.With("component", "anomaly"),
+		// One event per episode: never held back by the device's event
+		// budget, which its own rejections may have spent.
+		Emit: func(e audit.Event) { g.event(e, true) },
+	})
+}
+
 func (g *Gateway) ingestOptions() ingest.Options {
 	cfg := g.cfg
+	observers := []ingest.Observer{g.tracker, g.certs}
+	if g.anomaly != nil {
+		observers = append(observers, g.anomaly)
+	}
 	return ingest.Options{
 		Queue: g.queue, Guard: guard.New(guard.Limits{
 			MessagesPerSecond: cfg.Rate.Messages, MessageBurst: cfg.Rate.Burst,
@@ -181,7 +205,7 @@ func (g *Gateway) ingestOptions() ingest.Options {
 		MaxPayload:   cfg.MaxPayload,
 		MaxAge:       cfg.MaxAge,
 		ResendWindow: cfg.MaxInflight,
-		Observers:    []ingest.Observer{g.tracker, g.certs},
+		Observers:    observers,
 		Log:          g.log.With("component", "ingest"),
 	}
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/vitalgate/vitalgate/gateway/internal/anomaly"
 	"github.com/vitalgate/vitalgate/gateway/internal/audit"
 	"github.com/vitalgate/vitalgate/gateway/internal/certpub"
 	"github.com/vitalgate/vitalgate/gateway/internal/config"
@@ -74,6 +75,7 @@ type Gateway struct {
 	hook     *ingest.Hook
 	tracker  *posture.Tracker // devices' connects and traffic, for the posture audit
 	auditor  *posture.Auditor
+	anomaly  *anomaly.Detector // nil when disabled
 	mqtt     *mqtt.Server
 	maxConns int
 	devices  *ingest.Listener
@@ -169,6 +171,9 @@ func (g *Gateway) Start() error {
 		g.auditLoop()
 	}()
 	g.wg.Go(func() { g.certs.Run(g.ctx) })
+	if g.anomaly != nil {
+		g.wg.Go(func() { g.anomaly.Run(g.ctx) })
+	}
 	if g.http != nil {
 		g.wg.Add(1)
 		go func() {
