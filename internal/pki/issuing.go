@@ -1,7 +1,6 @@
 package pki
 
 import (
-	"bytes"
 	"crypto"
 	"crypto/rand"
 	"crypto/x509"
@@ -22,9 +21,6 @@ import (
 // gateway re-signs the list (same entries, next number) when under half of it remains, see
 // [IssuingCA.RefreshCRL].
 const IssuingCRLValidity = 7 * 24 * time.Hour
-
-// maxIssuedSize bounds how much of an issued/ID.pem bundle is read.
-const maxIssuedSize = 1 << 20
 
 // MaxIssuedPerDevice is how many unexpired certificates one device may hold: [IssuingCA.Issue] refuses another
 // (wrapping [ErrTooManyIssued]), so a device re-enrolling in a loop cannot grow its bundle without bound, and
@@ -149,29 +145,11 @@ func ReadIssued(dir, id string) ([]*x509.Certificate, error) {
 
 // readIssued parses the bundle at path; a missing file is an empty bundle.
 func readIssued(path string) ([]*x509.Certificate, error) {
-	data, err := os.ReadFile(path)
+	certs, err := readCerts(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
-	if err != nil {
-		return nil, fileerr.Wrap("read issued certificates", path, err)
-	}
-	if len(data) > maxIssuedSize {
-		return nil, fmt.Errorf("%s: larger than %d bytes", path, maxIssuedSize)
-	}
-	var out []*x509.Certificate
-	for rest := bytes.TrimSpace(data); len(rest) > 0; {
-		var b *pem.Block
-		if b, rest = pem.Decode(rest); b == nil {
-			break
-		}
-		c, err := x509.ParseCertificate(b.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("%s: parse certificate: %w", path, err)
-		}
-		out = append(out, c)
-	}
-	return out, nil
+	return certs, err
 }
 
 // RefreshCRL re-signs issuing-crl.pem (same entries, next CRL number, nextUpdate [IssuingCRLValidity] ahead)

@@ -45,6 +45,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"math/big"
 	"os"
 	"path/filepath"
@@ -182,6 +183,52 @@ func readPEM(path, typ string) ([][]byte, error) {
 	}
 	if len(out) == 0 {
 		return nil, fmt.Errorf("%s: no PEM %s block", path, typ)
+	}
+	return out, nil
+}
+
+// maxCertsFile bounds how much of a file of certificates [LoadCerts] reads (an issued/ID.pem bundle holds at most
+// a few dozen).
+const maxCertsFile = 1 << 20
+
+// LoadCerts reads every certificate of a PEM file of at most 1 MiB (at least one); blocks of other types are
+// skipped.
+func LoadCerts(path string) ([]*x509.Certificate, error) {
+	certs, err := readCerts(path)
+	if err == nil && len(certs) == 0 {
+		return nil, fmt.Errorf("%s: no PEM CERTIFICATE block", path)
+	}
+	return certs, err
+}
+
+// readCerts parses the PEM certificates of the file at path, none included.
+func readCerts(path string) ([]*x509.Certificate, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fileerr.Wrap("read certificates", path, err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxCertsFile+1))
+	if err != nil {
+		return nil, fileerr.Wrap("read certificates", path, err)
+	}
+	if len(data) > maxCertsFile {
+		return nil, fmt.Errorf("%s: larger than %d bytes", path, maxCertsFile)
+	}
+	var out []*x509.Certificate
+	for rest := data; ; {
+		var b *pem.Block
+		if b, rest = pem.Decode(rest); b == nil {
+			break
+		}
+		if b.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("%s: parse certificate: %w", path, err)
+		}
+		out = append(out, c)
 	}
 	return out, nil
 }

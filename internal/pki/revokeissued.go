@@ -1,20 +1,11 @@
 package pki
 
 import (
-	"bytes"
 	"crypto/x509"
-	"encoding/pem"
 	"fmt"
-	"io"
-	"os"
 	"path/filepath"
 	"time"
-
-	"github.com/vitalgate/vitalgate/internal/fileerr"
 )
-
-// maxIssuedBundle bounds how much of an issued/ID.pem bundle [RevokeDevice] reads.
-const maxIssuedBundle = 1 << 20
 
 // revokeIssued adds the certificates of the bundle at path (issued/ID.pem) that the issuing CA signed to
 // issuing-crl.pem, and returns how many the bundle holds. A bundle with none is an error. The caller holds the
@@ -24,7 +15,7 @@ func revokeIssued(dir, id, path string) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("issuing CA: %w", err)
 	}
-	bundle, err := readBundle(path)
+	bundle, err := readCerts(path)
 	if err != nil {
 		return 0, err
 	}
@@ -41,36 +32,4 @@ func revokeIssued(dir, id, path string) (int, error) {
 		return 0, err
 	}
 	return len(certs), nil
-}
-
-// readBundle parses the PEM certificates of the file at path (at most maxIssuedBundle bytes).
-func readBundle(path string) ([]*x509.Certificate, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fileerr.Wrap("read issued certificates", path, err)
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, maxIssuedBundle+1))
-	if err != nil {
-		return nil, fileerr.Wrap("read issued certificates", path, err)
-	}
-	if len(data) > maxIssuedBundle {
-		return nil, fmt.Errorf("%s: larger than %d bytes", path, maxIssuedBundle)
-	}
-	var out []*x509.Certificate
-	for rest := bytes.TrimSpace(data); len(rest) > 0; {
-		var b *pem.Block
-		if b, rest = pem.Decode(rest); b == nil {
-			break
-		}
-		if b.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(b.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("%s: parse certificate: %w", path, err)
-		}
-		out = append(out, c)
-	}
-	return out, nil
 }

@@ -93,7 +93,7 @@ func (c *pkiCheck) cas() {
 		}
 	}
 	for _, name := range names {
-		certs, err := readCerts(filepath.Join(c.dir, name))
+		certs, err := pki.LoadCerts(filepath.Join(c.dir, name))
 		switch {
 		case os.IsNotExist(err):
 			continue // an older PKI, or a file this host does not hold
@@ -131,7 +131,7 @@ func (c *pkiCheck) crls() {
 		}
 		if err == nil {
 			var ca []*x509.Certificate
-			if ca, err = readCerts(filepath.Join(c.dir, f.ca)); err == nil {
+			if ca, err = pki.LoadCerts(filepath.Join(c.dir, f.ca)); err == nil {
 				if err = crl.CheckSignatureFrom(ca[0]); err != nil {
 					err = fmt.Errorf("not signed by %s: %w", f.ca, err)
 				}
@@ -218,7 +218,7 @@ func (c *pkiCheck) deviceCerts() []deviceCert {
 		files, _ := filepath.Glob(filepath.Join(c.dir, pat))
 		for _, f := range files {
 			rel, _ := filepath.Rel(c.dir, f)
-			certs, err := readCerts(f)
+			certs, err := pki.LoadCerts(f)
 			if err != nil {
 				c.add(CheckKeyPolicy, Medium, rel, "cannot be read: %v", err)
 				continue
@@ -278,33 +278,6 @@ func readFile(path string) ([]byte, error) {
 		return nil, fmt.Errorf("%s: larger than %d bytes", path, maxFileSize)
 	}
 	return b, nil
-}
-
-// readCerts parses every certificate of a PEM file (at least one).
-func readCerts(path string) ([]*x509.Certificate, error) {
-	b, err := readFile(path)
-	if err != nil {
-		return nil, err
-	}
-	var out []*x509.Certificate
-	for rest := b; ; {
-		var blk *pem.Block
-		if blk, rest = pem.Decode(rest); blk == nil {
-			break
-		}
-		if blk.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(blk.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("%s: parse certificate: %w", path, err)
-		}
-		out = append(out, c)
-	}
-	if len(out) == 0 {
-		return nil, fmt.Errorf("%s: no PEM CERTIFICATE block", path)
-	}
-	return out, nil
 }
 
 // readCRL parses a PEM (or DER) CRL file.

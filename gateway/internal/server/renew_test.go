@@ -40,7 +40,7 @@ func (e *env) enrolFleet(prefix string, devices int, rate float64, d time.Durati
 	c.Rate = rate
 	c.Duration = d
 	c.Drain = 90 * time.Second // an upper bound: a device stops once its backlog is acknowledged; a loaded machine needs long
-	c.MQTT = fleet.MQTTMix // both MQTT clients switch certificates
+	c.MQTT = fleet.MQTTMix     // both MQTT clients switch certificates
 	c.QoS = 1
 	c.State = "-"
 	c.Progress = 10 * time.Second
