@@ -282,7 +282,7 @@ func TestDeviceRefusesUpdates(t *testing.T) {
 		url                string
 	}{
 		{"forged", "rejected", "forged", func() []byte {
-			b, err := update.Sign(other.(crypto.Signer), &update.Manifest{V: 1, Vendor: "x", Model: ModelOf("spo2"), Version: "9.0.0",
+			b, err := update.Sign(other, &update.Manifest{V: 1, Vendor: "x", Model: ModelOf("spo2"), Version: "9.0.0",
 				Seq: 9, Digest: sum[:], Size: uint64(len(img)), NotAfter: time.Now().Add(time.Hour).UnixMilli()})
 			if err != nil {
 				t.Fatal(err)
