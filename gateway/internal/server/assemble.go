@@ -234,6 +234,7 @@ func (g *Gateway) ingestOptions() ingest.Options {
 		MaxAge:       cfg.MaxAge,
 		ResendWindow: cfg.MaxInflight,
 		Observers:    observers,
+		Status:       g.status,
 		Log:          g.log.With("component", "ingest"),
 	}
 }
