@@ -31,6 +31,10 @@ const MaxIssuedPerDevice = 32
 // unexpired certificates.
 var ErrTooManyIssued = errors.New("too many unexpired certificates")
 
+// ErrRevoked is returned (wrapped) by [IssuingCA.Reissue] when the certificate a device renews with is on
+// issuing-crl.pem or crl.pem as the directory holds them.
+var ErrRevoked = errors.New("certificate revoked")
+
 // IssuingCA is the gateway's online issuing CA (issuing-ca.crt and .key of a PKI directory). It signs the
 // operational certificates of enrolled devices, records them under [IssuedDir], and keeps its revocation list
 // fresh. The pair is re-read when either file changes (a renewal by certs replaces it); a pair that fails to
@@ -83,6 +87,19 @@ func (ca *IssuingCA) Cert() *x509.Certificate {
 // (0: [OperationalValidity]) and never beyond the issuing CA, and records it first in issued/ID.pem, dropping
 // the expired certificates of the bundle. The record is written under [LockDir], atomically.
 func (ca *IssuingCA) Issue(id string, pub crypto.PublicKey, validity time.Duration) (*x509.Certificate, error) {
+	return ca.issue(id, pub, validity, nil)
+}
+
+// Reissue is [IssuingCA.Issue] for a renewal authenticated with prev (CN = the device ID). Under the directory's
+// lock, which [RevokeDevice] holds too, it refuses (wrapping [ErrRevoked]) when prev is on issuing-crl.pem or
+// crl.pem as written on disk: a renewal racing a revocation that the gateway has not reloaded yet is either
+// refused, or records its certificate in the bundle before the revocation reads it.
+func (ca *IssuingCA) Reissue(prev *x509.Certificate, pub crypto.PublicKey, validity time.Duration) (*x509.Certificate, error) {
+	return ca.issue(prev.Subject.CommonName, pub, validity, prev)
+}
+
+// issue is Issue, checking prev (when not nil) against the revocation lists on disk under the lock.
+func (ca *IssuingCA) issue(id string, pub crypto.PublicKey, validity time.Duration, prev *x509.Certificate) (*x509.Certificate, error) {
 	if !ValidDeviceID(id) {
 		return nil, fmt.Errorf("invalid device ID %q (want "+idSyntax+")", id)
 	}
@@ -101,17 +118,51 @@ func (ca *IssuingCA) Issue(id string, pub crypto.PublicKey, validity time.Durati
 	if err != nil {
 		return nil, err
 	}
-	if err := recordIssued(ca.dir, id, der, now); err != nil {
+	var check func() error
+	if prev != nil {
+		check = func() error { return revokedOnDisk(ca.dir, is.cert, prev) }
+	}
+	if err := recordIssued(ca.dir, id, der, now, check); err != nil {
 		return nil, err
 	}
 	return cert, nil
 }
 
+// revokedOnDisk returns an error wrapping [ErrRevoked] when c is on issuing-crl.pem (signed by issuing) or on
+// crl.pem (signed by the device CA) of dir; a list that is missing revokes nothing, one that does not load is
+// an error.
+func revokedOnDisk(dir string, issuing, c *x509.Certificate) error {
+	devCA, err := LoadCert(filepath.Join(dir, FileDeviceCA))
+	if err != nil {
+		return fmt.Errorf("device CA: %w", err)
+	}
+	for _, l := range []struct {
+		file   string
+		issuer *x509.Certificate
+	}{{FileIssuingCRL, issuing}, {FileCRL, devCA}} {
+		path := filepath.Join(dir, l.file)
+		crl, _, err := readCRL(path, l.issuer)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		for _, e := range crl.RevokedCertificateEntries {
+			if e.SerialNumber.Cmp(c.SerialNumber) == 0 {
+				return fmt.Errorf("serial %x is on %s: %w", c.SerialNumber, path, ErrRevoked)
+			}
+		}
+	}
+	return nil
+}
+
 // IssuedPath returns the path of the bundle of certificates the issuing CA signed for device id.
 func IssuedPath(dir, id string) string { return filepath.Join(dir, IssuedDir, id+".pem") }
 
-// recordIssued puts der first in issued/ID.pem and drops the bundle's certificates expired at now.
-func recordIssued(dir, id string, der []byte, now time.Time) error {
+// recordIssued puts der first in issued/ID.pem and drops the bundle's certificates expired at now. check, when
+// not nil, runs first under the lock, and its error leaves the bundle unchanged.
+func recordIssued(dir, id string, der []byte, now time.Time, check func() error) error {
 	if err := os.MkdirAll(filepath.Join(dir, IssuedDir), 0o755); err != nil {
 		return fileerr.Wrap("create issued directory", filepath.Join(dir, IssuedDir), err)
 	}
@@ -120,6 +171,11 @@ func recordIssued(dir, id string, der []byte, now time.Time) error {
 		return err
 	}
 	defer release()
+	if check != nil {
+		if err := check(); err != nil {
+			return err
+		}
+	}
 	path := IssuedPath(dir, id)
 	old, err := readIssued(path)
 	if err != nil {

@@ -38,7 +38,8 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request) error {
 	if err := s.bindings.bind(identityKey(leaf, serial), id); err != nil {
 		return about(err, id, "factory identity "+serial+": ")
 	}
-	return s.issue(w, r, id, csr, "enrolled", "factory_serial", serial)
+	cert, err := s.o.CA.Issue(id, csr.PublicKey, s.o.Validity)
+	return s.answer(w, r, id, cert, err, "enrolled", "factory_serial", serial)
 }
 
 // reenroll is simplereenroll: a device's current operational certificate gets a new one for the same ID.
@@ -58,7 +59,11 @@ func (s *Server) reenroll(w http.ResponseWriter, r *http.Request) error {
 	if csr.Subject.CommonName != id {
 		return deny(id, "device %s: CSR subject CN %q differs from the current certificate's", id, csr.Subject.CommonName)
 	}
-	return s.issue(w, r, id, csr, "re-enrolled", "previous_serial", fmt.Sprintf("%x", leaf.SerialNumber))
+	cert, err := s.o.CA.Reissue(leaf, csr.PublicKey, s.o.Validity)
+	if errors.Is(err, pki.ErrRevoked) {
+		return deny(id, "device %s: certificate %v", id, err)
+	}
+	return s.answer(w, r, id, cert, err, "re-enrolled", "previous_serial", fmt.Sprintf("%x", leaf.SerialNumber))
 }
 
 // about names the device and the identity in a refusal: its device ID dev and a prefix of its detail.
@@ -70,9 +75,8 @@ func about(err error, dev, prefix string) error {
 	return err
 }
 
-// issue signs and answers the operational certificate for id and csr's key, and logs it.
-func (s *Server) issue(w http.ResponseWriter, r *http.Request, id string, csr *x509.CertificateRequest, what, k, v string) error {
-	cert, err := s.o.CA.Issue(id, csr.PublicKey, s.o.Validity)
+// answer answers the operational certificate the issuing CA signed for id (or its error err), and logs it.
+func (s *Server) answer(w http.ResponseWriter, r *http.Request, id string, cert *x509.Certificate, err error, what, k, v string) error {
 	if errors.Is(err, pki.ErrTooManyIssued) {
 		return deny(id, "%v", err)
 	}
