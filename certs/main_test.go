@@ -154,7 +154,7 @@ func TestCLI(t *testing.T) {
 		t.Error("pump-1 not on the CRL after certs revoke")
 	}
 	allow, err := pki.ReadAllowList(filepath.Join(dir, pki.FileEnroll))
-	if err != nil || len(allow) != 4 || allow[3] != (pki.AllowEntry{Serial: "GLOBEX-00000004", ID: "fx-00004"}) {
+	if err != nil || len(allow) != 4 || allow[3] != (pki.AllowEntry{Serial: "GLOBEX-00000004", ID: "fx-00004", Manufacturer: "globex"}) {
 		t.Errorf("allow-list after certs factory: %v, %v", allow, err)
 	}
 	if c := mustLoad(t, filepath.Join(dir, "factory", "fx-00004.crt")); c.PublicKeyAlgorithm != x509.Ed25519 {

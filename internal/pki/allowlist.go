@@ -24,6 +24,9 @@ const allowListHeader = "# the enrolment allow-list: which factory identity may 
 type AllowEntry struct {
 	Serial string `yaml:"serial"`
 	ID     string `yaml:"id"`
+	// Manufacturer, when given, names the only issuer (manufacturers/NAME.crt) whose factory identity with this
+	// serial may enrol: without it, any accepted manufacturer's identity with the serial would.
+	Manufacturer string `yaml:"manufacturer,omitempty"`
 }
 
 // ReadAllowList reads the allow-list at path: a YAML list of maps {serial: "...", id: "..."}. It is strict: an
@@ -116,8 +119,10 @@ func allowEntry(n *yaml.Node) (AllowEntry, error) {
 			dst = &e.Serial
 		case "id":
 			dst = &e.ID
+		case "manufacturer":
+			dst = &e.Manufacturer
 		default:
-			return e, fmt.Errorf("unknown key %q (want serial and id)", k.Value)
+			return e, fmt.Errorf("unknown key %q (want serial, id and manufacturer)", k.Value)
 		}
 		if *dst != "" {
 			return e, fmt.Errorf("key %q given twice", k.Value)
@@ -136,6 +141,8 @@ func allowEntry(n *yaml.Node) (AllowEntry, error) {
 		return e, fmt.Errorf("serial of %d characters (at most 256)", len(e.Serial))
 	case !ValidDeviceID(e.ID):
 		return e, fmt.Errorf("serial %q: invalid device ID %q (want "+idSyntax+")", e.Serial, e.ID)
+	case e.Manufacturer != "" && !ValidDeviceID(e.Manufacturer):
+		return e, fmt.Errorf("serial %q: invalid manufacturer %q", e.Serial, e.Manufacturer)
 	}
 	return e, nil
 }
@@ -181,6 +188,12 @@ func appendAllowList(dir string, entries []AllowEntry) error {
 				{Kind: yaml.ScalarNode, Tag: "!!str", Value: "id"},
 				{Kind: yaml.ScalarNode, Tag: "!!str", Value: e.ID, Style: yaml.DoubleQuotedStyle},
 			}})
+		if e.Manufacturer != "" {
+			m := seq.Content[len(seq.Content)-1]
+			m.Content = append(m.Content,
+				&yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: "manufacturer"},
+				&yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: e.Manufacturer, Style: yaml.DoubleQuotedStyle})
+		}
 	}
 	var buf bytes.Buffer
 	enc := yaml.NewEncoder(&buf)

@@ -221,7 +221,7 @@ func factoryPlan(dir, name string, ca *issuer, ids []string) (entries []AllowEnt
 	}
 	entries = make([]AllowEntry, len(ids))
 	for i, id := range ids {
-		entries[i].ID = id
+		entries[i].ID, entries[i].Manufacturer = id, name
 		certFile, keyFile := FactoryPaths(dir, id)
 		if nonEmpty(certFile) && nonEmpty(keyFile) {
 			c, err := LoadCert(certFile)

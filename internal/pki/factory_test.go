@@ -19,15 +19,15 @@ func TestAllowListRoundTrip(t *testing.T) {
 	if l, err := ReadAllowList(path); err != nil || len(l) != 0 {
 		t.Fatalf("fresh allow-list = %v, %v", l, err)
 	}
-	first := []AllowEntry{{"ACME-00000001", "pump-1"}, {"0a1b2c", "pump-2"}, {"12345", "pump.3"}}
+	first := []AllowEntry{{"ACME-00000001", "pump-1", ""}, {"0a1b2c", "pump-2", ""}, {"12345", "pump.3", ""}}
 	if err := AppendAllowList(dir, first); err != nil {
 		t.Fatal(err)
 	}
-	more := append(first[1:2:2], AllowEntry{"ACME-00000004", "pump-4"}) // one listed already, one new
+	more := append(first[1:2:2], AllowEntry{"ACME-00000004", "pump-4", ""}) // one listed already, one new
 	if err := AppendAllowList(dir, more); err != nil {
 		t.Fatal(err)
 	}
-	want := append(first, AllowEntry{"ACME-00000004", "pump-4"})
+	want := append(first, AllowEntry{"ACME-00000004", "pump-4", ""})
 	got, err := ReadAllowList(path)
 	if err != nil || !reflect.DeepEqual(got, want) {
 		t.Fatalf("ReadAllowList = %v, %v; want %v", got, err, want)
@@ -40,11 +40,11 @@ func TestAllowListRoundTrip(t *testing.T) {
 		t.Errorf("entry not one a line, quoted:\n%s", data)
 	}
 	for name, bad := range map[string][]AllowEntry{
-		"serial listed as another ID":   {{"ACME-00000001", "pump-9"}},
-		"ID listed with another serial": {{"ACME-00000009", "pump-1"}},
-		"conflict within the call":      {{"X1", "new-1"}, {"X1", "new-2"}},
-		"invalid ID":                    {{"X2", "a/b"}},
-		"empty serial":                  {{"", "new-3"}},
+		"serial listed as another ID":   {{"ACME-00000001", "pump-9", ""}},
+		"ID listed with another serial": {{"ACME-00000009", "pump-1", ""}},
+		"conflict within the call":      {{"X1", "new-1", ""}, {"X1", "new-2", ""}},
+		"invalid ID":                    {{"X2", "a/b", ""}},
+		"empty serial":                  {{"", "new-3", ""}},
 	} {
 		if err := AppendAllowList(dir, bad); err == nil {
 			t.Errorf("%s: appended", name)
@@ -136,7 +136,7 @@ func TestIssueFactory(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []AllowEntry{{"ACME-00000001", "dev-00001"}, {"ACME-00000002", "dev-00002"}, {"ACME-00000003", "dev-00003"}}
+	want := []AllowEntry{{"ACME-00000001", "dev-00001", "acme"}, {"ACME-00000002", "dev-00002", "acme"}, {"ACME-00000003", "dev-00003", "acme"}}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("entries %v, want %v", got, want)
 	}
@@ -192,7 +192,7 @@ func TestIssueFactory(t *testing.T) {
 		t.Error("a second run replaced an identity or the manufacturer")
 	}
 	grown, err := IssueFactory(dir, FactoryOptions{Count: 4})
-	if err != nil || grown[3] != (AllowEntry{"ACME-00000004", "dev-00004"}) {
+	if err != nil || grown[3] != (AllowEntry{"ACME-00000004", "dev-00004", "acme"}) {
 		t.Fatalf("grown fleet %v, %v", grown, err)
 	}
 	// An identity whose allow-list entry was lost (an interrupted run) is listed again by the next run.
@@ -200,7 +200,7 @@ func TestIssueFactory(t *testing.T) {
 		t.Fatal(err)
 	}
 	other, err := IssueFactory(dir, FactoryOptions{Count: 2, Prefix: "pump", Start: 7, Key: Ed25519})
-	if err != nil || !reflect.DeepEqual(other, []AllowEntry{{"ACME-00000005", "pump-00007"}, {"ACME-00000006", "pump-00008"}}) {
+	if err != nil || !reflect.DeepEqual(other, []AllowEntry{{"ACME-00000005", "pump-00007", "acme"}, {"ACME-00000006", "pump-00008", "acme"}}) {
 		t.Fatalf("second fleet %v, %v", other, err)
 	}
 	if c := mustCert(t, filepath.Join(dir, FactoryDir, "pump-00007.crt")); c.PublicKeyAlgorithm != x509.Ed25519 {
@@ -215,7 +215,7 @@ func TestIssueFactory(t *testing.T) {
 
 	// A second manufacturer numbers its own serials.
 	globex, err := IssueFactory(dir, FactoryOptions{Manufacturer: "globex", Count: 1, Prefix: "gx"})
-	if err != nil || globex[0] != (AllowEntry{"GLOBEX-00000001", "gx-00001"}) {
+	if err != nil || globex[0] != (AllowEntry{"GLOBEX-00000001", "gx-00001", "globex"}) {
 		t.Fatalf("globex %v, %v", globex, err)
 	}
 	for name, o := range map[string]FactoryOptions{

@@ -27,8 +27,9 @@ type trust struct {
 
 	mu         sync.Mutex
 	makers     *x509.CertPool
+	byName     map[string]*x509.Certificate // manufacturers/NAME.crt by NAME
 	makerStamp string
-	allow      map[string]string // serial (subject serialNumber, or lowercase hex) -> device ID
+	allow      map[string]pki.AllowEntry // serial (subject serialNumber, or lowercase hex) -> its entry
 	allowStamp string
 }
 
@@ -51,18 +52,14 @@ func (t *trust) reload(first bool) error {
 	defer t.mu.Unlock()
 	mdir := filepath.Join(t.dir, pki.ManufacturersDir)
 	if st, files := dirStamp(mdir); first || st != t.makerStamp {
-		pool := x509.NewCertPool()
-		var err error
-		if len(files) > 0 {
-			pool, err = pki.LoadPool(files...)
-		}
+		pool, byName, err := loadMakers(files)
 		if err != nil && first {
 			return fmt.Errorf("manufacturers: %w", err)
 		}
 		if err != nil {
 			t.log.Error("reload manufacturers (keeping the previous ones)", "error", err)
 		} else {
-			t.makers, t.makerStamp = pool, st
+			t.makers, t.byName, t.makerStamp = pool, byName, st
 		}
 	}
 	path := filepath.Join(t.dir, pki.FileEnroll)
@@ -75,13 +72,27 @@ func (t *trust) reload(first bool) error {
 			t.log.Error("reload enrolment allow-list (keeping the previous one)", "error", err)
 			return nil
 		}
-		allow := make(map[string]string, len(entries))
+		allow := make(map[string]pki.AllowEntry, len(entries))
 		for _, e := range entries {
-			allow[e.Serial] = e.ID
+			allow[e.Serial] = e
 		}
 		t.allow, t.allowStamp = allow, st
 	}
 	return nil
+}
+
+// loadMakers loads the manufacturer certificates files (manufacturers/NAME.crt): as a pool, and by NAME.
+func loadMakers(files []string) (*x509.CertPool, map[string]*x509.Certificate, error) {
+	pool, byName := x509.NewCertPool(), make(map[string]*x509.Certificate, len(files))
+	for _, f := range files {
+		c, err := pki.LoadCert(f)
+		if err != nil {
+			return nil, nil, err
+		}
+		pool.AddCert(c)
+		byName[strings.TrimSuffix(filepath.Base(f), ".crt")] = c
+	}
+	return pool, byName, nil
 }
 
 // fileStamp identifies the version of a file by its modification time and size; "" when it has none.
@@ -210,9 +221,16 @@ func (t *trust) allowed(leaf *x509.Certificate) (serial, id string, err error) {
 	defer t.mu.Unlock()
 	hexSerial := fmt.Sprintf("%x", leaf.SerialNumber)
 	for _, s := range []string{leaf.Subject.SerialNumber, hexSerial} {
-		if id, ok := t.allow[s]; ok && s != "" {
-			return s, id, nil
+		e, ok := t.allow[s]
+		if !ok || s == "" {
+			continue
 		}
+		if e.Manufacturer != "" {
+			if ca := t.byName[e.Manufacturer]; ca == nil || leaf.CheckSignatureFrom(ca) != nil {
+				return "", "", deny("", "factory identity %s is allow-listed as made by %q, but issued by %q", s, e.Manufacturer, leaf.Issuer.CommonName)
+			}
+		}
+		return s, e.ID, nil
 	}
 	serial = leaf.Subject.SerialNumber
 	if serial == "" {
