@@ -69,6 +69,9 @@ type Broker struct {
 	ws            *wsListener
 	httpLn        net.Listener
 	httpSrv       *http.Server
+	repo          *repoServer // nil without Config.Updates
+	updatesLn     net.Listener
+	updatesSrv    *http.Server
 
 	started   atomic.Bool
 	ready     atomic.Bool
@@ -153,6 +156,9 @@ func (b *Broker) start() error {
 		if b.httpLn != nil {
 			_ = b.httpLn.Close()
 		}
+		if b.updatesLn != nil {
+			_ = b.updatesLn.Close()
+		}
 		return err
 	}
 	if err := b.srv.AddHook(b.hook, nil); err != nil {
@@ -171,11 +177,12 @@ func (b *Broker) start() error {
 	if b.httpLn != nil {
 		b.serveHTTP()
 	}
+	b.serveUpdates()
 	b.goroutine(b.sweepLoop)
 	b.goroutine(b.revocationLoop)
 	b.ready.Store(true)
 	b.log.Info("cloud broker started", "gateways", b.GatewayAddr(), "apps", b.AppsAddr(), "ws", b.WSAddr(),
-		"http", b.HTTPAddr(), "data", b.cfg.Data)
+		"http", b.HTTPAddr(), "updates", b.UpdatesAddr(), "data", b.cfg.Data)
 	return nil
 }
 
@@ -254,7 +261,7 @@ func (b *Broker) bind() error {
 		}
 		b.httpLn = ln
 	}
-	return nil
+	return b.bindUpdates()
 }
 
 // serveHTTP serves /metrics, /healthz and /readyz on the bound HTTP
@@ -362,10 +369,15 @@ func (b *Broker) Close() error {
 				b.log.Error("shutdown timed out", "error", b.closeErr, "clients", b.srv.Clients.Len())
 			}
 		}
-		if b.httpSrv != nil {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			_ = b.httpSrv.Shutdown(ctx)
-			cancel()
+		for _, s := range []*http.Server{b.httpSrv, b.updatesSrv} {
+			if s != nil {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				_ = s.Shutdown(ctx)
+				cancel()
+			}
+		}
+		if b.repo != nil {
+			_ = b.repo.root.Close()
 		}
 		b.wg.Wait()
 		b.log.Info("cloud broker stopped")

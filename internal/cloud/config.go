@@ -28,6 +28,12 @@ type Config struct {
 	Data string `yaml:"data"`
 	// HTTP serves /metrics, /healthz and /readyz. Empty: off.
 	HTTP string `yaml:"http"`
+	// Updates serves the update repository Repo over HTTPS to gateways
+	// (mutual TLS, gateway-ca.crt, like Listen). Empty: off.
+	Updates string `yaml:"updates"`
+	// Repo is the update repository directory (metadata/, targets/) that
+	// `certs update-init` and `certs firmware` write.
+	Repo string `yaml:"repo"`
 
 	// MaxPacket is the largest MQTT packet accepted, in bytes (above the
 	// 64 KiB payload limit plus headers).
@@ -122,6 +128,10 @@ func (c Config) Validate() error {
 	checkAddr("apps", c.Apps, false)
 	checkAddr("ws", c.WS, false)
 	checkAddr("http", c.HTTP, false)
+	checkAddr("updates", c.Updates, false)
+	if c.Updates != "" && c.Repo == "" {
+		bad("repo", "required with updates")
+	}
 	if c.MaxPacket < 4<<10 || c.MaxPacket > 16<<20 {
 		bad("max_packet", "%d outside 4096..16777216", c.MaxPacket)
 	}

@@ -51,6 +51,7 @@ type Config struct {
 	Audit      AuditConfig `yaml:"audit"`
 	Enroll     Enroll      `yaml:"enroll"`
 	Anomaly    Anomaly     `yaml:"anomaly"`
+	Updates    Updates     `yaml:"updates"`
 
 	// ResetQueue (--reset-queue, never from the file: it is one start's
 	// decision) moves a queue that is refused as corrupt or lost aside and
@@ -81,6 +82,16 @@ type Anomaly struct {
 	MessagesFloor   float64 `yaml:"messages_floor"`   // messages per minute
 	ReconnectsFloor float64 `yaml:"reconnects_floor"` // reconnects per hour
 	RejectedFloor   float64 `yaml:"rejected_floor"`   // share of rejected messages, 0..1
+}
+
+// Updates configures the firmware updates: the update repository the gateway
+// fetches from as a TUF client (trusting tuf-root.json and update-signing.pub
+// of the PKI directory), its cache under the data directory, and how often
+// it refreshes the repository's metadata.
+type Updates struct {
+	URL        string        `yaml:"url"`         // base URL: metadata under URL/metadata/, targets under URL/targets/; "": updates off
+	CacheBytes int64         `yaml:"cache_bytes"` // images kept in data/firmware at most (least recently used evicted)
+	Refresh    time.Duration `yaml:"refresh"`     // between two refreshes of the TUF metadata
 }
 
 // Enroll configures enrolment over EST on the https address: the lifetime of the operational certificates the
@@ -156,7 +167,8 @@ func Default() Config {
 		Embedded:         Embedded{Apps: "127.0.0.1:8884"},
 		Audit: AuditConfig{Interval: time.Minute, SilenceFactor: 3, SilenceMin: 5 * time.Minute,
 			Window: 10 * time.Minute, Takeovers: 10, MaxDevices: 50000},
-		Enroll: Enroll{Validity: 30 * 24 * time.Hour, Rate: 1, Burst: 10}, // pki.OperationalValidity
+		Enroll:  Enroll{Validity: 30 * 24 * time.Hour, Rate: 1, Burst: 10}, // pki.OperationalValidity
+		Updates: Updates{CacheBytes: 1 << 30, Refresh: 5 * time.Minute},
 		Anomaly: Anomaly{Enabled: true, Window: time.Minute, Warmup: 10 * time.Minute, Factor: 3, Deviations: 6,
 			MaxDevices: 20000, MessagesFloor: 10, ReconnectsFloor: 60, RejectedFloor: 0.1},
 	}
@@ -203,7 +215,25 @@ func (c Config) Validate() error {
 	c.validateAddresses(&p)
 	c.validateLimits(&p)
 	c.validateGuards(&p)
+	c.validateUpdates(&p)
 	return errors.Join(p...)
+}
+
+// validateUpdates checks updates.*: an https URL (the repository is fetched with the gateway's client
+// certificate), a cache of at least 1 MiB, a refresh between a second and a day.
+func (c Config) validateUpdates(p *problems) {
+	u := c.Updates
+	if u.URL != "" {
+		if pu, err := url.Parse(u.URL); err != nil || pu.Scheme != "https" || pu.Host == "" {
+			p.bad("updates.url", "%q is not an https://host[:port][/path] URL", u.URL)
+		}
+	}
+	if u.CacheBytes < 1<<20 {
+		p.bad("updates.cache_bytes", "%d is under 1 MiB", u.CacheBytes)
+	}
+	if u.Refresh < time.Second || u.Refresh > 24*time.Hour {
+		p.bad("updates.refresh", "%v outside 1s..24h", u.Refresh)
+	}
 }
 
 // problems collects what Validate finds, each naming its key.

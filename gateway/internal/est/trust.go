@@ -225,3 +225,18 @@ func (t *trust) allowed(leaf *x509.Certificate) (serial, id string, err error) {
 func identityKey(leaf *x509.Certificate, serial string) string {
 	return leaf.Issuer.CommonName + "/" + serial
 }
+
+// Device authenticates a device on another route of the HTTPS listener: its client certificate must be an
+// operational certificate (through the device CA, valid now, for client authentication) that is not revoked. It
+// returns the device ID (the certificate's CN), or a refusal naming why.
+func (s *Server) Device(cs *tls.ConnectionState) (string, error) {
+	leaf, err := s.trust.operational(cs, time.Now())
+	if err != nil {
+		return "", err
+	}
+	id := leaf.Subject.CommonName
+	if s.o.Revoked != nil && s.o.Revoked(leaf) {
+		return "", deny(id, "device %s: certificate serial %x is revoked", id, leaf.SerialNumber)
+	}
+	return id, nil
+}
