@@ -384,7 +384,7 @@ func header(res *Result, st *fleetState, attackers int, terminal, final bool) []
 }
 
 // connectApp connects a clinician app to the cloud broker's apps listener
-// with a JWT for site, and feeds what it receives into v: telemetry through
+// with a JWT for site, and feeds what it receives into v: rollouts, telemetry through
 // a cloud.Watcher that trusts ca.crt alone (decode, drop duplicates, check
 // the device signature end to end with the chain the gateway published on
 // certs/{site}/{device}), security events by verdict.
@@ -417,10 +417,15 @@ func connectApp(pkiDir, addr, site string, v *view.View) (mqtt3.Client, error) {
 		c.Disconnect(0)
 		return nil, fmt.Errorf("clinician app: subscribe: %v", chains.Error())
 	}
-	sub := c.SubscribeMultiple(map[string]byte{"telemetry/" + site + "/#": 1, "security/" + site + "/#": 1},
+	filters := map[string]byte{"telemetry/" + site + "/#": 1, "security/" + site + "/#": 1, "jobs/" + site + "/#": 1}
+	sub := c.SubscribeMultiple(filters,
 		func(_ mqtt3.Client, m mqtt3.Message) {
 			if strings.HasPrefix(m.Topic(), "security/") {
 				_ = v.SecurityEvent(m.Payload()) // a malformed event is not counted
+				return
+			}
+			if strings.HasPrefix(m.Topic(), "jobs/") {
+				_ = v.Job(m.Topic(), m.Payload()) // what does not parse changes nothing
 				return
 			}
 			s, err := w.Handle(m.Topic(), m.Payload())
