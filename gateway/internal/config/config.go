@@ -15,6 +15,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/vitalgate/vitalgate/gateway/internal/inventory"
 	"github.com/vitalgate/vitalgate/internal/envelope"
 )
 
@@ -51,6 +52,11 @@ type Config struct {
 	Audit      AuditConfig `yaml:"audit"`
 	Enroll     Enroll      `yaml:"enroll"`
 	Anomaly    Anomaly     `yaml:"anomaly"`
+	Inventory  Inventory   `yaml:"inventory"`
+	// MinFirmware is the minimum firmware (a semantic version) per device
+	// model: a device below it is a finding and an event, and its cloud
+	// messages are marked fw_below_min.
+	MinFirmware map[string]string `yaml:"min_firmware"`
 
 	// ResetQueue (--reset-queue, never from the file: it is one start's
 	// decision) moves a queue that is refused as corrupt or lost aside and
@@ -81,6 +87,11 @@ type Anomaly struct {
 	MessagesFloor   float64 `yaml:"messages_floor"`   // messages per minute
 	ReconnectsFloor float64 `yaml:"reconnects_floor"` // reconnects per hour
 	RejectedFloor   float64 `yaml:"rejected_floor"`   // share of rejected messages, 0..1
+}
+
+// Inventory bounds the device inventory.
+type Inventory struct {
+	MaxDevices int `yaml:"max_devices"` // devices kept at most
 }
 
 // Enroll configures enrolment over EST on the https address: the lifetime of the operational certificates the
@@ -159,6 +170,7 @@ func Default() Config {
 		Enroll: Enroll{Validity: 30 * 24 * time.Hour, Rate: 1, Burst: 10}, // pki.OperationalValidity
 		Anomaly: Anomaly{Enabled: true, Window: time.Minute, Warmup: 10 * time.Minute, Factor: 3, Deviations: 6,
 			MaxDevices: 20000, MessagesFloor: 10, ReconnectsFloor: 60, RejectedFloor: 0.1},
+		Inventory: Inventory{MaxDevices: 50000}, // inventory.DefaultMaxDevices
 	}
 }
 
@@ -328,6 +340,12 @@ func (c Config) validateGuards(p *problems) {
 	}
 	c.validateAudit(p)
 	c.validateAnomaly(p)
+	if c.Inventory.MaxDevices < 1 {
+		p.bad("inventory.max_devices", "must be positive")
+	}
+	if err := inventory.CheckMinimums(c.MinFirmware); err != nil {
+		p.bad("min_firmware", "%v", err)
+	}
 }
 
 func (c Config) validateAudit(p *problems) {
