@@ -185,7 +185,7 @@ func (g *Gateway) newAnomaly() {
 
 func (g *Gateway) ingestOptions() ingest.Options {
 	cfg := g.cfg
-	observers := []ingest.Observer{g.tracker, g.certs}
+	observers := []ingest.Observer{g.tracker, g.certs, g.inventory}
 	if g.anomaly != nil {
 		observers = append(observers, g.anomaly)
 	}
@@ -206,6 +206,7 @@ func (g *Gateway) ingestOptions() ingest.Options {
 		MaxAge:       cfg.MaxAge,
 		ResendWindow: cfg.MaxInflight,
 		Observers:    observers,
+		BelowMin:     g.inventory.BelowMin,
 		Log:          g.log.With("component", "ingest"),
 	}
 }
@@ -215,7 +216,7 @@ func (g *Gateway) ingestOptions() ingest.Options {
 func (g *Gateway) newAuditor() error {
 	a := g.cfg.Audit
 	g.auditor = posture.NewAuditor(posture.Options{
-		PKI: g.cfg.PKI, Tracker: g.tracker, Connections: g.hook.Connections, GatewayID: g.id, Registerer: g.reg,
+		PKI: g.cfg.PKI, Tracker: g.tracker, Connections: g.hook.Connections, Firmware: g.inventory.FirmwareCheck, GatewayID: g.id, Registerer: g.reg,
 		Policy: posture.Policy{SilenceFactor: a.SilenceFactor, SilenceMin: a.SilenceMin, Window: a.Window, Takeovers: a.Takeovers},
 		Event:  func(e audit.Event) { g.event(e, false) },
 	})

@@ -28,6 +28,7 @@ import (
 	"github.com/vitalgate/vitalgate/gateway/internal/certpub"
 	"github.com/vitalgate/vitalgate/gateway/internal/config"
 	"github.com/vitalgate/vitalgate/gateway/internal/ingest"
+	"github.com/vitalgate/vitalgate/gateway/internal/inventory"
 	"github.com/vitalgate/vitalgate/gateway/internal/posture"
 	"github.com/vitalgate/vitalgate/gateway/internal/relay"
 	"github.com/vitalgate/vitalgate/gateway/internal/spool"
@@ -64,26 +65,27 @@ type Gateway struct {
 	site  string
 	id    string
 
-	rev      *pki.Revocations
-	schemas  atomic.Pointer[telemetry.Schemas]
-	queue    *spool.Queue
-	audit    *audit.Log
-	cloud    *cloud.Broker // embedded, when no cloud URL is configured
-	relay    *relay.Relay
-	certs    *certpub.Publisher
-	metrics  *ingest.Metrics
-	hook     *ingest.Hook
-	tracker  *posture.Tracker // devices' connects and traffic, for the posture audit
-	auditor  *posture.Auditor
-	anomaly  *anomaly.Detector // nil when disabled
-	mqtt     *mqtt.Server
-	maxConns int
-	devices  *ingest.Listener
-	http     *http.Server
-	httpLn   net.Listener
-	https    *http.Server // enrolment over EST
-	httpsLn  net.Listener
-	closing  atomic.Bool
+	rev       *pki.Revocations
+	schemas   atomic.Pointer[telemetry.Schemas]
+	queue     *spool.Queue
+	audit     *audit.Log
+	cloud     *cloud.Broker // embedded, when no cloud URL is configured
+	relay     *relay.Relay
+	certs     *certpub.Publisher
+	metrics   *ingest.Metrics
+	hook      *ingest.Hook
+	tracker   *posture.Tracker // devices' connects and traffic, for the posture audit
+	auditor   *posture.Auditor
+	anomaly   *anomaly.Detector // nil when disabled
+	inventory *inventory.Inventory
+	mqtt      *mqtt.Server
+	maxConns  int
+	devices   *ingest.Listener
+	http      *http.Server
+	httpLn    net.Listener
+	https     *http.Server // enrolment over EST
+	httpsLn   net.Listener
+	closing   atomic.Bool
 
 	// queueReset says why --reset-queue replaced the queue at this start,
 	// for the security event; "" when it did not.
@@ -118,6 +120,7 @@ func New(cfg config.Config, log *slog.Logger) (*Gateway, error) {
 		g.startCloud,       // the embedded cloud broker, if no cloud is configured
 		g.newRelay,         // queue to cloud
 		g.newCertPub,       // devices' certificate chains to the cloud, through the relay
+		g.newInventory,     // devices' models, firmware and verdicts, to the cloud through the relay
 		g.recordQueueReset, // a reset's security event, now that it can be recorded
 		g.newIngest,        // devices: mochi server and ingest hook...
 		g.newAuditor,       // ...watched by the posture audit
@@ -171,6 +174,7 @@ func (g *Gateway) Start() error {
 		g.auditLoop()
 	}()
 	g.wg.Go(func() { g.certs.Run(g.ctx) })
+	g.wg.Go(func() { g.inventory.Run(g.ctx) })
 	if g.anomaly != nil {
 		g.wg.Go(func() { g.anomaly.Run(g.ctx) })
 	}
@@ -245,6 +249,7 @@ func (g *Gateway) Close() error {
 		if g.certs != nil {
 			g.certs.Save() // the chains the relay's last PUBACKs acknowledged
 		}
+
 		if g.http != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			errs = append(errs, g.http.Shutdown(ctx))
@@ -254,6 +259,9 @@ func (g *Gateway) Close() error {
 			_ = g.httpLn.Close() // not served if Start never ran
 		}
 		g.wg.Wait()
+		if g.inventory != nil { // after its Run: with the relay's last acknowledgements
+			errs = append(errs, g.inventory.Save())
+		}
 		if g.audit != nil {
 			errs = append(errs, g.audit.Close())
 		}
