@@ -116,5 +116,5 @@ func startRollout(ctx context.Context, res *Result, site, model string, after ti
 
 // operatorToken mints the demo operator's app token for site.
 func operatorToken(pkiDir, site string) (string, error) {
-	return pki.MintToken(pkiDir, "demo-operator", []string{site}, 24*time.Hour) // TODO role operator
+	return pki.MintRoleToken(pkiDir, "demo-operator", pki.RoleOperator, []string{site}, 24*time.Hour)
 }
