@@ -11,6 +11,7 @@ import (
 
 	"github.com/vitalgate/vitalgate/gateway/internal/audit"
 	"github.com/vitalgate/vitalgate/gateway/internal/est"
+	"github.com/vitalgate/vitalgate/gateway/internal/firmware"
 )
 
 // listenEnroll binds the HTTPS address of enrolment over EST, if one is
@@ -37,6 +38,9 @@ func (g *Gateway) listenEnroll() error {
 	g.httpsLn = tls.NewListener(ln, tc)
 	mux := http.NewServeMux()
 	mux.Handle(est.Prefix, s)
+	if g.firmware != nil {
+		mux.Handle("GET "+firmware.Prefix, g.firmwareRoute(s))
+	}
 	g.https = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second,
 		WriteTimeout: 30 * time.Second, IdleTimeout: time.Minute, MaxHeaderBytes: 16 << 10}
 	return nil

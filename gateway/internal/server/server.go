@@ -27,6 +27,7 @@ import (
 	"github.com/vitalgate/vitalgate/gateway/internal/audit"
 	"github.com/vitalgate/vitalgate/gateway/internal/certpub"
 	"github.com/vitalgate/vitalgate/gateway/internal/config"
+	"github.com/vitalgate/vitalgate/gateway/internal/firmware"
 	"github.com/vitalgate/vitalgate/gateway/internal/ingest"
 	"github.com/vitalgate/vitalgate/gateway/internal/inventory"
 	"github.com/vitalgate/vitalgate/gateway/internal/posture"
@@ -86,6 +87,9 @@ type Gateway struct {
 	https     *http.Server // enrolment over EST
 	httpsLn   net.Listener
 	closing   atomic.Bool
+	firmware  *firmware.Store // nil when updates.url is empty
+	// allowFirmware says whether a job sends a device an image (GET /firmware/); nil: none does.
+	allowFirmware func(deviceID, sha256hex string) bool
 
 	// queueReset says why --reset-queue replaced the queue at this start,
 	// for the security event; "" when it did not.
@@ -126,7 +130,8 @@ func New(cfg config.Config, log *slog.Logger) (*Gateway, error) {
 		g.newAuditor,       // ...watched by the posture audit
 		g.listenDevices,    // ...behind the admission-controlled mTLS listener
 		g.listenHTTP,       // operations
-		g.listenEnroll,     // enrolment over EST
+		g.newFirmware,      // the update repository's client and the image cache
+		g.listenEnroll,     // enrolment over EST, and the firmware route
 	} {
 		if err := stage(); err != nil {
 			g.Close()
@@ -186,6 +191,9 @@ func (g *Gateway) Start() error {
 				g.log.Error("http server", "error", err)
 			}
 		}()
+	}
+	if g.firmware != nil {
+		g.wg.Go(func() { g.firmware.Run(g.ctx) })
 	}
 	g.serveEnroll()
 	g.log.Info("gateway started", "site", g.site, "id", g.id, "devices", g.DeviceAddr(), "http", g.HTTPAddr(),
