@@ -144,7 +144,7 @@ func clip(s string) string {
 }
 
 // Top-level topic prefixes of docs/apps.md#messages.
-var prefixes = map[string]bool{"telemetry": true, "security": true, "gateways": true, "certs": true, "inventory": true}
+var prefixes = map[string]bool{"telemetry": true, "security": true, "gateways": true, "certs": true}
 
 // topicBounded: at most maxTopicLen bytes and maxTopicLevels levels.
 func topicBounded(topic string) bool {
@@ -152,7 +152,6 @@ func topicBounded(topic string) bool {
 }
 
 // gatewayMayPublish: telemetry/{site}/..., certs/{site}/{device},
-// inventory/{site}/{device},
 // security/{site}/{gw}[/...] and gateways/{site}/{gw}/... for the
 // certificate's site and gateway ID, within the bounds of topicBounded. The
 // gateway ID level is checked too, so one gateway cannot speak for another of
@@ -174,13 +173,13 @@ func gatewayMayPublish(id *identity, topic string) bool {
 	switch lv[0] {
 	case "telemetry":
 		return true
-	case "certs", "inventory":
+	case "certs":
 		return len(lv) == 3 && pki.ValidDeviceID(lv[2])
 	}
 	return lv[2] == id.name
 }
 
-// appMayRead: a filter or topic under telemetry/, security/, gateways/, certs/ or inventory/ of a
+// appMayRead: a filter or topic under telemetry/, security/, gateways/ or certs/ of a
 // site in the token, both first levels literal (so `#`, `+/...` and
 // `telemetry/+/...` are refused), within the bounds of topicBounded. A shared
 // subscription is judged by the filter after `$share/{group}/`.
