@@ -9,7 +9,7 @@
 //	certs factory --dir DIR --count N [--manufacturer NAME] [--prefix P] [--key p256|ed25519] [--days N]
 //	certs manufacturer  --dir DIR --name NAME [--key p256|ed25519]
 //	certs renew-issuing --dir DIR [--days 90]
-//	certs token   --dir DIR --sub NAME --sites S1,S2 [--ttl 1h]
+//	certs token   --dir DIR --sub NAME --sites S1,S2 [--role operator|clinician] [--ttl 1h]
 //	certs gateway --dir DIR --id ID --site SITE [--key p256|ed25519]
 //
 // Every subcommand takes --config FILE, a YAML map whose keys are flag names; flags on the command line win.
@@ -54,7 +54,7 @@ var commands = []command{
 		"create a manufacturer CA: manufacturers/NAME.crt, its key factory/NAME-ca.key", setupManufacturer},
 	{"renew-issuing", "--dir DIR [--days 90]",
 		"re-sign issuing-ca.crt with the device CA, keeping its key (run where device-ca.key lives)", setupRenewIssuing},
-	{"token", "--dir DIR --sub NAME --sites S1,S2 [--ttl 1h]",
+	{"token", "--dir DIR --sub NAME --sites S1,S2 [--role operator|clinician] [--ttl 1h]",
 		"print an app JWT on stdout and its jti (what certs revoke --jti takes) on stderr", setupToken},
 	{"gateway", "--dir DIR --id ID --site SITE [--key p256|ed25519]",
 		"issue the client certificate of a further gateway: gateways/ID.crt and ID.key", setupGateway},
@@ -320,8 +320,9 @@ func setupToken(fs *flag.FlagSet) ([]string, func(io.Writer) error) {
 	sub := fs.String("sub", "", "subject: the app's `NAME`")
 	sites := fs.String("sites", "", "sites the app may read, comma-separated")
 	ttl := fs.Duration("ttl", time.Hour, "lifetime of the token")
+	role := fs.String("role", "", "the claim `role`: operator (may also publish rollout jobs on jobs/{site}/{job}) or clinician; none reads only")
 	return []string{"dir", "sub", "sites"}, func(w io.Writer) error {
-		tok, err := pki.MintToken(*dir, *sub, list(*sites), *ttl)
+		tok, err := pki.MintRoleToken(*dir, *sub, *role, list(*sites), *ttl)
 		if err != nil {
 			return err
 		}

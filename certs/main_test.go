@@ -95,6 +95,7 @@ func TestCLI(t *testing.T) {
 		{"token", []string{"token", "--dir", dir, "--sub", "nurse", "--sites", "north,south", "--ttl", "5m"}, 0, "eyJ", "*"}, // the jti on stderr (TestRevokeCommands)
 		{"token without sites", []string{"token", "--dir", dir, "--sub", "nurse"}, 2, "", "certs: token: --sites is required (see certs token --help)"},
 		{"token bad ttl", []string{"token", "--dir", dir, "--sub", "n", "--sites", "a", "--ttl", "-1h"}, 1, "", "certs: token: ttl -1h0m0s is not positive"},
+		{"token bad role", []string{"token", "--dir", dir, "--sub", "n", "--sites", "a", "--role", "admin"}, 1, "", `certs: token: invalid role "admin" (want clinician or operator)`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -167,8 +168,12 @@ func TestCLI(t *testing.T) {
 		t.Fatal(err)
 	}
 	claims, err := pki.VerifyToken(pub, strings.TrimSpace(stdout))
-	if err != nil || claims.Subject != "nurse" || len(claims.Sites) != 1 {
+	if err != nil || claims.Subject != "nurse" || len(claims.Sites) != 1 || claims.Role != "" {
 		t.Fatalf("token claims %+v, %v", claims, err)
+	}
+	_, stdout, _ = certs(t, "token", "--dir", dir, "--sub", "ops", "--sites", "north", "--role", "operator")
+	if claims, err = pki.VerifyToken(pub, strings.TrimSpace(stdout)); err != nil || claims.Role != pki.RoleOperator {
+		t.Fatalf("operator token claims %+v, %v", claims, err)
 	}
 }
 

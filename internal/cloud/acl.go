@@ -31,7 +31,9 @@ func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	case write && id.kind == kindGateway:
 		ok, action = gatewayMayPublish(id, topic), "publish"
 	case write:
-		ok, action = false, "publish"
+		ok, action = appMayPublish(id, topic, time.Now()), "publish"
+	case id.kind == kindGateway:
+		ok = gatewayMayRead(id, topic)
 	default:
 		ok = mayRead(id, topic, time.Now())
 		if !ok && id.kind == kindApp && appMayRead(id, topic) {
@@ -74,7 +76,9 @@ func (h *authHook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packe
 		h.b.log.Warn("acl denied", "kind", id.kind, "name", id.name, "action", "subscribe", "topic", clip(f),
 			"client", cl.ID, "detail", "malformed shared subscription (an empty share name, a wildcard in it, or no filter)")
 	})
-	return subcap.Apply(cl, pk, maxSubscriptions, func(f string) bool { return mayRead(id, f, now) }, func(f string) {
+	return subcap.Apply(cl, pk, maxSubscriptions, func(f string) bool {
+		return mayRead(id, f, now) || id.kind == kindGateway && gatewayMayRead(id, f)
+	}, func(f string) {
 		h.b.m.aclDenied.WithLabelValues(id.kind, "subscribe").Inc()
 		h.b.log.Warn("acl denied", "kind", id.kind, "name", id.name, "action", "subscribe", "topic", clip(f),
 			"client", cl.ID, "detail", fmt.Sprintf("the session holds %d subscriptions, the most allowed", maxSubscriptions))
@@ -143,8 +147,10 @@ func clip(s string) string {
 	return s
 }
 
-// Top-level topic prefixes of docs/apps.md#messages.
-var prefixes = map[string]bool{"telemetry": true, "security": true, "gateways": true, "certs": true}
+// Top-level topic prefixes of docs/apps.md#messages that gateways publish
+// and apps read.
+var prefixes = map[string]bool{"telemetry": true, "security": true, "gateways": true, "certs": true,
+	"jobs": true, "inventory": true}
 
 // topicBounded: at most maxTopicLen bytes and maxTopicLevels levels.
 func topicBounded(topic string) bool {
@@ -173,13 +179,42 @@ func gatewayMayPublish(id *identity, topic string) bool {
 	switch lv[0] {
 	case "telemetry":
 		return true
-	case "certs":
+	case "certs", "inventory":
 		return len(lv) == 3 && pki.ValidDeviceID(lv[2])
+	case "jobs":
+		// A job's status: jobs/{site}/{job}/status and
+		// jobs/{site}/{job}/status/{device}; never the job itself.
+		return len(lv) >= 4 && len(lv) <= 5 && lv[3] == "status" &&
+			(len(lv) == 4 || pki.ValidDeviceID(lv[4]))
 	}
 	return lv[2] == id.name
 }
 
-// appMayRead: a filter or topic under telemetry/, security/, gateways/ or certs/ of a
+// gatewayMayRead: the rollout jobs of the gateway's own site, the filter
+// jobs/{site}/+ (what the relay subscribes to) and its deliveries
+// jobs/{site}/{job}. Nothing else: a gateway takes no other message from
+// the cloud.
+func gatewayMayRead(id *identity, topic string) bool {
+	lv := strings.Split(topic, "/")
+	if len(lv) != 3 || lv[0] != "jobs" || lv[1] != id.site {
+		return false
+	}
+	return lv[2] == "+" || pki.ValidDeviceID(lv[2])
+}
+
+// appMayPublish: an operator (token role pki.RoleOperator, while the token
+// is valid) publishes a rollout job, retained or not, on jobs/{site}/{job}
+// of a site of its token, the job ID in the alphabet of device IDs. Other
+// apps publish nothing.
+func appMayPublish(id *identity, topic string, now time.Time) bool {
+	if id.role != pki.RoleOperator || !now.Before(id.exp) || !topicBounded(topic) {
+		return false
+	}
+	lv := strings.Split(topic, "/")
+	return len(lv) == 3 && lv[0] == "jobs" && id.sites[lv[1]] && pki.ValidDeviceID(lv[2])
+}
+
+// appMayRead: a filter or topic under telemetry/, security/, gateways/, certs/, jobs/ or inventory/ of a
 // site in the token, both first levels literal (so `#`, `+/...` and
 // `telemetry/+/...` are refused), within the bounds of topicBounded. A shared
 // subscription is judged by the filter after `$share/{group}/`.

@@ -54,6 +54,7 @@ type identity struct {
 	name  string // gateway ID or token subject
 	site  string // gateway's site
 	sites map[string]bool
+	role  string    // apps: the token's role claim (pki.RoleOperator publishes jobs)
 	exp   time.Time // apps: token expiry
 	jti   string    // apps: token ID, what revoked-tokens lists
 	// serial is a gateway's client certificate serial, what
@@ -86,6 +87,7 @@ func (id *identity) owner() string {
 // exp, iat).
 type AppClaims struct {
 	Sites []string `json:"sites"`
+	Role  string   `json:"role,omitempty"`
 	jwt.RegisteredClaims
 }
 
@@ -303,6 +305,10 @@ func (h *authHook) authApp(cl *mqtt.Client, pk packets.Packet) (*identity, error
 		h.refuse(cl, kindApp, "bad_claims", "no sites", "sub", c.Subject)
 		return nil, nil
 	}
+	if !pki.ValidRole(c.Role) {
+		h.refuse(cl, kindApp, "bad_claims", "unknown role (want clinician or operator)", "sub", c.Subject)
+		return nil, nil
+	}
 	if c.ID == "" {
 		h.refuse(cl, kindApp, "no_jti", "token has no jti, so it could never be revoked: mint a new one with certs token", "sub", c.Subject)
 		return nil, nil
@@ -318,7 +324,7 @@ func (h *authHook) authApp(cl *mqtt.Client, pk packets.Packet) (*identity, error
 		h.refuse(cl, kindApp, "will", "apps may not publish, not even a will", "sub", c.Subject)
 		return nil, nil
 	}
-	return &identity{kind: kindApp, name: c.Subject, sites: sites, exp: c.ExpiresAt.Time, jti: c.ID}, nil
+	return &identity{kind: kindApp, name: c.Subject, sites: sites, role: c.Role, exp: c.ExpiresAt.Time, jti: c.ID}, nil
 }
 
 // tokenReason maps a JWT error to a metric label.

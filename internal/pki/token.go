@@ -16,12 +16,25 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 )
 
-// TokenClaims are the claims of an app token: the sites the app may read, and the registered claims sub, iss
+// TokenClaims are the claims of an app token: the sites the app may read, its role ("" for an app that only
+// reads, [RoleOperator] for one that may also publish rollout jobs), and the registered claims sub, iss
 // (= [TokenIssuer]), aud (= [TokenAudience]), exp, iat and jti (the token's ID, which [RevokeToken] revokes).
 type TokenClaims struct {
 	Sites []string `json:"sites"`
+	Role  string   `json:"role,omitempty"`
 	jwt.RegisteredClaims
 }
+
+// Roles of an app token (the claim role). An app without a role, or with
+// [RoleClinician], reads; an operator also publishes rollout jobs
+// (jobs/{site}/{job}) for the sites of its token.
+const (
+	RoleClinician = "clinician"
+	RoleOperator  = "operator"
+)
+
+// ValidRole accepts the roles a token may carry: none, [RoleClinician] or [RoleOperator].
+func ValidRole(r string) bool { return r == "" || r == RoleClinician || r == RoleOperator }
 
 // signingMethod returns the JWT algorithm of a token key: ES256 for ECDSA P-256, EdDSA for Ed25519.
 func signingMethod(pub crypto.PublicKey) (jwt.SigningMethod, error) {
@@ -41,8 +54,17 @@ func validSite(s string) bool { return ValidDeviceID(s) }
 
 // MintToken signs an app JWT with dir/app-token.key: ES256 for a P-256 key, EdDSA for Ed25519. The claims are
 // sub, sites, iss = [TokenIssuer], aud = [TokenAudience], iat = now, exp = now + ttl and jti = 128 random bits
-// in lowercase hex (see [NewTokenID]), so the token can be revoked on its own.
+// in lowercase hex (see [NewTokenID]), so the token can be revoked on its own. The token has no role: see
+// [MintRoleToken].
 func MintToken(dir, sub string, sites []string, ttl time.Duration) (string, error) {
+	return MintRoleToken(dir, sub, "", sites, ttl)
+}
+
+// MintRoleToken is [MintToken] with the claim role (see [ValidRole]; "" leaves it out).
+func MintRoleToken(dir, sub, role string, sites []string, ttl time.Duration) (string, error) {
+	if !ValidRole(role) {
+		return "", fmt.Errorf("invalid role %q (want %s or %s)", role, RoleClinician, RoleOperator)
+	}
 	if sub == "" || strings.TrimSpace(sub) != sub || len(sub) > 256 {
 		return "", fmt.Errorf("invalid subject %q", sub)
 	}
@@ -70,7 +92,7 @@ func MintToken(dir, sub string, sites []string, ttl time.Duration) (string, erro
 		return "", err
 	}
 	now := time.Now().Truncate(time.Second)
-	claims := TokenClaims{Sites: sites, RegisteredClaims: jwt.RegisteredClaims{
+	claims := TokenClaims{Sites: sites, Role: role, RegisteredClaims: jwt.RegisteredClaims{
 		ID:        jti,
 		Subject:   sub,
 		Issuer:    TokenIssuer,
