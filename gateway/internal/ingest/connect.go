@@ -62,7 +62,7 @@ func (h *Hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	h.mu.Lock()
 	h.sessions[cl] = &session{
 		id: id, cert: leaf, verifier: v, remote: remote,
-		topic: "devices/" + id + "/telemetry", cmd: "devices/" + id + "/cmd/",
+		topic: "devices/" + id + "/telemetry", status: "devices/" + id + "/status", cmd: "devices/" + id + "/cmd/",
 	}
 	h.mu.Unlock()
 	h.o.Metrics.Connections.Inc()

@@ -10,6 +10,12 @@
 //	schema    the kind's codes, units and ranges ([telemetry.Schemas])
 //	enqueue   durable append to the store-and-forward queue (group commit)
 //
+// A status record (devices/{id}/status) goes through identify, size and
+// verify like a telemetry record, then [telemetry.StatusCheck] (the same
+// order, the same replay window), and instead of enqueue its seq is
+// committed alone ([spool.Queue.Advance]) and the record handed to
+// [Options.Status]: status records are never relayed.
+//
 // decode, guard and schema are [telemetry.CheckRecord], the record check the
 // test vectors use too, with the guard's replay and rate checks hooked in;
 // the replay rule itself is the queue's ([spool.Outcome]), which this
@@ -62,6 +68,11 @@ type Options struct {
 	// (a device's QoS 1 messages in flight) does not count towards
 	// quarantine. Default 64.
 	ResendWindow int
+	// Status receives each accepted status record of a device
+	// (devices/{id}/status, docs/protocol.md#status-records), after its
+	// seq is committed and before its PUBACK; nil ignores them. It runs on
+	// the message path: it must be cheap and never block.
+	Status func(dev string, st *telemetry.Status)
 	// Observers are told of each device's connections and verdicts (the
 	// posture audit, the behaviour baseline); may be empty.
 	Observers []Observer
@@ -118,7 +129,8 @@ type session struct {
 	cert     *x509.Certificate
 	verifier *envelope.Verifier
 	remote   string
-	topic    string // the one topic the device may publish to
+	topic    string // the topic of the device's telemetry
+	status   string // the topic of its status records
 	cmd      string // prefix of the topics it may subscribe to
 }
 

@@ -179,7 +179,8 @@ func replyFor(v verdict.Verdict, version, qos byte) error {
 // stored before.
 func (h *Hook) process(s *session, pk *packets.Packet) error {
 	// identify
-	if pk.TopicName != s.topic {
+	status := pk.TopicName == s.status
+	if pk.TopicName != s.topic && !status {
 		return verdict.New(verdict.ACLDenied, "publish to %q", truncate(pk.TopicName, 200))
 	}
 	if until, q := h.o.Guard.Quarantined(s.id); q {
@@ -195,9 +196,7 @@ func (h *Hook) process(s *session, pk *packets.Packet) error {
 	}
 	sum := sha256.Sum256(pk.Payload)
 	now := h.o.Now()
-	rec, err := telemetry.CheckRecord(raw, &telemetry.RecordCheck{
-		Dev: s.id, Now: now, MaxAge: h.o.MaxAge, Schemas: h.o.Schemas.Load(),
-	}, &telemetry.GatewayChecks{
+	checks := telemetry.GatewayChecks{
 		Replay: func(rec *telemetry.Record) error { return h.replayCheck(s.id, rec.Seq, sum[:], len(pk.Payload)) },
 		Rate: func(*telemetry.Record) error {
 			if !h.o.Guard.Allow(s.id, len(pk.Payload)) {
@@ -205,7 +204,13 @@ func (h *Hook) process(s *session, pk *packets.Packet) error {
 			}
 			return nil
 		},
-	})
+	}
+	if status {
+		return h.status(s, raw, sum[:], len(pk.Payload), now, &checks)
+	}
+	rec, err := telemetry.CheckRecord(raw, &telemetry.RecordCheck{
+		Dev: s.id, Now: now, MaxAge: h.o.MaxAge, Schemas: h.o.Schemas.Load(),
+	}, &checks)
 	if err != nil {
 		return h.staleCheck(s.id, len(pk.Payload), err)
 	}
@@ -224,6 +229,31 @@ func (h *Hook) process(s *session, pk *packets.Packet) error {
 	// Not Accepted: another copy (a resend on a new connection) or a later
 	// seq committed first.
 	return h.seqVerdict(rec.Seq, res)
+}
+
+// status is the end of the pipeline for a status record (after identify,
+// size and verify): the record check ([telemetry.StatusCheck]: decode,
+// identity, replay, time, rate, values), then the device's seq committed
+// without queueing anything ([spool.Queue.Advance]: status records share
+// the telemetry's replay window and are not relayed), then the record
+// handed to [Options.Status]. A resend of the last status record is a
+// duplicate, acknowledged and not handed over again.
+func (h *Hook) status(s *session, raw, sum []byte, size int, now time.Time, g *telemetry.GatewayChecks) error {
+	st, err := telemetry.StatusCheck(raw, &telemetry.RecordCheck{Dev: s.id, Now: now, MaxAge: h.o.MaxAge}, g)
+	if err != nil {
+		return h.staleCheck(s.id, size, err)
+	}
+	res, err := h.o.Queue.Advance(s.id, st.Seq, sum)
+	if err != nil {
+		return err
+	}
+	if err := h.seqVerdict(st.Seq, res); err != nil {
+		return err
+	}
+	if h.o.Status != nil {
+		h.o.Status(s.id, st)
+	}
+	return nil
 }
 
 // replayCheck is the replay stage: the queue's replay rule ([spool.Queue.Judge],

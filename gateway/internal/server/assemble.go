@@ -207,6 +207,7 @@ func (g *Gateway) ingestOptions() ingest.Options {
 		ResendWindow: cfg.MaxInflight,
 		Observers:    observers,
 		BelowMin:     g.inventory.BelowMin,
+		Status:       g.status,
 		Log:          g.log.With("component", "ingest"),
 	}
 }

@@ -98,8 +98,9 @@ type Gateway struct {
 	once     sync.Once
 	closeErr error
 
-	events     *eventGate
-	suppressed prometheus.Counter
+	events      *eventGate
+	suppressed  prometheus.Counter
+	statusSinks statusSinks // receivers of devices' status records
 }
 
 // New builds a gateway from a validated configuration, stage by stage.

@@ -27,6 +27,8 @@ type request struct {
 	keys []uint64
 	// Forget
 	forget bool
+	// Advance: an append that commits seq and mark without a record
+	seqOnly bool
 
 	done chan error // buffered 1
 }
@@ -34,7 +36,7 @@ type request struct {
 var requestPool = sync.Pool{New: func() any { return &request{done: make(chan error, 1)} }}
 
 // isAppend reports whether r is an Append (not a Remove or Forget).
-func (r *request) isAppend() bool { return r.keys == nil && !r.forget }
+func (r *request) isAppend() bool { return r.keys == nil && !r.forget && !r.seqOnly }
 
 // commitLoop is the committer goroutine: it drains the request channel in
 // batches, one write transaction per batch.
@@ -190,6 +192,10 @@ func (q *Queue) commitTx(tx *bolt.Tx, batch []*request, st *batchState) error {
 			err = st.remove(qb, r.keys)
 		case r.forget:
 			st.forget(r.dev)
+		case r.seqOnly:
+			if q.judgeTx(st, r) {
+				st.seen[r.dev], st.marks[r.dev], st.touched[r.dev] = r.seq, r.mark, true
+			}
 		default:
 			err = q.appendTx(qb, st, r)
 		}
@@ -234,15 +240,7 @@ func (st *batchState) forget(dev string) {
 // appendTx judges r against its device's last seq (this batch's, else the
 // committed one) and writes it if the rule accepts it.
 func (q *Queue) appendTx(qb *bolt.Bucket, st *batchState, r *request) error {
-	last, ok := st.seen[r.dev]
-	lastMark := st.marks[r.dev]
-	if !ok && !st.forgot[r.dev] {
-		last, ok = q.last[r.dev]
-		lastMark = q.marks[r.dev]
-	}
-	r.key = 0
-	r.res = judge(r.seq, r.mark, last, lastMark, ok, q.maxJump)
-	if r.res.Outcome != Accepted {
+	if !q.judgeTx(st, r) {
 		return nil
 	}
 	if err := qb.Put(st.be(st.next), r.value); err != nil {
@@ -256,6 +254,20 @@ func (q *Queue) appendTx(qb *bolt.Bucket, st *batchState, r *request) error {
 	st.added++
 	st.addBytes += r.size
 	return nil
+}
+
+// judgeTx sets r's judgement against its device's last seq (this batch's,
+// else the committed one) and reports whether the rule accepts it.
+func (q *Queue) judgeTx(st *batchState, r *request) bool {
+	last, ok := st.seen[r.dev]
+	lastMark := st.marks[r.dev]
+	if !ok && !st.forgot[r.dev] {
+		last, ok = q.last[r.dev]
+		lastMark = q.marks[r.dev]
+	}
+	r.key = 0
+	r.res = judge(r.seq, r.mark, last, lastMark, ok, q.maxJump)
+	return r.res.Outcome == Accepted
 }
 
 // stateTx writes what the batch changed besides the records: the last

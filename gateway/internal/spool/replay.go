@@ -101,3 +101,33 @@ func (e *RefusedError) Error() string {
 	return fmt.Sprintf("spool: seq %d of %q refused (%s): last accepted %d, jump limit %d",
 		e.Seq, e.Dev, e.Result.Outcome, e.Result.Last, e.Result.Limit)
 }
+
+// Advance commits seq (and mark, at most 64 bytes) as dev's last accepted
+// seq without queueing a record, under the replay rule of every append:
+// the device's messages that are not relayed (its status records) share
+// one replay window with its telemetry. It returns the rule's judgement
+// (the seq was committed if and only if its Outcome is [Accepted]) once
+// the commit is on disk; the error is why it was not judged. It does not
+// count against the queue's bounds.
+func (q *Queue) Advance(dev string, seq uint64, mark []byte) (Result, error) {
+	if len(mark) > maxMarkLen {
+		return Result{}, fmt.Errorf("spool: mark of %d bytes, limit %d", len(mark), maxMarkLen)
+	}
+	if dev == "" || len(dev) > maxDevLen {
+		return Result{}, fmt.Errorf("spool: device ID of %d bytes, want 1 to %d", len(dev), maxDevLen)
+	}
+	if res := q.Judge(dev, seq, mark); res.Outcome != Accepted {
+		return res, nil
+	}
+	r := requestPool.Get().(*request)
+	r.dev, r.seq, r.mark, r.data, r.value, r.size, r.keys, r.key, r.res = dev, seq, mark, nil, r.value[:0], 0, nil, 0, Result{}
+	r.seqOnly = true
+	err := q.submit(r)
+	res := r.res
+	if err != nil {
+		res = Result{}
+	}
+	r.seqOnly, r.mark = false, nil
+	requestPool.Put(r)
+	return res, err
+}

@@ -126,3 +126,44 @@ func TestOutcomes(t *testing.T) {
 		t.Fatal("a mark over the limit was judged")
 	}
 }
+
+// TestAdvance: a seq committed without a record (a device's status record)
+// shares the device's replay window with its records, survives a reopen,
+// queues nothing, recognises its own resend by the mark, and is not held
+// back by a full queue.
+func TestAdvance(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "q.db")
+	q := open(t, path, Options{NoSync: true, MaxRecords: 1})
+	if err := q.Append("a", 5, []byte("rec")); err != nil {
+		t.Fatal(err)
+	}
+	res, err := q.Advance("a", 6, []byte("m6"))
+	if err != nil || res.Outcome != Accepted {
+		t.Fatalf("advance to 6 on a full queue: %v %v", res.Outcome, err)
+	}
+	if res, _ := q.Advance("a", 6, []byte("m6")); res.Outcome != Duplicate {
+		t.Fatalf("resend of 6: %v, want duplicate", res.Outcome)
+	}
+	if res, _ := q.Advance("a", 6, []byte("other")); res.Outcome != Replay {
+		t.Fatalf("another message with seq 6: %v, want replay", res.Outcome)
+	}
+	if res, _ := q.Advance("a", 4, nil); res.Outcome != Replay {
+		t.Fatalf("seq 4: %v, want replay", res.Outcome)
+	}
+	if q.Len() != 1 {
+		t.Fatalf("%d records queued, want 1", q.Len())
+	}
+	if err := q.Close(); err != nil {
+		t.Fatal(err)
+	}
+	q = open(t, path, Options{NoSync: true})
+	if s, _ := q.LastSeq("a"); s != 6 {
+		t.Fatalf("last seq %d after reopen, want 6", s)
+	}
+	if outcomeOf(q.Append("a", 6, []byte("rec"))) != Replay {
+		t.Fatal("a record reusing the status record's seq was not a replay")
+	}
+	if _, err := q.Advance("", 1, nil); err == nil {
+		t.Fatal("empty device ID accepted")
+	}
+}
