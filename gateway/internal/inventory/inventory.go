@@ -232,10 +232,15 @@ func (inv *Inventory) Status(dev string, r Report) {
 	}
 }
 
-// policy sets d's minimum and mark from the configured minimums. The
-// caller holds inv.mu (or owns d).
-func (inv *Inventory) policy(d *Device) {
-	d.MinFirmware = inv.o.MinFirmware[d.Model]
+// policy applies the configured minimums to d. The caller holds inv.mu
+// (or owns d).
+func (inv *Inventory) policy(d *Device) { ApplyPolicy(d, inv.o.MinFirmware) }
+
+// ApplyPolicy sets d's minimum and mark from a min_firmware policy (model →
+// minimum): a device that reported a firmware below its model's minimum is
+// marked.
+func ApplyPolicy(d *Device, minimums map[string]string) {
+	d.MinFirmware = minimums[d.Model]
 	d.BelowMin = d.MinFirmware != "" && d.FW != "" && Below(d.FW, d.MinFirmware)
 }
 

@@ -9,6 +9,7 @@ import (
 
 	"github.com/vitalgate/vitalgate/gateway/internal/audit"
 	"github.com/vitalgate/vitalgate/gateway/internal/inventory"
+	"github.com/vitalgate/vitalgate/internal/telemetry"
 )
 
 // newInventory builds the device inventory, kept in the data directory and
@@ -25,6 +26,9 @@ func (g *Gateway) newInventory() (err error) {
 	if err != nil {
 		return err // "inventory: ..." or "read inventory PATH: ..."
 	}
+	g.OnStatus(func(dev string, st *telemetry.Status) {
+		g.inventory.Status(dev, inventory.Report{Model: st.Model, FW: st.FW, FWSeq: st.FWSeq})
+	})
 	g.reg.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "vitalgate_inventory_devices", Help: "Devices in the inventory."},
 			func() float64 { n, _, _ := g.inventory.Counts(); return float64(n) }),
