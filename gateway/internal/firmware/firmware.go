@@ -32,12 +32,6 @@ import (
 	"github.com/vitalgate/vitalgate/internal/update"
 )
 
-// Files of the PKI directory the store trusts.
-const (
-	FileTUFRoot    = "tuf-root.json"      // the repository's initial trusted root metadata
-	FileSigningPub = "update-signing.pub" // the key that signs the manifests
-)
-
 // Options configures a [Store].
 type Options struct {
 	URL        string        // the repository: metadata under URL/metadata/, targets under URL/targets/
@@ -80,14 +74,14 @@ func New(o Options) (*Store, error) {
 	if u, err := url.Parse(o.URL); err != nil || u.Scheme == "" || u.Host == "" {
 		return nil, fmt.Errorf("firmware: repository URL %q is not absolute", o.URL)
 	}
-	root, err := os.ReadFile(filepath.Join(o.PKI, FileTUFRoot))
+	root, err := os.ReadFile(filepath.Join(o.PKI, pki.FileTUFRoot))
 	if err != nil {
 		return nil, fmt.Errorf("firmware: trusted root metadata: %w (create it with certs update-init)", err)
 	}
 	if _, err := (&metadata.Metadata[metadata.RootType]{}).FromBytes(root); err != nil {
-		return nil, fmt.Errorf("firmware: %s: %w", FileTUFRoot, err)
+		return nil, fmt.Errorf("firmware: %s: %w", pki.FileTUFRoot, err)
 	}
-	pub, err := update.LoadPublicKey(filepath.Join(o.PKI, FileSigningPub))
+	pub, err := update.LoadPublicKey(filepath.Join(o.PKI, pki.FileUpdateSigningPub))
 	if err != nil {
 		return nil, fmt.Errorf("firmware: update-signing key: %w", err)
 	}
