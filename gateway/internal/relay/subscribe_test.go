@@ -72,7 +72,9 @@ func TestRelaySubscriptionResubscribes(t *testing.T) {
 	if tok := pub2.c.Publish("jobs/site1/j3", 1, true, "after restart"); !tok.WaitTimeout(patience) || tok.Error() != nil {
 		t.Fatal("publish retained job")
 	}
-	testutil.Eventually(t, patience, "job after reconnect", func() bool { return g.has("jobs/site1/j3 retained after restart") || g.has("jobs/site1/j3 live after restart") })
+	testutil.Eventually(t, patience, "job after reconnect", func() bool {
+		return g.has("jobs/site1/j3 retained after restart") || g.has("jobs/site1/j3 live after restart")
+	})
 }
 
 // TestRelayConfigSubscriptionNeedsHandler: a subscription without a handler
