@@ -45,6 +45,9 @@ const (
 	// connection and reconnects every few seconds (FlapEvery ±1/3: 2 to 4
 	// by default).
 	AttackFlap = "flap"
+	// AttackFailInstall is a device whose installs fail: it checks and
+	// downloads an update, then reports it failed (reason "install").
+	AttackFailInstall = "fail_install"
 )
 
 // BurstFactor is how many times its rate a burst attacker sends.
@@ -62,7 +65,7 @@ const OutcomeTLSRefused = "tls_refused"
 func Attacks() []string {
 	return []string{AttackBadSignature, AttackReplay, AttackMalformed, AttackSchema, AttackTooLarge,
 		AttackACLDenied, AttackIdentityMismatch, AttackFuture, AttackStale, AttackRateLimited,
-		AttackRevoked, AttackFlood, AttackBurst, AttackFlap}
+		AttackRevoked, AttackFlood, AttackBurst, AttackFlap, AttackFailInstall}
 }
 
 // validAttack reports whether mode is "" (none) or one of [Attacks].
@@ -73,7 +76,7 @@ func validAttack(mode string) bool { return mode == "" || slices.Contains(Attack
 // single verdict.
 func expectedCode(mode string) (byte, bool) {
 	switch mode {
-	case "", AttackRevoked, AttackFlood, AttackBurst, AttackFlap:
+	case "", AttackRevoked, AttackFlood, AttackBurst, AttackFlap, AttackFailInstall:
 		return 0, false
 	}
 	return verdict.Verdict(mode).Code().Code, true

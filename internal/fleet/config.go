@@ -57,6 +57,8 @@ type Config struct {
 	RevokeSettle time.Duration `yaml:"revoke_settle" json:"revoke_settle"` // revoked: wait after changing crl.pem, for the gateway to reload it
 	Enroll       bool          `yaml:"enroll" json:"enroll,omitempty"`     // start from factory identities, enrol and renew over EST
 	EST          string        `yaml:"est" json:"est,omitempty"`           // EST server URL (the gateway's HTTPS listener)
+	Updates      bool          `yaml:"updates" json:"updates"`             // report status at connect and take update commands
+	HTTPS        string        `yaml:"https" json:"https,omitempty"`       // host:port of the gateway's HTTPS listener: firmware downloads
 
 	// Logger receives connection problems at debug level; nil discards.
 	Logger *slog.Logger `yaml:"-" json:"-"`
@@ -86,6 +88,8 @@ func Default() Config {
 		Progress:     250 * time.Millisecond,
 		RevokeSettle: 3 * time.Second,
 		EST:          "https://127.0.0.1:8443",
+		Updates:      true,
+		HTTPS:        "127.0.0.1:8443",
 		FlapEvery:    3 * time.Second,
 	}
 }
@@ -109,6 +113,7 @@ func (c Config) withDefaults() Config {
 	c.Progress = cmp.Or(c.Progress, d.Progress)
 	c.RevokeSettle = cmp.Or(c.RevokeSettle, d.RevokeSettle)
 	c.EST = cmp.Or(c.EST, d.EST)
+	c.HTTPS = cmp.Or(c.HTTPS, d.HTTPS)
 	c.FlapEvery = cmp.Or(c.FlapEvery, d.FlapEvery)
 	if len(c.Kinds) == 0 {
 		c.Kinds = d.Kinds
@@ -184,6 +189,9 @@ func (c Config) Validate() error {
 		if c.Attack != "" {
 			bad("enroll", "not with attack %q", c.Attack)
 		}
+	}
+	if _, _, err := net.SplitHostPort(c.HTTPS); c.Updates && err != nil {
+		bad("https", "%q is not host:port", c.HTTPS)
 	}
 	if c.Buffer < 1 {
 		bad("buffer", "%d: want at least 1", c.Buffer)

@@ -159,6 +159,11 @@ type dialOptions struct {
 	timeout    time.Duration // dial, handshake and CONNACK
 	ackTimeout time.Duration // PUBACK
 	keepAlive  uint16        // seconds
+	// onCommand, when set, receives the payloads of the device's update
+	// commands: the connection subscribes to cmdTopic before it is handed
+	// over, so that nothing sent after the device's first message is lost.
+	cmdTopic  string
+	onCommand func(payload []byte)
 }
 
 // dialClient connects one device.
@@ -182,11 +187,20 @@ type client5 struct {
 var receiveMaximum uint16 = 16
 
 func dial5(ctx context.Context, conn *alertConn, o dialOptions) (client, error) {
-	c := paho.NewClient(paho.ClientConfig{
+	cfg := paho.ClientConfig{
 		ClientID:      o.clientID,
 		Conn:          packetconn.New(conn),
 		PacketTimeout: o.ackTimeout,
-	})
+	}
+	if o.onCommand != nil {
+		cfg.OnPublishReceived = []func(paho.PublishReceived) (bool, error){func(p paho.PublishReceived) (bool, error) {
+			if p.Packet.Topic == o.cmdTopic {
+				o.onCommand(p.Packet.Payload)
+			}
+			return true, nil
+		}}
+	}
+	c := paho.NewClient(cfg)
 	cctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
 	conn.holdClose(true) // paho closes the connection on failure: keep it to read a TLS alert
@@ -209,6 +223,14 @@ func dial5(ctx context.Context, conn *alertConn, o dialOptions) (client, error) 
 		return nil, err
 	}
 	conn.holdClose(false)
+	if o.onCommand != nil {
+		sctx, cancel := context.WithTimeout(ctx, o.timeout)
+		defer cancel()
+		if _, err := c.Subscribe(sctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: o.cmdTopic, QoS: 1}}}); err != nil {
+			_ = c.Disconnect(&paho.Disconnect{})
+			return nil, &connectError{stage: "mqtt", err: fmt.Errorf("subscribe %s: %w", o.cmdTopic, err)}
+		}
+	}
 	return &client5{c: c}, nil
 }
 
@@ -275,6 +297,13 @@ func dial3(conn *alertConn, o dialOptions) (client, error) {
 		err = refused(conn, err)
 		_ = conn.Close()
 		return nil, err
+	}
+	if o.onCommand != nil {
+		tok := c3.c.Subscribe(o.cmdTopic, 1, func(_ mqtt3.Client, m mqtt3.Message) { o.onCommand(m.Payload()) })
+		if !tok.WaitTimeout(o.timeout) || tok.Error() != nil {
+			c3.close()
+			return nil, &connectError{stage: "mqtt", err: fmt.Errorf("subscribe %s: %v", o.cmdTopic, tok.Error())}
+		}
 	}
 	return c3, nil
 }

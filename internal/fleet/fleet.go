@@ -57,6 +57,7 @@ package fleet
 
 import (
 	"context"
+	"crypto"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -74,6 +75,7 @@ import (
 
 	"github.com/vitalgate/vitalgate/internal/estclient"
 	"github.com/vitalgate/vitalgate/internal/pki"
+	"github.com/vitalgate/vitalgate/internal/update"
 )
 
 // ErrUnreachable is returned by [Run] when the gateway does not accept TCP
@@ -104,6 +106,7 @@ type counters struct {
 	connacks, codes, attackCodes                [256]atomic.Uint64
 	attackSent, attackMatched, revokedConnected atomic.Uint64
 	enrolments, renewals, enrolErrors           atomic.Uint64
+	statuses                                    [2]atomic.Uint64 // status records acknowledged 0x00, refused
 	latency                                     histogram
 }
 
@@ -122,6 +125,7 @@ type fleet struct {
 	est        *estclient.Client
 	cas        []*x509.Certificate // the EST server's CA certificates
 	enrolled   map[string]*renewal // each device's first certificate, when the fleet enrols
+	updatePub  crypto.PublicKey    // update-signing.pub, nil when the PKI has none
 }
 
 // Run starts the fleet, calls progress (if not nil) every cfg.Progress with a
@@ -230,6 +234,12 @@ func (f *fleet) prepare(ctx context.Context) ([]*runner, error) {
 	}
 	host, _, _ := net.SplitHostPort(cfg.Gateway)
 	f.roots = &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: roots, ServerName: host}
+	if cfg.Updates {
+		// Without the vendor key every manifest is refused as forged.
+		if f.updatePub, err = update.LoadPublicKey(filepath.Join(cfg.PKI, pki.FileUpdateSigningPub)); err != nil {
+			f.log.Warn("devices refuse every update", "err", err)
+		}
+	}
 
 	var ids []string
 	if cfg.Enroll {

@@ -53,6 +53,7 @@ func testConfig(dir, addr string) Config {
 	cfg.Progress = 20 * time.Millisecond
 	cfg.Timeout = 5 * time.Second
 	cfg.AckTimeout = 5 * time.Second
+	cfg.Updates = false // the stand-in takes records only
 	return cfg
 }
 

@@ -21,6 +21,7 @@ type entry struct {
 	rec      *telemetry.Record // a record to sign again after a renewal (enrolled devices)
 	attack   bool              // an attack message: its code is counted against the expected one
 	burst    bool              // rate_limited burst
+	status   bool              // a status record, not a measurement
 	attempts int
 }
 
@@ -67,6 +68,7 @@ type runner struct {
 	seqs     seqs
 	att      *attacker // nil unless this device attacks
 	rn       *renewal  // nil unless the device enrols
+	up       *updater  // nil unless the device reports status and takes updates
 	attacks  int       // attack messages (rate_limited: rejections) in the current minute
 	minute   time.Time
 	bursting int // rate_limited: burst messages still to make
@@ -104,7 +106,12 @@ func (f *fleet) newRunner(i int, id string, ids []string, store *seqStore) (*run
 	}
 	r.dev.SetSeq(last)
 	r.seqs = seqs{store: store, id: id, reserved: last}
-	if i < cfg.Attackers && cfg.Attack != AttackRevoked {
+	if cfg.Updates {
+		if r.up, err = newUpdater(id, ModelOf(kind), store.dirOrEmpty(), f.updatePub, cfg.HTTPS, r.tls, i < cfg.Attackers && cfg.Attack == AttackFailInstall); err != nil {
+			return nil, err
+		}
+	}
+	if i < cfg.Attackers && cfg.Attack != AttackRevoked && cfg.Attack != AttackFailInstall {
 		other := ids[(i+1)%len(ids)]
 		if other == id {
 			other = id + "-x"
@@ -152,7 +159,7 @@ func (f *fleet) baseRunner(id string, i int) (*runner, error) {
 }
 
 func (r *runner) dialOptions() dialOptions {
-	return dialOptions{
+	o := dialOptions{
 		addr:       r.f.cfg.Gateway,
 		tls:        r.tls,
 		clientID:   r.id,
@@ -161,6 +168,10 @@ func (r *runner) dialOptions() dialOptions {
 		ackTimeout: r.f.cfg.AckTimeout,
 		keepAlive:  60,
 	}
+	if r.up != nil {
+		o.cmdTopic, o.onCommand = "devices/"+r.id+"/cmd/update", r.up.command
+	}
+	return o
 }
 
 // run is the device's life until ctx is done, or until stopGen is closed and
@@ -190,7 +201,7 @@ func (r *runner) runRecords(ctx context.Context, stopGen <-chan struct{}) {
 	tick := time.NewTimer(time.Until(next))
 	defer tick.Stop()
 	tickC := tick.C
-	r.att.begin(r.f.cfg.AttackAfter)
+	r.begin(ctx)
 	r.connect(ctx)
 	generating := true
 	defer func() {
@@ -247,6 +258,8 @@ func (r *runner) runRecords(ctx context.Context, stopGen <-chan struct{}) {
 			r.rn.start(ctx, r.f)
 		case res := <-r.rn.results():
 			r.rn.took(res, r.f.log.Warn)
+		case rep := <-r.up.reported():
+			r.reportUpdate(ctx, rep)
 		}
 		if !r.link.connecting {
 			if switched, err := r.switchIdentity(); err != nil {
@@ -259,6 +272,12 @@ func (r *runner) runRecords(ctx context.Context, stopGen <-chan struct{}) {
 		}
 		r.pump(ctx)
 	}
+}
+
+// begin starts the clocks of an attack and the updater's context.
+func (r *runner) begin(ctx context.Context) {
+	r.att.begin(r.f.cfg.AttackAfter)
+	r.up.start(ctx)
 }
 
 // reconnectLater schedules a reconnect after the backoff.
@@ -295,6 +314,7 @@ func (r *runner) connected(cr connectResult) bool {
 	r.gen++
 	r.f.ctr.connects.Add(1)
 	r.f.ctr.connected.Add(1)
+	r.reportStatus(nil, true)
 	return true
 }
 
@@ -514,6 +534,10 @@ func (r *runner) handle(res result) (dropped bool) {
 	}
 	delete(r.inflight, e.id)
 	c.buffered.Add(-1)
+	if e.status {
+		c.statuses[min(res.code, 1)].Add(1) // not a record: apart from the record counters
+		return false
+	}
 	c.answered.Add(1)
 	if r.f.cfg.QoS == 0 {
 		return false

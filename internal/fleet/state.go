@@ -85,3 +85,11 @@ func (q *seqs) ensure(next uint64) error {
 	q.reserved = up
 	return nil
 }
+
+// dirOrEmpty is the state directory, "" for a store that keeps nothing.
+func (s *seqStore) dirOrEmpty() string {
+	if s == nil {
+		return ""
+	}
+	return s.dir
+}

@@ -33,7 +33,9 @@ type Stats struct {
 	Enrolments    uint64            `json:"enrolments,omitempty"`   // certificates got with a factory identity (EST simpleenroll)
 	Renewals      uint64            `json:"renewals,omitempty"`     // certificates renewed (EST simplereenroll)
 	EnrolErrors   uint64            `json:"enrol_errors,omitempty"` // failed enrolments and renewals
-	MsgRate       float64           `json:"msg_per_s"`              // answered messages per second, recent
+	Statuses      uint64            `json:"statuses,omitempty"`     // status records acknowledged (not counted as records)
+	StatusRefused uint64            `json:"status_refused,omitempty"`
+	MsgRate       float64           `json:"msg_per_s"` // answered messages per second, recent
 	P50           time.Duration     `json:"-"`
 	P99           time.Duration     `json:"-"`
 	P50MS         float64           `json:"p50_ms"` // PUBLISH to PUBACK
@@ -152,6 +154,8 @@ func (f *fleet) snapshot(rt *rateTracker) Stats {
 		Enrolments:    c.enrolments.Load(),
 		Renewals:      c.renewals.Load(),
 		EnrolErrors:   c.enrolErrors.Load(),
+		Statuses:      c.statuses[0].Load(),
+		StatusRefused: c.statuses[1].Load(),
 		Rejected:      map[string]uint64{},
 		Codes:         map[string]uint64{},
 	}
