@@ -144,6 +144,9 @@ func (g *Gateway) fetchFirmware(ctx context.Context, model, version string) (*jo
 	if testFirmware != nil {
 		return testFirmware(ctx, model, version)
 	}
+	if g.firmware != nil {
+		return g.storeFirmware(ctx, model, version)
+	}
 	return nil, errors.New("no firmware store: updates are off on this gateway")
 }
 

@@ -135,6 +135,7 @@ func New(cfg config.Config, log *slog.Logger) (*Gateway, error) {
 		g.listenDevices,    // ...behind the admission-controlled mTLS listener
 		g.listenHTTP,       // operations
 		g.newFirmware,      // the update repository's client and the image cache
+		g.wireRollouts,     // jobs: images from the store, downloads allowed, devices' status
 		g.listenEnroll,     // enrolment over EST, and the firmware route
 	} {
 		if err := stage(); err != nil {
