@@ -78,6 +78,7 @@ func attackHelp(w io.Writer) {
 	fmt.Fprintf(w, "\nattack modes: %s\n", strings.Join(fleet.Attacks(), ", "))
 	fmt.Fprintf(w, "  burst: after --attack-after, %d times the rate (valid records, within the gateway's default rate limit at --rate 1)\n", fleet.BurstFactor)
 	fmt.Fprintf(w, "  flap: after --attack-after, drop the connection and reconnect every 2 to 4 seconds\n")
+	fmt.Fprintf(w, "  fail_install: check and download each update, then report it failed (reason install)\n")
 	fmt.Fprintf(w, "  both are caught only by the gateway's behaviour baselines: an anomaly event\n")
 }
 
@@ -123,6 +124,8 @@ func parse(args []string, stdout, stderr io.Writer) (fleet.Config, string, error
 	fs.DurationVar(&c.Drain, "drain", c.Drain, "time after --duration to send the backlog and collect acks")
 	fs.BoolVar(&c.Enroll, "enroll", c.Enroll, "start from factory identities (PKI/factory/ID.crt, certs factory): enrol over EST, renew at two thirds of each certificate's lifetime")
 	fs.StringVar(&c.EST, "est", c.EST, "EST server `URL` for --enroll (the gateway's --https listener)")
+	fs.BoolVar(&c.Updates, "updates", c.Updates, "report model and firmware on devices/{id}/status at each connect and take update commands")
+	fs.StringVar(&c.HTTPS, "https", c.HTTPS, "the gateway's HTTPS listener `host:port`: firmware downloads")
 	fs.StringVar(&file.Report, "report", "", "write the final report as JSON to `file` (- for stdout)")
 	check := fs.Bool("check-config", false, "validate the configuration and exit")
 	fs.BoolVar(&file.Verbose, "v", false, "log connection problems (debug) on stderr")

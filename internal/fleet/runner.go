@@ -314,7 +314,7 @@ func (r *runner) connected(cr connectResult) bool {
 	r.gen++
 	r.f.ctr.connects.Add(1)
 	r.f.ctr.connected.Add(1)
-	r.reportStatus(nil, true)
+	r.reportStatus(nil)
 	return true
 }
 

@@ -36,6 +36,8 @@ type standIn struct {
 
 	mu       sync.Mutex
 	accepted map[string][]telemetry.Record // by device, in order
+	statuses map[string][]telemetry.Status // status records by device, in order
+	lastSeq  map[string]uint64             // records and status records share one window
 	replays  int
 	versions map[byte]int // protocol versions of connections
 	checkCRL bool
@@ -54,7 +56,8 @@ func newPKI(t *testing.T) string {
 
 func startStandIn(t *testing.T, dir, addr string) *standIn {
 	t.Helper()
-	s := &standIn{t: t, dir: dir, accepted: map[string][]telemetry.Record{}, versions: map[byte]int{}}
+	s := &standIn{t: t, dir: dir, accepted: map[string][]telemetry.Record{}, versions: map[byte]int{},
+		statuses: map[string][]telemetry.Status{}, lastSeq: map[string]uint64{}}
 	s.start(addr)
 	t.Cleanup(s.stop)
 	return s
@@ -90,6 +93,7 @@ func (s *standIn) start(addr string) {
 	srv := mqtt.New(&mqtt.Options{
 		Logger:       slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Capabilities: caps,
+		InlineClient: true, // the update tests' commands
 	})
 	if err := srv.AddHook(&standInHook{s: s}, nil); err != nil {
 		t.Fatal(err)
@@ -163,7 +167,10 @@ func (h *standInHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) 
 }
 
 func (h *standInHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
-	return write && topic == telemetryTopic(cl.ID)
+	if !write {
+		return topic == "devices/"+cl.ID+"/cmd/update"
+	}
+	return topic == telemetryTopic(cl.ID) || topic == statusTopic(cl.ID)
 }
 
 func (h *standInHook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
@@ -179,9 +186,15 @@ func (h *standInHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 		}
 		return pk, packets.CodeSuccessIgnore
 	}
+	if cl.Net.Inline {
+		return pk, nil // a test's command to a device
+	}
 	payload, err := envelope.VerifyCert(peer(cl), pk.Payload)
 	if err != nil {
 		return reject(packets.ErrNotAuthorized)
+	}
+	if pk.TopicName == statusTopic(cl.ID) {
+		return h.status(cl, pk, payload, reject)
 	}
 	rec, err := telemetry.Decode(payload)
 	if err != nil {
@@ -197,12 +210,12 @@ func (h *standInHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 		s.withhold--
 		return pk, packets.ErrRejectPacket // no PUBACK, connection kept
 	}
-	prev := s.accepted[rec.Dev]
-	if len(prev) > 0 && rec.Seq <= prev[len(prev)-1].Seq {
+	if last, ok := s.lastSeq[rec.Dev]; ok && rec.Seq <= last {
 		s.replays++
 		return reject(packets.ErrImplementationSpecificError)
 	}
-	s.accepted[rec.Dev] = append(prev, *rec)
+	s.lastSeq[rec.Dev] = rec.Seq
+	s.accepted[rec.Dev] = append(s.accepted[rec.Dev], *rec)
 	return pk, packets.CodeSuccessIgnore // acknowledged, not delivered to subscribers
 }
 
@@ -227,8 +240,35 @@ func waitFor(t *testing.T, what string, d time.Duration, cond func() bool, state
 // handshake (pki.ServerTLS with Revocations).
 func startStandInRevocations(t *testing.T, dir string) *standIn {
 	t.Helper()
-	s := &standIn{t: t, dir: dir, accepted: map[string][]telemetry.Record{}, versions: map[byte]int{}, checkCRL: true}
+	s := &standIn{t: t, dir: dir, accepted: map[string][]telemetry.Record{}, versions: map[byte]int{},
+		statuses: map[string][]telemetry.Status{}, lastSeq: map[string]uint64{}, checkCRL: true}
 	s.start("")
 	t.Cleanup(s.stop)
 	return s
+}
+
+// status takes a status record: checked like the gateway does, in the
+// device's one replay window.
+func (h *standInHook) status(cl *mqtt.Client, pk packets.Packet, payload []byte, reject func(packets.Code) (packets.Packet, error)) (packets.Packet, error) {
+	st, err := telemetry.StatusCheck(payload, &telemetry.RecordCheck{Dev: cl.ID, Now: time.Now()}, nil)
+	if err != nil {
+		return reject(packets.ErrPayloadFormatInvalid)
+	}
+	s := h.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if last, ok := s.lastSeq[st.Dev]; ok && st.Seq <= last {
+		s.replays++
+		return reject(packets.ErrImplementationSpecificError)
+	}
+	s.lastSeq[st.Dev] = st.Seq
+	s.statuses[st.Dev] = append(s.statuses[st.Dev], *st)
+	return pk, packets.CodeSuccessIgnore
+}
+
+// statusesOf returns a copy of the accepted status records of dev.
+func (s *standIn) statusesOf(dev string) []telemetry.Status {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]telemetry.Status(nil), s.statuses[dev]...)
 }

@@ -11,10 +11,10 @@ import (
 func statusTopic(id string) string { return "devices/" + id + "/status" }
 
 // reportStatus puts a status record in the buffer: the device's model and
-// firmware, with rep's job state (nil: the last finished job's). At a
-// connect (first) it goes ahead of the backlog, so the gateway knows the
-// device's firmware before its records.
-func (r *runner) reportStatus(rep *report, first bool) {
+// firmware, with rep's job state (nil: the last finished job's). It takes
+// the next seq, so it goes behind the backlog: seqs must reach the gateway
+// in order.
+func (r *runner) reportStatus(rep *report) {
 	if r.up == nil {
 		return
 	}
@@ -36,10 +36,6 @@ func (r *runner) reportStatus(rep *report, first bool) {
 	r.nextID++
 	e := &entry{id: r.nextID, topic: statusTopic(r.id), payload: b, status: true}
 	r.f.ctr.buffered.Add(1)
-	if first {
-		r.pending = append([]*entry{e}, r.pending...)
-		return
-	}
 	r.pending = append(r.pending, e)
 }
 
@@ -48,7 +44,7 @@ func (r *runner) reportStatus(rep *report, first bool) {
 // the job's outcome.
 func (r *runner) reportUpdate(ctx context.Context, rep report) {
 	if !rep.reconnect {
-		r.reportStatus(&rep, false)
+		r.reportStatus(&rep)
 		return
 	}
 	r.disconnect()
