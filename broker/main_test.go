@@ -161,7 +161,7 @@ func TestCheckConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := run(context.Background(), []string{"--pki", dir, "--config", cfgFile, "--check-config"}, &out, &syncBuf{}); err == nil ||
-		!strings.Contains(err.Error(), `unknown key "nosuchkey" (valid keys: pki, listen, apps, ws, data, http, max_packet,`) {
+		!strings.Contains(err.Error(), `unknown key "nosuchkey" (valid keys: pki, listen, apps, ws, data, http, updates, repo, max_packet,`) {
 		t.Fatalf("unknown config key: %v, want it named with the valid keys", err)
 	}
 }

@@ -41,8 +41,12 @@ func (g *Gateway) listenEnroll() error {
 	if g.firmware != nil {
 		mux.Handle("GET "+firmware.Prefix, g.firmwareRoute(s))
 	}
+	write := 30 * time.Second
+	if g.firmware != nil {
+		write = 10 * time.Minute // an image over a slow home uplink; a cut download resumes with Range
+	}
 	g.https = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second,
-		WriteTimeout: 30 * time.Second, IdleTimeout: time.Minute, MaxHeaderBytes: 16 << 10}
+		WriteTimeout: write, IdleTimeout: time.Minute, MaxHeaderBytes: 16 << 10}
 	return nil
 }
 
