@@ -222,7 +222,8 @@ func TestDesignPKIFiles(t *testing.T) {
 		pki.FileCRL, pki.FileGateway, pki.FileGatewayKey, pki.FileGatewayClient, pki.FileGatewayClientKey,
 		pki.FileBroker, pki.FileBrokerKey, pki.FileAppTokenKey, pki.FileAppTokenPub, pki.DevicesDir,
 		pki.FileIssuingCA, pki.FileIssuingCAKey, pki.FileIssuingCRL, pki.ManufacturersDir, pki.FileEnroll,
-		pki.FileGatewayCRL, pki.FileRevokedTokens, pki.IssuedDir, pki.FactoryDir, pki.GatewaysDir}
+		pki.FileGatewayCRL, pki.FileRevokedTokens, pki.IssuedDir, pki.FactoryDir, pki.GatewaysDir,
+		pki.FileUpdateSigningKey, pki.FileUpdateSigningPub, pki.TUFKeysDir, pki.FileTUFRoot}
 	sort.Strings(doc)
 	sort.Strings(code)
 	if strings.Join(doc, " ") != strings.Join(code, " ") {

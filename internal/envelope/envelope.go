@@ -93,9 +93,10 @@ func algFor(pub crypto.PublicKey) (cose.Algorithm, error) {
 // Verifier checks the messages of one device. Build it once per connection;
 // it is safe for concurrent use.
 type Verifier struct {
-	alg cose.Algorithm
-	cv  cose.Verifier
-	kid []byte
+	alg    cose.Algorithm
+	cv     cose.Verifier
+	kid    []byte
+	anyKid bool // a key's messages (manifests) rather than a device's: a kid names nothing
 }
 
 // NewVerifier returns a Verifier for the device whose certificate holds pub
@@ -111,6 +112,18 @@ func NewVerifier(pub crypto.PublicKey, deviceID string) (*Verifier, error) {
 		return nil, fmt.Errorf("new verifier: %w", err)
 	}
 	return &Verifier{alg: alg, cv: cv, kid: []byte(deviceID)}, nil
+}
+
+// NewKeyVerifier returns a Verifier for messages signed by pub that name no
+// device, such as firmware manifests: a kid, if present, is not checked. The
+// other rules (alg, strict parsing, size) are those of [NewVerifier].
+func NewKeyVerifier(pub crypto.PublicKey) (*Verifier, error) {
+	v, err := NewVerifier(pub, "")
+	if err != nil {
+		return nil, err
+	}
+	v.anyKid = true
+	return v, nil
 }
 
 // VerifyCert verifies msg with the key of cert, the device ID being the

@@ -274,3 +274,38 @@ func FuzzVerify(f *testing.F) {
 		}
 	})
 }
+
+// TestNewKeyVerifier: a key's verifier accepts any kid (a manifest names no device) and still refuses a message
+// signed by another key; a device's verifier refuses the kid of another device.
+func TestNewKeyVerifier(t *testing.T) {
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	_, other, _ := ed25519.GenerateKey(rand.Reader)
+	kv, err := envelope.NewKeyVerifier(key.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dv, err := envelope.NewVerifier(key.Public(), "dev-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kid := range []string{"", "dev-1", "vendor-key-7"} {
+		msg, err := envelope.Sign(key, kid, []byte{0xa0})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p, err := kv.Verify(msg); err != nil || !bytes.Equal(p, []byte{0xa0}) {
+			t.Errorf("kid %q: %x, %v", kid, p, err)
+		}
+		if _, err := dv.Verify(msg); (err == nil) != (kid != "vendor-key-7") {
+			t.Errorf("device verifier, kid %q: %v", kid, err)
+		}
+	}
+	forged, _ := envelope.Sign(other, "", []byte{0xa0})
+	var ve *verdict.Error
+	if _, err := kv.Verify(forged); !errors.As(err, &ve) || ve.Detail != envelope.DetailSignature {
+		t.Errorf("another key: %v", err)
+	}
+	if _, err := envelope.NewKeyVerifier("not a key"); err == nil {
+		t.Error("NewKeyVerifier accepted a string")
+	}
+}

@@ -241,25 +241,7 @@ func LoadKey(path string) (crypto.Signer, error) {
 }
 
 // LoadTokenKey reads the public key that checks app tokens (app-token.pub, PKIX PEM): ECDSA P-256 or Ed25519.
-func LoadTokenKey(path string) (crypto.PublicKey, error) {
-	ders, err := readPEM(path, "PUBLIC KEY")
-	if err != nil {
-		return nil, err
-	}
-	k, err := x509.ParsePKIXPublicKey(ders[0])
-	if err != nil {
-		return nil, fmt.Errorf("%s: parse public key: %w", path, err)
-	}
-	switch k := k.(type) {
-	case *ecdsa.PublicKey:
-		if k.Curve == elliptic.P256() {
-			return k, nil
-		}
-	case ed25519.PublicKey:
-		return k, nil
-	}
-	return nil, fmt.Errorf("%s: unsupported token key (want ECDSA P-256 or Ed25519)", path)
-}
+func LoadTokenKey(path string) (crypto.PublicKey, error) { return LoadPublicKey(path) }
 
 // writeFile writes data to path through a temporary file in the same directory that is created with perm and
 // renamed into place, so the file never exists with another mode and readers never see a partial file. With
