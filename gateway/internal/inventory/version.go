@@ -2,20 +2,18 @@ package inventory
 
 import (
 	"fmt"
-	"strings"
 
 	"golang.org/x/mod/semver"
+
+	"github.com/vitalgate/vitalgate/internal/update"
 )
 
-// ValidVersion reports whether v is a semantic version (semver.org 2.0):
-// MAJOR.MINOR.PATCH with an optional pre-release and build, no leading "v".
+// ValidVersion reports whether v is a semantic version as a manifest's
+// version is ([update.ValidVersion]: semver 2.0.0, MAJOR.MINOR.PATCH with
+// an optional pre-release and build, no leading "v") that [Below] can
+// compare.
 func ValidVersion(v string) bool {
-	if v == "" || v[0] == 'v' || !semver.IsValid("v"+v) {
-		return false
-	}
-	core, _, _ := strings.Cut(v, "+")
-	core, _, _ = strings.Cut(core, "-")
-	return strings.Count(core, ".") == 2 // semver accepts the shorthands v1 and v1.2; a version does not
+	return update.ValidVersion(v) && semver.IsValid("v"+v)
 }
 
 // Below reports whether version fw is below minimum (semantic version
