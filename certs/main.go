@@ -1,6 +1,6 @@
 // Command certs manages the deployment's PKI directory (docs/design.md#the-pki-directory): the CAs, the gateway and broker
-// certificates, device certificates, the device revocation list, app tokens and their revocation, and the client
-// certificates of further gateways and their revocation.
+// certificates, device certificates, the device revocation list, app tokens and their revocation, the client
+// certificates of further gateways and their revocation, and the keys and repository of signed firmware updates.
 //
 //	certs init    --dir DIR [--site SITE] [--gateway-id ID] [--hosts h1,h2] [--key p256|ed25519] [--force]
 //	certs device  --dir DIR --id ID [--key p256|ed25519] [--days N]
@@ -11,6 +11,10 @@
 //	certs renew-issuing --dir DIR [--days 90]
 //	certs token   --dir DIR --sub NAME --sites S1,S2 [--role operator|clinician] [--ttl 1h]
 //	certs gateway --dir DIR --id ID --site SITE [--key p256|ed25519]
+//	certs update-init --dir DIR --repo REPO [--key p256|ed25519]
+//	certs firmware --dir DIR --repo REPO --image FILE --model M --version V --seq N [--vendor NAME] [--days 90]
+//	               [--min-battery N] [--targets id1,id2]
+//	certs update-refresh --dir DIR --repo REPO
 //
 // Every subcommand takes --config FILE, a YAML map whose keys are flag names; flags on the command line win.
 // Exit status: 0 on success, 1 on failure, 2 on bad usage, with a one-line reason on stderr.
@@ -58,6 +62,12 @@ var commands = []command{
 		"print an app JWT on stdout and its jti (what certs revoke --jti takes) on stderr", setupToken},
 	{"gateway", "--dir DIR --id ID --site SITE [--key p256|ed25519]",
 		"issue the client certificate of a further gateway: gateways/ID.crt and ID.key", setupGateway},
+	{"update-init", "--dir DIR --repo REPO [--key p256|ed25519]",
+		"create the update-signing key pair, the TUF role keys, tuf-root.json and the update repository", setupUpdateInit},
+	{"firmware", "--dir DIR --repo REPO --image FILE --model M --version V --seq N [--vendor NAME] [--days 90] [--min-battery N] [--targets id1,id2]",
+		"sign a firmware manifest and publish image and manifest in the update repository", setupFirmware},
+	{"update-refresh", "--dir DIR --repo REPO",
+		"re-sign the update repository's snapshot and timestamp (the timestamp expires after a day)", setupUpdateRefresh},
 }
 
 // usageError marks a bad command line (exit status 2).
@@ -67,7 +77,7 @@ func mainUsage(w io.Writer) {
 	fmt.Fprintln(w, "Usage: certs COMMAND [flags]   (certs COMMAND --help for its flags)")
 	fmt.Fprintln(w, "\nCommands:")
 	for _, c := range commands {
-		fmt.Fprintf(w, "  %-13s %s\n", c.name, c.summary)
+		fmt.Fprintf(w, "  %-15s %s\n", c.name, c.summary)
 	}
 }
 

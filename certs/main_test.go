@@ -10,6 +10,7 @@ import (
 
 	"github.com/vitalgate/vitalgate/internal/cli/clitest"
 	"github.com/vitalgate/vitalgate/internal/pki"
+	"github.com/vitalgate/vitalgate/internal/update"
 )
 
 // TestMain lets the tests run the real command (clitest.Run).
@@ -46,7 +47,7 @@ func TestCLI(t *testing.T) {
 	}{
 		{"no command", nil, 2, "", "*"},
 		{"help", []string{"--help"}, 0, "Commands:", ""},
-		{"unknown command", []string{"frobnicate"}, 2, "", `certs: unknown command "frobnicate" (want init, device, devices, revoke, factory, manufacturer, renew-issuing, token, gateway; see certs --help)`},
+		{"unknown command", []string{"frobnicate"}, 2, "", `certs: unknown command "frobnicate" (want init, device, devices, revoke, factory, manufacturer, renew-issuing, token, gateway, update-init, firmware, update-refresh; see certs --help)`},
 		{"init help", []string{"init", "--help"}, 0, "--force", ""},
 		{"init help placeholder", []string{"init", "--help"}, 0, "-dir directory\n    \tPKI directory to write\n", ""},
 		{"device help", []string{"device", "-h"}, 0, "-days", ""},
@@ -243,4 +244,75 @@ func mustLoad(t *testing.T, path string) *x509.Certificate {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// TestUpdateCommands runs update-init, firmware and update-refresh: the files they write, the manifest that
+// verifies with update-signing.pub and matches the image, and what they refuse.
+func TestUpdateCommands(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "pki")
+	repo := filepath.Join(t.TempDir(), "repo")
+	if code, _, stderr := certs(t, "init", "--dir", dir); code != 0 {
+		t.Fatal(stderr)
+	}
+	image := filepath.Join(t.TempDir(), "oxi.bin")
+	if err := os.WriteFile(image, []byte("firmware 1.3.0"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fw := func(version, seq string, extra ...string) []string {
+		return append([]string{"firmware", "--dir", dir, "--repo", repo, "--image", image, "--model", "oxi-1",
+			"--version", version, "--seq", seq}, extra...)
+	}
+	for _, tt := range []struct {
+		name       string
+		args       []string
+		wantCode   int
+		wantStdout string
+		wantStderr string // substring
+	}{
+		{"firmware before init", fw("1.0.0", "1"), 1, "", "update-signing.key"},
+		{"update-init", []string{"update-init", "--dir", dir, "--repo", repo, "--key", "ed25519"}, 0, "(ed25519 keys); repository " + repo, ""},
+		{"update-init again", []string{"update-init", "--dir", dir, "--repo", repo}, 1, "", "root metadata exists"},
+		{"update-init keys exist", []string{"update-init", "--dir", dir, "--repo", filepath.Join(t.TempDir(), "r2")}, 1, "", "update-signing.key exists"},
+		{"firmware", fw("1.3.0", "4", "--min-battery", "30", "--targets", "oxi-00001,oxi-00002"), 0,
+			"published oxi-1 1.3.0 (seq 4, 14 bytes): oxi-1/1.3.0/image.bin, oxi-1/1.3.0/manifest.cose", ""},
+		{"firmware again", fw("1.3.0", "5"), 1, "", "already published"},
+		{"firmware rollback", fw("1.4.0", "4"), 1, "", "not above seq 4"},
+		{"firmware without seq", fw("1.4.0", "0"), 2, "", "--seq is required"},
+		{"firmware bad battery", fw("1.4.0", "5", "--min-battery", "101"), 2, "", "want 0..100"},
+		{"firmware bad target", fw("1.4.0", "5", "--targets", "a/b"), 1, "", "not a device ID"},
+		{"firmware bad version", fw("v1.4", "5"), 1, "", "semantic version"},
+		{"update-refresh", []string{"update-refresh", "--dir", dir, "--repo", repo}, 0, "the timestamp is valid for 24h0m0s", ""},
+	} {
+		code, stdout, stderr := certs(t, tt.args...)
+		if code != tt.wantCode || !strings.Contains(stdout, tt.wantStdout) || !strings.Contains(stderr, tt.wantStderr) ||
+			(tt.wantStderr == "") != (stderr == "") {
+			t.Errorf("%s: exit %d, stdout %q, stderr %q; want %d, %q, %q", tt.name, code, stdout, stderr, tt.wantCode, tt.wantStdout, tt.wantStderr)
+		}
+	}
+	root, _ := os.ReadFile(filepath.Join(dir, pki.FileTUFRoot))
+	first, _ := os.ReadFile(filepath.Join(repo, "metadata", "1.root.json"))
+	if len(root) == 0 || string(root) != string(first) {
+		t.Error("tuf-root.json is not the repository's 1.root.json")
+	}
+	for _, f := range []string{pki.FileUpdateSigningKey, "tuf-keys/root.key", "tuf-keys/timestamp.key"} {
+		if fi, err := os.Stat(filepath.Join(dir, f)); err != nil || fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s: %v", f, err)
+		}
+	}
+	pub, err := update.LoadPublicKey(filepath.Join(dir, pki.FileUpdateSigningPub))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cose, _ := os.ReadFile(filepath.Join(repo, "targets", "oxi-1", "1.3.0", "manifest.cose"))
+	img, _ := os.ReadFile(filepath.Join(repo, "targets", "oxi-1", "1.3.0", "image.bin"))
+	m, err := update.Parse(cose, pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := update.CheckImage(m, img); err != nil || m.Seq != 4 || m.MinBattery != 30 || len(m.Targets) != 2 || m.Vendor != "VitalGate" {
+		t.Errorf("manifest %+v: %v", m, err)
+	}
+	if d := time.Until(m.Expiry()); d < 89*24*time.Hour || d > 90*24*time.Hour {
+		t.Errorf("manifest expires in %s, want 90 days", d)
+	}
 }

@@ -11,7 +11,7 @@
 //
 // Each role has one key (threshold 1) under pki.TUFKeysDir. [Init] writes version 1 of everything; [Add] adds
 // targets and re-signs targets, snapshot and timestamp with the next version and fresh expiries; [Refresh]
-// re-signs the timestamp alone. Files are written to a temporary name and renamed, files before the metadata
+// re-signs snapshot and timestamp (and targets past half their lifetime). Files are written to a temporary name and renamed, files before the metadata
 // that names them and the timestamp last, so a client reading during a publication sees the old or the new
 // repository.
 package updrepo
@@ -126,8 +126,8 @@ func signed[T metadata.Roles](md *metadata.Metadata[T], key crypto.Signer) ([]by
 	return b, nil
 }
 
-// publish writes files (target path → bytes), then targets.json as given, then a snapshot and a timestamp that
-// name it, each one version above the repository's current one (1 for a new repository).
+// publish writes files (target path → bytes), then targets.json as given (nil: kept as it is), then a snapshot
+// and a timestamp that name it, each one version above the repository's current one (1 for a new repository).
 func publish(repo string, keys *Keys, targets *metadata.Metadata[metadata.TargetsType], files map[string][]byte, now time.Time) error {
 	for p, data := range files {
 		full := filepath.Join(repo, TargetsDir, filepath.FromSlash(p))
@@ -138,17 +138,25 @@ func publish(repo string, keys *Keys, targets *metadata.Metadata[metadata.Target
 			return err
 		}
 	}
-	targetsJSON, err := signed(targets, keys.Targets)
-	if err != nil {
-		return err
-	}
 	snapshot := metadata.Snapshot(expiry(now, SnapshotExpiry))
-	if old, err := readSnapshot(repo); err == nil {
+	old, err := readSnapshot(repo)
+	if err == nil {
 		snapshot.Signed.Version = old.Signed.Version + 1
 	}
-	snapshot.Signed.Meta["targets.json"] = metadata.MetaFile(targets.Signed.Version)
-	if err := writeMeta(repo, "targets.json", targetsJSON); err != nil {
-		return err
+	if targets == nil {
+		if err != nil {
+			return err
+		}
+		snapshot.Signed.Meta["targets.json"] = old.Signed.Meta["targets.json"]
+	} else {
+		targetsJSON, err := signed(targets, keys.Targets)
+		if err != nil {
+			return err
+		}
+		if err := writeMeta(repo, "targets.json", targetsJSON); err != nil {
+			return err
+		}
+		snapshot.Signed.Meta["targets.json"] = metadata.MetaFile(targets.Signed.Version)
 	}
 	snapshotJSON, err := signed(snapshot, keys.Snapshot)
 	if err != nil {
@@ -181,21 +189,24 @@ func stamp(repo string, keys *Keys, snapshotVersion int64, snapshotJSON []byte, 
 	return writeMeta(repo, "timestamp.json", tsJSON)
 }
 
-// Refresh re-signs the timestamp (next version, a fresh expiry) without changing anything else: what an
-// operator runs at least daily.
+// Refresh keeps the repository's metadata from expiring without changing what it publishes: it re-signs the
+// snapshot and the timestamp (next versions, fresh expiries), and the targets too when less than half of their
+// lifetime is left. Operators run it at least daily.
 func Refresh(repo string, keys *Keys, now time.Time) error {
 	if err := checkKeys(repo, keys); err != nil {
 		return err
 	}
-	snapshotJSON, err := os.ReadFile(metaPath(repo, "snapshot.json"))
+	targets, err := new(metadata.Metadata[metadata.TargetsType]).FromFile(metaPath(repo, "targets.json"))
 	if err != nil {
-		return fmt.Errorf("update repository: %w", err)
+		return fmt.Errorf("update repository: read targets: %w", err)
 	}
-	snap, err := readSnapshot(repo)
-	if err != nil {
-		return err
+	if targets.Signed.Expires.Before(now.Add(TargetsExpiry / 2)) {
+		targets.Signed.Version++
+		targets.Signed.Expires = expiry(now, TargetsExpiry)
+	} else {
+		targets = nil
 	}
-	return stamp(repo, keys, snap.Signed.Version, snapshotJSON, now)
+	return publish(repo, keys, targets, nil, now)
 }
 
 func readSnapshot(repo string) (*metadata.Metadata[metadata.SnapshotType], error) {

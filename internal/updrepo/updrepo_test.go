@@ -278,3 +278,37 @@ func copyDir(t *testing.T, from, to string) {
 		}
 	}
 }
+
+// TestRefresh: a repository published 60 days ago (snapshot and timestamp expired, targets past half their life)
+// is refused until Refresh re-signs it, and then serves the same image; a fresh repository's targets are kept.
+func TestRefresh(t *testing.T) {
+	now := time.Now()
+	then := now.Add(-60 * 24 * time.Hour)
+	f := newFixture(t, pki.P256, then)
+	f.publish(t, "oxi-1", "1.0.0", 1, []byte("firmware one"), then)
+	srv := serve(t, f.repo)
+	if err := client(t, srv, f.root, t.TempDir()).Refresh(); err == nil || !strings.Contains(err.Error(), "expired") {
+		t.Fatalf("60 days old: %v", err)
+	}
+	if err := Refresh(f.repo, f.keys, now); err != nil {
+		t.Fatal(err)
+	}
+	u := client(t, srv, f.root, t.TempDir())
+	if err := u.Refresh(); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := download(t, u, ImagePath("oxi-1", "1.0.0")); string(got) != "firmware one" {
+		t.Fatalf("image %q", got)
+	}
+	if v := u.GetTrustedMetadataSet().Targets["targets"].Signed.Version; v != 3 {
+		t.Errorf("targets version %d, want 3 (renewed)", v)
+	}
+	before, _ := os.ReadFile(filepath.Join(f.repo, MetadataDir, "targets.json"))
+	if err := Refresh(f.repo, f.keys, now); err != nil {
+		t.Fatal(err)
+	}
+	after, _ := os.ReadFile(filepath.Join(f.repo, MetadataDir, "targets.json"))
+	if !bytes.Equal(before, after) {
+		t.Error("Refresh re-signed targets that had 90 days left")
+	}
+}
