@@ -18,7 +18,8 @@ import (
 // operator's dashboard would.
 type jobWatch struct {
 	mu     sync.Mutex
-	latest map[string][]byte // topic: latest payload
+	latest map[string][]byte   // topic: latest payload
+	all    map[string][][]byte // summary topic: every payload, in order
 	c      mqtt3.Client
 }
 
@@ -41,7 +42,7 @@ func (e *env) watchJobs(url, clientID, tok string) *jobWatch {
 		e.t.Fatal(err)
 	}
 	tc.ServerName = "localhost"
-	w := &jobWatch{latest: map[string][]byte{}}
+	w := &jobWatch{latest: map[string][]byte{}, all: map[string][][]byte{}}
 	o := mqtt3.NewClientOptions().AddBroker(url).SetClientID(clientID).SetUsername(clientID).
 		SetPassword(tok).SetTLSConfig(tc).SetAutoReconnect(false).SetCleanSession(true)
 	w.c = mqtt3.NewClient(o)
@@ -53,6 +54,9 @@ func (e *env) watchJobs(url, clientID, tok string) *jobWatch {
 		w.mu.Lock()
 		defer w.mu.Unlock()
 		w.latest[m.Topic()] = m.Payload()
+		if strings.HasSuffix(m.Topic(), "/status") && strings.HasPrefix(m.Topic(), "jobs/") && len(w.all[m.Topic()]) < 10000 {
+			w.all[m.Topic()] = append(w.all[m.Topic()], m.Payload())
+		}
 	})
 	if !sub.WaitTimeout(10*time.Second) || sub.Error() != nil {
 		e.t.Fatalf("%s: subscribe: %v", clientID, sub.Error())
@@ -105,6 +109,28 @@ func (w *jobWatch) summary(job string) map[string]any {
 		_ = json.Unmarshal(p, &m)
 	}
 	return m
+}
+
+// summaries are the job's summaries received, in order.
+func (w *jobWatch) summaries(job string) []jobSummary {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var out []jobSummary
+	for _, p := range w.all["jobs/site1/"+job+"/status"] {
+		var s jobSummary
+		if json.Unmarshal(p, &s) == nil {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// jobSummary is a job's summary as the gateway relays it.
+type jobSummary struct {
+	Wave, Waves   int
+	Counts        map[string]int
+	Aborted, Done bool
+	Reason        string
 }
 
 // inventory is the latest retained inventory entry of dev, decoded.
