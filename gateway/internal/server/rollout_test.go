@@ -2,10 +2,8 @@ package server
 
 import (
 	"context"
-	"crypto"
 	"crypto/sha256"
 	"fmt"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -80,27 +78,12 @@ func newRolloutEnv(t *testing.T) *rolloutEnv {
 // update keys, a repository, and image as rolloutModel rolloutVersion, seq 1.
 func publishImage(t *testing.T, pkiDir, repo string, image []byte) {
 	t.Helper()
-	if err := pki.UpdateKeys(pkiDir, pki.P256); err != nil {
-		t.Fatal(err)
-	}
-	keys, err := updrepo.LoadKeys(pkiDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	root, err := updrepo.Init(repo, keys, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(pkiDir, pki.FileTUFRoot), root, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	signer, err := pki.LoadKey(filepath.Join(pkiDir, pki.FileUpdateSigningKey))
-	if err != nil {
+	if err := updrepo.Setup(pkiDir, repo, pki.P256, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	m := &update.Manifest{V: 1, Vendor: "VitalGate", Model: rolloutModel, Version: rolloutVersion, Seq: 1,
 		NotAfter: time.Now().Add(24 * time.Hour).UnixMilli()}
-	if _, err := updrepo.Firmware(repo, keys, signer.(crypto.Signer), m, image, time.Now()); err != nil {
+	if _, err := updrepo.Publish(pkiDir, repo, m, image, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 }
