@@ -2,6 +2,7 @@ package demo
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
@@ -15,7 +16,10 @@ import (
 
 	mqtt3 "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/vitalgate/vitalgate/internal/fleet"
 	"github.com/vitalgate/vitalgate/internal/pki"
+	"github.com/vitalgate/vitalgate/internal/update"
+	"github.com/vitalgate/vitalgate/internal/updrepo"
 )
 
 // The demo's firmware rollout: at start, a signed test image of the
@@ -23,13 +27,42 @@ import (
 // served over HTTPS as any static host would; once the fleet runs, an
 // operator at the cloud starts a rollout of it in three waves.
 const (
-	RolloutJob     = "demo-oxi-fw"
-	RolloutVersion = "1.1.0"
-	imageSize      = 64 << 10
+	RolloutJob    = "demo-oxi-fw"
+	RolloutPrefix = "oxi" // the site's other oximeters, not drawn as patients
+	imageSize     = 64 << 10
 )
+
+// RolloutModel is the model the demo's rollout updates: the oximeters'.
+var RolloutModel = fleet.ModelOf("spo2")
 
 // RolloutWaves are the demo rollout's waves, cumulative percentages.
 var RolloutWaves = []int{10, 50, 100}
+
+// prepareUpdates creates the update keys and repository in the demo's PKI
+// and directory (unless a reused directory has them) and publishes a test
+// image of RolloutModel, signed: version 1.1.0 in a new repository, a
+// version and seq of the current time in a reused one (a device installs
+// only a seq above its own). It returns the version.
+func prepareUpdates(res *Result) (string, error) {
+	version, seq := "1.1.0", uint64(1)
+	if err := updrepo.Setup(res.PKI, res.Repo, pki.P256, time.Now()); err != nil {
+		if _, serr := os.Stat(filepath.Join(res.PKI, pki.FileTUFRoot)); serr != nil {
+			return "", fmt.Errorf("update repository: %w", err)
+		}
+		seq = uint64(time.Now().Unix())
+		version = fmt.Sprintf("1.1.%d", seq)
+	}
+	image := make([]byte, imageSize)
+	if _, err := rand.Read(image); err != nil {
+		return "", err
+	}
+	m := &update.Manifest{V: 1, Vendor: "VitalGate", Model: RolloutModel, Version: version, Seq: seq,
+		NotAfter: time.Now().Add(7 * 24 * time.Hour).UnixMilli()}
+	if _, err := updrepo.Publish(res.PKI, res.Repo, m, image, time.Now()); err != nil {
+		return "", fmt.Errorf("publish the test image: %w", err)
+	}
+	return version, nil
+}
 
 // startRepoServer serves the update repository dir over HTTPS with the
 // broker's certificate: files only, as any static web server would. It
@@ -78,10 +111,10 @@ type rolloutJob struct {
 	Deadline      int64   `json:"deadline"`
 }
 
-// startRollout waits until after, then publishes the demo's rollout as an
-// operator at the cloud's apps listener: every oximeter of the site, in
-// RolloutWaves, aborted when a fifth of the devices tried fail.
-func startRollout(ctx context.Context, res *Result, site, model string, after time.Duration, log *slog.Logger) error {
+// startRollout waits until after, then publishes the demo's rollout of
+// version as an operator at the cloud's apps listener: every oximeter of
+// the site, in RolloutWaves, aborted when a fifth of the devices tried fail.
+func startRollout(ctx context.Context, res *Result, site, version string, after time.Duration, log *slog.Logger) error {
 	select {
 	case <-ctx.Done():
 		return nil
@@ -104,17 +137,30 @@ func startRollout(ctx context.Context, res *Result, site, model string, after ti
 		return fmt.Errorf("operator: connect to %s: %v", res.AppsAddr, t.Error())
 	}
 	defer c.Disconnect(250)
-	job, _ := json.Marshal(rolloutJob{V: 1, Job: RolloutJob, Model: model, Version: RolloutVersion, Waves: RolloutWaves,
+	job, _ := json.Marshal(rolloutJob{V: 1, Job: RolloutJob, Model: RolloutModel, Version: version, Waves: RolloutWaves,
 		AbortFailures: 0.2, Deadline: time.Now().Add(time.Hour).UnixMilli()})
 	t := c.Publish("jobs/"+site+"/"+RolloutJob, 1, true, job)
 	if !t.WaitTimeout(10*time.Second) || t.Error() != nil {
 		return fmt.Errorf("operator: publish the job: %v", t.Error())
 	}
-	log.Info("rollout published", "job", RolloutJob, "model", model, "version", RolloutVersion)
+	log.Info("rollout published", "job", RolloutJob, "model", RolloutModel, "version", version)
 	return nil
 }
 
 // operatorToken mints the demo operator's app token for site.
 func operatorToken(pkiDir, site string) (string, error) {
 	return pki.MintRoleToken(pkiDir, "demo-operator", pki.RoleOperator, []string{site}, 24*time.Hour)
+}
+
+// runOximeters runs the site's other oximeters (n of them, prefix
+// RolloutPrefix) at a low rate until ctx is done: most of the rollout's
+// devices.
+func runOximeters(ctx context.Context, res *Result, n int, log *slog.Logger) {
+	fc := fleet.Default()
+	fc.PKI, fc.Gateway, fc.HTTPS, fc.Devices, fc.Prefix = res.PKI, res.DeviceAddr, res.HTTPSAddr, n, RolloutPrefix
+	fc.Kinds, fc.Rate, fc.MQTT = []string{"spo2"}, 0.2, fleet.MQTTMix
+	fc.Logger = log.With("component", "oximeters")
+	if _, err := fleet.Run(ctx, fc, nil); err != nil && ctx.Err() == nil {
+		log.Error("oximeters", "error", err)
+	}
 }
