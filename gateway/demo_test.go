@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -71,8 +72,12 @@ func rejections(frame string) map[string]int {
 // The verdicts of the attackers' first phases (demo.AttackCycles[k][0]).
 var firstPhase = []string{"bad_signature", "identity_mismatch", "schema"}
 
+// rolloutDone matches the finished rollout of every oximeter (patients' and
+// the site's other 20), each wave final.
+var rolloutDone = regexp.MustCompile(`(?m)^rollout demo-oxi-fw: acme-oxi-1 to 1\.1\.0, \d+ devices, done: succeeded \d+$`)
+
 func demoDone(frame string) bool {
-	if !okRow.MatchString(frame) {
+	if !okRow.MatchString(frame) || !rolloutDone.MatchString(frame) {
 		return false
 	}
 	r := rejections(frame)
@@ -128,6 +133,14 @@ func TestDemo(t *testing.T) {
 	// The clinician trusts ca.crt alone: the rows verified with the chains the gateway published.
 	if m := regexp.MustCompile(`device certificates \(published, checked against ca.crt\): (\d+) verified, 0 rejected`).FindStringSubmatch(final); m == nil || m[1] == "0" {
 		t.Errorf("no verified published certificate chain in the final view:\n%s", final)
+	}
+	if !rolloutDone.MatchString(final) {
+		t.Errorf("no finished rollout in the final view:\n%s", final)
+	}
+	for i, w := range []string{"10", "50", "100"} {
+		if !regexp.MustCompile(fmt.Sprintf(`(?m)^  wave %d +%s%%  \[#{20}\] (\d+)/(\d+) final$`, i+1, w)).MatchString(final) {
+			t.Errorf("wave %d not shown final in the final view:\n%s", i+1, final)
+		}
 	}
 	r := rejections(final)
 	for _, v := range firstPhase {

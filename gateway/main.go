@@ -6,6 +6,7 @@
 //	gateway --check-config [flags]
 //	gateway audit [--config FILE] [--pki DIR] [--json]
 //	gateway audit verify [--data DIR | --file FILE]
+//	gateway devices [--config FILE] [--data DIR] [--json]
 //	gateway replay reset --data DIR --id DEVICE
 //	gateway demo [--devices N] [--duration D]
 //	gateway demo sign --pki DIR --id ID [--kind KIND] --seq N
@@ -40,6 +41,8 @@ func main() {
 	switch {
 	case len(args) > 0 && args[0] == "audit":
 		err = auditCmd(args[1:], os.Stdout)
+	case len(args) > 0 && args[0] == "devices":
+		err = devicesCmd(args[1:], os.Stdout)
 	case len(args) > 0 && args[0] == "replay":
 		err = replayCmd(args[1:], os.Stdout)
 	case len(args) > 0 && args[0] == "demo":
@@ -68,6 +71,7 @@ func parseConfig(args []string) (config.Config, bool, error) {
 		fmt.Fprintln(fs.Output(), "usage: gateway [flags]            run the gateway\n"+
 			"       gateway audit [flags]         posture audit of the PKI directory (exit 3: a high or critical finding)\n"+
 			"       gateway audit verify [flags]  check the audit log's hash chain\n"+
+			"       gateway devices [flags]       the device inventory: model, firmware, certificate, last seen, verdicts\n"+
 			"       gateway replay reset [flags]  forget one device's last seq (stopped gateway)\n"+
 			"       gateway demo [flags]          broker, gateway, fleet and a clinician view in one process\n"+
 			"       gateway demo sign [flags]     write one signed record of a simulated device to stdout\n\nflags:")

@@ -31,7 +31,7 @@ func TestHelp(t *testing.T) {
 		args []string
 		want []string
 	}{
-		{[]string{"--help"}, []string{"gateway audit verify [flags]", "gateway demo [flags]", "gateway demo sign [flags]",
+		{[]string{"--help"}, []string{"gateway audit verify [flags]", "gateway demo [flags]", "gateway devices [flags]", "gateway demo sign [flags]",
 			"-pki directory\n", "PKI directory as certs init writes it", "mqtt://", "tls://", "mqtts://"}},
 		{[]string{"-h"}, []string{"gateway demo sign [flags]"}},
 		{[]string{"audit", "--help"}, []string{"usage: gateway audit verify [--data DIR | --file FILE]", "usage: gateway audit [--config FILE] [--pki DIR] [--json]"}},
@@ -39,6 +39,7 @@ func TestHelp(t *testing.T) {
 		{[]string{"audit", "-h"}, []string{"usage: gateway audit verify"}},
 		{[]string{"audit", "verify", "--help"}, []string{"usage: gateway audit verify [--data DIR | --file FILE]", "-data", "-file"}},
 		{[]string{"demo", "--help"}, []string{"usage: gateway demo [flags]", "-devices"}},
+		{[]string{"devices", "--help"}, []string{"usage: gateway devices [--config FILE] [--data DIR] [--json]", "GET /devices", "-json"}},
 		{[]string{"demo", "sign", "--help"}, []string{"usage: gateway demo sign", "-seq"}},
 	} {
 		code, stdout, stderr := runMain(t, c.args...)

@@ -8,66 +8,71 @@ import (
 )
 
 // TestCertsTopicsACL: a gateway publishes retained certificate chains under
-// certs/ of its own site only, one level per device; an app reads those of
-// its token's sites and never publishes there.
+// certs/ (and inventory entries under inventory/) of its own site only, one
+// level per device; an app reads those of its token's sites and never
+// publishes there.
 func TestCertsTopicsACL(t *testing.T) {
-	dir := testPKI(t)
-	b, _ := startBroker(t, testConfig(dir, ""))
-	gw, err := rawDial(t, b.GatewayAddr(), gatewayTLS(t, dir))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if code, err := gw.connect("gw1", "", ""); err != nil || code != 0 {
-		t.Fatalf("gateway connect: code %#x err %v", code, err)
-	}
-	denied := packets.ErrNotAuthorized.Code
-	for _, tc := range []struct {
-		topic string
-		code  byte
-	}{
-		{"certs/site1/dev-00001", 0},
-		{"certs/site2/dev-00001", denied},
-		{"certs/site1", denied},
-		{"certs/site1/dev-00001/extra", denied},
-		{"certs/site1/..", denied},
-	} {
-		if code, err := gw.publishRetain(tc.topic, []byte("chain of "+tc.topic), true); err != nil || code != tc.code {
-			t.Errorf("gateway publish retained %s: code %#x err %v, want %#x", tc.topic, code, err, tc.code)
-		}
-	}
+	for _, p := range []string{"certs", "inventory"} {
+		t.Run(p, func(t *testing.T) {
+			dir := testPKI(t)
+			b, _ := startBroker(t, testConfig(dir, ""))
+			gw, err := rawDial(t, b.GatewayAddr(), gatewayTLS(t, dir))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if code, err := gw.connect("gw1", "", ""); err != nil || code != 0 {
+				t.Fatalf("gateway connect: code %#x err %v", code, err)
+			}
+			denied := packets.ErrNotAuthorized.Code
+			for _, tc := range []struct {
+				topic string
+				code  byte
+			}{
+				{p + "/site1/dev-00001", 0},
+				{p + "/site2/dev-00001", denied},
+				{p + "/site1", denied},
+				{p + "/site1/dev-00001/extra", denied},
+				{p + "/site1/..", denied},
+			} {
+				if code, err := gw.publishRetain(tc.topic, []byte("chain of "+tc.topic), true); err != nil || code != tc.code {
+					t.Errorf("gateway publish retained %s: code %#x err %v, want %#x", tc.topic, code, err, tc.code)
+				}
+			}
 
-	app := connectedApp(t, b, dir, "app1", mint(t, dir, "site1"))
-	for _, tc := range []struct {
-		filter string
-		code   byte
-	}{
-		{"certs/site1/#", 1},
-		{"certs/site1/dev-00001", 1},
-		{"certs/site2/#", denied},
-		{"certs/+/dev-00001", denied},
-		{"certs/#", denied},
-	} {
-		if code, err := app.subscribe(tc.filter); err != nil || code != tc.code {
-			t.Errorf("app subscribe %q: code %#x err %v, want %#x", tc.filter, code, err, tc.code)
-		}
-	}
-	if code, err := app.publishRetain("certs/site1/dev-00001", []byte("forged chain"), true); err != nil || code != denied {
-		t.Errorf("app publish on certs/: code %#x err %v, want %#x", code, err, denied)
-	}
+			app := connectedApp(t, b, dir, "app1", mint(t, dir, "site1"))
+			for _, tc := range []struct {
+				filter string
+				code   byte
+			}{
+				{p + "/site1/#", 1},
+				{p + "/site1/dev-00001", 1},
+				{p + "/site2/#", denied},
+				{p + "/+/dev-00001", denied},
+				{p + "/#", denied},
+			} {
+				if code, err := app.subscribe(tc.filter); err != nil || code != tc.code {
+					t.Errorf("app subscribe %q: code %#x err %v, want %#x", tc.filter, code, err, tc.code)
+				}
+			}
+			if code, err := app.publishRetain(p+"/site1/dev-00001", []byte("forged chain"), true); err != nil || code != denied {
+				t.Errorf("app publish on %s/: code %#x err %v, want %#x", p, code, err, denied)
+			}
 
-	// A later subscriber gets the gateway's retained chain, and only it.
-	sub := pahoClient(t, "ssl://"+b.AppsAddr(), appTLS(t, dir), "app2", "app", mint(t, dir, "site1"), true)
-	in := newInbox()
-	wait(t, sub.Subscribe("certs/site1/#", 1, in.handler), "subscribe certs")
-	m := in.next(t)
-	if m.Topic() != "certs/site1/dev-00001" || !m.Retained() || string(m.Payload()) != "chain of certs/site1/dev-00001" {
-		t.Fatalf("got %s retained=%v %q", m.Topic(), m.Retained(), m.Payload())
-	}
-	if code, _ := gw.publish("certs/site1/probe", nil); code != 0 {
-		t.Fatal("probe refused")
-	}
-	in.noneBefore(t, "certs/site1/probe")
-	if s := scrape(t, b); !strings.Contains(s, `vitalgate_cloud_acl_denied_total{action="publish",kind="app"} 1`) {
-		t.Errorf("app publish denial not counted:\n%s", grepLines(s, "acl_denied"))
+			// A later subscriber gets the gateway's retained chain, and only it.
+			sub := pahoClient(t, "ssl://"+b.AppsAddr(), appTLS(t, dir), "app2", "app", mint(t, dir, "site1"), true)
+			in := newInbox()
+			wait(t, sub.Subscribe(p+"/site1/#", 1, in.handler), "subscribe "+p)
+			m := in.next(t)
+			if m.Topic() != p+"/site1/dev-00001" || !m.Retained() || string(m.Payload()) != "chain of "+p+"/site1/dev-00001" {
+				t.Fatalf("got %s retained=%v %q", m.Topic(), m.Retained(), m.Payload())
+			}
+			if code, _ := gw.publish(p+"/site1/probe", nil); code != 0 {
+				t.Fatal("probe refused")
+			}
+			in.noneBefore(t, p+"/site1/probe")
+			if s := scrape(t, b); !strings.Contains(s, `vitalgate_cloud_acl_denied_total{action="publish",kind="app"} 1`) {
+				t.Errorf("app publish denial not counted:\n%s", grepLines(s, "acl_denied"))
+			}
+		})
 	}
 }

@@ -19,6 +19,9 @@ type cborMessage struct {
 	RX   int64           `cbor:"rx"`
 	Rec  cbor.RawMessage `cbor:"rec"`
 	Sig  []byte          `cbor:"sig"`
+	// FWBelowMin is present (true) only for a device below its model's
+	// minimum firmware.
+	FWBelowMin bool `cbor:"fw_below_min,omitempty"`
 }
 
 // jsonMessage is a JSON message as encoded.
@@ -30,6 +33,8 @@ type jsonMessage struct {
 	RX   int64             `json:"rx"`
 	Rec  *telemetry.Record `json:"rec"`
 	Sig  []byte            `json:"sig"`
+	// FWBelowMin as in cborMessage.
+	FWBelowMin bool `json:"fw_below_min,omitempty"`
 }
 
 // cborEnc encodes into the caller's buffer, so a CBOR entry takes one
@@ -62,7 +67,7 @@ func encode(f Format, topic string, framed bool, a *Accepted) ([]byte, error) {
 		// Encoded straight after the topic, into one allocation of about
 		// the right size (the map's keys, heads and the rx integer take
 		// under 64 bytes).
-		n := len(id) + len(a.Site) + len(a.GW) + len(a.Raw) + len(a.Sig) + 64
+		n := len(id) + len(a.Site) + len(a.GW) + len(a.Raw) + len(a.Sig) + 64 + 16 // 16: fw_below_min
 		if framed {
 			n += len(topic) + 1
 		}
@@ -71,13 +76,13 @@ func encode(f Format, topic string, framed bool, a *Accepted) ([]byte, error) {
 			buf.WriteString(topic)
 			buf.WriteByte(0)
 		}
-		err := cborEnc.MarshalToBuffer(cborMessage{V: Version, ID: id, Site: a.Site, GW: a.GW, RX: a.RX, Rec: a.Raw, Sig: a.Sig}, buf)
+		err := cborEnc.MarshalToBuffer(cborMessage{V: Version, ID: id, Site: a.Site, GW: a.GW, RX: a.RX, Rec: a.Raw, Sig: a.Sig, FWBelowMin: a.FWBelowMin}, buf)
 		if err != nil {
 			return nil, fmt.Errorf("message %s as cbor: %w", id, err)
 		}
 		return buf.Bytes(), nil
 	case JSON:
-		payload, err := json.Marshal(jsonMessage{V: Version, ID: id, Site: a.Site, GW: a.GW, RX: a.RX, Rec: a.Rec, Sig: a.Sig})
+		payload, err := json.Marshal(jsonMessage{V: Version, ID: id, Site: a.Site, GW: a.GW, RX: a.RX, Rec: a.Rec, Sig: a.Sig, FWBelowMin: a.FWBelowMin})
 		if err != nil {
 			return nil, fmt.Errorf("message %s as json: %w", id, err)
 		}

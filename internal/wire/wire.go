@@ -9,7 +9,9 @@
 // A message is a map with the keys v (the format version, [Version]), id
 // ("{dev}:{seq}" of the record, the same on every redelivery), site, gw, rx
 // (when the gateway accepted the record, Unix milliseconds), rec (the
-// record) and sig (the device's COSE_Sign1 exactly as it was sent). It is
+// record) and sig (the device's COSE_Sign1 exactly as it was sent), and
+// fw_below_min (true) only for a device whose firmware is below the site's
+// minimum for its model. It is
 // encoded in one of two [Format]s:
 //
 //   - CBOR, the default: RFC 8949 core deterministic encoding, with rec
@@ -64,6 +66,9 @@ type Message struct {
 	RX   int64            `cbor:"rx" json:"rx"`
 	Rec  telemetry.Record `cbor:"rec" json:"rec"`
 	Sig  []byte           `cbor:"sig" json:"sig"`
+	// FWBelowMin: the device runs firmware below the site's minimum for
+	// its model (absent, false, otherwise). Its data is relayed all the same.
+	FWBelowMin bool `cbor:"fw_below_min,omitempty" json:"fw_below_min,omitempty"`
 }
 
 // Accepted is a record the gateway accepted, with what its cloud message
@@ -81,6 +86,9 @@ type Accepted struct {
 	Raw []byte
 	// Sig is the device's COSE_Sign1, the sig of the message.
 	Sig []byte
+	// FWBelowMin marks a device below its model's minimum firmware: the
+	// optional fw_below_min of the message, present only when true.
+	FWBelowMin bool
 }
 
 // Topic returns the topic of the cloud messages of a device's records of one

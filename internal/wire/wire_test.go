@@ -64,6 +64,8 @@ func table() []message {
 	spo2In := &wire.Accepted{Site: "s", GW: "g", RX: 1700000000500, Rec: &spo2, Raw: h(spo2CBOR), Sig: []byte{1, 2}}
 	vitalsMsg := &wire.Message{V: 1, ID: "dev-00042:123456", Site: "site1", GW: "gw1", RX: 1767225601000, Rec: vitals, Sig: []byte{0xd2, 0x84, 0x43, 0xa1, 0x01, 0x26}}
 	spo2Msg := &wire.Message{V: 1, ID: "d:7", Site: "s", GW: "g", RX: 1700000000500, Rec: spo2, Sig: []byte{1, 2}}
+	belowIn, belowMsg := *spo2In, *spo2Msg
+	belowIn.FWBelowMin, belowMsg.FWBelowMin = true, true
 	text := func(s string) []byte { return []byte(s) }
 	return []message{
 		{name: "cbor vitals", in: vitalsIn, format: wire.CBOR, want: vitalsMsg, bytes: h(
@@ -91,6 +93,14 @@ func table() []message {
 		{name: "json spo2", in: spo2In, format: wire.JSON, want: spo2Msg, bytes: text(
 			`{"v":1,"id":"d:7","site":"s","gw":"g","rx":1700000000500,` +
 				`"rec":{"v":1,"dev":"d","seq":7,"ts":1700000000000,"kind":"spo2","obs":[{"code":"MDC_PULS_OXIM_SAT_O2","val":97,"unit":"%"}]},"sig":"AQI="}`)},
+		{name: "cbor firmware below minimum", in: &belowIn, format: wire.CBOR, want: &belowMsg, bytes: h(
+			"a8 6176 01 626777 61 67 626964 63 643a37 627278 1b 0000018bcfe569f4",
+			"63726563", spo2CBOR,
+			"63736967 42 0102 6473697465 61 73",
+			"6c 66775f62656c6f775f6d696e f5")}, // "fw_below_min": true, last of the keys
+		{name: "json firmware below minimum", in: &belowIn, format: wire.JSON, want: &belowMsg, bytes: text(
+			`{"v":1,"id":"d:7","site":"s","gw":"g","rx":1700000000500,` +
+				`"rec":{"v":1,"dev":"d","seq":7,"ts":1700000000000,"kind":"spo2","obs":[{"code":"MDC_PULS_OXIM_SAT_O2","val":97,"unit":"%"}]},"sig":"AQI=","fw_below_min":true}`)},
 
 		{name: "json after whitespace", want: spo2Msg, bytes: text(
 			" \r\n\t" + `{"v":1,"id":"d:7","site":"s","gw":"g","rx":1700000000500,` +

@@ -15,6 +15,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/vitalgate/vitalgate/gateway/internal/inventory"
 	"github.com/vitalgate/vitalgate/internal/envelope"
 )
 
@@ -52,6 +53,11 @@ type Config struct {
 	Enroll     Enroll      `yaml:"enroll"`
 	Anomaly    Anomaly     `yaml:"anomaly"`
 	Updates    Updates     `yaml:"updates"`
+	Inventory  Inventory   `yaml:"inventory"`
+	// MinFirmware is the minimum firmware (a semantic version) per device
+	// model: a device below it is a finding and an event, and its cloud
+	// messages are marked fw_below_min.
+	MinFirmware map[string]string `yaml:"min_firmware"`
 
 	// ResetQueue (--reset-queue, never from the file: it is one start's
 	// decision) moves a queue that is refused as corrupt or lost aside and
@@ -92,6 +98,11 @@ type Updates struct {
 	URL        string        `yaml:"url"`         // base URL: metadata under URL/metadata/, targets under URL/targets/; "": updates off
 	CacheBytes int64         `yaml:"cache_bytes"` // images kept in data/firmware at most (least recently used evicted)
 	Refresh    time.Duration `yaml:"refresh"`     // between two refreshes of the TUF metadata
+}
+
+// Inventory bounds the device inventory.
+type Inventory struct {
+	MaxDevices int `yaml:"max_devices"` // devices kept at most
 }
 
 // Enroll configures enrolment over EST on the https address: the lifetime of the operational certificates the
@@ -171,6 +182,7 @@ func Default() Config {
 		Updates: Updates{CacheBytes: 1 << 30, Refresh: 5 * time.Minute},
 		Anomaly: Anomaly{Enabled: true, Window: time.Minute, Warmup: 10 * time.Minute, Factor: 3, Deviations: 6,
 			MaxDevices: 20000, MessagesFloor: 10, ReconnectsFloor: 60, RejectedFloor: 0.1},
+		Inventory: Inventory{MaxDevices: 50000}, // inventory.DefaultMaxDevices
 	}
 }
 
@@ -358,6 +370,12 @@ func (c Config) validateGuards(p *problems) {
 	}
 	c.validateAudit(p)
 	c.validateAnomaly(p)
+	if c.Inventory.MaxDevices < 1 {
+		p.bad("inventory.max_devices", "must be positive")
+	}
+	if err := inventory.CheckMinimums(c.MinFirmware); err != nil {
+		p.bad("min_firmware", "%v", err)
+	}
 }
 
 func (c Config) validateAudit(p *problems) {

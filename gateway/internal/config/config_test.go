@@ -169,3 +169,27 @@ func TestAnomalyKeys(t *testing.T) {
 		}
 	}
 }
+
+// min_firmware is a map of model to semantic version, checked at load;
+// inventory.max_devices must be positive.
+func TestMinFirmware(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "gw.yaml")
+	os.WriteFile(p, []byte("min_firmware:\n  acme-oxi-1: 1.3.0\n  acme-bpm-2: 2.0.0-rc.1\ninventory: {max_devices: 10}\n"), 0o600)
+	c, err := load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.MinFirmware["acme-oxi-1"] != "1.3.0" || c.MinFirmware["acme-bpm-2"] != "2.0.0-rc.1" || c.Inventory.MaxDevices != 10 {
+		t.Fatalf("loaded %+v %+v", c.MinFirmware, c.Inventory)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	c.MinFirmware["acme-oxi-1"], c.Inventory.MaxDevices = "1.3", 0
+	err = c.Validate()
+	for _, want := range []string{`min_firmware: model acme-oxi-1: "1.3" is not a semantic version`, "inventory.max_devices: must be positive"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("missing %q in:\n%v", want, err)
+		}
+	}
+}

@@ -63,12 +63,17 @@ type Options struct {
 	Terminal  bool          // redraw in place with ANSI codes and colours; else append plain snapshots
 	Refresh   time.Duration // redraw interval (default 500ms on a terminal, 2s otherwise)
 	Phase     time.Duration // how long an attacker stays in one mode (default: 30s, shorter to fit every mode of its cycle into Duration)
+	Oximeters int           // the site's other oximeters, which the rollout updates with the patients' (default 20; negative: none)
+	RolloutAt time.Duration // when the operator starts the rollout (default 8s: the devices have reported their models)
 }
 
 // Result says where a run left its files and what it saw last.
 type Result struct {
 	Dir, PKI, Data, Log string
+	Repo                string // the update repository
+	Version             string // the firmware the rollout installs
 	DeviceAddr          string // the gateway's device listener
+	HTTPSAddr           string // the gateway's HTTPS listener: enrolment, firmware downloads
 	AppsAddr            string // the embedded cloud broker's apps listener
 	HTTPAddr            string // /metrics, /healthz, /readyz
 	Final               view.Snapshot
@@ -110,6 +115,13 @@ func (o *Options) defaults() {
 	if o.Phase <= 0 {
 		o.Phase = fitPhase(o.Duration)
 	}
+	if o.Oximeters == 0 {
+		o.Oximeters = 20
+	}
+	o.Oximeters = max(o.Oximeters, 0)
+	if o.RolloutAt <= 0 {
+		o.RolloutAt = 8 * time.Second
+	}
 }
 
 // fitPhase is the default attack phase: 30 s, or shorter (down to 5 s) so
@@ -137,6 +149,9 @@ func (o Options) Validate() error {
 	var errs []error
 	if o.Devices < 0 || o.Devices > 1000 {
 		errs = append(errs, fmt.Errorf("devices: %d outside 1..1000", o.Devices))
+	}
+	if o.Oximeters > 1000 {
+		errs = append(errs, fmt.Errorf("oximeters: %d outside 0..1000", o.Oximeters))
 	}
 	if o.Attackers > 26 {
 		errs = append(errs, fmt.Errorf("attackers: %d outside 0..26", o.Attackers))
@@ -174,8 +189,14 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	defer logFile.Close()
 	log := slog.New(slog.NewTextHandler(logFile, &slog.HandlerOptions{Level: slog.LevelInfo}))
 
-	// 2. The gateway, with the embedded cloud broker, on free loopback ports.
-	gw, err := startGateway(res, log)
+	// 2. The update repository, served as a static HTTPS host would, and the
+	// gateway, with the embedded cloud broker, on free loopback ports.
+	repoURL, stopRepo, err := startRepoServer(res.PKI, res.Repo, log.With("component", "repository"))
+	if err != nil {
+		return res, err
+	}
+	defer stopRepo()
+	gw, err := startGateway(res, repoURL, log)
 	if err != nil {
 		return res, err
 	}
@@ -193,6 +214,17 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	var wg sync.WaitGroup
 	st := &fleetState{now: map[int]string{}}
 	wg.Go(func() { runPatients(fctx, res, o.Devices, log, st) })
+	if o.Oximeters > 0 {
+		wg.Go(func() { runOximeters(fctx, res, o.Oximeters, log) })
+	}
+	wg.Go(func() {
+		if err := startRollout(fctx, res, gw.Site(), res.Version, o.RolloutAt, log); err != nil {
+			log.Error("rollout", "error", err)
+			st.mu.Lock()
+			st.err = errors.Join(st.err, err)
+			st.mu.Unlock()
+		}
+	})
 	for k := range o.Attackers {
 		wg.Go(func() { runAttacker(fctx, k, res, o.Phase, log, st) })
 	}
@@ -259,22 +291,27 @@ func prepareFiles(o Options) (*Result, error) {
 		return nil, fmt.Errorf("demo directory: %w", err)
 	}
 	res.PKI, res.Data = filepath.Join(res.Dir, "pki"), filepath.Join(res.Dir, "data")
-	res.Log = filepath.Join(res.Dir, "gateway.log")
+	res.Log, res.Repo = filepath.Join(res.Dir, "gateway.log"), filepath.Join(res.Dir, "update-repo")
 	if err := pki.Init(res.PKI, pki.InitOptions{Site: Site, GatewayID: GatewayID}); err != nil && !errors.Is(err, pki.ErrExists) {
 		return res, fmt.Errorf("create PKI: %w", err)
 	}
 	if _, err := pki.IssueDevices(res.PKI, o.Devices, PatientPrefix, pki.P256); err != nil {
 		return res, fmt.Errorf("issue device certificates: %w", err)
 	}
-	return res, nil
+	if _, err := pki.IssueDevices(res.PKI, o.Oximeters, RolloutPrefix, pki.P256); err != nil {
+		return res, fmt.Errorf("issue device certificates: %w", err)
+	}
+	var err error
+	res.Version, err = prepareUpdates(res)
+	return res, err
 }
 
 // startGateway starts the gateway on res's PKI and data directory, with
 // the embedded cloud broker, every listener on a free loopback port, and
 // notes the listeners' addresses in res.
-func startGateway(res *Result, log *slog.Logger) (*server.Gateway, error) {
+func startGateway(res *Result, repoURL string, log *slog.Logger) (*server.Gateway, error) {
 	cfg := config.Default()
-	cfg.PKI, cfg.Data = res.PKI, res.Data
+	cfg.PKI, cfg.Data, cfg.Updates.URL = res.PKI, res.Data, repoURL
 	cfg.Listen, cfg.HTTP, cfg.HTTPS = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
 	cfg.Embedded = config.Embedded{Apps: "127.0.0.1:0"}
 	gw, err := server.New(cfg, log)
@@ -285,7 +322,7 @@ func startGateway(res *Result, log *slog.Logger) (*server.Gateway, error) {
 		gw.Close()
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
-	res.DeviceAddr, res.AppsAddr, res.HTTPAddr = gw.DeviceAddr(), gw.Cloud().AppsAddr(), gw.HTTPAddr()
+	res.DeviceAddr, res.AppsAddr, res.HTTPAddr, res.HTTPSAddr = gw.DeviceAddr(), gw.Cloud().AppsAddr(), gw.HTTPAddr(), gw.HTTPSAddr()
 	return gw, nil
 }
 
@@ -304,6 +341,7 @@ type fleetState struct {
 func runPatients(ctx context.Context, res *Result, n int, log *slog.Logger, st *fleetState) {
 	fc := fleet.Default()
 	fc.PKI, fc.Gateway, fc.Devices, fc.Prefix, fc.MQTT = res.PKI, res.DeviceAddr, n, PatientPrefix, fleet.MQTTMix
+	fc.HTTPS = res.HTTPSAddr
 	fc.Logger = log.With("component", "fleet")
 	_, err := fleet.Run(ctx, fc, func(s fleet.Stats) { st.mu.Lock(); st.stats = s; st.mu.Unlock() })
 	if err != nil && ctx.Err() == nil {
@@ -329,6 +367,7 @@ func runAttacker(ctx context.Context, k int, res *Result, phase time.Duration, l
 		ac.Attack, ac.Attackers, ac.Duration, ac.Drain = mode, 1, phase, phaseDrain
 		ac.Rate, ac.AttackBudget = 0.5, 5 // 10 violations a minute at most: under the quarantine threshold
 		ac.Seed = int64(k + 100)
+		ac.Updates = false // not part of the rollout
 		ac.Logger = log.With("component", "attacker", "mode", mode)
 		rep, err := fleet.Run(ctx, ac, nil)
 		p := AttackPhase{Device: prefix + "-00001", Mode: mode, Finished: ctx.Err() == nil}
@@ -384,7 +423,7 @@ func header(res *Result, st *fleetState, attackers int, terminal, final bool) []
 }
 
 // connectApp connects a clinician app to the cloud broker's apps listener
-// with a JWT for site, and feeds what it receives into v: telemetry through
+// with a JWT for site, and feeds what it receives into v: rollouts, telemetry through
 // a cloud.Watcher that trusts ca.crt alone (decode, drop duplicates, check
 // the device signature end to end with the chain the gateway published on
 // certs/{site}/{device}), security events by verdict.
@@ -417,20 +456,26 @@ func connectApp(pkiDir, addr, site string, v *view.View) (mqtt3.Client, error) {
 		c.Disconnect(0)
 		return nil, fmt.Errorf("clinician app: subscribe: %v", chains.Error())
 	}
-	sub := c.SubscribeMultiple(map[string]byte{"telemetry/" + site + "/#": 1, "security/" + site + "/#": 1},
+	filters := map[string]byte{"telemetry/" + site + "/#": 1, "security/" + site + "/#": 1, "jobs/" + site + "/#": 1}
+	sub := c.SubscribeMultiple(filters,
 		func(_ mqtt3.Client, m mqtt3.Message) {
 			if strings.HasPrefix(m.Topic(), "security/") {
 				_ = v.SecurityEvent(m.Payload()) // a malformed event is not counted
+				return
+			}
+			if strings.HasPrefix(m.Topic(), "jobs/") {
+				_ = v.Job(m.Topic(), m.Payload()) // what does not parse changes nothing
 				return
 			}
 			s, err := w.Handle(m.Topic(), m.Payload())
 			if err != nil {
 				s = nil
 			}
-			if s != nil && s.Msg != nil && strings.HasPrefix(s.Msg.Rec.Dev, AttackerPrefix+"-") {
+			if s != nil && s.Msg != nil && (strings.HasPrefix(s.Msg.Rec.Dev, AttackerPrefix+"-") || strings.HasPrefix(s.Msg.Rec.Dev, RolloutPrefix+"-")) {
 				// An attacker's valid records between its attacks: not a
 				// patient, so not a row of the clinician view (its
-				// rejections show below the table).
+				// rejections show below the table). Nor are the site's
+				// other oximeters: they show in the rollout.
 				return
 			}
 			v.Telemetry(s)

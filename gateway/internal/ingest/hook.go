@@ -76,8 +76,12 @@ type Options struct {
 	// Observers are told of each device's connections and verdicts (the
 	// posture audit, the behaviour baseline); may be empty.
 	Observers []Observer
-	Log       *slog.Logger
-	Now       func() time.Time
+	// BelowMin reports a device whose firmware is below its model's
+	// minimum: its cloud messages carry fw_below_min. Called once per
+	// accepted message; nil: no mark.
+	BelowMin func(dev string) bool
+	Log      *slog.Logger
+	Now      func() time.Time
 }
 
 // Observer is told of each device's life on the gateway. Its methods run on

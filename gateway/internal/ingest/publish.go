@@ -350,5 +350,6 @@ func (h *Hook) cloudMessage(rec *telemetry.Record, raw, sig []byte, now time.Tim
 	if h.o.JSON {
 		f = wire.JSON
 	}
-	return wire.Entry(f, &wire.Accepted{Site: h.o.Site, GW: h.o.GatewayID, RX: now.UnixMilli(), Rec: rec, Raw: raw, Sig: sig})
+	below := h.o.BelowMin != nil && h.o.BelowMin(rec.Dev)
+	return wire.Entry(f, &wire.Accepted{Site: h.o.Site, GW: h.o.GatewayID, RX: now.UnixMilli(), Rec: rec, Raw: raw, Sig: sig, FWBelowMin: below})
 }

@@ -21,7 +21,7 @@ type Options struct {
 	Tracker *Tracker // connects and traffic; nil: none
 	// Connections lists the device connections open now; nil: none.
 	Connections func() []ingest.Connection
-	// Firmware is the firmware check's hook; nil until devices report it.
+	// Firmware is the firmware check (the device inventory's); nil: none.
 	Firmware FirmwareCheck
 	// Event receives the security event of each new finding.
 	Event      func(audit.Event)

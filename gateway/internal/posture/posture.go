@@ -11,7 +11,7 @@
 //	cloned_device         one certificate connected from two addresses within a window
 //	takeover_storm        many takeovers of one client ID within a window
 //	device_silent         a device quiet for longer than its learned interval allows
-//	firmware_minimum      (a hook: firmware versions are not reported yet)
+//	firmware_minimum      a connected device reports firmware below its model's minimum
 //
 // [CheckPKI] runs the checks on the PKI directory (the stopped gateway's
 // `gateway audit` runs only these); a [Tracker], fed by the ingest hook as
@@ -154,11 +154,11 @@ func sortFindings(fs []Finding) {
 	})
 }
 
-// FirmwareCheck is the hook for the firmware check: given a device ID, it
-// returns the device's reported firmware version and the site's minimum,
-// ok false when either is unknown. Devices do not report their firmware
-// yet, so no gateway sets it; a [Tracker] with a FirmwareCheck reports
-// devices below the minimum as firmware_minimum findings.
+// FirmwareCheck is the firmware check: given a device ID, it returns the
+// device's reported firmware version and the site's minimum, ok false when
+// either is unknown. The gateway's device inventory provides it; an
+// [Auditor] with a FirmwareCheck reports connected devices below the
+// minimum as firmware_minimum findings.
 type FirmwareCheck func(dev string) (version, minimum string, below, ok bool)
 
 // left says how long until t, in days (or hours under two days), for details.

@@ -144,6 +144,9 @@ func (g *Gateway) fetchFirmware(ctx context.Context, model, version string) (*jo
 	if testFirmware != nil {
 		return testFirmware(ctx, model, version)
 	}
+	if g.firmware != nil {
+		return g.storeFirmware(ctx, model, version)
+	}
 	return nil, errors.New("no firmware store: updates are off on this gateway")
 }
 
@@ -213,7 +216,7 @@ func (g *Gateway) newAnomaly() {
 
 func (g *Gateway) ingestOptions() ingest.Options {
 	cfg := g.cfg
-	observers := []ingest.Observer{g.tracker, g.certs, g.jobs}
+	observers := []ingest.Observer{g.tracker, g.certs, g.inventory, g.jobs}
 	if g.anomaly != nil {
 		observers = append(observers, g.anomaly)
 	}
@@ -234,6 +237,7 @@ func (g *Gateway) ingestOptions() ingest.Options {
 		MaxAge:       cfg.MaxAge,
 		ResendWindow: cfg.MaxInflight,
 		Observers:    observers,
+		BelowMin:     g.inventory.BelowMin,
 		Status:       g.status,
 		Log:          g.log.With("component", "ingest"),
 	}
@@ -244,7 +248,7 @@ func (g *Gateway) ingestOptions() ingest.Options {
 func (g *Gateway) newAuditor() error {
 	a := g.cfg.Audit
 	g.auditor = posture.NewAuditor(posture.Options{
-		PKI: g.cfg.PKI, Tracker: g.tracker, Connections: g.hook.Connections, GatewayID: g.id, Registerer: g.reg,
+		PKI: g.cfg.PKI, Tracker: g.tracker, Connections: g.hook.Connections, Firmware: g.inventory.FirmwareCheck, GatewayID: g.id, Registerer: g.reg,
 		Policy: posture.Policy{SilenceFactor: a.SilenceFactor, SilenceMin: a.SilenceMin, Window: a.Window, Takeovers: a.Takeovers},
 		Event:  func(e audit.Event) { g.event(e, false) },
 	})

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"log/slog"
 	"net"
 	"os"
@@ -18,6 +19,7 @@ import (
 	mqtt3 "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/vitalgate/vitalgate/gateway/internal/config"
+	"github.com/vitalgate/vitalgate/gateway/internal/inventory"
 	"github.com/vitalgate/vitalgate/internal/envelope"
 	"github.com/vitalgate/vitalgate/internal/pki"
 	"github.com/vitalgate/vitalgate/internal/telemetry"
@@ -274,7 +276,15 @@ type app struct {
 	topics []string
 	events []string
 	chains []chainMsg // on certs/site1/#
+	inv    []invMsg   // on inventory/site1/#
 	c      mqtt3.Client
+}
+
+// invMsg is one inventory entry an app received.
+type invMsg struct {
+	topic    string
+	entry    inventory.Entry
+	retained bool
 }
 
 // chainMsg is one certificate chain an app received.
@@ -304,12 +314,20 @@ func (e *env) appWith(brokerURL string, clean bool) *app {
 		e.t.Fatalf("app connect: %v", t.Error())
 	}
 	e.t.Cleanup(func() { a.c.Disconnect(100) })
-	filters := map[string]byte{"telemetry/site1/#": 1, "security/site1/#": 1, "certs/site1/#": 1}
+	filters := map[string]byte{"telemetry/site1/#": 1, "security/site1/#": 1, "certs/site1/#": 1, "inventory/site1/#": 1}
 	sub := a.c.SubscribeMultiple(filters, func(_ mqtt3.Client, m mqtt3.Message) {
 		a.mu.Lock()
 		defer a.mu.Unlock()
 		if strings.HasPrefix(m.Topic(), "certs/") {
 			a.chains = append(a.chains, chainMsg{m.Topic(), string(m.Payload()), m.Retained()})
+			return
+		}
+		if strings.HasPrefix(m.Topic(), "inventory/") {
+			var en inventory.Entry
+			if err := json.Unmarshal(m.Payload(), &en); err != nil {
+				e.t.Errorf("inventory entry on %s: %v", m.Topic(), err)
+			}
+			a.inv = append(a.inv, invMsg{m.Topic(), en, m.Retained()})
 			return
 		}
 		if strings.HasPrefix(m.Topic(), "security/") {

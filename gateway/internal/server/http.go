@@ -56,6 +56,7 @@ func (g *Gateway) routes() http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(g.auditor.Fresh(time.Second))
 	})
+	mux.HandleFunc("GET /devices", g.serveDevices)
 	if g.cfg.Pprof {
 		// Profiles reveal the process's internals (no secrets: handlers are
 		// not given request data); the http address should stay on loopback.

@@ -29,6 +29,7 @@ import (
 	"github.com/vitalgate/vitalgate/gateway/internal/config"
 	"github.com/vitalgate/vitalgate/gateway/internal/firmware"
 	"github.com/vitalgate/vitalgate/gateway/internal/ingest"
+	"github.com/vitalgate/vitalgate/gateway/internal/inventory"
 	"github.com/vitalgate/vitalgate/gateway/internal/jobs"
 	"github.com/vitalgate/vitalgate/gateway/internal/posture"
 	"github.com/vitalgate/vitalgate/gateway/internal/relay"
@@ -66,28 +67,29 @@ type Gateway struct {
 	site  string
 	id    string
 
-	rev      *pki.Revocations
-	schemas  atomic.Pointer[telemetry.Schemas]
-	queue    *spool.Queue
-	audit    *audit.Log
-	cloud    *cloud.Broker // embedded, when no cloud URL is configured
-	relay    *relay.Relay
-	certs    *certpub.Publisher
-	metrics  *ingest.Metrics
-	hook     *ingest.Hook
-	tracker  *posture.Tracker // devices' connects and traffic, for the posture audit
-	auditor  *posture.Auditor
-	anomaly  *anomaly.Detector // nil when disabled
-	jobs     *jobs.Engine      // rollout jobs from the cloud
-	mqtt     *mqtt.Server
-	maxConns int
-	devices  *ingest.Listener
-	http     *http.Server
-	httpLn   net.Listener
-	https    *http.Server // enrolment over EST
-	httpsLn  net.Listener
-	closing  atomic.Bool
-	firmware *firmware.Store // nil when updates.url is empty
+	rev       *pki.Revocations
+	schemas   atomic.Pointer[telemetry.Schemas]
+	queue     *spool.Queue
+	audit     *audit.Log
+	cloud     *cloud.Broker // embedded, when no cloud URL is configured
+	relay     *relay.Relay
+	certs     *certpub.Publisher
+	metrics   *ingest.Metrics
+	hook      *ingest.Hook
+	tracker   *posture.Tracker // devices' connects and traffic, for the posture audit
+	auditor   *posture.Auditor
+	anomaly   *anomaly.Detector // nil when disabled
+	inventory *inventory.Inventory
+	jobs      *jobs.Engine // rollout jobs from the cloud
+	mqtt      *mqtt.Server
+	maxConns  int
+	devices   *ingest.Listener
+	http      *http.Server
+	httpLn    net.Listener
+	https     *http.Server // enrolment over EST
+	httpsLn   net.Listener
+	closing   atomic.Bool
+	firmware  *firmware.Store // nil when updates.url is empty
 	// allowFirmware says whether a job sends a device an image (GET /firmware/); nil: none does.
 	allowFirmware func(deviceID, sha256hex string) bool
 
@@ -126,12 +128,14 @@ func New(cfg config.Config, log *slog.Logger) (*Gateway, error) {
 		g.newJobs,          // rollout jobs, taken from the relay's subscription
 		g.newRelay,         // queue to cloud
 		g.newCertPub,       // devices' certificate chains to the cloud, through the relay
+		g.newInventory,     // devices' models, firmware and verdicts, to the cloud through the relay
 		g.recordQueueReset, // a reset's security event, now that it can be recorded
 		g.newIngest,        // devices: mochi server and ingest hook...
 		g.newAuditor,       // ...watched by the posture audit
 		g.listenDevices,    // ...behind the admission-controlled mTLS listener
 		g.listenHTTP,       // operations
 		g.newFirmware,      // the update repository's client and the image cache
+		g.wireRollouts,     // jobs: images from the store, downloads allowed, devices' status
 		g.listenEnroll,     // enrolment over EST, and the firmware route
 	} {
 		if err := stage(); err != nil {
@@ -180,6 +184,7 @@ func (g *Gateway) Start() error {
 		g.auditLoop()
 	}()
 	g.wg.Go(func() { g.certs.Run(g.ctx) })
+	g.wg.Go(func() { g.inventory.Run(g.ctx) })
 	if g.anomaly != nil {
 		g.wg.Go(func() { g.anomaly.Run(g.ctx) })
 	}
@@ -262,6 +267,7 @@ func (g *Gateway) Close() error {
 		if g.certs != nil {
 			g.certs.Save() // the chains the relay's last PUBACKs acknowledged
 		}
+
 		if g.http != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			errs = append(errs, g.http.Shutdown(ctx))
@@ -271,6 +277,9 @@ func (g *Gateway) Close() error {
 			_ = g.httpLn.Close() // not served if Start never ran
 		}
 		g.wg.Wait()
+		if g.inventory != nil { // after its Run: with the relay's last acknowledgements
+			errs = append(errs, g.inventory.Save())
+		}
 		if g.audit != nil {
 			errs = append(errs, g.audit.Close())
 		}

@@ -65,15 +65,16 @@ type View struct {
 	dups       uint64
 	sigBad     uint64
 	undecoded  uint64
-	chainsOK   uint64 // published certificate chains that verified
-	chainsBad  uint64 // and those rejected
-	chainErr   string // the last rejection
+	chainsOK   uint64              // published certificate chains that verified
+	chainsBad  uint64              // and those rejected
+	chainErr   string              // the last rejection
+	jobs       map[string]*Rollout // rollouts, by job ID
 	now        func() time.Time
 }
 
 // New returns an empty view.
 func New() *View {
-	return &View{rows: map[string]*Row{}, rejections: map[string]uint64{}, now: time.Now}
+	return &View{rows: map[string]*Row{}, rejections: map[string]uint64{}, jobs: map[string]*Rollout{}, now: time.Now}
 }
 
 // Telemetry records one message as checked by a [cloud.Watcher] (s), or a
@@ -176,9 +177,10 @@ type Snapshot struct {
 	Duplicates uint64            // dropped by message ID
 	SigProblem uint64            // messages whose end-to-end signature check failed
 	Undecoded  uint64
-	ChainsOK   uint64 // published certificate chains verified to ca.crt
-	ChainsBad  uint64 // published certificate chains rejected
-	ChainErr   string // the last rejection, as a line
+	ChainsOK   uint64    // published certificate chains verified to ca.crt
+	ChainsBad  uint64    // published certificate chains rejected
+	ChainErr   string    // the last rejection, as a line
+	Rollouts   []Rollout // firmware rollouts, by job ID
 }
 
 // Snapshot copies the current state.
@@ -187,7 +189,7 @@ func (v *View) Snapshot() Snapshot {
 	defer v.mu.Unlock()
 	s := Snapshot{Rejections: make(map[string]uint64, len(v.rejections)), Recent: slices.Clone(v.recent),
 		Received: v.received, Duplicates: v.dups, SigProblem: v.sigBad, Undecoded: v.undecoded,
-		ChainsOK: v.chainsOK, ChainsBad: v.chainsBad, ChainErr: v.chainErr}
+		ChainsOK: v.chainsOK, ChainsBad: v.chainsBad, ChainErr: v.chainErr, Rollouts: v.rollouts()}
 	for k, n := range v.rejections {
 		s.Rejections[k] = n
 	}
@@ -257,6 +259,7 @@ func Render(w io.Writer, s Snapshot, o Options) error {
 		b.WriteString("last rejected: " + s.ChainErr + "\n")
 	}
 
+	writeRollouts(&b, s.Rollouts)
 	writeSecurity(&b, s)
 	if o.Color {
 		b.WriteString("abnormal values in " + boldRed + "bold red" + reset + "\n")
