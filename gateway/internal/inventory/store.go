@@ -141,7 +141,7 @@ func writeAtomic(path string, data []byte) error {
 func (inv *Inventory) Run(ctx context.Context) {
 	tick := time.NewTicker(saveEvery)
 	defer tick.Stop()
-	inv.publish() // what changed before a restart and was not acknowledged
+	inv.publish()      // what changed before a restart and was not acknowledged
 	var next time.Time // no save before it
 	for {
 		select {
