@@ -53,6 +53,9 @@ func (h *Hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 // out to no one; ErrRejectPacket would box the whole packet for a debug log
 // line. Both cost an allocation of the packet's size per message.
 func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if cl.Net.Inline {
+		return pk, nil // the gateway's own commands to devices (devices/{id}/cmd/...)
+	}
 	s := h.session(cl)
 	if s == nil {
 		return pk, packets.ErrRejectPacket // never acknowledged, never fanned out

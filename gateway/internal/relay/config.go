@@ -64,6 +64,25 @@ type Config struct {
 	Logger *slog.Logger
 	// Registerer receives the relay's metrics; nil registers nothing.
 	Registerer prometheus.Registerer
+	// Subscriptions are the cloud's messages the gateway takes (its site's
+	// rollout jobs): subscribed with QoS 1 on every connection, before the
+	// relay publishes anything else, so retained messages arrive at each
+	// connect.
+	Subscriptions []Subscription
+}
+
+// MaxSubscribedPayload bounds a message taken from a subscription: larger
+// ones are dropped (logged) before the handler sees them.
+const MaxSubscribedPayload = 64 << 10
+
+// Subscription is one filter the relay subscribes to on every connection.
+type Subscription struct {
+	Filter string
+	// Handle receives each message (topic, payload of at most
+	// [MaxSubscribedPayload] bytes, retained flag) on paho's goroutine:
+	// it must not block for long. A connection's retained messages arrive
+	// again at each reconnect.
+	Handle func(topic string, payload []byte, retained bool)
 }
 
 // withDefaults returns a copy of c with zero fields set to their defaults.
@@ -140,6 +159,11 @@ func (c Config) Validate() error {
 	} {
 		if d.v < 0 {
 			errs = append(errs, fmt.Errorf("relay: %s: %v is negative", d.name, d.v))
+		}
+	}
+	for i, sub := range c.Subscriptions {
+		if sub.Filter == "" || sub.Handle == nil {
+			errs = append(errs, fmt.Errorf("relay: Subscriptions[%d]: a filter and a handler are required", i))
 		}
 	}
 	if c.BackoffMin > 0 && c.BackoffMax > 0 && c.BackoffMax < c.BackoffMin {

@@ -90,7 +90,39 @@ func (r *Relay) dial(ctx context.Context, u string) (*session, error) {
 		s.c.Disconnect(0)
 		return nil, err
 	}
+	if err := r.subscribe(s.c); err != nil {
+		s.c.Disconnect(0)
+		return nil, err
+	}
 	return s, nil
+}
+
+// subscribe subscribes to [Config.Subscriptions] (clean session: on every
+// connection) and waits for the SUBACK. A filter the broker refuses fails
+// the connection, which is retried like any other.
+func (r *Relay) subscribe(c mqtt.Client) error {
+	for _, sub := range r.cfg.Subscriptions {
+		handle := sub.Handle
+		tok := c.Subscribe(sub.Filter, 1, func(_ mqtt.Client, m mqtt.Message) {
+			if len(m.Payload()) > MaxSubscribedPayload {
+				r.log.Warn("cloud message dropped: too large", "topic", m.Topic(), "bytes", len(m.Payload()), "limit", MaxSubscribedPayload)
+				return
+			}
+			handle(m.Topic(), m.Payload(), m.Retained())
+		})
+		if !tok.WaitTimeout(r.cfg.WriteTimeout) {
+			return fmt.Errorf("subscribe %s: timed out", sub.Filter)
+		}
+		if err := tok.Error(); err != nil {
+			return fmt.Errorf("subscribe %s: %w", sub.Filter, err)
+		}
+		if st, ok := tok.(*mqtt.SubscribeToken); ok {
+			if code := st.Result()[sub.Filter]; code >= 0x80 {
+				return fmt.Errorf("subscribe %s: refused by the broker (code %#x)", sub.Filter, code)
+			}
+		}
+	}
+	return nil
 }
 
 // status publishes the retained gateway status and waits for its PUBACK.

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 	"github.com/vitalgate/vitalgate/gateway/internal/config"
 	"github.com/vitalgate/vitalgate/gateway/internal/guard"
 	"github.com/vitalgate/vitalgate/gateway/internal/ingest"
+	"github.com/vitalgate/vitalgate/gateway/internal/jobs"
 	"github.com/vitalgate/vitalgate/gateway/internal/posture"
 	"github.com/vitalgate/vitalgate/gateway/internal/relay"
 	"github.com/vitalgate/vitalgate/gateway/internal/spool"
@@ -120,9 +122,34 @@ func (g *Gateway) newRelay() (err error) {
 	g.relay, err = relay.New(relay.Config{
 		URLs: urls, TLS: g.files.cloudTLS, ClientID: g.id, Site: g.site, GatewayID: g.id,
 		Format: g.cfg.Format, Window: g.cfg.Relay.Window, Logger: g.log, Registerer: g.reg,
+		Subscriptions: []relay.Subscription{{Filter: "jobs/" + g.site + "/+", Handle: g.jobs.Handle}},
 	}, g.queue)
 	return err // "relay: ..."
 }
+
+// newJobs builds the rollout engine, its state in the data directory. It
+// sends commands through the devices' mochi server and relays status
+// through the relay, both built after it.
+func (g *Gateway) newJobs() (err error) {
+	g.jobs, err = jobs.New(jobs.Options{Site: g.site, GatewayID: g.id, Dir: g.cfg.Data, Fetch: g.fetchFirmware,
+		Send:   func(topic string, payload []byte) error { return g.mqtt.Publish(topic, payload, false, 1) },
+		Retain: func(topic string, payload []byte) bool { return g.relay.Retain(topic, payload, nil) },
+		Event:  func(e audit.Event) { g.event(e, false) },
+		Log:    g.log.With("component", "jobs")})
+	return err
+}
+
+// fetchFirmware gets a job's image from the firmware store.
+func (g *Gateway) fetchFirmware(ctx context.Context, model, version string) (*jobs.Target, error) {
+	if testFirmware != nil {
+		return testFirmware(ctx, model, version)
+	}
+	return nil, errors.New("no firmware store: updates are off on this gateway")
+}
+
+// testFirmware, when set (by tests in this package only), stands for the
+// firmware store.
+var testFirmware func(ctx context.Context, model, version string) (*jobs.Target, error)
 
 // newCertPub builds the publisher of the devices' certificate chains
 // (certs/{site}/{device}, retained), which remembers what the cloud
@@ -156,6 +183,7 @@ func (g *Gateway) newIngest() error {
 	g.mqtt = mqtt.New(&mqtt.Options{
 		Capabilities:             deviceCapabilities(g.cfg, g.maxConns),
 		Logger:                   mochiLog,
+		InlineClient:             true, // the rollout jobs' commands to devices
 		ClientNetWriteBufferSize: 2048,
 		ClientNetReadBufferSize:  2048,
 	})
@@ -185,7 +213,7 @@ func (g *Gateway) newAnomaly() {
 
 func (g *Gateway) ingestOptions() ingest.Options {
 	cfg := g.cfg
-	observers := []ingest.Observer{g.tracker, g.certs, g.inventory}
+	observers := []ingest.Observer{g.tracker, g.certs, g.jobs, g.inventory}
 	if g.anomaly != nil {
 		observers = append(observers, g.anomaly)
 	}

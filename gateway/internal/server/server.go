@@ -29,6 +29,7 @@ import (
 	"github.com/vitalgate/vitalgate/gateway/internal/config"
 	"github.com/vitalgate/vitalgate/gateway/internal/ingest"
 	"github.com/vitalgate/vitalgate/gateway/internal/inventory"
+	"github.com/vitalgate/vitalgate/gateway/internal/jobs"
 	"github.com/vitalgate/vitalgate/gateway/internal/posture"
 	"github.com/vitalgate/vitalgate/gateway/internal/relay"
 	"github.com/vitalgate/vitalgate/gateway/internal/spool"
@@ -77,6 +78,7 @@ type Gateway struct {
 	tracker   *posture.Tracker // devices' connects and traffic, for the posture audit
 	auditor   *posture.Auditor
 	anomaly   *anomaly.Detector // nil when disabled
+	jobs      *jobs.Engine      // rollout jobs from the cloud
 	inventory *inventory.Inventory
 	mqtt      *mqtt.Server
 	maxConns  int
@@ -119,6 +121,7 @@ func New(cfg config.Config, log *slog.Logger) (*Gateway, error) {
 		g.openQueue,        // durable state: the queue (and the last seq per device)...
 		g.openAudit,        // ...and the audit log
 		g.startCloud,       // the embedded cloud broker, if no cloud is configured
+		g.newJobs,          // rollout jobs, taken from the relay's subscription
 		g.newRelay,         // queue to cloud
 		g.newCertPub,       // devices' certificate chains to the cloud, through the relay
 		g.newInventory,     // devices' models, firmware and verdicts, to the cloud through the relay
@@ -179,6 +182,7 @@ func (g *Gateway) Start() error {
 	if g.anomaly != nil {
 		g.wg.Go(func() { g.anomaly.Run(g.ctx) })
 	}
+	g.wg.Go(func() { g.jobs.Run(g.ctx) })
 	if g.http != nil {
 		g.wg.Add(1)
 		go func() {
@@ -224,6 +228,10 @@ func (g *Gateway) ID() string { return g.id }
 
 // Registry holds the gateway's metrics.
 func (g *Gateway) Registry() *prometheus.Registry { return g.reg }
+
+// Jobs is the rollout engine: the firmware route asks its Allowed, the
+// devices' status reports go to its Report.
+func (g *Gateway) Jobs() *jobs.Engine { return g.jobs }
 
 // Queue is the store-and-forward queue (for tests and the demo's view).
 func (g *Gateway) Queue() *spool.Queue { return g.queue }

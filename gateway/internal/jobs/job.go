@@ -1,0 +1,165 @@
+// Package jobs drives the gateway's side of firmware rollouts. An operator
+// publishes a rollout job, retained, on the cloud topic jobs/{site}/{job};
+// the relay's subscription hands it to [Engine.Handle]. The engine checks
+// it (a refused job is a job_refused security event), fetches the image's
+// manifest from the firmware store, and keeps a state machine per job and
+// device in the data directory:
+//
+//	pending → sent → downloading → installing → succeeded
+//	                                          ↘ failed / rejected / timed_out
+//
+// It sends devices/{id}/cmd/update to the devices of the current wave
+// (again at each connect, until the device reports a final state or the
+// deadline passes), takes the devices' status reports ([Engine.Report]),
+// advances to the next wave once every device of the waves so far is
+// final, aborts when failed and rejected devices pass the job's fraction of
+// those attempted (or on an abort message), and relays each device's state
+// and a summary, retained, on jobs/{site}/{job}/status/{device} and
+// jobs/{site}/{job}/status. [Engine.Allowed] tells the firmware route which
+// device may download which image.
+package jobs
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/vitalgate/vitalgate/internal/pki"
+)
+
+// Device states of a job.
+const (
+	Pending     = "pending"
+	Sent        = "sent"
+	Downloading = "downloading"
+	Installing  = "installing"
+	Succeeded   = "succeeded"
+	Failed      = "failed"
+	Rejected    = "rejected"
+	TimedOut    = "timed_out"
+)
+
+// Security events of the engine.
+const (
+	EventJobRefused     = "job_refused"
+	EventUpdateRejected = "update_rejected"
+)
+
+// Bounds of what an operator's job may ask for.
+const (
+	MaxWaves        = 10
+	MaxJobDevices   = 10000
+	DefaultMaxJobs  = 64
+	maxVersionBytes = 64
+)
+
+// final reports whether a device's state is final for its job.
+func final(state string) bool {
+	return state == Succeeded || state == Failed || state == Rejected || state == TimedOut
+}
+
+// rank orders the progressing states: a report never moves a device back.
+var rank = map[string]int{Pending: 0, Sent: 1, Downloading: 2, Installing: 3}
+
+// Job is a rollout as an operator publishes it (docs/updates.md).
+type Job struct {
+	V             int      `json:"v"`
+	ID            string   `json:"job"`
+	Abort         bool     `json:"abort,omitempty"`
+	Model         string   `json:"model,omitempty"`
+	Version       string   `json:"version,omitempty"`
+	Devices       []string `json:"devices,omitempty"`
+	Waves         []int    `json:"waves,omitempty"`
+	AbortFailures float64  `json:"abort_failures,omitempty"`
+	Deadline      int64    `json:"deadline,omitempty"` // Unix ms
+}
+
+// ParseJob decodes a job message strictly (unknown fields, trailing data
+// and a second value are errors) and checks its fields; id is the job ID
+// of the topic, which the message must repeat.
+func ParseJob(id string, payload []byte) (*Job, error) {
+	dec := json.NewDecoder(bytes.NewReader(payload))
+	dec.DisallowUnknownFields()
+	var j Job
+	if err := dec.Decode(&j); err != nil {
+		return nil, fmt.Errorf("bad JSON: %v", err)
+	}
+	if dec.More() {
+		return nil, errors.New("bad JSON: data after the job object")
+	}
+	switch {
+	case j.V != 1:
+		return nil, fmt.Errorf("v %d: want 1", j.V)
+	case j.ID != id:
+		return nil, fmt.Errorf("job %q differs from the topic's %q", clip(j.ID), id)
+	case j.Abort:
+		if j.Model != "" || j.Version != "" || len(j.Devices) > 0 || len(j.Waves) > 0 {
+			return nil, errors.New("an abort message carries v, job and abort only")
+		}
+		return &j, nil
+	}
+	return &j, j.check()
+}
+
+// check validates a rollout's fields (not its devices against the fleet).
+func (j *Job) check() error {
+	if !pki.ValidDeviceID(j.Model) {
+		return fmt.Errorf("model %q: want [A-Za-z0-9._-]{1,64}", clip(j.Model))
+	}
+	if j.Version == "" || len(j.Version) > maxVersionBytes || strings.ContainsAny(j.Version, "/+# ") {
+		return fmt.Errorf("version %q: want a semantic version", clip(j.Version))
+	}
+	if len(j.Waves) == 0 || len(j.Waves) > MaxWaves {
+		return fmt.Errorf("waves: %d given, want 1..%d cumulative percentages", len(j.Waves), MaxWaves)
+	}
+	for i, w := range j.Waves {
+		if w < 1 || w > 100 || i > 0 && w <= j.Waves[i-1] {
+			return fmt.Errorf("waves %v: want increasing percentages in 1..100", j.Waves)
+		}
+	}
+	if j.Waves[len(j.Waves)-1] != 100 {
+		return fmt.Errorf("waves %v: the last wave must be 100", j.Waves)
+	}
+	if j.AbortFailures < 0 || j.AbortFailures > 1 {
+		return fmt.Errorf("abort_failures %v: want a fraction in 0..1", j.AbortFailures)
+	}
+	if j.Deadline <= 0 {
+		return errors.New("deadline: required (Unix milliseconds)")
+	}
+	if len(j.Devices) > MaxJobDevices {
+		return fmt.Errorf("devices: %d given, at most %d", len(j.Devices), MaxJobDevices)
+	}
+	for i, d := range j.Devices {
+		if !pki.ValidDeviceID(d) {
+			return fmt.Errorf("devices[%d] %q: not a device ID", i, clip(d))
+		}
+		if slices.Contains(j.Devices[:i], d) {
+			return fmt.Errorf("devices: %q named twice", d)
+		}
+	}
+	return nil
+}
+
+// same reports whether two rollouts ask for the same thing (a retained job
+// arrives again at every reconnect).
+func (j *Job) same(o *Job) bool {
+	a, _ := json.Marshal(j)
+	b, _ := json.Marshal(o)
+	return bytes.Equal(a, b)
+}
+
+// waveSize is the number of devices, of n, in waves 0..w (cumulative).
+func (j *Job) waveSize(w, n int) int {
+	return (j.Waves[w]*n + 99) / 100
+}
+
+// clip shortens a peer's string for an event or a log line.
+func clip(s string) string {
+	if len(s) > 64 {
+		s = s[:64] + "..."
+	}
+	return strings.ToValidUTF8(s, "?")
+}
