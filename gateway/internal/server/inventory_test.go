@@ -186,9 +186,10 @@ func TestInventoryAndMinimumFirmware(t *testing.T) {
 // TestInventoryAcrossRestarts: the inventory survives a restart with its
 // counts, and its retained entries are not published again when nothing
 // changed (a reconnect with the same certificate included); a new
-// min_firmware at the next start judges the loaded devices at once: the
-// entry is published again, marked, and the device's first record after
-// the restart is marked before it sends any status.
+// min_firmware at the next start judges the loaded devices at once: a
+// firmware_below_min event, the entry published again, marked, and the
+// device's first record after the restart marked before it sends any
+// status.
 func TestInventoryAcrossRestarts(t *testing.T) {
 	const dev = "inv-9"
 	e := newEnv(t, func(c *config.Config) { c.Audit.Interval = time.Hour })
@@ -233,6 +234,9 @@ func TestInventoryAcrossRestarts(t *testing.T) {
 	testutil.Eventually(t, 10*time.Second, "the entry marked by the new minimum", func() bool {
 		in := a.inventoryOf(dev)
 		return len(in) > 0 && in[len(in)-1].entry.BelowMin && in[len(in)-1].entry.MinFirmware == "1.2.0"
+	})
+	testutil.Eventually(t, 10*time.Second, "the firmware_below_min event of the new minimum", func() bool {
+		return a.securityEvents(inventory.EventBelowMin, "inv") == 1
 	})
 	c = e.mustDial5(dev)
 	if rc := publish5(t, c, telemetryTopic(dev), e.sign(dev, spo2(dev, 4))); rc != 0 {
