@@ -36,7 +36,8 @@ func (e *env) attackFleet(prefix, mode string, devices, attackers int) fleet.Con
 	c.Drain = 5 * time.Second
 	c.MQTT = fleet.MQTT5
 	c.QoS = 1
-	c.State = "-" // fresh prefixes: every seq starts at 1
+	c.State = "-"     // fresh prefixes: every seq starts at 1
+	c.Updates = false // no status records: the first record's seq is 1
 	c.Timeout = 10 * time.Second
 	c.AckTimeout = 10 * time.Second
 	c.Progress = time.Second
