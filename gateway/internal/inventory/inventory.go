@@ -132,12 +132,21 @@ func New(o Options) (*Inventory, error) {
 		return nil, err
 	}
 	inv := &Inventory{o: o, notify: make(chan struct{}, 1), devices: make(map[string]*Device, len(devs)), pending: map[string]struct{}{}}
+	below := map[string]bool{}
 	for _, d := range devs {
 		inv.devices[d.ID] = d
-		inv.policy(d)                  // the policy of this start, not of the file's
+		was, wasMin := d.BelowMin, d.MinFirmware
+		inv.policy(d) // the policy of this start, not of the file's
+		inv.dirty = inv.dirty || was != d.BelowMin || wasMin != d.MinFirmware
+		if d.BelowMin {
+			below[d.ID] = true
+			if !was { // below a minimum new at this start
+				inv.belowEvent(*d, o.Now().UTC())
+			}
+		}
 		inv.pending[d.ID] = struct{}{} // published again if not as the cloud acknowledged it
 	}
-	inv.storeBelow()
+	inv.below.Store(&below)
 	return inv, nil
 }
 
@@ -221,15 +230,24 @@ func (inv *Inventory) Status(dev string, r Report) {
 	d.Model, d.FW, d.FWSeq, d.Changed = r.Model, r.FW, r.FWSeq, now
 	inv.policy(d)
 	if was != d.BelowMin {
-		inv.storeBelow()
+		inv.setBelow(dev, d.BelowMin)
 	}
 	e := *d
 	inv.changed(dev)
 	inv.mu.Unlock()
-	if d := &e; d.BelowMin && !was && inv.o.Event != nil {
-		inv.o.Event(audit.Event{V: 1, TS: now.UnixMilli(), GW: inv.o.GatewayID, Dev: dev, Verdict: EventBelowMin, Severity: "high",
-			Detail: fmt.Sprintf("model %s reports firmware %s (seq %d), below the site's minimum %s: its data still flows, marked fw_below_min", d.Model, d.FW, d.FWSeq, d.MinFirmware)})
+	if e.BelowMin && !was {
+		inv.belowEvent(e, now)
 	}
+}
+
+// belowEvent reports a device found below its model's minimum.
+func (inv *Inventory) belowEvent(d Device, now time.Time) {
+	if inv.o.Event == nil {
+		return
+	}
+	inv.o.Event(audit.Event{V: 1, TS: now.UnixMilli(), GW: inv.o.GatewayID, Dev: d.ID, Verdict: EventBelowMin, Severity: "high",
+		Detail: fmt.Sprintf("model %s reports firmware %s (seq %d), below the site's minimum %s: its data still flows, marked fw_below_min",
+			d.Model, d.FW, d.FWSeq, d.MinFirmware)})
 }
 
 // policy applies the configured minimums to d. The caller holds inv.mu
@@ -244,14 +262,19 @@ func ApplyPolicy(d *Device, minimums map[string]string) {
 	d.BelowMin = d.MinFirmware != "" && d.FW != "" && Below(d.FW, d.MinFirmware)
 }
 
-// storeBelow publishes the set of marked devices for [Inventory.BelowMin].
-// The caller holds inv.mu (or is New).
-func (inv *Inventory) storeBelow() {
-	m := map[string]bool{}
-	for id, d := range inv.devices {
-		if d.BelowMin {
-			m[id] = true
-		}
+// setBelow marks or unmarks dev for [Inventory.BelowMin]: a new set, copied
+// from the one in use (readers never lock), in the size of the devices
+// marked. The caller holds inv.mu.
+func (inv *Inventory) setBelow(dev string, below bool) {
+	old := *inv.below.Load()
+	m := make(map[string]bool, len(old)+1)
+	for id := range old {
+		m[id] = true
+	}
+	if below {
+		m[dev] = true
+	} else {
+		delete(m, dev)
 	}
 	inv.below.Store(&m)
 }

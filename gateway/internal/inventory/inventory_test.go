@@ -170,9 +170,19 @@ func TestPersisted(t *testing.T) {
 	if err := inv.Save(); err != nil {
 		t.Fatal(err)
 	}
-	again, err := New(Options{File: path, MinFirmware: map[string]string{"oxi": "2.0.0"}})
+	ev := &events{}
+	again, err := New(Options{File: path, MinFirmware: map[string]string{"oxi": "2.0.0"}, Event: ev.add})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if evs := ev.list(); len(evs) != 1 || evs[0].Verdict != EventBelowMin || evs[0].Dev != "d1" {
+		t.Fatalf("events at a start with a new minimum: %+v, want one %s of d1", evs, EventBelowMin)
+	}
+	if err := again.Save(); err != nil { // the new policy's marks are saved
+		t.Fatal(err)
+	}
+	if _, err := New(Options{File: path, MinFirmware: map[string]string{"oxi": "2.0.0"}, Event: ev.add}); err != nil || len(ev.list()) != 1 {
+		t.Fatalf("a second start under the same minimum: %v, %d events; want no new one", err, len(ev.list()))
 	}
 	got := again.List()
 	if len(got) != 1 || got[0].FW != "1.2.0" || got[0].FWSeq != 3 || got[0].Verdicts[Accepted] != 1 || got[0].CertSerial != "7" {

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	paho5 "github.com/eclipse/paho.golang/paho"
+
 	"github.com/vitalgate/vitalgate/gateway/internal/config"
 	"github.com/vitalgate/vitalgate/gateway/internal/inventory"
 	"github.com/vitalgate/vitalgate/gateway/internal/posture"
@@ -178,5 +180,70 @@ func TestInventoryAndMinimumFirmware(t *testing.T) {
 	}
 	if _, ok := finding(e.gw.auditor.Run(), posture.CheckFirmwareMin, "old-1"); ok {
 		t.Error("old-1 still found below the minimum after its update")
+	}
+}
+
+// TestInventoryAcrossRestarts: the inventory survives a restart with its
+// counts, and its retained entries are not published again when nothing
+// changed (a reconnect with the same certificate included); a new
+// min_firmware at the next start judges the loaded devices at once: a
+// firmware_below_min event, the entry published again, marked, and the
+// device's first record after the restart marked before it sends any
+// status.
+func TestInventoryAcrossRestarts(t *testing.T) {
+	const dev = "inv-9"
+	e := newEnv(t, func(c *config.Config) { c.Audit.Interval = time.Hour })
+	e.device(dev)
+	a := e.app("ssl://" + e.gw.Cloud().AppsAddr())
+	c := e.mustDial5(dev)
+	st := statusRec(dev, 1)
+	if rc := publish5(t, c, "devices/"+dev+"/status", e.signStatus(dev, st)); rc != 0 {
+		t.Fatalf("status: 0x%02x", rc)
+	}
+	if rc := publish5(t, c, telemetryTopic(dev), e.sign(dev, spo2(dev, 2))); rc != 0 {
+		t.Fatalf("seq 2: 0x%02x", rc)
+	}
+	testutil.Eventually(t, 10*time.Second, "the entry at the app", func() bool {
+		in := a.inventoryOf(dev)
+		return len(in) > 0 && in[len(in)-1].entry.FW == "1.0.0"
+	})
+	testutil.Eventually(t, 10*time.Second, "the entry acknowledged", func() bool { return e.gw.relay.Retaining() == 0 })
+	c.Disconnect(&paho5.Disconnect{})
+
+	e.gw.Close()
+	e.start()
+	a = e.app("ssl://" + e.gw.Cloud().AppsAddr())
+	c = e.mustDial5(dev)
+	if rc := publish5(t, c, telemetryTopic(dev), e.sign(dev, spo2(dev, 3))); rc != 0 {
+		t.Fatalf("seq 3: 0x%02x", rc)
+	}
+	testutil.Eventually(t, 10*time.Second, "seq 3 at the app", func() bool { return a.ids()[dev+":3"] == 1 })
+	testutil.Eventually(t, 10*time.Second, "nothing waiting at the relay", func() bool { return e.gw.relay.Retaining() == 0 })
+	if in := a.inventoryOf(dev); len(in) != 1 || !in[0].retained || in[0].entry.FW != "1.0.0" {
+		t.Fatalf("after a restart and a reconnect: %+v, want only the retained entry", in)
+	}
+	if d := e.getDevices()[dev]; d.Verdicts[inventory.Accepted] != 3 || d.FW != "1.0.0" || d.Model != "acme-oxi-1" {
+		t.Fatalf("GET /devices after a restart: %+v", d)
+	}
+	c.Disconnect(&paho5.Disconnect{})
+
+	e.gw.Close()
+	e.cfg.MinFirmware = map[string]string{"acme-oxi-1": "1.2.0"}
+	e.start()
+	a = e.app("ssl://" + e.gw.Cloud().AppsAddr())
+	testutil.Eventually(t, 10*time.Second, "the entry marked by the new minimum", func() bool {
+		in := a.inventoryOf(dev)
+		return len(in) > 0 && in[len(in)-1].entry.BelowMin && in[len(in)-1].entry.MinFirmware == "1.2.0"
+	})
+	testutil.Eventually(t, 10*time.Second, "the firmware_below_min event of the new minimum", func() bool {
+		return a.securityEvents(inventory.EventBelowMin, "inv") == 1
+	})
+	c = e.mustDial5(dev)
+	if rc := publish5(t, c, telemetryTopic(dev), e.sign(dev, spo2(dev, 4))); rc != 0 {
+		t.Fatalf("seq 4: 0x%02x", rc)
+	}
+	testutil.Eventually(t, 10*time.Second, "seq 4 at the app", func() bool { return a.ids()[dev+":4"] == 1 })
+	if m, _ := a.message(dev + ":4"); !m.FWBelowMin {
+		t.Error("the first record after the restart not marked")
 	}
 }

@@ -79,8 +79,8 @@ type Gateway struct {
 	tracker   *posture.Tracker // devices' connects and traffic, for the posture audit
 	auditor   *posture.Auditor
 	anomaly   *anomaly.Detector // nil when disabled
+	jobs      *jobs.Engine      // rollout jobs from the cloud
 	inventory *inventory.Inventory
-	jobs      *jobs.Engine // rollout jobs from the cloud
 	mqtt      *mqtt.Server
 	maxConns  int
 	devices   *ingest.Listener
