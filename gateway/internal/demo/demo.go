@@ -1,7 +1,9 @@
 // Package demo runs the whole system in one process for `gateway demo`: a
 // throwaway PKI, the gateway with its embedded cloud broker, a simulated
-// fleet with a few attackers, and a clinician's app whose view is drawn in
-// the terminal ([github.com/vitalgate/vitalgate/gateway/internal/view]).
+// fleet with a few attackers, a firmware rollout to the oximeters (a signed
+// test image in an update repository served over HTTPS, started by an
+// operator at the cloud), and a clinician's app whose view is drawn in the
+// terminal ([github.com/vitalgate/vitalgate/gateway/internal/view]).
 //
 // Everything listens on 127.0.0.1 with ports chosen by the kernel, so a demo
 // never collides with a running gateway or another demo.
@@ -209,25 +211,10 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		return res, err
 	}
 
-	// 4. The fleet: patients, and attackers cycling through attack modes.
-	fctx, stopFleet := context.WithCancel(ctx)
-	var wg sync.WaitGroup
+	// 4. The fleet: patients, the site's other oximeters, the operator's
+	// rollout, and attackers cycling through attack modes.
 	st := &fleetState{now: map[int]string{}}
-	wg.Go(func() { runPatients(fctx, res, o.Devices, log, st) })
-	if o.Oximeters > 0 {
-		wg.Go(func() { runOximeters(fctx, res, o.Oximeters, log) })
-	}
-	wg.Go(func() {
-		if err := startRollout(fctx, res, gw.Site(), res.Version, o.RolloutAt, log); err != nil {
-			log.Error("rollout", "error", err)
-			st.mu.Lock()
-			st.err = errors.Join(st.err, err)
-			st.mu.Unlock()
-		}
-	})
-	for k := range o.Attackers {
-		wg.Go(func() { runAttacker(fctx, k, res, o.Phase, log, st) })
-	}
+	stopFleet := startFleets(ctx, o, res, gw.Site(), log, st)
 
 	// 5. Draw until the end.
 	draw := func(final bool) {
@@ -245,7 +232,6 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 
 	// 6. Stop in order: fleet, app, gateway (relay drain, queue, audit, cloud).
 	stopFleet()
-	wg.Wait()
 	draw(true)
 	app.Disconnect(250)
 	closeErr := gw.Close()
@@ -258,6 +244,30 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		return res, fmt.Errorf("close gateway: %w", closeErr)
 	}
 	return res, nil
+}
+
+// startFleets starts the patients' fleet, the site's other oximeters, the
+// operator's rollout and the attackers, noting their progress in st. The
+// function it returns stops them all and waits for them.
+func startFleets(ctx context.Context, o Options, res *Result, site string, log *slog.Logger, st *fleetState) func() {
+	fctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { runPatients(fctx, res, o.Devices, log, st) })
+	if o.Oximeters > 0 {
+		wg.Go(func() { runOximeters(fctx, res, o.Oximeters, log) })
+	}
+	wg.Go(func() {
+		if err := startRollout(fctx, res, site, res.Version, o.RolloutAt, log); err != nil {
+			log.Error("rollout", "error", err)
+			st.mu.Lock()
+			st.err = errors.Join(st.err, err)
+			st.mu.Unlock()
+		}
+	})
+	for k := range o.Attackers {
+		wg.Go(func() { runAttacker(fctx, k, res, o.Phase, log, st) })
+	}
+	return func() { cancel(); wg.Wait() }
 }
 
 // drawUntilDone draws a frame now and one every refresh until ctx is done.

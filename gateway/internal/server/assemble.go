@@ -216,7 +216,7 @@ func (g *Gateway) newAnomaly() {
 
 func (g *Gateway) ingestOptions() ingest.Options {
 	cfg := g.cfg
-	observers := []ingest.Observer{g.tracker, g.certs, g.inventory, g.jobs}
+	observers := []ingest.Observer{g.tracker, g.certs, g.jobs, g.inventory}
 	if g.anomaly != nil {
 		observers = append(observers, g.anomaly)
 	}
