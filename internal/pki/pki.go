@@ -41,16 +41,15 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
-	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"math/big"
 	"os"
-	"path/filepath"
 	"strings"
 
+	"github.com/vitalgate/vitalgate/internal/atomicfile"
 	"github.com/vitalgate/vitalgate/internal/fileerr"
 )
 
@@ -294,30 +293,7 @@ func LoadTokenKey(path string) (crypto.PublicKey, error) { return LoadPublicKey(
 // renamed into place, so the file never exists with another mode and readers never see a partial file. With
 // sync, the data reaches the disk before the rename.
 func writeFile(path string, data []byte, perm os.FileMode, sync bool) error {
-	var rnd [8]byte
-	if _, err := rand.Read(rnd[:]); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp-"+hex.EncodeToString(rnd[:]))
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	_, err = f.Write(data)
-	if err == nil && sync {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		_ = os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
+	return atomicfile.Write("write", path, data, perm, sync)
 }
 
 // createFile writes a new file at path, created with perm, replacing a leftover file (a pair a crash interrupted).

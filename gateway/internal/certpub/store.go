@@ -8,10 +8,10 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 
+	"github.com/vitalgate/vitalgate/internal/atomicfile"
 	"github.com/vitalgate/vitalgate/internal/fileerr"
 	"github.com/vitalgate/vitalgate/internal/pki"
 )
@@ -98,33 +98,10 @@ func (p *Publisher) Save() {
 		fmt.Fprintf(&b, "%s %s\n", dev, hex.EncodeToString(fp[:]))
 	}
 	p.mu.Unlock()
-	if err := writeAtomic(p.o.File, b.Bytes()); err != nil {
+	if err := atomicfile.Write("write published certificates", p.o.File, b.Bytes(), 0o644, true); err != nil {
 		p.o.Log.Warn("published certificates not saved: chains may be published again after a restart", "error", err)
 		p.mu.Lock()
 		p.dirty = true
 		p.mu.Unlock()
 	}
-}
-
-// writeAtomic replaces path with data.
-func writeAtomic(path string, data []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fileerr.Wrap("write published certificates", path, err)
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), path)
-	}
-	if err != nil {
-		_ = os.Remove(f.Name())
-		return fileerr.Wrap("write published certificates", path, err)
-	}
-	return nil
 }

@@ -1,15 +1,13 @@
 package est
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sync"
 
+	"github.com/vitalgate/vitalgate/internal/atomicfile"
 	"github.com/vitalgate/vitalgate/internal/fileerr"
 )
 
@@ -86,26 +84,5 @@ func (b *bindings) save() error {
 	if err != nil {
 		return fmt.Errorf("encode enrolment bindings: %w", err)
 	}
-	var rnd [8]byte
-	_, _ = rand.Read(rnd[:])
-	tmp := filepath.Join(filepath.Dir(b.path), "."+filepath.Base(b.path)+".tmp-"+hex.EncodeToString(rnd[:]))
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return fileerr.Wrap("write enrolment bindings", b.path, err)
-	}
-	_, err = f.Write(append(data, '\n'))
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, b.path)
-	}
-	if err != nil {
-		_ = os.Remove(tmp)
-		return fileerr.Wrap("write enrolment bindings", b.path, err)
-	}
-	return nil
+	return atomicfile.Write("write enrolment bindings", b.path, append(data, '\n'), 0o600, true)
 }

@@ -8,9 +8,9 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"time"
 
+	"github.com/vitalgate/vitalgate/internal/atomicfile"
 	"github.com/vitalgate/vitalgate/internal/fileerr"
 	"github.com/vitalgate/vitalgate/internal/pki"
 )
@@ -103,7 +103,7 @@ func (inv *Inventory) Save() error {
 	var b bytes.Buffer
 	err := json.NewEncoder(&b).Encode(h)
 	if err == nil {
-		err = writeAtomic(inv.o.File, b.Bytes())
+		err = atomicfile.Write("write inventory", inv.o.File, b.Bytes(), 0o644, true)
 	}
 	if err != nil {
 		inv.mu.Lock()
@@ -111,29 +111,6 @@ func (inv *Inventory) Save() error {
 		inv.mu.Unlock()
 	}
 	return err
-}
-
-// writeAtomic replaces path with data.
-func writeAtomic(path string, data []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fileerr.Wrap("write inventory", path, err)
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), path)
-	}
-	if err != nil {
-		_ = os.Remove(f.Name())
-		return fileerr.Wrap("write inventory", path, err)
-	}
-	return nil
 }
 
 // Run publishes changed entries and saves the inventory every few seconds

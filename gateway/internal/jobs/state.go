@@ -5,8 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 
+	"github.com/vitalgate/vitalgate/internal/atomicfile"
 	"github.com/vitalgate/vitalgate/internal/fileerr"
 )
 
@@ -70,25 +70,7 @@ func (s *state) save(path string) error {
 	if err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fileerr.Wrap("write jobs", path, err)
-	}
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), path)
-	}
-	if err != nil {
-		_ = os.Remove(f.Name())
-		return fileerr.Wrap("write jobs", path, err)
-	}
-	return nil
+	return atomicfile.Write("write jobs", path, b, 0o644, true)
 }
 
 // DeviceStatus is the retained message on jobs/{site}/{job}/status/{device}.
