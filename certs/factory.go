@@ -33,7 +33,7 @@ func setupFactory(fs *flag.FlagSet) ([]string, func(io.Writer) error) {
 			return err
 		}
 		first, last := entries[0], entries[len(entries)-1]
-		fmt.Fprintf(w, "%d factory identities of %s (%s..%s) for %s..%s, listed in %s, in %s\n", len(entries), *mfr,
+		fmt.Fprintf(w, "%s of %s (%s..%s) for %s..%s, listed in %s, in %s\n", plural(len(entries), "factory identity", "factory identities"), *mfr,
 			first.Serial, last.Serial, first.ID, last.ID, filepath.Join(*dir, pki.FileEnroll), time.Since(start).Round(time.Millisecond))
 		return nil
 	}

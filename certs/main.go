@@ -391,8 +391,16 @@ func revokeDevice(w io.Writer, dir, id string) error {
 		where = append(where, "its certificate in "+filepath.Join(dir, pki.FileCRL))
 	}
 	if r.Issued > 0 {
-		where = append(where, fmt.Sprintf("%d enrolled certificates in %s", r.Issued, filepath.Join(dir, pki.FileIssuingCRL)))
+		where = append(where, fmt.Sprintf("%s in %s", plural(r.Issued, "enrolled certificate", "enrolled certificates"), filepath.Join(dir, pki.FileIssuingCRL)))
 	}
 	fmt.Fprintf(w, "revoked %s: %s\n", id, strings.Join(where, ", "))
 	return nil
+}
+
+// plural words n things: "1 thing", "2 things".
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return fmt.Sprintf("%d %s", n, many)
 }
