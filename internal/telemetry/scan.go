@@ -110,19 +110,19 @@ func (s *scanner) simple(c byte, key []byte, inArray bool) error {
 		return verdict.New(verdict.Malformed, "record: %q is %s: null is never a value (leave an optional key out)", clip(string(key), 32), what)
 	}
 	n := 0
-	switch ai := c & 0x1f; {
-	case ai < 24:
+	switch c {
+	case 0xf4, 0xf5: // false, true
 		n = 1
-	case ai == 24:
-		n = 2
-	case ai == 25:
+	case 0xf9:
 		n = 3
-	case ai == 26:
+	case 0xfa:
 		n = 5
-	case ai == 27:
+	case 0xfb:
 		n = 9
 	default:
-		return s.invalid()
+		// Simple values other than false and true: the decoder would read
+		// simple(15) as the integer 15, so a number had two encodings.
+		return verdict.New(verdict.Malformed, "record: CBOR simple value 0x%02x at byte %d: not a number, text or boolean", c, s.off)
 	}
 	if n > len(s.b)-s.off {
 		return s.invalid()

@@ -158,3 +158,32 @@ func TestStatusCheckOrder(t *testing.T) {
 		t.Fatalf("future: %v", err)
 	}
 }
+
+// FuzzDecodeStatus: a status record from a device never panics
+// DecodeStatus, which fails only with malformed or too_large; what it
+// accepts re-encodes to itself, and Check judges it with schema or nil.
+func FuzzDecodeStatus(f *testing.F) {
+	b, err := telemetry.EncodeStatus(validStatus())
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(b)
+	f.Add(b[:len(b)-1])
+	f.Add([]byte{0xa0})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		s, err := telemetry.DecodeStatus(b)
+		if err != nil {
+			if v := verdict.Of(err); v != verdict.Malformed && v != verdict.TooLarge {
+				t.Fatalf("verdict %q: %v", v, err)
+			}
+			return
+		}
+		again, err := telemetry.EncodeStatus(s)
+		if err != nil || !bytes.Equal(again, b) {
+			t.Fatalf("accepted %x, re-encodes to %x (%v)", b, again, err)
+		}
+		if err := s.Check(); err != nil && verdict.Of(err) != verdict.Schema {
+			t.Fatalf("Check: %v", err)
+		}
+	})
+}

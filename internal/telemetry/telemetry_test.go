@@ -166,6 +166,37 @@ func TestDecodeRefusesNonMinimalHeads(t *testing.T) {
 	}
 }
 
+// TestDecodeRefusesSimpleValues: a small integer written as a CBOR simple
+// value (simple(15) for 15: the decoder would read it as the number, a
+// second encoding of it) is malformed, in a record and in a status record.
+func TestDecodeRefusesSimpleValues(t *testing.T) {
+	rec, err := telemetry.Encode(testvectors.SpO2Record())
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := telemetry.EncodeStatus(&telemetry.Status{V: 1, Dev: "oxi-1", Seq: 7, TS: 15, Kind: "status", Model: "m", FW: "1.0.0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, b := range map[string][]byte{"record": rec, "status": st} {
+		i := bytes.Index(b, []byte{0x61, 'v', 0x01})
+		if i < 0 {
+			t.Fatalf("%s: no v: 1", name)
+		}
+		bad := bytes.Clone(b)
+		bad[i+2] = 0xe1 // simple(1) for the integer 1
+		var derr error
+		if name == "record" {
+			_, derr = telemetry.Decode(bad)
+		} else {
+			_, derr = telemetry.DecodeStatus(bad)
+		}
+		if verdict.Of(derr) != verdict.Malformed || !strings.Contains(derr.Error(), "simple value") {
+			t.Errorf("%s with v as simple(1): %v, want malformed", name, derr)
+		}
+	}
+}
+
 // TestEncodeNegativeZero: Encode writes a negative zero as 0, which Decode
 // accepts, and leaves the caller's samples alone.
 func TestEncodeNegativeZero(t *testing.T) {

@@ -343,3 +343,36 @@ func BenchmarkParse(b *testing.B) {
 		}
 	}
 }
+
+// FuzzParse: a manifest from the network (a job's command, the update
+// repository) never panics Parse, which fails only with a Refusal
+// "malformed" or "forged"; what Parse accepts is signed by the key and is
+// its own deterministic encoding (Sign of the decoded manifest verifies
+// again with the same key).
+func FuzzParse(f *testing.F) {
+	key := vectorKey()
+	good, err := Sign(key, vectorManifest())
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(good)
+	f.Add(good[:len(good)/2])
+	f.Add([]byte{0xd2, 0x84, 0x40, 0xa0, 0x40, 0x40})
+	pub := key.Public()
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := Parse(b, pub)
+		if err != nil {
+			if r := ReasonOf(err); r != ReasonMalformed && r != ReasonForged {
+				t.Fatalf("reason %q: %v", r, err)
+			}
+			return
+		}
+		again, err := Sign(key, m)
+		if err != nil {
+			t.Fatalf("Sign of an accepted manifest: %v", err)
+		}
+		if _, err := Parse(again, pub); err != nil {
+			t.Fatalf("re-signed accepted manifest refused: %v", err)
+		}
+	})
+}
