@@ -254,15 +254,21 @@ func (e *env) sign(keyID string, rec *telemetry.Record) []byte {
 // signWith encodes rec and signs it with the key in keyFile, as device keyID.
 func (e *env) signWith(keyFile, keyID string, rec *telemetry.Record) []byte {
 	e.t.Helper()
-	key, err := pki.LoadKey(keyFile)
-	if err != nil {
-		e.t.Fatal(err)
-	}
 	b, err := telemetry.Encode(rec)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	msg, err := envelope.Sign(key, keyID, b)
+	return e.signFile(keyFile, keyID, b)
+}
+
+// signFile signs payload with the key in keyFile, as device keyID.
+func (e *env) signFile(keyFile, keyID string, payload []byte) []byte {
+	e.t.Helper()
+	key, err := pki.LoadKey(keyFile)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	msg, err := envelope.Sign(key, keyID, payload)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -418,15 +424,7 @@ func (e *env) metric(name, label string) float64 {
 func (e *env) signRaw(keyID string, payload []byte) []byte {
 	e.t.Helper()
 	_, keyFile := pki.DevicePaths(e.pki, keyID)
-	key, err := pki.LoadKey(keyFile)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	msg, err := envelope.Sign(key, keyID, payload)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	return msg
+	return e.signFile(keyFile, keyID, payload)
 }
 
 func (e *env) deviceCert(id string) *x509.Certificate {

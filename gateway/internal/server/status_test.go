@@ -5,8 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vitalgate/vitalgate/internal/envelope"
-	"github.com/vitalgate/vitalgate/internal/pki"
 	"github.com/vitalgate/vitalgate/internal/telemetry"
 	"github.com/vitalgate/vitalgate/internal/testutil"
 	"github.com/vitalgate/vitalgate/internal/verdict"
@@ -15,20 +13,11 @@ import (
 // signStatus encodes st and signs it with the key of device keyID.
 func (e *env) signStatus(keyID string, st *telemetry.Status) []byte {
 	e.t.Helper()
-	_, keyFile := pki.DevicePaths(e.pki, keyID)
-	key, err := pki.LoadKey(keyFile)
-	if err != nil {
-		e.t.Fatal(err)
-	}
 	b, err := telemetry.EncodeStatus(st)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	msg, err := envelope.Sign(key, keyID, b)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	return msg
+	return e.signRaw(keyID, b)
 }
 
 func statusRec(dev string, seq uint64) *telemetry.Status {
