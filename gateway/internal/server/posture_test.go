@@ -45,8 +45,9 @@ func finding(rep posture.Report, check, subject string) (posture.Finding, bool) 
 	return posture.Finding{}, false
 }
 
-// auditEvents counts the `audit` events about dev in the audit log.
-func (e *env) auditEvents(dev string) int {
+// auditEvents counts the security events of verdict v about dev in the
+// audit log.
+func (e *env) auditEvents(v, dev string) int {
 	e.t.Helper()
 	if err := e.gw.audit.Sync(); err != nil {
 		e.t.Fatal(err)
@@ -57,7 +58,7 @@ func (e *env) auditEvents(dev string) int {
 	}
 	n := 0
 	for _, l := range strings.Split(string(b), "\n") {
-		if strings.Contains(l, `"verdict":"audit"`) && strings.Contains(l, `"dev":"`+dev+`"`) {
+		if strings.Contains(l, `"verdict":"`+v+`"`) && strings.Contains(l, `"dev":"`+dev+`"`) {
 			n++
 		}
 	}
@@ -148,7 +149,7 @@ func TestPostureAuditLive(t *testing.T) {
 	e.gw.auditor.Run()
 	for _, dev := range []string{"twin", "soon", "quiet"} {
 		want := map[string]int{"twin": 2, "soon": 1, "quiet": 1}[dev]
-		if n := e.auditEvents(dev); n != want {
+		if n := e.auditEvents("audit", dev); n != want {
 			t.Errorf("%s: %d audit events after three runs, want %d (one per finding)", dev, n, want)
 		}
 	}
