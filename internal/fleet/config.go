@@ -30,35 +30,37 @@ const (
 // Config describes a fleet. Start from [Default]: a zero field means its
 // default, except QoS, where 0 is QoS 0.
 type Config struct {
-	PKI          string        `yaml:"pki" json:"pki"`                     // PKI directory (docs/design.md#the-pki-directory)
-	Gateway      string        `yaml:"gateway" json:"gateway"`             // host:port of the gateway's device listener
-	Devices      int           `yaml:"devices" json:"devices"`             // 1..MaxDevices
-	Rate         float64       `yaml:"rate" json:"rate"`                   // records per second per device
-	Duration     time.Duration `yaml:"duration" json:"duration"`           // how long devices measure; 0: until ctx is done
-	MQTT         int           `yaml:"mqtt" json:"mqtt"`                   // 3, 5 or 0 (MQTTMix)
-	QoS          byte          `yaml:"qos" json:"qos"`                     // 0 or 1
-	Attack       string        `yaml:"attack" json:"attack,omitempty"`     // "" or one of Attacks()
-	Attackers    int           `yaml:"attackers" json:"attackers"`         // devices that attack; 0: all
-	AttackBudget int           `yaml:"attack_budget" json:"attack_budget"` // attack messages (rate_limited: rejections) per attacker per minute
-	AttackAfter  time.Duration `yaml:"attack_after" json:"attack_after"`   // burst, flap: normal behaviour first, this long (default DefaultAttackAfter)
-	FlapEvery    time.Duration `yaml:"flap_every" json:"flap_every"`       // flap: mean time between drops, ±1/3
-	Seed         int64         `yaml:"seed" json:"seed"`                   // physiology seed of the fleet
-	Ramp         float64       `yaml:"ramp" json:"ramp"`                   // new connections per second across the fleet
-	Prefix       string        `yaml:"prefix" json:"prefix"`               // device ID prefix
-	Key          string        `yaml:"key" json:"key"`                     // key type of issued certificates: p256 or ed25519
-	Kinds        []string      `yaml:"kinds" json:"kinds"`                 // kinds, round-robin over the devices (repeat one to weight it)
-	State        string        `yaml:"state" json:"state"`                 // seq state directory; default PKI/devicesim-state; "-": none
-	Buffer       int           `yaml:"buffer" json:"buffer"`               // records kept per device while the gateway is away
-	Window       int           `yaml:"window" json:"window"`               // QoS 1 messages in flight per device
-	Timeout      time.Duration `yaml:"timeout" json:"timeout"`             // connect (TCP, TLS, CONNACK)
-	AckTimeout   time.Duration `yaml:"ack_timeout" json:"ack_timeout"`     // PUBACK; then the device reconnects and resends
-	Drain        time.Duration `yaml:"drain" json:"drain"`                 // after Duration: time to send the backlog and collect acks
-	Progress     time.Duration `yaml:"progress" json:"progress"`           // interval of progress callbacks
-	RevokeSettle time.Duration `yaml:"revoke_settle" json:"revoke_settle"` // revoked: wait after changing crl.pem, for the gateway to reload it
-	Enroll       bool          `yaml:"enroll" json:"enroll,omitempty"`     // start from factory identities, enrol and renew over EST
-	EST          string        `yaml:"est" json:"est,omitempty"`           // EST server URL (the gateway's HTTPS listener)
-	Updates      bool          `yaml:"updates" json:"updates"`             // report status at connect and take update commands
-	HTTPS        string        `yaml:"https" json:"https,omitempty"`       // host:port of the gateway's HTTPS listener: firmware downloads
+	PKI          string        `yaml:"pki" json:"pki"`                         // PKI directory (docs/design.md#the-pki-directory)
+	Gateway      string        `yaml:"gateway" json:"gateway"`                 // host:port of the gateway's device listener
+	Devices      int           `yaml:"devices" json:"devices"`                 // 1..MaxDevices
+	Rate         float64       `yaml:"rate" json:"rate"`                       // records per second per device
+	Duration     time.Duration `yaml:"duration" json:"duration"`               // how long devices measure; 0: until ctx is done
+	MQTT         int           `yaml:"mqtt" json:"mqtt"`                       // 3, 5 or 0 (MQTTMix)
+	QoS          byte          `yaml:"qos" json:"qos"`                         // 0 or 1
+	Attack       string        `yaml:"attack" json:"attack,omitempty"`         // "" or one of Attacks()
+	Attackers    int           `yaml:"attackers" json:"attackers"`             // devices that attack; 0: all
+	AttackBudget int           `yaml:"attack_budget" json:"attack_budget"`     // attack messages (rate_limited: rejections) per attacker per minute
+	AttackAfter  time.Duration `yaml:"attack_after" json:"attack_after"`       // burst, flap: normal behaviour first, this long (default DefaultAttackAfter)
+	FlapEvery    time.Duration `yaml:"flap_every" json:"flap_every"`           // flap: mean time between drops, ±1/3
+	Seed         int64         `yaml:"seed" json:"seed"`                       // physiology seed of the fleet
+	Ramp         float64       `yaml:"ramp" json:"ramp"`                       // new connections per second across the fleet
+	Prefix       string        `yaml:"prefix" json:"prefix"`                   // device ID prefix
+	Key          string        `yaml:"key" json:"key"`                         // key type of issued certificates: p256 or ed25519
+	Kinds        []string      `yaml:"kinds" json:"kinds"`                     // kinds, round-robin over the devices (repeat one to weight it)
+	State        string        `yaml:"state" json:"state"`                     // seq state directory; default PKI/devicesim-state; "-": none
+	Buffer       int           `yaml:"buffer" json:"buffer"`                   // records kept per device while the gateway is away
+	Window       int           `yaml:"window" json:"window"`                   // QoS 1 messages in flight per device
+	Timeout      time.Duration `yaml:"timeout" json:"timeout"`                 // connect (TCP, TLS, CONNACK)
+	AckTimeout   time.Duration `yaml:"ack_timeout" json:"ack_timeout"`         // PUBACK; then the device reconnects and resends
+	Drain        time.Duration `yaml:"drain" json:"drain"`                     // after Duration: time to send the backlog and collect acks
+	Progress     time.Duration `yaml:"progress" json:"progress"`               // interval of progress callbacks
+	RevokeSettle time.Duration `yaml:"revoke_settle" json:"revoke_settle"`     // revoked: wait after changing crl.pem, for the gateway to reload it
+	Enroll       bool          `yaml:"enroll" json:"enroll,omitempty"`         // start from factory identities, enrol and renew over EST
+	EST          string        `yaml:"est" json:"est,omitempty"`               // EST server URL (the gateway's HTTPS listener)
+	Updates      bool          `yaml:"updates" json:"updates"`                 // report status at connect and take update commands
+	HTTPS        string        `yaml:"https" json:"https,omitempty"`           // host:port of the gateway's HTTPS listener: firmware downloads
+	ClockSkew    time.Duration `yaml:"clock_skew" json:"clock_skew,omitempty"` // added to the devices' clocks (ts of their records); may be negative
+	Offline      time.Duration `yaml:"offline" json:"offline,omitempty"`       // devices measure this long before their first connection, then send the backlog
 
 	// Logger receives connection problems at debug level; nil discards.
 	Logger *slog.Logger `yaml:"-" json:"-"`
@@ -198,6 +200,9 @@ func (c Config) Validate() error {
 	}
 	if c.Window < 1 || c.Window > 1000 {
 		bad("window", "%d outside 1..1000", c.Window)
+	}
+	if c.Offline < 0 {
+		bad("offline", "negative")
 	}
 	if c.Timeout < 0 || c.AckTimeout < 0 || c.Drain < 0 || c.Progress < 0 {
 		bad("timeout", "negative durations")

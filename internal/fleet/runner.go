@@ -202,7 +202,13 @@ func (r *runner) runRecords(ctx context.Context, stopGen <-chan struct{}) {
 	defer tick.Stop()
 	tickC := tick.C
 	r.begin(ctx)
-	r.connect(ctx)
+	if r.f.cfg.Offline > 0 {
+		// Offline first: measure into the buffer, connect later and send the backlog.
+		r.link.retry = time.NewTimer(r.f.cfg.Offline)
+		r.link.retryC = r.link.retry.C
+	} else {
+		r.connect(ctx)
+	}
 	generating := true
 	defer func() {
 		r.link.stopRetry()
@@ -433,7 +439,7 @@ func (r *runner) generate(now time.Time) error {
 	if err := r.seqs.ensure(r.dev.Seq() + 1); err != nil {
 		return err
 	}
-	rec := r.dev.NextAt(now)
+	rec := r.dev.NextAt(now.Add(r.f.cfg.ClockSkew))
 	e := &entry{topic: telemetryTopic(r.id), attack: r.att.active(AttackBurst, now)}
 	if r.att != nil && r.att.crafts() && r.budgetLeft(now) {
 		topic, payload, ok, err := r.att.craft(r.id, r.key, rec, r.olderOK, now)
@@ -465,7 +471,7 @@ func (r *runner) burstEntry() (*entry, error) {
 	if err := r.seqs.ensure(r.dev.Seq() + 1); err != nil {
 		return nil, err
 	}
-	rec := r.dev.NextAt(time.Now())
+	rec := r.dev.NextAt(time.Now().Add(r.f.cfg.ClockSkew))
 	payload, err := SignRecord(r.key, r.id, &rec)
 	if err != nil {
 		return nil, err

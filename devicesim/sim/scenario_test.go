@@ -1,0 +1,160 @@
+package sim
+
+import (
+	"bytes"
+	"context"
+	"encoding/xml"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+const good = `name: t
+phases:
+  - name: one
+    duration: 2s
+    fleets:
+      - {name: a, devices: 2, kinds: [spo2], mqtt: mix}
+    expect:
+      acked: ">= 3"
+      rejected: {bad_signature: 0}
+`
+
+func TestParseGood(t *testing.T) {
+	sc, err := Parse("t.yaml", []byte(good))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ph := sc.Phases[0]
+	if sc.Name != "t" || ph.Name != "one" || ph.Duration != 2*time.Second || ph.Settle != 10*time.Second ||
+		len(ph.Fleets) != 1 || ph.Fleets[0].Prefix != "a" || ph.Fleets[0].Devices != 2 || len(ph.Expect) != 2 {
+		t.Fatalf("%+v", sc)
+	}
+	if e := ph.Expect[1]; e.Metric != "rejected.bad_signature" || e.Line != 9 {
+		t.Errorf("second expectation %+v", e)
+	}
+	// Every example of the repository parses.
+	files, _ := filepath.Glob("../scenarios/*.yaml")
+	if len(files) < 4 {
+		t.Fatalf("examples: %v", files)
+	}
+	for _, f := range files {
+		if _, err := Load(f); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+// TestParseErrors: each bad input is one error naming the file, the line
+// and what is wrong.
+func TestParseErrors(t *testing.T) {
+	for _, c := range []struct{ name, yaml, want string }{
+		{"unknown key", "name: x\nphasess: []\n", `f.yaml:2: scenario: unknown key "phasess" (valid keys: cloud, est, gateway, https, name, phases, pki, seed)`},
+		{"no phases", "name: x\n", "f.yaml:1: scenario: no phases"},
+		{"no fleet", "phases:\n  - name: p\n    duration: 1s\n", `f.yaml:2: phase "p": no fleets`},
+		{"unknown fleet key", "phases:\n  - duration: 1s\n    fleets:\n      - {name: a, devices: 1, colour: red}\n",
+			`f.yaml:4: phase "phase 1" fleet 1: unknown key "colour"`},
+		{"bad verdict", "phases:\n  - duration: 1s\n    fleets: [{name: a}]\n    expect:\n      rejected: {bad_sig: 1}\n",
+			`f.yaml:5: expect: "bad_sig" is not a verdict`},
+		{"bad metric", "phases:\n  - duration: 1s\n    fleets: [{name: a}]\n    expect:\n      ackd: 1\n",
+			`f.yaml:5: expect: unknown metric "ackd"`},
+		{"bad comparison", "phases:\n  - duration: 1s\n    fleets: [{name: a}]\n    expect:\n      acked: \"about 3\"\n",
+			`f.yaml:5: expect: acked: "about 3": want a count`},
+		{"bad range", "phases:\n  - duration: 1s\n    fleets: [{name: a}]\n    expect:\n      acked: \"9..3\"\n",
+			`f.yaml:5: expect: acked: "9..3" is not a range`},
+		{"cloud metric without cloud", "phases:\n  - duration: 1s\n    fleets: [{name: a}]\n    expect:\n      lost: 0\n",
+			`f.yaml:5: expect: lost needs a cloud section`},
+		{"bad duration", "phases:\n  - duration: soon\n    fleets: [{name: a}]\n", `f.yaml:2: phase 1.duration: "soon" is not a duration`},
+		{"no duration", "phases:\n  - fleets: [{name: a}]\n", `f.yaml:2: phase "phase 1": duration 0s outside`},
+		{"bad kind", "phases:\n  - duration: 1s\n    fleets: [{name: a, kinds: [toaster]}]\n", `fleet "a": unknown kind "toaster"`},
+		{"bad attack", "phases:\n  - duration: 1s\n    fleets: [{name: a, attack: nope}]\n", `fleet "a": attack: "nope": want one of`},
+		{"bad mqtt", "phases:\n  - duration: 1s\n    fleets: [{name: a, mqtt: 4}]\n", `fleet "a": mqtt "4": want 3, 5 or mix`},
+		{"two prefixes", "phases:\n  - duration: 1s\n    fleets: [{name: a}, {name: b, prefix: a}]\n", `two fleets with the device prefix "a"`},
+		{"action", "phases:\n  - duration: 1s\n    do: [{hook: x, exec: [y]}]\n    fleets: [{name: a}]\n", "f.yaml:3: do: want exactly one of hook or exec"},
+		{"yaml syntax", "phases: [\n", "f.yaml:1: did not find expected node content"},
+		{"not yaml", "", "f.yaml: empty scenario"},
+	} {
+		_, err := Parse("f.yaml", []byte(c.yaml))
+		var fe *FileError
+		if err == nil || !errors.As(err, &fe) || !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%s: %v, want %q", c.name, err, c.want)
+		}
+	}
+	if _, err := Load(filepath.Join(t.TempDir(), "none.yaml")); err == nil || !strings.Contains(err.Error(), "none.yaml: no such file") {
+		t.Errorf("missing file: %v", err)
+	}
+}
+
+func TestExpectation(t *testing.T) {
+	for _, c := range []struct {
+		want string
+		got  float64
+		ok   bool
+	}{
+		{"3", 3, true}, {"3", 4, false}, {">= 3", 3, true}, {">3", 3, false}, {"< 2.5", 2, true}, {"<= 2", 3, false},
+		{"!= 0", 0, false}, {"== 7", 7, true}, {"5..20", 5, true}, {"5..20", 21, false}, {"0..0", 0, true},
+	} {
+		e := Expectation{Metric: "acked", Want: c.want}
+		if err := e.parse(); err != nil {
+			t.Fatalf("%q: %v", c.want, err)
+		}
+		if e.Holds(c.got) != c.ok {
+			t.Errorf("%s with %v: %v", e, c.got, !c.ok)
+		}
+	}
+}
+
+// TestMissingHook: a scenario naming a hook its caller does not provide
+// stops before anything runs.
+func TestMissingHook(t *testing.T) {
+	sc, err := Parse("h.yaml", []byte("phases:\n  - duration: 1s\n    do: [{hook: cloud_down}]\n    fleets: [{name: a}]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Run(context.Background(), sc, Options{Gateway: "127.0.0.1:1"})
+	if err == nil || !strings.Contains(err.Error(), `h.yaml:3: hook "cloud_down" is not provided`) {
+		t.Fatalf("%v", err)
+	}
+}
+
+// TestUnreachable: no gateway is an ErrUnreachable, not a failed expectation.
+func TestUnreachable(t *testing.T) {
+	sc, err := Parse("u.yaml", []byte(good))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	_, err = Run(context.Background(), sc, Options{Gateway: "127.0.0.1:1", PKI: dir})
+	if !errors.Is(err, ErrUnreachable) && !errors.Is(err, ErrCertificates) {
+		t.Fatalf("%v", err)
+	}
+}
+
+func TestJUnit(t *testing.T) {
+	sc, _ := Parse("j.yaml", []byte(good))
+	t0 := time.Unix(1767225600, 0)
+	res := &Result{Scenario: sc.Name, File: "j.yaml", Start: t0, End: t0.Add(3 * time.Second), Phases: []PhaseResult{{
+		Name: "one", Start: t0, End: t0.Add(2 * time.Second),
+		Checks: []Check{{Expectation: sc.Phases[0].Expect[0], Phase: "one", Got: 2}, {Expectation: sc.Phases[0].Expect[1], Phase: "one", Got: 0, OK: true}},
+	}}}
+	var b bytes.Buffer
+	if err := res.WriteJUnit(&b, nil); err != nil {
+		t.Fatal(err)
+	}
+	var doc junitSuites
+	if err := xml.Unmarshal(b.Bytes(), &doc); err != nil {
+		t.Fatalf("%v\n%s", err, b.String())
+	}
+	s := doc.Suites[0]
+	if doc.Tests != 2 || doc.Failures != 1 || s.Name != "t" || len(s.Cases) != 2 || s.Cases[0].Failure == nil ||
+		s.Cases[0].Name != "one: acked >= 3" || !strings.Contains(s.Cases[0].Failure.Text, `j.yaml:8: phase "one": acked >= 3: failed, got 2`) ||
+		s.Cases[1].Failure != nil {
+		t.Fatalf("%s", b.String())
+	}
+	if os.Getenv("VG_SHOW") != "" {
+		t.Log(b.String())
+	}
+}
