@@ -218,19 +218,28 @@ type run struct {
 
 func (r *run) phase(ctx context.Context, ph Phase) (PhaseResult, error) {
 	pr := PhaseResult{Name: ph.Name, Start: time.Now(), Metrics: map[string]float64{}}
-	defer func() { pr.End = time.Now() }()
+	err := r.phaseRun(ctx, ph, &pr)
+	pr.End = time.Now()
+	return pr, err
+}
+
+// phaseRun runs a phase's actions and fleets, waits for the cloud and
+// checks the expectations into pr.
+func (r *run) phaseRun(ctx context.Context, ph Phase, pr *PhaseResult) error {
+	var startDelivered uint64
 	if r.w != nil {
 		r.w.takeEvents() // what came before belongs to no phase
+		startDelivered = r.w.deliveredOf(phasePrefixes(ph))
 	}
 	for _, a := range ph.Do {
 		if err := r.act(ctx, a); err != nil {
-			return pr, err
+			return err
 		}
 	}
 	reports, err := r.fleets(ctx, ph)
 	pr.Reports = reports
 	if err != nil {
-		return pr, err
+		return err
 	}
 	var prefixes []string
 	for i, f := range ph.Fleets {
@@ -248,7 +257,7 @@ func (r *run) phase(ctx context.Context, ph Phase) (PhaseResult, error) {
 		}
 		settle(ctx, ph.Settle, func() bool { return r.w.deliveredOf(all) >= want })
 		got := r.w.deliveredOf(all)
-		pr.Metrics["delivered"] = float64(r.w.deliveredOf(prefixes))
+		pr.Metrics["delivered"] = float64(r.w.deliveredOf(prefixes) - startDelivered)
 		pr.Metrics["lost"] = float64(want - min(got, want))
 		for v, n := range r.w.takeEvents() {
 			pr.Metrics["events."+v] = float64(n)
@@ -258,7 +267,18 @@ func (r *run) phase(ctx context.Context, ph Phase) (PhaseResult, error) {
 		got := pr.Metrics[e.Metric]
 		pr.Checks = append(pr.Checks, Check{Expectation: e, Phase: ph.Name, Got: got, OK: e.Holds(got)})
 	}
-	return pr, ctx.Err()
+	return ctx.Err()
+}
+
+// phasePrefixes lists the prefixes of a phase's tracked fleets.
+func phasePrefixes(ph Phase) []string {
+	var out []string
+	for _, f := range ph.Fleets {
+		if tracked(f) {
+			out = append(out, f.Prefix)
+		}
+	}
+	return out
 }
 
 // trackedSoFar lists the prefixes whose acknowledged records are counted.
