@@ -27,34 +27,7 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(fs.Output(), "usage: devicesim run [flags] SCENARIO.yaml\n\nRun a scenario file: phases of fleets, attacks and faults, and the outcomes each must have.\nExit status 0 when every expectation holds, 1 when one fails, 2 on a bad file or an environment\nthat does not run (unreachable gateway, missing certificates, a failed action).\n\n")
 		fs.PrintDefaults()
 	}
-	var o sim.Options
-	fs.StringVar(&o.Gateway, "gateway", "", "gateway device listener `host:port` (overrides the file's)")
-	fs.StringVar(&o.PKI, "pki", "", "PKI `directory` (overrides the file's)")
-	fs.StringVar(&o.EST, "est", "", "EST server `URL` for fleets that enrol (overrides the file's)")
-	fs.StringVar(&o.HTTPS, "https", "", "the gateway's HTTPS listener `host:port` (overrides the file's)")
-	cloudURL := fs.String("cloud", "", "cloud broker app listener `URL` ssl://host:port (overrides the file's cloud url)")
-	token := fs.String("token-file", "", "app token `file` at the cloud (overrides the file's cloud token_file)")
-	fs.Int64Var(&o.Seed, "seed", 0, "seed of physiology and timing (0: the file's, default 1)")
-	junit := fs.String("junit", "", "write JUnit XML to `file`")
-	report := fs.String("report", "", "write the result as JSON to `file` (- for stdout)")
-	check := fs.Bool("check", false, "check the file and exit")
-	o.Hooks = map[string]func(context.Context) error{}
-	fs.Func("hook", "`NAME=COMMAND`: run COMMAND (split at spaces, no shell) for the scenario's {hook: NAME}; repeatable", func(v string) error {
-		name, command, ok := strings.Cut(v, "=")
-		argv := strings.Fields(command)
-		if !ok || name == "" || len(argv) == 0 {
-			return errors.New("want NAME=COMMAND")
-		}
-		o.Hooks[name] = func(ctx context.Context) error {
-			ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-			defer cancel()
-			if out, err := exec.CommandContext(ctx, argv[0], argv[1:]...).CombinedOutput(); err != nil {
-				return fmt.Errorf("%s: %v: %s", command, err, strings.TrimSpace(string(out)))
-			}
-			return nil
-		}
-		return nil
-	})
+	o, f := runFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(stdout)
@@ -72,20 +45,20 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "devicesim run: %v\n", err)
 		return 2
 	}
-	if *cloudURL != "" || *token != "" {
+	if *f.cloudURL != "" || *f.token != "" {
 		c := sim.Cloud{Site: "site1"}
 		if sc.Cloud != nil {
 			c = *sc.Cloud
 		}
-		if *cloudURL != "" {
-			c.URL = *cloudURL
+		if *f.cloudURL != "" {
+			c.URL = *f.cloudURL
 		}
-		if *token != "" {
-			c.TokenFile = *token
+		if *f.token != "" {
+			c.TokenFile = *f.token
 		}
 		o.Cloud = &c
 	}
-	if *check {
+	if *f.check {
 		fmt.Fprintf(stderr, "devicesim run: %s: ok (%d phases)\n", sc.File, len(sc.Phases))
 		return 0
 	}
@@ -93,7 +66,7 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	defer stop()
 	live := newLive(stderr)
 	o.Progress = func(phase, fleet string, s sim.Stats) { live.line(fmt.Sprintf("%s/%s: %s", phase, fleet, s)) }
-	res, runErr := sim.Run(ctx, sc, o)
+	res, runErr := sim.Run(ctx, sc, *o)
 	live.end()
 	for _, p := range res.Phases {
 		for _, c := range p.Checks {
@@ -104,7 +77,7 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "%s %s\n", mark, c.Message(sc.File))
 		}
 	}
-	if err := writeOutputs(res, runErr, *junit, *report, stdout); err != nil {
+	if err := writeOutputs(res, runErr, *f.junit, *f.report, stdout); err != nil {
 		fmt.Fprintf(stderr, "devicesim run: %v\n", err)
 		return 2
 	}
@@ -147,4 +120,43 @@ func writeOutputs(res *sim.Result, runErr error, junit, report string, stdout io
 		return err
 	}
 	return os.WriteFile(report, b, 0o644)
+}
+
+// runOutputs are the flags of `devicesim run` that are not [sim.Options].
+type runOutputs struct {
+	cloudURL, token, junit, report *string
+	check                          *bool
+}
+
+func runFlags(fs *flag.FlagSet) (*sim.Options, runOutputs) {
+	var f runOutputs
+	o := &sim.Options{}
+	fs.StringVar(&o.Gateway, "gateway", "", "gateway device listener `host:port` (overrides the file's)")
+	fs.StringVar(&o.PKI, "pki", "", "PKI `directory` (overrides the file's)")
+	fs.StringVar(&o.EST, "est", "", "EST server `URL` for fleets that enrol (overrides the file's)")
+	fs.StringVar(&o.HTTPS, "https", "", "the gateway's HTTPS listener `host:port` (overrides the file's)")
+	f.cloudURL = fs.String("cloud", "", "cloud broker app listener `URL` ssl://host:port (overrides the file's cloud url)")
+	f.token = fs.String("token-file", "", "app token `file` at the cloud (overrides the file's cloud token_file)")
+	fs.Int64Var(&o.Seed, "seed", 0, "seed of physiology and timing (0: the file's, default 1)")
+	f.junit = fs.String("junit", "", "write JUnit XML to `file`")
+	f.report = fs.String("report", "", "write the result as JSON to `file` (- for stdout)")
+	f.check = fs.Bool("check", false, "check the file and exit")
+	o.Hooks = map[string]func(context.Context) error{}
+	fs.Func("hook", "`NAME=COMMAND`: run COMMAND (split at spaces, no shell) for the scenario's {hook: NAME}; repeatable", func(v string) error {
+		name, command, ok := strings.Cut(v, "=")
+		argv := strings.Fields(command)
+		if !ok || name == "" || len(argv) == 0 {
+			return errors.New("want NAME=COMMAND")
+		}
+		o.Hooks[name] = func(ctx context.Context) error {
+			ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+			defer cancel()
+			if out, err := exec.CommandContext(ctx, argv[0], argv[1:]...).CombinedOutput(); err != nil {
+				return fmt.Errorf("%s: %v: %s", command, err, strings.TrimSpace(string(out)))
+			}
+			return nil
+		}
+		return nil
+	})
+	return o, f
 }

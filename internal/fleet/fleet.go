@@ -40,6 +40,12 @@
 // expired certificate enrols again with the factory identity. Counts are in
 // [Stats] (Enrolments, Renewals, EnrolErrors).
 //
+// # Faults
+//
+// ClockSkew moves the devices' clocks (the ts of their records) ahead, or
+// behind when negative. Offline makes the devices measure into their buffer
+// for that long before their first connection, then send the backlog.
+//
 // # Attacks
 //
 // With Attack set, the first Attackers devices (all by default) attack. Each

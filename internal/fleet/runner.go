@@ -202,13 +202,7 @@ func (r *runner) runRecords(ctx context.Context, stopGen <-chan struct{}) {
 	defer tick.Stop()
 	tickC := tick.C
 	r.begin(ctx)
-	if r.f.cfg.Offline > 0 {
-		// Offline first: measure into the buffer, connect later and send the backlog.
-		r.link.retry = time.NewTimer(r.f.cfg.Offline)
-		r.link.retryC = r.link.retry.C
-	} else {
-		r.connect(ctx)
-	}
+	r.firstConnect(ctx)
 	generating := true
 	defer func() {
 		r.link.stopRetry()
@@ -284,6 +278,17 @@ func (r *runner) runRecords(ctx context.Context, stopGen <-chan struct{}) {
 func (r *runner) begin(ctx context.Context) {
 	r.att.begin(r.f.cfg.AttackAfter)
 	r.up.start(ctx)
+}
+
+// firstConnect connects, or, with Offline, schedules the first connection:
+// the device measures into its buffer until then and sends the backlog.
+func (r *runner) firstConnect(ctx context.Context) {
+	if r.f.cfg.Offline > 0 {
+		r.link.retry = time.NewTimer(r.f.cfg.Offline)
+		r.link.retryC = r.link.retry.C
+		return
+	}
+	r.connect(ctx)
 }
 
 // reconnectLater schedules a reconnect after the backoff.
