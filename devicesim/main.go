@@ -39,6 +39,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 && args[0] == "bench" {
 		return benchCmd(ctx, args[1:], stdout, stderr)
 	}
+	if len(args) > 0 && args[0] == "conform" {
+		return conformCmd(ctx, args[1:], stdout, stderr)
+	}
 	if len(args) > 0 && args[0] == "run" {
 		return runCmd(ctx, args[1:], stdout, stderr)
 	}
@@ -92,7 +95,7 @@ func parse(args []string, stdout, stderr io.Writer) (fleet.Config, string, error
 	fs := flag.NewFlagSet("devicesim", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: devicesim [flags]\n       devicesim run [flags] SCENARIO.yaml\n       devicesim bench [flags]\n       devicesim anomalies [flags]\n\nA fleet of simulated devices against the gateway. Flags override --config.\n\n")
+		fmt.Fprintf(fs.Output(), "usage: devicesim [flags]\n       devicesim run [flags] SCENARIO.yaml\n       devicesim conform [flags]\n       devicesim bench [flags]\n       devicesim anomalies [flags]\n\nA fleet of simulated devices against the gateway. Flags override --config.\n\n")
 		fs.PrintDefaults()
 		attackHelp(fs.Output())
 	}

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vitalgate/vitalgate/internal/fleet"
 	"github.com/vitalgate/vitalgate/internal/pki"
@@ -141,5 +142,47 @@ func TestEnrollWithout(t *testing.T) {
 	code, _, e = runCLI(args...)
 	if want := fmt.Sprintf("devicesim: gateway %s unreachable: connection refused\n", est); code != 2 || e != want {
 		t.Errorf("EST server down: exit %d, %q, want %q", code, e, want)
+	}
+}
+
+// TestConformCommand: `devicesim conform` against one of the simulator's
+// own devices prints the list and exits 0; with no device, 2.
+func TestConformCommand(t *testing.T) {
+	dir := t.TempDir()
+	if err := pki.Init(dir, pki.InitOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	addr := freeAddr(t)
+	type res struct {
+		code   int
+		stdout string
+	}
+	done := make(chan res, 1)
+	go func() {
+		code, o, _ := runCLI("conform", "--pki", dir, "--listen", addr, "--messages", "3", "--disconnect-after", "2", "--duration", "40s")
+		done <- res{code, o}
+	}()
+	cfg := fleet.Default()
+	cfg.PKI, cfg.Gateway, cfg.Devices, cfg.Rate, cfg.Duration, cfg.Updates, cfg.State = dir, addr, 1, 10, 40*time.Second, false, "-"
+	ctx, cancel := context.WithCancel(context.Background())
+	fdone := make(chan struct{})
+	go func() {
+		defer close(fdone)
+		for ctx.Err() == nil { // until the listener is up
+			if _, err := fleet.Run(ctx, cfg, nil); err == nil {
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}()
+	r := <-done
+	cancel()
+	<-fdone
+	if r.code != 0 || !strings.Contains(r.stdout, "PASS  resend_unacknowledged") || strings.Contains(r.stdout, "FAIL") {
+		t.Fatalf("exit %d\n%s", r.code, r.stdout)
+	}
+	code, o, e := runCLI("conform", "--pki", dir, "--listen", freeAddr(t), "--duration", "100ms")
+	if code != 2 || !strings.Contains(e, "no device connected") || !strings.Contains(o, "SKIP") {
+		t.Fatalf("no device: exit %d %q %q", code, o, e)
 	}
 }

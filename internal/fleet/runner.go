@@ -85,6 +85,11 @@ type runner struct {
 	// gateway acknowledges a resend of lastOK itself as a lost-PUBACK retry).
 	olderOK []byte
 
+	// holdC: sending is held after a 0x97 (quota exceeded) answer until it
+	// fires; quota counts those answers in a row, for the backoff.
+	holdC <-chan time.Time
+	quota int
+
 	results chan result
 	done    chan struct{} // closed when run returns
 }
@@ -245,15 +250,12 @@ func (r *runner) runRecords(ctx context.Context, stopGen <-chan struct{}) {
 			r.failures++
 			r.reconnectLater()
 		case res := <-r.results:
-			// A failed publish drops the connection before its loss is
-			// reported (paho completes the tokens first), and with it the
-			// lost channel: the reconnect is scheduled here.
-			if r.handle(res) && !r.link.connecting && r.link.retryC == nil {
-				r.reconnectLater()
-			}
+			r.answered(res)
 		case <-r.link.retryC:
 			r.link.retryC = nil
 			r.connect(ctx)
+		case <-r.holdC:
+			r.holdC = nil
 		case <-r.rn.due():
 			r.rn.start(ctx, r.f)
 		case res := <-r.rn.results():
@@ -404,24 +406,12 @@ func (r *runner) disconnect() {
 	r.trim()
 }
 
-// add appends a new message to the buffer.
-func (r *runner) add(e *entry) {
-	r.nextID++
-	e.id = r.nextID
-	r.pending = append(r.pending, e)
-	r.f.ctr.generated.Add(1)
-	r.f.ctr.buffered.Add(1)
-	r.trim()
-}
-
-// trim drops the oldest messages beyond the buffer's bound.
-func (r *runner) trim() {
-	if over := len(r.pending) + len(r.inflight) - r.f.cfg.Buffer; over > 0 {
-		over = min(over, len(r.pending))
-		clear(r.pending[:over])
-		r.pending = r.pending[over:]
-		r.f.ctr.dropped.Add(uint64(over))
-		r.f.ctr.buffered.Add(-int64(over))
+// answered takes a publish's outcome. A failed publish drops the
+// connection before its loss is reported (paho completes the tokens first),
+// and with it the lost channel: the reconnect is scheduled here.
+func (r *runner) answered(res result) {
+	if r.handle(res) && !r.link.connecting && r.link.retryC == nil {
+		r.reconnectLater()
 	}
 }
 
@@ -486,7 +476,7 @@ func (r *runner) burstEntry() (*entry, error) {
 
 // pump sends buffered messages while the window has room.
 func (r *runner) pump(ctx context.Context) {
-	for r.cl != nil && !r.rn.switching() && len(r.inflight) < r.f.cfg.Window {
+	for r.cl != nil && r.holdC == nil && !r.rn.switching() && len(r.inflight) < r.f.cfg.Window {
 		var e *entry
 		switch {
 		case len(r.pending) > 0:
@@ -563,7 +553,10 @@ func (r *runner) handle(res result) (dropped bool) {
 		}
 	}
 	switch {
+	case res.code == 0x97 && !e.attack && r.v5:
+		r.requeue(e) // the gateway kept nothing: resend later
 	case res.code == 0:
+		r.quota = 0
 		c.acked.Add(1)
 		if !e.attack || e.burst {
 			r.olderOK, r.lastOK = r.lastOK, e.payload
