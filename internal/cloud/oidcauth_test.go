@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/vitalgate/vitalgate/internal/oidc/oidctest"
@@ -58,6 +59,14 @@ func TestOIDCApps(t *testing.T) {
 	wait(t, gw.Publish("telemetry/site1/dev-00001/spo2", 1, false, "97"), "publish")
 	if m, err := app.read(); err != nil || m.TopicName != "telemetry/site1/dev-00001/spo2" {
 		t.Fatalf("OIDC clinician got %+v %v", m.TopicName, err)
+	}
+
+	// The same token over WebSocket (what a browser uses).
+	ws := pahoClient(t, "wss://"+b.WSAddr()+"/", appTLS(t, dir), "nurse-browser", "app", nurse, true)
+	st := ws.Subscribe("fhir/site1/#", 1, nil)
+	wait(t, st, "OIDC clinician subscribe over WebSocket")
+	if code := st.(*paho.SubscribeToken).Result()["fhir/site1/#"]; code != 1 {
+		t.Errorf("OIDC clinician subscribe over WebSocket: code %#x", code)
 	}
 
 	opsClaims := p.Claims("dr.ops", "site1")

@@ -267,7 +267,6 @@ func httpClient(caFile string) (*http.Client, error) {
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = tc
-	tr.Proxy = nil
 	return &http.Client{
 		Transport: limitedBody{tr},
 		CheckRedirect: func(req *http.Request, via []*http.Request) error {
