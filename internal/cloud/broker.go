@@ -117,7 +117,7 @@ func New(cfg Config, log *slog.Logger) (*Broker, error) {
 	// Last: it starts refreshing the provider's keys, which Close stops.
 	v, err := b.newOIDC()
 	if err != nil {
-		return nil, fmt.Errorf("oidc: %w", err)
+		return nil, err // names its oidc key
 	}
 	b.hook = newAuthHook(b, key, gwCAs, v)
 

@@ -102,7 +102,7 @@ func (b *Broker) newOIDC() (*oidc.Verifier, error) {
 		Roles: []string{pki.RoleOperator, pki.RoleClinician},
 		OnRefreshError: func(err error) {
 			b.m.oidcRefreshFailures.Inc()
-			b.log.Warn("oidc: fetching the provider's key set failed; the keys fetched before stay in use", "error", err)
+			b.log.Warn("oidc: fetching the provider's key set failed; keys fetched before, if any, stay in use", "error", err)
 		},
 	})
 	if err != nil {
