@@ -330,7 +330,7 @@ func setupToken(fs *flag.FlagSet) ([]string, func(io.Writer) error) {
 	sub := fs.String("sub", "", "subject: the app's `NAME`")
 	sites := fs.String("sites", "", "sites the app may read, comma-separated")
 	ttl := fs.Duration("ttl", time.Hour, "lifetime of the token")
-	role := fs.String("role", "", "the claim `role`: operator (may also publish rollout jobs on jobs/{site}/{job}) or clinician; none reads only")
+	role := fs.String("role", "", "the claim `role`: clinician (reads telemetry, fhir, gateways and certs) or operator (also security, jobs and inventory, and publishes rollout jobs); none is a clinician")
 	return []string{"dir", "sub", "sites"}, func(w io.Writer) error {
 		tok, err := pki.MintRoleToken(*dir, *sub, *role, list(*sites), *ttl)
 		if err != nil {

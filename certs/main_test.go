@@ -97,6 +97,7 @@ func TestCLI(t *testing.T) {
 		{"token without sites", []string{"token", "--dir", dir, "--sub", "nurse"}, 2, "", "certs: token: --sites is required (see certs token --help)"},
 		{"token bad ttl", []string{"token", "--dir", dir, "--sub", "n", "--sites", "a", "--ttl", "-1h"}, 1, "", "certs: token: ttl -1h0m0s is not positive"},
 		{"token bad role", []string{"token", "--dir", dir, "--sub", "n", "--sites", "a", "--role", "admin"}, 1, "", `certs: token: invalid role "admin" (want clinician or operator)`},
+		{"token exporter role", []string{"token", "--dir", dir, "--sub", "n", "--sites", "a", "--role", "exporter"}, 1, "", `certs: token: invalid role "exporter" (want clinician or operator)`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

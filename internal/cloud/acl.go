@@ -132,10 +132,15 @@ func scopeShares(id *identity, subs packets.Subscriptions, refused func(filter s
 }
 
 // shareScope names the app's principal in its share groups: the first 8
-// bytes of the SHA-256 of the token subject, in hex (subjects may hold `/`
-// and wildcards, which a share name may not).
+// bytes of the SHA-256 of the token subject (with the provider's issuer for
+// one signed in through OpenID Connect), in hex (subjects may hold `/` and
+// wildcards, which a share name may not).
 func (id *identity) shareScope() string {
-	sum := sha256.Sum256([]byte(id.name))
+	principal := id.name
+	if id.issuer != "" {
+		principal = id.owner()
+	}
+	sum := sha256.Sum256([]byte(principal))
 	return hex.EncodeToString(sum[:8])
 }
 
@@ -147,10 +152,30 @@ func clip(s string) string {
 	return s
 }
 
-// Top-level topic prefixes of docs/apps.md#messages that gateways publish
-// and apps read.
+// Top-level topic prefixes of docs/apps.md#messages that gateways publish.
 var prefixes = map[string]bool{"telemetry": true, "security": true, "gateways": true, "certs": true,
 	"jobs": true, "inventory": true}
+
+// Top-level topic prefixes each role reads (docs/apps.md#roles): a clinician
+// (and the broker's FHIR exporter) the patients' data and what it takes to
+// trust it; an operator also the security events, rollouts and inventory.
+var (
+	clinicianReads = map[string]bool{"telemetry": true, "fhir": true, "gateways": true, "certs": true}
+	operatorReads  = map[string]bool{"telemetry": true, "fhir": true, "gateways": true, "certs": true,
+		"security": true, "jobs": true, "inventory": true}
+)
+
+// roleReads returns the prefixes an app of role reads; an unknown role reads
+// nothing.
+func roleReads(role string) map[string]bool {
+	switch role {
+	case pki.RoleClinician, pki.RoleExporter:
+		return clinicianReads
+	case pki.RoleOperator:
+		return operatorReads
+	}
+	return nil
+}
 
 // topicBounded: at most maxTopicLen bytes and maxTopicLevels levels.
 func topicBounded(topic string) bool {
@@ -204,20 +229,32 @@ func gatewayMayRead(id *identity, topic string) bool {
 
 // appMayPublish: an operator (token role pki.RoleOperator, while the token
 // is valid) publishes a rollout job, retained or not, on jobs/{site}/{job}
-// of a site of its token, the job ID in the alphabet of device IDs. Other
-// apps publish nothing.
+// of a site of its token, the job ID in the alphabet of device IDs; the
+// broker's FHIR exporter (pki.RoleExporter, never from a token) publishes on
+// fhir/{site}/{device} of its sites. Other apps publish nothing.
 func appMayPublish(id *identity, topic string, now time.Time) bool {
-	if id.role != pki.RoleOperator || !now.Before(id.exp) || !topicBounded(topic) {
+	if !now.Before(id.exp) || !topicBounded(topic) {
 		return false
 	}
 	lv := strings.Split(topic, "/")
-	return len(lv) == 3 && lv[0] == "jobs" && id.sites[lv[1]] && pki.ValidDeviceID(lv[2])
+	if len(lv) != 3 || !id.sites[lv[1]] || !pki.ValidDeviceID(lv[2]) {
+		return false
+	}
+	switch id.role {
+	case pki.RoleOperator:
+		return lv[0] == "jobs"
+	case pki.RoleExporter:
+		return lv[0] == "fhir"
+	}
+	return false
 }
 
-// appMayRead: a filter or topic under telemetry/, security/, gateways/, certs/, jobs/ or inventory/ of a
-// site in the token, both first levels literal (so `#`, `+/...` and
-// `telemetry/+/...` are refused), within the bounds of topicBounded. A shared
-// subscription is judged by the filter after `$share/{group}/`.
+// appMayRead: a filter or topic under a prefix the app's role reads
+// (roleReads: telemetry/, fhir/, gateways/ and certs/; for an operator also
+// security/, jobs/ and inventory/) of a site in the token, both first levels
+// literal (so `#`, `+/...` and `telemetry/+/...` are refused), within the
+// bounds of topicBounded. A shared subscription is judged by the filter
+// after `$share/{group}/`.
 func appMayRead(id *identity, filter string) bool {
 	if rest, ok := strings.CutPrefix(filter, "$share/"); ok {
 		_, f, found := strings.Cut(rest, "/")
@@ -230,7 +267,7 @@ func appMayRead(id *identity, filter string) bool {
 		return false
 	}
 	lv := strings.SplitN(filter, "/", 3)
-	if len(lv) < 2 || !prefixes[lv[0]] {
+	if len(lv) < 2 || !roleReads(id.role)[lv[0]] {
 		return false
 	}
 	return id.sites[lv[1]]

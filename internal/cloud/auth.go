@@ -16,6 +16,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/vitalgate/vitalgate/internal/oidc"
 	"github.com/vitalgate/vitalgate/internal/pki"
 )
 
@@ -54,9 +55,12 @@ type identity struct {
 	name  string // gateway ID or token subject
 	site  string // gateway's site
 	sites map[string]bool
-	role  string    // apps: the token's role claim (pki.RoleOperator publishes jobs)
-	exp   time.Time // apps: token expiry
-	jti   string    // apps: token ID, what revoked-tokens lists
+	role  string // apps: pki.RoleClinician, pki.RoleOperator or (the broker's own exporter) pki.RoleExporter
+	// issuer: apps signed in through the outside OpenID Connect provider:
+	// its issuer; "" for tokens of the app-token key.
+	issuer string
+	exp    time.Time // apps: token expiry
+	jti    string    // apps: token ID, what revoked-tokens lists
 	// serial is a gateway's client certificate serial, what
 	// gateway-crl.pem lists.
 	serial *big.Int
@@ -78,6 +82,11 @@ type identity struct {
 func (id *identity) owner() string {
 	if id.kind == kindGateway {
 		return "gateway:" + id.site + "/" + id.name
+	}
+	if id.issuer != "" {
+		// The provider's subjects are its own: never the session of a
+		// token of the app-token key with the same sub.
+		return "oidc:" + id.issuer + " " + id.name
 	}
 	return "app:" + id.name
 }
@@ -101,15 +110,17 @@ type authHook struct {
 	parser *jwt.Parser
 	key    crypto.PublicKey
 	gwCAs  *x509.CertPool
+	oidc   *oidc.Verifier // nil without an outside provider
 
 	mu  sync.RWMutex
 	ids map[*mqtt.Client]*identity
 }
 
-func newAuthHook(b *Broker, key crypto.PublicKey, gwCAs *x509.CertPool) *authHook {
+func newAuthHook(b *Broker, key crypto.PublicKey, gwCAs *x509.CertPool, v *oidc.Verifier) *authHook {
 	return &authHook{
-		b:   b,
-		key: key,
+		b:    b,
+		key:  key,
+		oidc: v,
 		parser: jwt.NewParser(
 			jwt.WithValidMethods([]string{"ES256", "EdDSA"}),
 			jwt.WithIssuer(pki.TokenIssuer),
@@ -185,7 +196,7 @@ func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	// took it would otherwise lock the gateway out for session_expiry.
 	if held {
 		owner := string(prev.Properties.Username)
-		appSession := strings.HasPrefix(owner, "app:")
+		appSession := strings.HasPrefix(owner, "app:") || strings.HasPrefix(owner, "oidc:")
 		if owner != "" && owner != id.owner() && !(id.kind == kindGateway && appSession) {
 			h.refuse(cl, id.kind, "client_id_in_use", "client ID belongs to another principal", "owner", owner)
 			return nil
@@ -262,9 +273,11 @@ func (h *authHook) authGateway(cl *mqtt.Client) *identity {
 	return id
 }
 
-// authApp checks an app's token. It returns a nil identity to refuse with
-// CONNACK 0x86, or an error when it has sent a CONNACK of its own (a
-// revoked token: not authorized).
+// authApp checks an app's token: one of the app-token key (iss
+// pki.TokenIssuer) or, when configured, one of the outside OpenID Connect
+// provider (its iss). It returns a nil identity to refuse with CONNACK 0x86,
+// or an error when it has sent a CONNACK of its own (a revoked token: not
+// authorized).
 func (h *authHook) authApp(cl *mqtt.Client, pk packets.Packet) (*identity, error) {
 	tok := pk.Connect.Password
 	if len(tok) == 0 {
@@ -275,8 +288,58 @@ func (h *authHook) authApp(cl *mqtt.Client, pk packets.Packet) (*identity, error
 		h.refuse(cl, kindApp, "malformed", "token too long")
 		return nil, nil
 	}
+	c, reason, detail := h.verifyToken(string(tok))
+	if c == nil {
+		h.refuse(cl, kindApp, reason, detail)
+		return nil, nil
+	}
+	src := "app-token key"
+	if c.issuer != "" {
+		src = "oidc " + c.issuer
+	}
+	if !validSubject(c.sub) {
+		h.refuse(cl, kindApp, "bad_claims", "sub missing or invalid", "issuer", src)
+		return nil, nil
+	}
+	sites := map[string]bool{}
+	for _, s := range c.sites {
+		if !validName(s) {
+			h.refuse(cl, kindApp, "bad_claims", "invalid site in sites", "sub", c.sub, "issuer", src)
+			return nil, nil
+		}
+		sites[s] = true
+	}
+	if len(sites) == 0 {
+		h.refuse(cl, kindApp, "bad_claims", "no sites", "sub", c.sub, "issuer", src)
+		return nil, nil
+	}
+	if !pki.ValidRole(c.role) {
+		h.refuse(cl, kindApp, "bad_claims", "unknown role (want clinician or operator)", "sub", c.sub, "issuer", src)
+		return nil, nil
+	}
+	if c.jti == "" && c.issuer == "" {
+		h.refuse(cl, kindApp, "no_jti", "token has no jti, so it could never be revoked: mint a new one with certs token", "sub", c.sub)
+		return nil, nil
+	}
+	if c.jti != "" && !pki.ValidTokenID(c.jti) {
+		h.refuse(cl, kindApp, "bad_claims", "jti invalid", "sub", c.sub, "issuer", src)
+		return nil, nil
+	}
+	if c.jti != "" && h.b.rev.tokenRevoked(c.jti) {
+		return nil, h.refuseRevoked(cl, c.sub, c.jti)
+	}
+	if cl.Properties.Will.Flag != 0 {
+		h.refuse(cl, kindApp, "will", "apps may not publish, not even a will", "sub", c.sub)
+		return nil, nil
+	}
+	return &identity{kind: kindApp, name: c.sub, issuer: c.issuer, sites: sites, role: pki.TokenRole(c.role),
+		exp: c.exp, jti: c.jti}, nil
+}
+
+// verifyLocal checks a token of the app-token key.
+func (h *authHook) verifyLocal(tok string) (*appClaims, string, string) {
 	var c AppClaims
-	_, err := h.parser.ParseWithClaims(string(tok), &c, func(*jwt.Token) (any, error) { return h.key, nil })
+	_, err := h.parser.ParseWithClaims(tok, &c, func(*jwt.Token) (any, error) { return h.key, nil })
 	if err == nil && !time.Now().Before(c.ExpiresAt.Time) {
 		// The parser's leeway is for clocks that disagree on iat and nbf;
 		// exp is one rule for CONNECT and deliveries alike: valid before
@@ -286,45 +349,9 @@ func (h *authHook) authApp(cl *mqtt.Client, pk packets.Packet) (*identity, error
 	}
 	if err != nil {
 		reason := tokenReason(err)
-		h.refuse(cl, kindApp, reason, flatTokenError(reason))
-		return nil, nil
+		return nil, reason, flatTokenError(reason)
 	}
-	if !validSubject(c.Subject) {
-		h.refuse(cl, kindApp, "bad_claims", "sub missing or invalid")
-		return nil, nil
-	}
-	sites := map[string]bool{}
-	for _, s := range c.Sites {
-		if !validName(s) {
-			h.refuse(cl, kindApp, "bad_claims", "invalid site in sites", "sub", c.Subject)
-			return nil, nil
-		}
-		sites[s] = true
-	}
-	if len(sites) == 0 {
-		h.refuse(cl, kindApp, "bad_claims", "no sites", "sub", c.Subject)
-		return nil, nil
-	}
-	if !pki.ValidRole(c.Role) {
-		h.refuse(cl, kindApp, "bad_claims", "unknown role (want clinician or operator)", "sub", c.Subject)
-		return nil, nil
-	}
-	if c.ID == "" {
-		h.refuse(cl, kindApp, "no_jti", "token has no jti, so it could never be revoked: mint a new one with certs token", "sub", c.Subject)
-		return nil, nil
-	}
-	if !pki.ValidTokenID(c.ID) {
-		h.refuse(cl, kindApp, "bad_claims", "jti invalid", "sub", c.Subject)
-		return nil, nil
-	}
-	if h.b.rev.tokenRevoked(c.ID) {
-		return nil, h.refuseRevoked(cl, c.Subject, c.ID)
-	}
-	if cl.Properties.Will.Flag != 0 {
-		h.refuse(cl, kindApp, "will", "apps may not publish, not even a will", "sub", c.Subject)
-		return nil, nil
-	}
-	return &identity{kind: kindApp, name: c.Subject, sites: sites, role: c.Role, exp: c.ExpiresAt.Time, jti: c.ID}, nil
+	return &appClaims{sub: c.Subject, sites: c.Sites, role: c.Role, exp: c.ExpiresAt.Time, jti: c.ID}, "", ""
 }
 
 // tokenReason maps a JWT error to a metric label.

@@ -114,7 +114,12 @@ func New(cfg Config, log *slog.Logger) (*Broker, error) {
 	if b.rev, err = loadRevocations(cfg.PKI); err != nil {
 		return nil, err
 	}
-	b.hook = newAuthHook(b, key, gwCAs)
+	// Last: it starts refreshing the provider's keys, which Close stops.
+	v, err := b.newOIDC()
+	if err != nil {
+		return nil, err // names its oidc key
+	}
+	b.hook = newAuthHook(b, key, gwCAs, v)
 
 	b.appTLS = appTLS
 	// The gateways' chain is checked by VerifyConnection (against
@@ -378,6 +383,9 @@ func (b *Broker) Close() error {
 		}
 		if b.repo != nil {
 			_ = b.repo.root.Close()
+		}
+		if b.hook.oidc != nil {
+			b.hook.oidc.Close()
 		}
 		b.wg.Wait()
 		b.log.Info("cloud broker stopped")

@@ -158,8 +158,9 @@ func TestAppSubscribesOnlyItsSites(t *testing.T) {
 	}{
 		{"telemetry/site1/#", 1},
 		{"telemetry/site1/dev-00001/+", 1},
-		{"security/site1/+", 1},
+		{"security/site1/+", denied}, // a clinician's token (no role)
 		{"gateways/site1/+/status", 1},
+		{"fhir/site1/#", 1},
 		{"$share/g1/telemetry/site1/#", 1},
 		{"telemetry/site2/#", denied},
 		{"#", denied},

@@ -5,11 +5,13 @@ import (
 	"testing"
 
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/vitalgate/vitalgate/internal/pki"
 )
 
 // TestCertsTopicsACL: a gateway publishes retained certificate chains under
 // certs/ (and inventory entries under inventory/) of its own site only, one
-// level per device; an app reads those of its token's sites and never
+// level per device; an app (an operator for inventory) reads those of its token's sites and never
 // publishes there.
 func TestCertsTopicsACL(t *testing.T) {
 	for _, p := range []string{"certs", "inventory"} {
@@ -39,7 +41,12 @@ func TestCertsTopicsACL(t *testing.T) {
 				}
 			}
 
-			app := connectedApp(t, b, dir, "app1", mint(t, dir, "site1"))
+			// Inventory is for operators (TestRoles: clinicians are refused).
+			tok := func() string { return mint(t, dir, "site1") }
+			if p == "inventory" {
+				tok = func() string { return mintRole(t, dir, "alice", pki.RoleOperator, "site1") }
+			}
+			app := connectedApp(t, b, dir, "app1", tok())
 			for _, tc := range []struct {
 				filter string
 				code   byte
@@ -59,7 +66,7 @@ func TestCertsTopicsACL(t *testing.T) {
 			}
 
 			// A later subscriber gets the gateway's retained chain, and only it.
-			sub := pahoClient(t, "ssl://"+b.AppsAddr(), appTLS(t, dir), "app2", "app", mint(t, dir, "site1"), true)
+			sub := pahoClient(t, "ssl://"+b.AppsAddr(), appTLS(t, dir), "app2", "app", tok(), true)
 			in := newInbox()
 			wait(t, sub.Subscribe(p+"/site1/#", 1, in.handler), "subscribe "+p)
 			m := in.next(t)

@@ -6,6 +6,9 @@ import (
 	"log/slog"
 	"net"
 	"time"
+
+	"github.com/vitalgate/vitalgate/internal/oidc"
+	"github.com/vitalgate/vitalgate/internal/pki"
 )
 
 // Config is the cloud broker's configuration: the YAML file of `broker
@@ -67,6 +70,9 @@ type Config struct {
 	// LogLevel is the `broker` command's log level: debug, info, warn or
 	// error. (The gateway's embedded broker logs through the gateway.)
 	LogLevel string `yaml:"log_level"`
+	// OIDC is an outside OpenID Connect provider whose tokens apps may
+	// present besides those of app-token.key (off without an issuer).
+	OIDC oidc.Config `yaml:"oidc"`
 }
 
 // Default returns a configuration that runs on a laptop: loopback listeners
@@ -155,6 +161,10 @@ func (c Config) Validate() error {
 	}
 	if c.AppWriteTimeout < 100*time.Millisecond || c.AppWriteTimeout > 10*time.Minute {
 		bad("app_write_timeout", "%s outside 100ms..10m", c.AppWriteTimeout)
+	}
+	errs = append(errs, c.OIDC.Validate()...)
+	if c.OIDC.Issuer == pki.TokenIssuer {
+		bad("oidc.issuer", "%q is the issuer of the tokens of app-token.key", c.OIDC.Issuer)
 	}
 	return errors.Join(errs...)
 }

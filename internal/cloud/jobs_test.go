@@ -20,7 +20,8 @@ func mintRole(t testing.TB, dir, sub, role string, sites ...string) string {
 }
 
 // TestJobsTopicsACL: an operator publishes rollout jobs on jobs/{site}/{job}
-// of its own sites only; a clinician (role or none) publishes nothing; the
+// of its own sites only; a clinician (role or none) publishes nothing and
+// reads neither jobs nor inventory; the
 // gateway subscribes to jobs/{site}/+ of its own site, receives the retained
 // job, and publishes job status and inventory of its site; apps read them.
 func TestJobsTopicsACL(t *testing.T) {
@@ -52,11 +53,16 @@ func TestJobsTopicsACL(t *testing.T) {
 		if code, err := cl.publishRetain("jobs/site1/j8", job, true); err != nil || code != denied {
 			t.Errorf("app with role %q publish a job: code %#x err %v, want %#x", role, code, err, denied)
 		}
-		if code, err := cl.subscribe("jobs/site1/#"); err != nil || code != 1 {
-			t.Errorf("app with role %q subscribe jobs/site1/#: code %#x err %v", role, code, err)
+		// Rollouts and inventory are the operators' (TestRoles).
+		for _, f := range []string{"jobs/site1/#", "inventory/site1/#"} {
+			if code, err := cl.subscribe(f); err != nil || code != denied {
+				t.Errorf("app with role %q subscribe %s: code %#x err %v, want %#x", role, f, code, err, denied)
+			}
 		}
-		if code, err := cl.subscribe("inventory/site1/#"); err != nil || code != 1 {
-			t.Errorf("app with role %q subscribe inventory/site1/#: code %#x err %v", role, code, err)
+	}
+	for _, f := range []string{"jobs/site1/#", "inventory/site1/#"} {
+		if code, err := ops.subscribe(f); err != nil || code != 1 {
+			t.Errorf("operator subscribe %s: code %#x err %v", f, code, err)
 		}
 	}
 

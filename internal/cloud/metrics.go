@@ -6,6 +6,8 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/vitalgate/vitalgate/internal/oidc"
 )
 
 // metrics are the broker's Prometheus series, in a registry of its own so
@@ -22,6 +24,11 @@ type metrics struct {
 	// revokedDisconnects counts live sessions closed because their
 	// certificate or token was revoked.
 	revokedDisconnects *prometheus.CounterVec // kind
+	// oidcRefreshFailures counts failed fetches of the outside provider's
+	// key set; oidc is the provider's verifier (nil: none), whose cached
+	// keys a gauge counts.
+	oidcRefreshFailures prometheus.Counter
+	oidc                atomic.Pointer[oidc.Verifier]
 }
 
 func newMetrics(info func() *mqtt.Server) *metrics {
@@ -46,6 +53,17 @@ func newMetrics(info func() *mqtt.Server) *metrics {
 	m.revokedDisconnects = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "vitalgate_cloud_revoked_disconnects_total", Help: "Live sessions closed because gateway-crl.pem revoked the gateway's certificate or revoked-tokens the app's token, by kind.",
 	}, []string{"kind"})
+	m.oidcRefreshFailures = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "vitalgate_cloud_oidc_jwks_failures_total", Help: "Failed fetches of the OpenID Connect provider's key set (the keys fetched before stay in use).",
+	})
+	oidcKeys := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "vitalgate_cloud_oidc_jwks_keys", Help: "Keys of the OpenID Connect provider's key set held (0 without a provider).",
+	}, func() float64 {
+		if v := m.oidc.Load(); v != nil {
+			return float64(v.Keys())
+		}
+		return 0
+	})
 	for _, k := range []string{kindGateway, kindApp} {
 		m.revokedDisconnects.WithLabelValues(k)
 		m.connections.WithLabelValues(k)
@@ -62,6 +80,7 @@ func newMetrics(info func() *mqtt.Server) *metrics {
 		}
 	}
 	m.reg.MustRegister(m.connections, m.authFailures, m.aclDenied, m.deliveriesDropped, m.slowConsumers, m.revokedDisconnects,
+		m.oidcRefreshFailures, oidcKeys,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "vitalgate_cloud_messages_in_total", Help: "PUBLISH packets received from clients.",

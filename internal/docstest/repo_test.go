@@ -247,30 +247,37 @@ func TestDesignPaths(t *testing.T) {
 }
 
 // TestAppsGuide checks what docs/apps.md states about access against the
-// cloud broker: the topic prefixes an app may read, and the token's iss and
-// aud.
+// cloud broker: the topic prefixes each role may read, and the token's iss
+// and aud.
 func TestAppsGuide(t *testing.T) {
 	doc := readDoc(t, "docs/apps.md")
 	src, err := os.ReadFile(filepath.Join(root(t), "internal", "cloud", "acl.go"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := regexp.MustCompile(`prefixes = map\[string\]bool\{([^}]*)\}`).FindSubmatch(src)
-	if m == nil {
-		t.Fatal("internal/cloud/acl.go: no prefixes map")
+	documented := map[string][]string{}
+	for _, p := range regexp.MustCompile("(?m)^\\| `([a-z]+)/\\{site\\}/#` \\|.*\\| (yes|no) \\| (yes|no) \\|$").FindAllStringSubmatch(doc, -1) {
+		if p[2] == "yes" {
+			documented["clinicianReads"] = append(documented["clinicianReads"], p[1])
+		}
+		if p[3] == "yes" {
+			documented["operatorReads"] = append(documented["operatorReads"], p[1])
+		}
 	}
-	var code []string
-	for _, p := range regexp.MustCompile(`"([a-z]+)": true`).FindAllSubmatch(m[1], -1) {
-		code = append(code, string(p[1]))
-	}
-	var documented []string
-	for _, p := range regexp.MustCompile("(?m)^\\| `([a-z]+)/\\{site\\}/#` \\|").FindAllStringSubmatch(doc, -1) {
-		documented = append(documented, p[1])
-	}
-	sort.Strings(code)
-	sort.Strings(documented)
-	if len(code) == 0 || strings.Join(code, " ") != strings.Join(documented, " ") {
-		t.Errorf("docs/apps.md lets apps read %v; internal/cloud/acl.go allows %v", documented, code)
+	for _, role := range []string{"clinicianReads", "operatorReads"} {
+		m := regexp.MustCompile(role + `\s*= map\[string\]bool\{([^}]*)\}`).FindSubmatch(src)
+		if m == nil {
+			t.Fatalf("internal/cloud/acl.go: no %s map", role)
+		}
+		var code []string
+		for _, p := range regexp.MustCompile(`"([a-z]+)": true`).FindAllSubmatch(m[1], -1) {
+			code = append(code, string(p[1]))
+		}
+		sort.Strings(code)
+		sort.Strings(documented[role])
+		if len(code) == 0 || strings.Join(code, " ") != strings.Join(documented[role], " ") {
+			t.Errorf("docs/apps.md: %s read %v; internal/cloud/acl.go %s allows %v", role, documented[role], role, code)
+		}
 	}
 	for _, claim := range []string{"| `iss` | `" + pki.TokenIssuer + "` |", "| `aud` | `" + pki.TokenAudience + "` |"} {
 		if !strings.Contains(doc, claim) {

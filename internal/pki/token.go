@@ -16,8 +16,8 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 )
 
-// TokenClaims are the claims of an app token: the sites the app may read, its role ("" for an app that only
-// reads, [RoleOperator] for one that may also publish rollout jobs), and the registered claims sub, iss
+// TokenClaims are the claims of an app token: the sites the app may read, its role ([RoleClinician], or ""
+// which means the same, or [RoleOperator]), and the registered claims sub, iss
 // (= [TokenIssuer]), aud (= [TokenAudience]), exp, iat and jti (the token's ID, which [RevokeToken] revokes).
 type TokenClaims struct {
 	Sites []string `json:"sites"`
@@ -25,16 +25,32 @@ type TokenClaims struct {
 	jwt.RegisteredClaims
 }
 
-// Roles of an app token (the claim role). An app without a role, or with
-// [RoleClinician], reads; an operator also publishes rollout jobs
-// (jobs/{site}/{job}) for the sites of its token.
+// Roles of an app (the token claim role), for the sites of its token. A
+// clinician reads the telemetry, FHIR resources, gateway status and device
+// certificates; an operator reads also the security events, rollout jobs and
+// inventory, and publishes rollout jobs (jobs/{site}/{job}). A token without
+// a role is a clinician's.
+//
+// [RoleExporter] is the broker's own FHIR exporter, which publishes on
+// fhir/{site}/{device}: no token carries it ([ValidRole] refuses it), so no
+// app can speak for the exporter.
 const (
 	RoleClinician = "clinician"
 	RoleOperator  = "operator"
+	RoleExporter  = "exporter"
 )
 
 // ValidRole accepts the roles a token may carry: none, [RoleClinician] or [RoleOperator].
 func ValidRole(r string) bool { return r == "" || r == RoleClinician || r == RoleOperator }
+
+// TokenRole is the role a token's claim role grants: "" is [RoleClinician].
+// Call it on a role [ValidRole] accepted.
+func TokenRole(r string) string {
+	if r == "" {
+		return RoleClinician
+	}
+	return r
+}
 
 // signingMethod returns the JWT algorithm of a token key: ES256 for ECDSA P-256, EdDSA for Ed25519.
 func signingMethod(pub crypto.PublicKey) (jwt.SigningMethod, error) {
@@ -54,8 +70,8 @@ func validSite(s string) bool { return ValidDeviceID(s) }
 
 // MintToken signs an app JWT with dir/app-token.key: ES256 for a P-256 key, EdDSA for Ed25519. The claims are
 // sub, sites, iss = [TokenIssuer], aud = [TokenAudience], iat = now, exp = now + ttl and jti = 128 random bits
-// in lowercase hex (see [NewTokenID]), so the token can be revoked on its own. The token has no role: see
-// [MintRoleToken].
+// in lowercase hex (see [NewTokenID]), so the token can be revoked on its own. The token has no role claim, so
+// it is a clinician's: see [MintRoleToken].
 func MintToken(dir, sub string, sites []string, ttl time.Duration) (string, error) {
 	return MintRoleToken(dir, sub, "", sites, ttl)
 }

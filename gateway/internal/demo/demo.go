@@ -442,7 +442,9 @@ func connectApp(pkiDir, addr, site string, v *view.View) (mqtt3.Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("clinician app: %w", err)
 	}
-	tok, err := pki.MintToken(pkiDir, "demo-clinician", []string{site}, 24*time.Hour)
+	// The view shows the site's security events and rollouts beside the
+	// vitals: an operator's token (a clinician's reads neither).
+	tok, err := pki.MintRoleToken(pkiDir, "demo-clinician", pki.RoleOperator, []string{site}, 24*time.Hour)
 	if err != nil {
 		return nil, fmt.Errorf("clinician app token: %w", err)
 	}

@@ -303,7 +303,8 @@ func (e *env) app(brokerURL string) *app { return e.appWith(brokerURL, true) }
 
 func (e *env) appWith(brokerURL string, clean bool) *app {
 	e.t.Helper()
-	tok, err := pki.MintToken(e.pki, "test-app", []string{"site1"}, time.Hour)
+	// An operator: it also reads the security events and inventory.
+	tok, err := pki.MintRoleToken(e.pki, "test-app", pki.RoleOperator, []string{"site1"}, time.Hour)
 	if err != nil {
 		e.t.Fatal(err)
 	}
