@@ -1,9 +1,15 @@
-package server
+// Package scenariotest runs the simulator's example scenarios and its
+// command against a real gateway and cloud broker (a package of its own, so
+// its minutes run beside the server package's tests).
+package scenariotest
 
 import (
 	"bytes"
 	"context"
 	"encoding/xml"
+	"io"
+	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,27 +19,83 @@ import (
 	"time"
 
 	"github.com/vitalgate/vitalgate/devicesim/sim"
+	"github.com/vitalgate/vitalgate/gateway/internal/config"
+	"github.com/vitalgate/vitalgate/gateway/internal/server"
+	"github.com/vitalgate/vitalgate/internal/cloud"
 	"github.com/vitalgate/vitalgate/internal/pki"
+	"github.com/vitalgate/vitalgate/internal/testutil"
 )
 
-// scenarioEnv is a gateway relaying to an outside cloud broker, with the
-// options and hooks a scenario run against it needs.
-func scenarioEnv(t *testing.T) (*env, sim.Options) {
-	e, o := startWithOutsideCloud(t)
-	o.app.c.Disconnect(10) // the scenario reads the cloud itself
+// gw is a gateway relaying to an outside cloud broker that a hook can stop
+// and start again on the same addresses.
+type gw struct {
+	pki, data, gwAddr, appsAddr string
+	g                           *server.Gateway
+}
+
+func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// startCloud starts the cloud broker with persistent state, retrying while
+// a restarted broker's port is still in TIME_WAIT.
+func startCloud(t *testing.T, e *gw) *cloud.Broker {
+	t.Helper()
+	c := cloud.Default()
+	c.PKI, c.Data, c.Listen, c.Apps, c.WS, c.HTTP = e.pki, e.data, e.gwAddr, e.appsAddr, "", ""
+	b, err := cloud.New(c, quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var startErr error
+	testutil.Eventually(t, 10*time.Second, "the cloud broker to start", func() bool {
+		startErr = b.Start()
+		return startErr == nil
+	})
+	t.Cleanup(func() { b.Close() })
+	return b
+}
+
+// scenarioEnv is a PKI, a cloud broker, a gateway relaying to it, and the
+// options and hooks a scenario run against them needs.
+func scenarioEnv(t *testing.T) (*gw, sim.Options) {
+	e := &gw{pki: t.TempDir(), data: t.TempDir(), gwAddr: freeAddr(t), appsAddr: freeAddr(t)}
+	if err := pki.Init(e.pki, pki.InitOptions{Site: "site1", GatewayID: "gw1"}); err != nil {
+		t.Fatal(err)
+	}
+	cl := startCloud(t, e)
+	c := config.Default()
+	c.PKI, c.Listen, c.HTTP, c.HTTPS, c.Data = e.pki, "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", t.TempDir()
+	c.Cloud = []string{"ssl://" + e.gwAddr}
+	g, err := server.New(c, quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Start(); err != nil {
+		g.Close()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { g.Close() })
+	e.g = g
 	tok, err := pki.MintRoleToken(e.pki, "scenario", pki.RoleOperator, []string{"site1"}, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ca := filepath.Join(e.pki, pki.FileCA)
-	cl := o.broker
 	opts := sim.Options{
-		Gateway: e.gw.DeviceAddr(), PKI: e.pki, HTTPS: e.gw.HTTPSAddr(),
-		Cloud: &sim.Cloud{URL: "ssl://" + o.appsAddr, CA: ca, Site: "site1", Token: tok},
+		Gateway: g.DeviceAddr(), PKI: e.pki, HTTPS: g.HTTPSAddr(),
+		Cloud: &sim.Cloud{URL: "ssl://" + e.appsAddr, CA: filepath.Join(e.pki, pki.FileCA), Site: "site1", Token: tok},
 		Hooks: map[string]func(context.Context) error{
 			"cloud_down": func(context.Context) error { return cl.Close() },
 			"cloud_up": func(context.Context) error {
-				cl = startCloud(t, e.pki, o.data, o.gwAddr, o.appsAddr)
+				cl = startCloud(t, e)
 				return nil
 			},
 		},
@@ -104,7 +166,7 @@ func TestScenarioCommand(t *testing.T) {
 	if err := os.WriteFile(wrong, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	args := []string{"run", "--gateway", e.gw.DeviceAddr(), "--pki", e.pki, "--cloud", opts.Cloud.URL, "--token-file", tokFile}
+	args := []string{"run", "--gateway", e.g.DeviceAddr(), "--pki", e.pki, "--cloud", opts.Cloud.URL, "--token-file", tokFile}
 	junit := filepath.Join(dir, "junit.xml")
 	cmd := exec.Command(bin, append(args, "--junit", junit, wrong)...)
 	out, err := cmd.CombinedOutput()
@@ -133,7 +195,7 @@ func TestScenarioCommand(t *testing.T) {
 	// Another module imports the package and runs its tests against the gateway.
 	test := exec.Command(goBin, "test", "-count=1", "./...")
 	test.Dir = "../../../devicesim/sim/testdata/outside"
-	test.Env = append(os.Environ(), "VITALGATE_GATEWAY="+e.gw.DeviceAddr(), "VITALGATE_PKI="+e.pki, "GOFLAGS=-mod=mod")
+	test.Env = append(os.Environ(), "VITALGATE_GATEWAY="+e.g.DeviceAddr(), "VITALGATE_PKI="+e.pki, "GOFLAGS=-mod=mod")
 	if out, err := test.CombinedOutput(); err != nil || !strings.Contains(string(out), "ok") {
 		t.Fatalf("outside module: %v\n%s", err, out)
 	}
