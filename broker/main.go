@@ -4,6 +4,7 @@
 // other --pki directory only with --dev-pki).
 //
 //	broker [--pki DIR] [--listen ADDR] [--apps ADDR] [--ws ADDR] [--data DIR] [--http ADDR] [--updates ADDR --repo DIR] [--config FILE] [--check-config]
+//	broker --version
 //	broker watch --pki DIR --token JWT --site S [--url ssl://127.0.0.1:8884]
 //	broker watch --ca ca.crt --token JWT --site S [--url ssl://127.0.0.1:8884]
 package main
@@ -24,12 +25,17 @@ import (
 	"github.com/vitalgate/vitalgate/internal/cli"
 	"github.com/vitalgate/vitalgate/internal/cloud"
 	"github.com/vitalgate/vitalgate/internal/pki"
+	"github.com/vitalgate/vitalgate/internal/version"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	var err error
+	if version.Asked(os.Args[1:]) {
+		version.Get().Print(os.Stdout, "broker")
+		return
+	}
 	if len(os.Args) > 1 && os.Args[1] == "watch" {
 		err = watch(ctx, os.Args[2:], os.Stdout, os.Stderr)
 	} else {

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -141,5 +142,12 @@ func TestEnrollWithout(t *testing.T) {
 	code, _, e = runCLI(args...)
 	if want := fmt.Sprintf("devicesim: gateway %s unreachable: connection refused\n", est); code != 2 || e != want {
 		t.Errorf("EST server down: exit %d, %q, want %q", code, e, want)
+	}
+}
+
+func TestVersion(t *testing.T) {
+	code, out, errOut := runCLI("--version")
+	if code != 0 || !strings.HasPrefix(out, "devicesim ") || !strings.Contains(out, " commit ") || !strings.Contains(out, runtime.Version()) {
+		t.Fatalf("devicesim --version: %d\n%s\n%s", code, out, errOut)
 	}
 }

@@ -5,7 +5,9 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/vitalgate/vitalgate/internal/version"
 )
 
 // metrics are the broker's Prometheus series, in a registry of its own so
@@ -61,7 +63,7 @@ func newMetrics(info func() *mqtt.Server) *metrics {
 			return float64(f(s))
 		}
 	}
-	m.reg.MustRegister(m.connections, m.authFailures, m.aclDenied, m.deliveriesDropped, m.slowConsumers, m.revokedDisconnects,
+	m.reg.MustRegister(version.Collector(), m.connections, m.authFailures, m.aclDenied, m.deliveriesDropped, m.slowConsumers, m.revokedDisconnects,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "vitalgate_cloud_messages_in_total", Help: "PUBLISH packets received from clients.",

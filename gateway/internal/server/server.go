@@ -38,6 +38,7 @@ import (
 	"github.com/vitalgate/vitalgate/internal/cloud"
 	"github.com/vitalgate/vitalgate/internal/pki"
 	"github.com/vitalgate/vitalgate/internal/telemetry"
+	"github.com/vitalgate/vitalgate/internal/version"
 )
 
 // File names under the data directory.
@@ -159,7 +160,7 @@ func newGateway(cfg config.Config, log *slog.Logger, f *files) *Gateway {
 			Help: "Security events not written because their source exceeded its event rate (the rejections are still counted)."})}
 	g.ctx, g.cancel = context.WithCancel(context.Background())
 	g.schemas.Store(f.schemas)
-	g.reg.MustRegister(g.suppressed, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	g.reg.MustRegister(g.suppressed, version.Collector(), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if f.mismatch != nil {
 		log.Warn("configured identity differs from the gateway client certificate: a VitalGate cloud broker will refuse it", "error", f.mismatch)
 	}
