@@ -108,6 +108,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		log.Warn("created a development PKI: not for production", "dir", cfg.PKI)
 	}
+	// SIGHUP (systemctl reload) reads changed revocation lists at once
+	// (they are polled anyway); caught before the start so it never kills.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	b, err := cloud.New(cfg, log)
 	if err != nil {
 		return err
@@ -115,7 +120,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := b.Start(); err != nil {
 		return err
 	}
-	<-ctx.Done()
+	for done := false; !done; {
+		select {
+		case <-hup:
+			b.Reload()
+			log.Info("reloaded revocation lists")
+		case <-ctx.Done():
+			done = true
+		}
+	}
 	log.Info("shutting down")
 	return b.Close()
 }
