@@ -4,6 +4,7 @@
 // other --pki directory only with --dev-pki).
 //
 //	broker [--pki DIR] [--listen ADDR] [--apps ADDR] [--ws ADDR] [--data DIR] [--http ADDR] [--updates ADDR --repo DIR] [--config FILE] [--check-config]
+//	broker --version
 //	broker watch --pki DIR --token JWT --site S [--url ssl://127.0.0.1:8884]
 //	broker watch --ca ca.crt --token JWT --site S [--url ssl://127.0.0.1:8884]
 package main
@@ -24,12 +25,17 @@ import (
 	"github.com/vitalgate/vitalgate/internal/cli"
 	"github.com/vitalgate/vitalgate/internal/cloud"
 	"github.com/vitalgate/vitalgate/internal/pki"
+	"github.com/vitalgate/vitalgate/internal/version"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	var err error
+	if version.Asked(os.Args[1:]) {
+		version.Get().Print(os.Stdout, "broker")
+		return
+	}
 	if len(os.Args) > 1 && os.Args[1] == "watch" {
 		err = watch(ctx, os.Args[2:], os.Stdout, os.Stderr)
 	} else {
@@ -102,6 +108,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		log.Warn("created a development PKI: not for production", "dir", cfg.PKI)
 	}
+	// SIGHUP (systemctl reload) reads changed revocation lists at once
+	// (they are polled anyway); caught before the start so it never kills.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	b, err := cloud.New(cfg, log)
 	if err != nil {
 		return err
@@ -109,7 +120,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := b.Start(); err != nil {
 		return err
 	}
-	<-ctx.Done()
+	for done := false; !done; {
+		select {
+		case <-hup:
+			b.Reload()
+			log.Info("reloaded revocation lists")
+		case <-ctx.Done():
+			done = true
+		}
+	}
 	log.Info("shutting down")
 	return b.Close()
 }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -245,5 +246,12 @@ func TestWatchPrintsVerifiedVitals(t *testing.T) {
 	if strings.Count(out, "\n") != 2 || !strings.Contains(out, "site1 dev-00001 spo2 SpO2 97 % pulse 72 /min  [sig ok]") ||
 		!strings.Contains(out, "SpO2 95 %") {
 		t.Fatalf("watch output:\n%s", out)
+	}
+}
+
+func TestVersion(t *testing.T) {
+	code, out, errOut := broker(t, "--version")
+	if code != 0 || !strings.HasPrefix(out, "broker ") || !strings.Contains(out, " commit ") || !strings.Contains(out, runtime.Version()) {
+		t.Fatalf("broker --version: %d\n%s\n%s", code, out, errOut)
 	}
 }

@@ -34,6 +34,7 @@ import (
 
 	"github.com/vitalgate/vitalgate/internal/cli"
 	"github.com/vitalgate/vitalgate/internal/pki"
+	"github.com/vitalgate/vitalgate/internal/version"
 )
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
@@ -74,7 +75,7 @@ var commands = []command{
 type usageError struct{ error }
 
 func mainUsage(w io.Writer) {
-	fmt.Fprintln(w, "Usage: certs COMMAND [flags]   (certs COMMAND --help for its flags)")
+	fmt.Fprintln(w, "Usage: certs COMMAND [flags]   (certs COMMAND --help for its flags; certs --version)")
 	fmt.Fprintln(w, "\nCommands:")
 	for _, c := range commands {
 		fmt.Fprintf(w, "  %-15s %s\n", c.name, c.summary)
@@ -90,6 +91,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "-h", "-help", "--help", "help":
 		mainUsage(stdout)
+		return 0
+	}
+	if version.Asked(args) {
+		version.Get().Print(stdout, "certs")
 		return 0
 	}
 	for _, c := range commands {

@@ -4,6 +4,7 @@ import (
 	"crypto/x509"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -315,5 +316,12 @@ func TestUpdateCommands(t *testing.T) {
 	}
 	if d := time.Until(m.Expiry()); d < 89*24*time.Hour || d > 90*24*time.Hour {
 		t.Errorf("manifest expires in %s, want 90 days", d)
+	}
+}
+
+func TestVersion(t *testing.T) {
+	code, out, errOut := certs(t, "--version")
+	if code != 0 || !strings.HasPrefix(out, "certs ") || !strings.Contains(out, " commit ") || !strings.Contains(out, runtime.Version()) {
+		t.Fatalf("certs --version: %d\n%s\n%s", code, out, errOut)
 	}
 }

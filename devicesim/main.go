@@ -29,6 +29,7 @@ import (
 
 	"github.com/vitalgate/vitalgate/internal/cli"
 	"github.com/vitalgate/vitalgate/internal/fleet"
+	"github.com/vitalgate/vitalgate/internal/version"
 )
 
 func main() {
@@ -36,6 +37,10 @@ func main() {
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if version.Asked(args) {
+		version.Get().Print(stdout, "devicesim")
+		return 0
+	}
 	if len(args) > 0 && args[0] == "bench" {
 		return benchCmd(ctx, args[1:], stdout, stderr)
 	}

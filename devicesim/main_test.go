@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -184,5 +185,12 @@ func TestConformCommand(t *testing.T) {
 	code, o, e := runCLI("conform", "--pki", dir, "--listen", freeAddr(t), "--duration", "100ms")
 	if code != 2 || !strings.Contains(e, "no device connected") || !strings.Contains(o, "SKIP") {
 		t.Fatalf("no device: exit %d %q %q", code, o, e)
+	}
+}
+
+func TestVersion(t *testing.T) {
+	code, out, errOut := runCLI("--version")
+	if code != 0 || !strings.HasPrefix(out, "devicesim ") || !strings.Contains(out, " commit ") || !strings.Contains(out, runtime.Version()) {
+		t.Fatalf("devicesim --version: %d\n%s\n%s", code, out, errOut)
 	}
 }

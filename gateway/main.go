@@ -4,6 +4,7 @@
 //
 //	gateway [--config FILE] [--pki DIR] [--listen ADDR] [--cloud URL,...] [--data DIR] [--http ADDR] [--https ADDR] [--site S] [--id ID]
 //	gateway --check-config [flags]
+//	gateway --version
 //	gateway audit [--config FILE] [--pki DIR] [--json]
 //	gateway audit verify [--data DIR | --file FILE]
 //	gateway devices [--config FILE] [--data DIR] [--json]
@@ -33,12 +34,15 @@ import (
 	"github.com/vitalgate/vitalgate/gateway/internal/spool"
 	"github.com/vitalgate/vitalgate/internal/cli"
 	"github.com/vitalgate/vitalgate/internal/pki"
+	"github.com/vitalgate/vitalgate/internal/version"
 )
 
 func main() {
 	args := os.Args[1:]
 	var err error
 	switch {
+	case version.Asked(args):
+		version.Get().Print(os.Stdout, "gateway")
 	case len(args) > 0 && args[0] == "audit":
 		err = auditCmd(args[1:], os.Stdout)
 	case len(args) > 0 && args[0] == "devices":

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -235,5 +236,15 @@ func TestPostureAuditCommand(t *testing.T) {
 	code, _, stderr = runMain(t, "audit", "--pki", t.TempDir())
 	if code != 1 || !strings.Contains(stderr, "no PKI in") || strings.Count(stderr, "\n") != 1 {
 		t.Fatalf("no PKI: exit %d, stderr %q", code, stderr)
+	}
+}
+
+// --version names the program, its version, commit and Go version, then
+// the modules it links.
+func TestVersion(t *testing.T) {
+	code, out, errOut := runMain(t, "--version")
+	if code != 0 || !strings.HasPrefix(out, "gateway ") || !strings.Contains(out, " commit ") || !strings.Contains(out, runtime.Version()) ||
+		!strings.Contains(out, "github.com/mochi-mqtt/server/v2 v") {
+		t.Fatalf("gateway --version: %d\n%s\n%s", code, out, errOut)
 	}
 }

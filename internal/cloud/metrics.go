@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/vitalgate/vitalgate/internal/oidc"
+	"github.com/vitalgate/vitalgate/internal/version"
 )
 
 // metrics are the broker's Prometheus series, in a registry of its own so
@@ -79,7 +80,7 @@ func newMetrics(info func() *mqtt.Server) *metrics {
 			return float64(f(s))
 		}
 	}
-	m.reg.MustRegister(m.connections, m.authFailures, m.aclDenied, m.deliveriesDropped, m.slowConsumers, m.revokedDisconnects,
+	m.reg.MustRegister(version.Collector(), m.connections, m.authFailures, m.aclDenied, m.deliveriesDropped, m.slowConsumers, m.revokedDisconnects,
 		m.oidcRefreshFailures, oidcKeys,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{

@@ -140,6 +140,14 @@ func (b *Broker) revocationLoop() {
 	}
 }
 
+// Reload reads the revocation lists that changed now, without waiting for
+// the next poll, and closes the sessions they revoke (the broker's SIGHUP).
+func (b *Broker) Reload() {
+	if b.rev.poll(b) {
+		b.hook.dropRevoked()
+	}
+}
+
 // dropRevoked closes every live session the lists in force revoke:
 // gateways by their certificate, apps by their token's jti (all of its
 // connections, TCP and WebSocket). It returns how many it closed.

@@ -169,7 +169,7 @@ func StatusCheck(payload []byte, c *RecordCheck, g *GatewayChecks) (*Status, err
 			return s, err
 		}
 	}
-	if err := CheckTime(s.TS, c.Now, c.MaxAge); err != nil {
+	if err := c.checkTime(s.TS); err != nil {
 		return s, err
 	}
 	if g != nil && g.Rate != nil {

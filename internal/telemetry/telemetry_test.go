@@ -389,6 +389,30 @@ func TestCheckTime(t *testing.T) {
 	}
 }
 
+// TestCheckRecordClockUntrusted: with an untrusted clock the time check is
+// skipped (the gateway stores and marks the record); every other check stays.
+func TestCheckRecordClockUntrusted(t *testing.T) {
+	r := testvectors.SpO2Record()
+	b, err := telemetry.Encode(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, now := range []time.Time{time.UnixMilli(r.TS).Add(-10 * 365 * 24 * time.Hour), time.UnixMilli(r.TS).Add(10 * 365 * 24 * time.Hour)} {
+		c := &telemetry.RecordCheck{Dev: r.Dev, Now: now, Schemas: telemetry.DefaultSchemas()}
+		if _, err := telemetry.CheckRecord(b, c, nil); verdict.Of(err) == verdict.Accepted {
+			t.Fatalf("now %v with a trusted clock: accepted", now)
+		}
+		c.ClockUntrusted = true
+		if _, err := telemetry.CheckRecord(b, c, nil); err != nil {
+			t.Fatalf("now %v with an untrusted clock: %v", now, err)
+		}
+		c.Dev = "someone-else"
+		if _, err := telemetry.CheckRecord(b, c, nil); verdict.Of(err) != verdict.IdentityMismatch {
+			t.Fatalf("an untrusted clock skips only the time check: %v", err)
+		}
+	}
+}
+
 // FuzzDecode: Decode never panics, fails only with malformed/too_large,
 // allocates a bounded amount, accepts only minimal heads (by an independent
 // walker), and what it accepts re-encodes to itself.

@@ -22,6 +22,9 @@ type cborMessage struct {
 	// FWBelowMin is present (true) only for a device below its model's
 	// minimum firmware.
 	FWBelowMin bool `cbor:"fw_below_min,omitempty"`
+	// ClockUntrusted is present (true) only for a record accepted while
+	// the gateway's clock was untrusted.
+	ClockUntrusted bool `cbor:"clock_untrusted,omitempty"`
 }
 
 // jsonMessage is a JSON message as encoded.
@@ -35,6 +38,8 @@ type jsonMessage struct {
 	Sig  []byte            `json:"sig"`
 	// FWBelowMin as in cborMessage.
 	FWBelowMin bool `json:"fw_below_min,omitempty"`
+	// ClockUntrusted as in cborMessage.
+	ClockUntrusted bool `json:"clock_untrusted,omitempty"`
 }
 
 // cborEnc encodes into the caller's buffer, so a CBOR entry takes one
@@ -67,7 +72,7 @@ func encode(f Format, topic string, framed bool, a *Accepted) ([]byte, error) {
 		// Encoded straight after the topic, into one allocation of about
 		// the right size (the map's keys, heads and the rx integer take
 		// under 64 bytes).
-		n := len(id) + len(a.Site) + len(a.GW) + len(a.Raw) + len(a.Sig) + 64 + 16 // 16: fw_below_min
+		n := len(id) + len(a.Site) + len(a.GW) + len(a.Raw) + len(a.Sig) + 64 + 16 + 16 // 16: fw_below_min, 16: clock_untrusted
 		if framed {
 			n += len(topic) + 1
 		}
@@ -76,13 +81,13 @@ func encode(f Format, topic string, framed bool, a *Accepted) ([]byte, error) {
 			buf.WriteString(topic)
 			buf.WriteByte(0)
 		}
-		err := cborEnc.MarshalToBuffer(cborMessage{V: Version, ID: id, Site: a.Site, GW: a.GW, RX: a.RX, Rec: a.Raw, Sig: a.Sig, FWBelowMin: a.FWBelowMin}, buf)
+		err := cborEnc.MarshalToBuffer(cborMessage{V: Version, ID: id, Site: a.Site, GW: a.GW, RX: a.RX, Rec: a.Raw, Sig: a.Sig, FWBelowMin: a.FWBelowMin, ClockUntrusted: a.ClockUntrusted}, buf)
 		if err != nil {
 			return nil, fmt.Errorf("message %s as cbor: %w", id, err)
 		}
 		return buf.Bytes(), nil
 	case JSON:
-		payload, err := json.Marshal(jsonMessage{V: Version, ID: id, Site: a.Site, GW: a.GW, RX: a.RX, Rec: a.Rec, Sig: a.Sig, FWBelowMin: a.FWBelowMin})
+		payload, err := json.Marshal(jsonMessage{V: Version, ID: id, Site: a.Site, GW: a.GW, RX: a.RX, Rec: a.Rec, Sig: a.Sig, FWBelowMin: a.FWBelowMin, ClockUntrusted: a.ClockUntrusted})
 		if err != nil {
 			return nil, fmt.Errorf("message %s as json: %w", id, err)
 		}

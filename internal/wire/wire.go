@@ -69,6 +69,10 @@ type Message struct {
 	// FWBelowMin: the device runs firmware below the site's minimum for
 	// its model (absent, false, otherwise). Its data is relayed all the same.
 	FWBelowMin bool `cbor:"fw_below_min,omitempty" json:"fw_below_min,omitempty"`
+	// ClockUntrusted: the gateway accepted the record while it could not
+	// trust its clock (absent, false, otherwise): the record's ts was not
+	// judged as future or stale.
+	ClockUntrusted bool `cbor:"clock_untrusted,omitempty" json:"clock_untrusted,omitempty"`
 }
 
 // Accepted is a record the gateway accepted, with what its cloud message
@@ -89,6 +93,9 @@ type Accepted struct {
 	// FWBelowMin marks a device below its model's minimum firmware: the
 	// optional fw_below_min of the message, present only when true.
 	FWBelowMin bool
+	// ClockUntrusted marks a record accepted while the gateway's clock was
+	// untrusted: the optional clock_untrusted, present only when true.
+	ClockUntrusted bool
 }
 
 // Topic returns the topic of the cloud messages of a device's records of one

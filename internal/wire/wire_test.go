@@ -66,6 +66,8 @@ func table() []message {
 	spo2Msg := &wire.Message{V: 1, ID: "d:7", Site: "s", GW: "g", RX: 1700000000500, Rec: spo2, Sig: []byte{1, 2}}
 	belowIn, belowMsg := *spo2In, *spo2Msg
 	belowIn.FWBelowMin, belowMsg.FWBelowMin = true, true
+	clockIn, clockMsg := *spo2In, *spo2Msg
+	clockIn.ClockUntrusted, clockMsg.ClockUntrusted = true, true
 	text := func(s string) []byte { return []byte(s) }
 	return []message{
 		{name: "cbor vitals", in: vitalsIn, format: wire.CBOR, want: vitalsMsg, bytes: h(
@@ -101,6 +103,14 @@ func table() []message {
 		{name: "json firmware below minimum", in: &belowIn, format: wire.JSON, want: &belowMsg, bytes: text(
 			`{"v":1,"id":"d:7","site":"s","gw":"g","rx":1700000000500,` +
 				`"rec":{"v":1,"dev":"d","seq":7,"ts":1700000000000,"kind":"spo2","obs":[{"code":"MDC_PULS_OXIM_SAT_O2","val":97,"unit":"%"}]},"sig":"AQI=","fw_below_min":true}`)},
+		{name: "cbor clock untrusted", in: &clockIn, format: wire.CBOR, want: &clockMsg, bytes: h(
+			"a8 6176 01 626777 61 67 626964 63 643a37 627278 1b 0000018bcfe569f4",
+			"63726563", spo2CBOR,
+			"63736967 42 0102 6473697465 61 73",
+			"6f 636c6f636b5f756e74727573746564 f5")}, // "clock_untrusted": true
+		{name: "json clock untrusted", in: &clockIn, format: wire.JSON, want: &clockMsg, bytes: text(
+			`{"v":1,"id":"d:7","site":"s","gw":"g","rx":1700000000500,` +
+				`"rec":{"v":1,"dev":"d","seq":7,"ts":1700000000000,"kind":"spo2","obs":[{"code":"MDC_PULS_OXIM_SAT_O2","val":97,"unit":"%"}]},"sig":"AQI=","clock_untrusted":true}`)},
 
 		{name: "json after whitespace", want: spo2Msg, bytes: text(
 			" \r\n\t" + `{"v":1,"id":"d:7","site":"s","gw":"g","rx":1700000000500,` +

@@ -15,6 +15,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/vitalgate/vitalgate/gateway/internal/clocktrust"
 	"github.com/vitalgate/vitalgate/gateway/internal/inventory"
 	"github.com/vitalgate/vitalgate/internal/envelope"
 )
@@ -54,6 +55,7 @@ type Config struct {
 	Anomaly    Anomaly     `yaml:"anomaly"`
 	Updates    Updates     `yaml:"updates"`
 	Inventory  Inventory   `yaml:"inventory"`
+	Clock      Clock       `yaml:"clock"`
 	// MinFirmware is the minimum firmware (a semantic version) per device
 	// model: a device below it is a finding and an event, and its cloud
 	// messages are marked fw_below_min.
@@ -98,6 +100,16 @@ type Updates struct {
 	URL        string        `yaml:"url"`         // base URL: metadata under URL/metadata/, targets under URL/targets/; "": updates off
 	CacheBytes int64         `yaml:"cache_bytes"` // images kept in data/firmware at most (least recently used evicted)
 	Refresh    time.Duration `yaml:"refresh"`     // between two refreshes of the TUF metadata
+}
+
+// Clock says when the gateway's clock is trusted to judge records' time
+// (package clocktrust): while it is not, records are stored unjudged and
+// marked clock_untrusted.
+type Clock struct {
+	// RequireSync: auto (the kernel's NTP state counts where known), true
+	// (only a synchronised clock is trusted) or false (the floor alone).
+	RequireSync string        `yaml:"require_sync"`
+	MaxAhead    time.Duration `yaml:"max_ahead"` // how far past its floor an unsynchronised clock is believed
 }
 
 // Inventory bounds the device inventory.
@@ -182,7 +194,8 @@ func Default() Config {
 		Updates: Updates{CacheBytes: 1 << 30, Refresh: 5 * time.Minute},
 		Anomaly: Anomaly{Enabled: true, Window: time.Minute, Warmup: 10 * time.Minute, Factor: 3, Deviations: 6,
 			MaxDevices: 20000, MessagesFloor: 10, ReconnectsFloor: 60, RejectedFloor: 0.1},
-		Inventory: Inventory{MaxDevices: 50000}, // inventory.DefaultMaxDevices
+		Inventory: Inventory{MaxDevices: 50000},                           // inventory.DefaultMaxDevices
+		Clock:     Clock{RequireSync: "auto", MaxAhead: 8784 * time.Hour}, // clocktrust.DefaultMaxAhead
 	}
 }
 
@@ -375,6 +388,12 @@ func (c Config) validateGuards(p *problems) {
 	}
 	if err := inventory.CheckMinimums(c.MinFirmware); err != nil {
 		p.bad("min_firmware", "%v", err)
+	}
+	if !slices.Contains(clocktrust.Modes, c.Clock.RequireSync) {
+		p.bad("clock.require_sync", "%q is not %s", c.Clock.RequireSync, strings.Join(clocktrust.Modes, ", "))
+	}
+	if c.Clock.MaxAhead < time.Hour {
+		p.bad("clock.max_ahead", "%v is under an hour", c.Clock.MaxAhead)
 	}
 }
 

@@ -193,3 +193,26 @@ func TestMinFirmware(t *testing.T) {
 		}
 	}
 }
+
+func TestClockKeys(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "gw.yaml")
+	// true and false unquoted are YAML booleans: they must still read as
+	// the words.
+	for _, v := range []string{"true", "false", "auto", `"true"`} {
+		os.WriteFile(p, []byte("clock:\n  require_sync: "+v+"\n  max_ahead: 720h\n"), 0o600)
+		c, err := load(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.Clock.RequireSync != strings.Trim(v, `"`) || c.Clock.MaxAhead != 720*time.Hour || c.Validate() != nil {
+			t.Fatalf("require_sync %s: %+v, %v", v, c.Clock, c.Validate())
+		}
+	}
+	c := Default()
+	c.Clock = Clock{RequireSync: "yes", MaxAhead: time.Minute}
+	err := c.Validate()
+	if err == nil || !strings.Contains(err.Error(), `clock.require_sync: "yes" is not auto, true, false`) ||
+		!strings.Contains(err.Error(), "clock.max_ahead: 1m0s is under an hour") {
+		t.Fatalf("bad clock keys: %v", err)
+	}
+}

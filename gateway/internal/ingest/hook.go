@@ -6,7 +6,8 @@
 //	size      payload within the limit
 //	verify    COSE_Sign1 signature with the certificate's key ([envelope.Verifier])
 //	decode    strict CBOR record ([telemetry.Decode]); dev equals the TLS identity
-//	guard     replay (seq above the last accepted, by a bounded jump), time window, rate limits
+//	guard     replay (seq above the last accepted, by a bounded jump), time window (skipped
+//	          while the clock is untrusted: the record is marked instead), rate limits
 //	schema    the kind's codes, units and ranges ([telemetry.Schemas])
 //	enqueue   durable append to the store-and-forward queue (group commit)
 //
@@ -80,8 +81,13 @@ type Options struct {
 	// minimum: its cloud messages carry fw_below_min. Called once per
 	// accepted message; nil: no mark.
 	BelowMin func(dev string) bool
-	Log      *slog.Logger
-	Now      func() time.Time
+	// ClockTrusted reports whether the gateway's clock can judge records'
+	// time (package clocktrust); while it cannot, records are stored
+	// without the time check and their cloud messages marked
+	// clock_untrusted. Called once per message; nil: always trusted.
+	ClockTrusted func() bool
+	Log          *slog.Logger
+	Now          func() time.Time
 }
 
 // Observer is told of each device's life on the gateway. Its methods run on

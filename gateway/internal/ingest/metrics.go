@@ -15,6 +15,9 @@ type Metrics struct {
 	Connections prometheus.Gauge
 	Handshakes  *prometheus.CounterVec // by result: ok, failed, refused
 	Latency     prometheus.Histogram   // PUBLISH received to verdict (enqueue included)
+	// ClockUntrusted counts records stored, unjudged and marked, while the
+	// gateway's clock was untrusted.
+	ClockUntrusted prometheus.Counter
 }
 
 // NewMetrics creates the series and registers them on reg (nil: not registered).
@@ -35,6 +38,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Latency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "vitalgate_gateway_publish_seconds", Help: "Time from a PUBLISH read to its verdict, durable enqueue included.",
 			Buckets: LatencyBuckets}),
+		ClockUntrusted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "vitalgate_clock_untrusted_records_total", Help: "Records stored while the gateway's clock was untrusted: their time was not judged, their cloud messages carry clock_untrusted."}),
 	}
 	for _, v := range verdict.Rejections() {
 		m.Rejected.WithLabelValues(string(v))
@@ -43,7 +48,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.Handshakes.WithLabelValues(r)
 	}
 	if reg != nil {
-		reg.MustRegister(m.Accepted, m.Rejected, m.Quarantines, m.Duplicates, m.Connections, m.Handshakes, m.Latency)
+		reg.MustRegister(m.Accepted, m.Rejected, m.Quarantines, m.Duplicates, m.Connections, m.Handshakes, m.Latency, m.ClockUntrusted)
 	}
 	return m
 }

@@ -199,6 +199,9 @@ func (h *Hook) process(s *session, pk *packets.Packet) error {
 	}
 	sum := sha256.Sum256(pk.Payload)
 	now := h.o.Now()
+	// time: a clock that cannot be trusted (wrong at boot) judges no ts;
+	// the record is stored and marked instead of refused as future or stale
+	untrusted := h.o.ClockTrusted != nil && !h.o.ClockTrusted()
 	checks := telemetry.GatewayChecks{
 		Replay: func(rec *telemetry.Record) error { return h.replayCheck(s.id, rec.Seq, sum[:], len(pk.Payload)) },
 		Rate: func(*telemetry.Record) error {
@@ -209,16 +212,16 @@ func (h *Hook) process(s *session, pk *packets.Packet) error {
 		},
 	}
 	if status {
-		return h.status(s, raw, sum[:], len(pk.Payload), now, &checks)
+		return h.status(s, raw, sum[:], len(pk.Payload), &telemetry.RecordCheck{Dev: s.id, Now: now, MaxAge: h.o.MaxAge, ClockUntrusted: untrusted}, &checks)
 	}
 	rec, err := telemetry.CheckRecord(raw, &telemetry.RecordCheck{
-		Dev: s.id, Now: now, MaxAge: h.o.MaxAge, Schemas: h.o.Schemas.Load(),
+		Dev: s.id, Now: now, MaxAge: h.o.MaxAge, Schemas: h.o.Schemas.Load(), ClockUntrusted: untrusted,
 	}, &checks)
 	if err != nil {
 		return h.staleCheck(s.id, len(pk.Payload), err)
 	}
 	// enqueue
-	data, err := h.cloudMessage(rec, raw, pk.Payload, now)
+	data, err := h.cloudMessage(rec, raw, pk.Payload, now, untrusted)
 	if err != nil {
 		return fmt.Errorf("encode cloud message: %w", err)
 	}
@@ -231,7 +234,13 @@ func (h *Hook) process(s *session, pk *packets.Packet) error {
 	}
 	// Not Accepted: another copy (a resend on a new connection) or a later
 	// seq committed first.
-	return h.seqVerdict(rec.Seq, res)
+	if err := h.seqVerdict(rec.Seq, res); err != nil {
+		return err
+	}
+	if untrusted {
+		h.o.Metrics.ClockUntrusted.Inc()
+	}
+	return nil
 }
 
 // status is the end of the pipeline for a status record (after identify,
@@ -241,8 +250,8 @@ func (h *Hook) process(s *session, pk *packets.Packet) error {
 // the telemetry's replay window and are not relayed), then the record
 // handed to [Options.Status]. A resend of the last status record is a
 // duplicate, acknowledged and not handed over again.
-func (h *Hook) status(s *session, raw, sum []byte, size int, now time.Time, g *telemetry.GatewayChecks) error {
-	st, err := telemetry.StatusCheck(raw, &telemetry.RecordCheck{Dev: s.id, Now: now, MaxAge: h.o.MaxAge}, g)
+func (h *Hook) status(s *session, raw, sum []byte, size int, c *telemetry.RecordCheck, g *telemetry.GatewayChecks) error {
+	st, err := telemetry.StatusCheck(raw, c, g)
 	if err != nil {
 		return h.staleCheck(s.id, size, err)
 	}
@@ -345,11 +354,11 @@ func (e *noStrike) Unwrap() error { return e.err }
 
 // cloudMessage builds the queue entry of an accepted record: its cloud
 // topic and message ([wire.Entry]).
-func (h *Hook) cloudMessage(rec *telemetry.Record, raw, sig []byte, now time.Time) ([]byte, error) {
+func (h *Hook) cloudMessage(rec *telemetry.Record, raw, sig []byte, now time.Time, clockUntrusted bool) ([]byte, error) {
 	f := wire.CBOR
 	if h.o.JSON {
 		f = wire.JSON
 	}
 	below := h.o.BelowMin != nil && h.o.BelowMin(rec.Dev)
-	return wire.Entry(f, &wire.Accepted{Site: h.o.Site, GW: h.o.GatewayID, RX: now.UnixMilli(), Rec: rec, Raw: raw, Sig: sig, FWBelowMin: below})
+	return wire.Entry(f, &wire.Accepted{Site: h.o.Site, GW: h.o.GatewayID, RX: now.UnixMilli(), Rec: rec, Raw: raw, Sig: sig, FWBelowMin: below, ClockUntrusted: clockUntrusted})
 }

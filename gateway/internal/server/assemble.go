@@ -239,7 +239,9 @@ func (g *Gateway) ingestOptions() ingest.Options {
 		Observers:    observers,
 		BelowMin:     g.inventory.BelowMin,
 		Status:       g.status,
+		ClockTrusted: g.clock.Trusted,
 		Log:          g.log.With("component", "ingest"),
+		Now:          g.now,
 	}
 }
 

@@ -34,6 +34,12 @@ func (g *Gateway) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(g.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		// Alive, and what an operator should know at a glance: a clock
+		// that cannot judge records' time does not stop the gateway.
+		if st := g.clock.State(); !st.Trusted {
+			fmt.Fprintf(w, "ok\nclock untrusted: %s\n", st.Reason)
+			return
+		}
 		w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
@@ -43,7 +49,8 @@ func (g *Gateway) routes() http.Handler {
 		why := g.notReady()
 		full := g.queue.Len() >= g.cfg.Queue.MaxRecords || g.queue.Bytes() >= g.cfg.Queue.MaxBytes
 		state := map[string]any{"ready": len(why) == 0, "reasons": append([]string{}, why...),
-			"queue": g.queue.Len(), "queue_full": full, "cloud_connected": g.relay.Connected()}
+			"queue": g.queue.Len(), "queue_full": full, "cloud_connected": g.relay.Connected(),
+			"clock": g.clockState()}
 		w.Header().Set("Content-Type", "application/json")
 		if len(why) > 0 {
 			w.WriteHeader(http.StatusServiceUnavailable)

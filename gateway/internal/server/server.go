@@ -26,6 +26,7 @@ import (
 	"github.com/vitalgate/vitalgate/gateway/internal/anomaly"
 	"github.com/vitalgate/vitalgate/gateway/internal/audit"
 	"github.com/vitalgate/vitalgate/gateway/internal/certpub"
+	"github.com/vitalgate/vitalgate/gateway/internal/clocktrust"
 	"github.com/vitalgate/vitalgate/gateway/internal/config"
 	"github.com/vitalgate/vitalgate/gateway/internal/firmware"
 	"github.com/vitalgate/vitalgate/gateway/internal/ingest"
@@ -37,6 +38,7 @@ import (
 	"github.com/vitalgate/vitalgate/internal/cloud"
 	"github.com/vitalgate/vitalgate/internal/pki"
 	"github.com/vitalgate/vitalgate/internal/telemetry"
+	"github.com/vitalgate/vitalgate/internal/version"
 )
 
 // File names under the data directory.
@@ -80,7 +82,9 @@ type Gateway struct {
 	auditor   *posture.Auditor
 	anomaly   *anomaly.Detector // nil when disabled
 	inventory *inventory.Inventory
-	jobs      *jobs.Engine // rollout jobs from the cloud
+	clock     *clocktrust.Clock // whether the clock can judge records' time
+	now       func() time.Time  // the gateway's clock (injected by tests)
+	jobs      *jobs.Engine      // rollout jobs from the cloud
 	mqtt      *mqtt.Server
 	maxConns  int
 	devices   *ingest.Listener
@@ -130,6 +134,7 @@ func New(cfg config.Config, log *slog.Logger) (*Gateway, error) {
 		g.newCertPub,       // devices' certificate chains to the cloud, through the relay
 		g.newInventory,     // devices' models, firmware and verdicts, to the cloud through the relay
 		g.recordQueueReset, // a reset's security event, now that it can be recorded
+		g.newClock,         // whether the clock can judge records' time (an event if not)
 		g.newIngest,        // devices: mochi server and ingest hook...
 		g.newAuditor,       // ...watched by the posture audit
 		g.listenDevices,    // ...behind the admission-controlled mTLS listener
@@ -155,7 +160,7 @@ func newGateway(cfg config.Config, log *slog.Logger, f *files) *Gateway {
 			Help: "Security events not written because their source exceeded its event rate (the rejections are still counted)."})}
 	g.ctx, g.cancel = context.WithCancel(context.Background())
 	g.schemas.Store(f.schemas)
-	g.reg.MustRegister(g.suppressed, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	g.reg.MustRegister(g.suppressed, version.Collector(), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if f.mismatch != nil {
 		log.Warn("configured identity differs from the gateway client certificate: a VitalGate cloud broker will refuse it", "error", f.mismatch)
 	}
@@ -189,6 +194,7 @@ func (g *Gateway) Start() error {
 		g.wg.Go(func() { g.anomaly.Run(g.ctx) })
 	}
 	g.wg.Go(func() { g.jobs.Run(g.ctx) })
+	g.wg.Go(func() { g.clock.Run(g.ctx, clockInterval) })
 	if g.http != nil {
 		g.wg.Add(1)
 		go func() {
