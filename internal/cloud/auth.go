@@ -79,6 +79,9 @@ func (id *identity) owner() string {
 	if id.kind == kindGateway {
 		return "gateway:" + id.site + "/" + id.name
 	}
+	if id.kind == kindExporter {
+		return "exporter:" + id.name
+	}
 	return "app:" + id.name
 }
 
@@ -167,6 +170,8 @@ func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		if id, err = h.authApp(cl, pk); err != nil {
 			return err // CONNACK sent
 		}
+	case listenerExporter:
+		id = h.b.exporterIdentity()
 	default:
 		h.refuse(cl, "unknown", "listener", "no authentication for this listener")
 	}

@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"net"
 	"time"
+
+	"github.com/vitalgate/vitalgate/internal/fhirexport"
 )
 
 // Config is the cloud broker's configuration: the YAML file of `broker
@@ -67,6 +69,9 @@ type Config struct {
 	// LogLevel is the `broker` command's log level: debug, info, warn or
 	// error. (The gateway's embedded broker logs through the gateway.)
 	LogLevel string `yaml:"log_level"`
+	// FHIR is the broker's FHIR exporter (docs/clinicians.md#fhir): off
+	// unless enabled.
+	FHIR fhirexport.Config `yaml:"fhir"`
 }
 
 // Default returns a configuration that runs on a laptop: loopback listeners
@@ -87,6 +92,7 @@ func Default() Config {
 		ConnectTimeout:   10 * time.Second,
 		AppWriteTimeout:  30 * time.Second,
 		LogLevel:         "info",
+		FHIR:             fhirexport.Default(),
 	}
 }
 
@@ -155,6 +161,9 @@ func (c Config) Validate() error {
 	}
 	if c.AppWriteTimeout < 100*time.Millisecond || c.AppWriteTimeout > 10*time.Minute {
 		bad("app_write_timeout", "%s outside 100ms..10m", c.AppWriteTimeout)
+	}
+	if err := c.FHIR.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
