@@ -74,6 +74,7 @@ func publishAccepted(t *testing.T, gw paho.Client, a *wire.Accepted) {
 func TestBrokerExportsFHIR(t *testing.T) {
 	dir := testPKI(t)
 	srv := fhirtest.Start(t, "s3cret")
+	srv.StallNext(1, 3*time.Second) // past the 2 s timeout; then applied: the retry must not double it
 	srv.FailNext(3)
 	cfg := testConfig(dir, "")
 	cfg.FHIR = fhirConfig(t, srv)
