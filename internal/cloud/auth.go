@@ -178,6 +178,11 @@ func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	if id == nil {
 		return nil // OnConnectAuthenticate refuses: CONNACK 0x86
 	}
+	if id.kind != kindExporter && cl.ID == exporterClientID {
+		// Reserved: a client holding it would lock the FHIR exporter out.
+		h.refuse(cl, id.kind, "client_id_in_use", "client ID reserved for the broker's FHIR exporter")
+		return nil
+	}
 	prev, held := h.b.srv.Clients.Get(cl.ID)
 	// A client ID belongs to the principal that created its session; for a
 	// gateway that is its site and ID, so a gateway of another site with

@@ -263,3 +263,20 @@ func TestExporterACL(t *testing.T) {
 		t.Error("an operator may publish on fhir/")
 	}
 }
+
+// No app may take the exporter's client ID (it would lock the exporter out
+// of its session).
+func TestExporterClientIDReserved(t *testing.T) {
+	dir := testPKI(t)
+	b, _ := startBroker(t, testConfig(dir, ""))
+	c, err := rawDial(t, b.AppsAddr(), appTLS(t, dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, err := c.connect(exporterClientID, "app", mint(t, dir, "site1")); err == nil && code == 0 {
+		t.Fatal("an app connected under the exporter's client ID")
+	}
+	if metric(t, b, `vitalgate_cloud_auth_failures_total{kind="app",reason="client_id_in_use"}`) != 1 {
+		t.Errorf("refusal not counted:\n%s", scrape(t, b))
+	}
+}

@@ -83,8 +83,9 @@ func ValidPatient(ref string) error {
 
 // Bundle returns the transaction Bundle of in (see the package
 // documentation) as JSON. It fails on a message it cannot map: no record,
-// a measurement time outside the years 1 to 9999, a code twice in one
-// record, a waveform without its period, or an invalid patient reference.
+// a measurement time outside the years 1 to 9999, an observation without
+// code or unit, a code twice in one record, a waveform without its period,
+// or an invalid patient reference.
 func Bundle(in Input) ([]byte, error) {
 	m := in.Msg
 	if m == nil || m.ID == "" || m.Rec.Dev == "" || len(m.Rec.Obs) == 0 {
@@ -144,6 +145,9 @@ func observations(m *wire.Message, when, devURL, patient string) ([]entry, error
 	seen := map[string]bool{}
 	bp := -1 // index in out of the blood-pressure Observation
 	for _, o := range m.Rec.Obs {
+		if o.Code == "" || o.Unit == "" {
+			return nil, fmt.Errorf("fhir: record %s: an observation without code or unit", m.ID)
+		}
 		if seen[o.Code] {
 			return nil, fmt.Errorf("fhir: record %s has %s twice", m.ID, o.Code)
 		}

@@ -279,6 +279,7 @@ func TestBundleRefuses(t *testing.T) {
 	}{
 		{"no observations", func(m *wire.Message) { m.Rec.Obs = nil }, "", "without record id"},
 		{"code twice", func(m *wire.Message) { m.Rec.Obs = append(m.Rec.Obs, m.Rec.Obs[0]) }, "", "twice"},
+		{"no unit", func(m *wire.Message) { m.Rec.Obs[1].Unit = "" }, "", "without code or unit"},
 		{"waveform without period", func(m *wire.Message) {
 			m.Rec.Obs = []telemetry.Observation{{Code: telemetry.CodeECG, Val: telemetry.Waveform([]float64{1}), Unit: "mV"}}
 		}, "", "period_ms"},
