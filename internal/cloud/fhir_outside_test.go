@@ -2,6 +2,9 @@ package cloud
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"fmt"
 	"io"
 	"log/slog"
@@ -156,5 +159,39 @@ func checkBundlesRead(t *testing.T, in *inbox, n int) {
 		case <-deadline:
 			t.Fatalf("bundles of %d records read on fhir/, want %d", len(seen), n)
 		}
+	}
+}
+
+// With ca.crt alone, `broker fhir` checks records with the chains the
+// gateways publish (retained) on certs/{site}/{device}: a record of the
+// device gets its Provenance, a forged one is not exported.
+func TestStandaloneChecksPublishedChains(t *testing.T) {
+	dir := testPKI(t)
+	m := cloudtest.StartMosquitto(t, dir)
+	srv := fhirtest.Start(t, "s3cret")
+	gw := pahoClient(t, m.URL(), gatewayTLS(t, dir), "gw1", "", "", true)
+	wait(t, gw.Publish("certs/site1/dev-00001", 1, true, chainOf(t, dir)), "publish chain")
+
+	cfg := DefaultFHIRStandalone()
+	cfg.URL, cfg.CA = m.URL(), filepath.Join(dir, pki.FileCA)
+	cfg.Cert, cfg.Key = filepath.Join(dir, pki.FileGatewayClient), filepath.Join(dir, pki.FileGatewayClientKey)
+	cfg.ClientID = "fx-chains"
+	cfg.FHIR = fhirConfig(t, srv)
+	lb := &logBuf{}
+	startStandalone(t, cfg, lb)
+	testutil.Eventually(t, waitFor, "subscribed", func() bool {
+		return strings.Contains(lb.String(), "filter=telemetry/site1/#")
+	})
+	publishRange(t, gw, dir, 1, 3)
+	other, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	publishAccepted(t, gw, signedBy(t, other, 4, 97))
+	testutil.Eventually(t, waitFor, "the records exported", func() bool {
+		return len(srv.Resources("Provenance")) == 3 && strings.Contains(lb.String(), "record rejected")
+	})
+	if n := srv.Count("Observation", obsIdent("dev-00001", 4, "150456")); n != 0 {
+		t.Errorf("the forged record was exported")
 	}
 }

@@ -120,6 +120,11 @@ type Exporter struct {
 	srv     *server // nil without Config.Server
 	in      chan paho.Message
 	client  paho.Client
+	// ready is closed once the first connection's subscriptions are done:
+	// the retained chains have arrived by then, so records queued in the
+	// session wait for them rather than be checked without.
+	ready     chan struct{}
+	readyOnce sync.Once
 	warned  sync.Map // site/device -> struct{}: no patient, logged once
 	nWarned int
 	wmu     sync.Mutex
@@ -142,7 +147,8 @@ func New(cfg Config, o Options) (*Exporter, error) {
 	if o.Registerer == nil {
 		o.Registerer = prometheus.NewRegistry()
 	}
-	e := &Exporter{cfg: cfg, o: o, log: o.Log.With("component", "fhir"), in: make(chan paho.Message, 2*cfg.Batch)}
+	e := &Exporter{cfg: cfg, o: o, log: o.Log.With("component", "fhir"), in: make(chan paho.Message, 2*cfg.Batch),
+		ready: make(chan struct{})}
 	var err error
 	if e.m, err = newMetrics(o.Registerer); err != nil {
 		return nil, err
@@ -208,10 +214,11 @@ func (e *Exporter) clientOptions(ctx context.Context) *paho.ClientOptions {
 }
 
 // subscribe subscribes, on every connect, to each site's certificate
-// chains first (retained: they come before the records), then to its
-// telemetry, shared in the group when there is one. Messages go to the
-// default handler.
+// chains first (retained: they arrive before the SUBACKs that follow),
+// then to its telemetry, shared in the group when there is one. Messages
+// go to the default handler. The worker starts after the first.
 func (e *Exporter) subscribe(c paho.Client) {
+	defer e.readyOnce.Do(func() { close(e.ready) })
 	var filters []string
 	for _, site := range e.cfg.Sites {
 		filters = append(filters, "certs/"+site+"/#")
@@ -255,6 +262,11 @@ func (e *Exporter) receive(ctx context.Context, m paho.Message) {
 
 // work exports records in batches of up to Config.Batch until ctx is done.
 func (e *Exporter) work(ctx context.Context) {
+	select {
+	case <-ctx.Done():
+		return
+	case <-e.ready:
+	}
 	for {
 		var batch []paho.Message
 		select {
