@@ -113,21 +113,21 @@ type Options struct {
 // Exporter consumes telemetry and exports FHIR. Create it with [New] and
 // run it with [Exporter.Run].
 type Exporter struct {
-	cfg     Config
-	o       Options
-	log     *slog.Logger
-	m       *metrics
-	srv     *server // nil without Config.Server
-	in      chan paho.Message
-	client  paho.Client
+	cfg    Config
+	o      Options
+	log    *slog.Logger
+	m      *metrics
+	srv    *server // nil without Config.Server
+	in     chan paho.Message
+	client paho.Client
 	// ready is closed once the first connection's subscriptions are done:
 	// the retained chains have arrived by then, so records queued in the
 	// session wait for them rather than be checked without.
 	ready     chan struct{}
 	readyOnce sync.Once
-	warned  sync.Map // site/device -> struct{}: no patient, logged once
-	nWarned int
-	wmu     sync.Mutex
+	warned    sync.Map // site/device -> struct{}: no patient, logged once
+	nWarned   int
+	wmu       sync.Mutex
 }
 
 // maxWarned bounds the devices remembered as logged for having no patient.
