@@ -19,6 +19,8 @@ import (
 	"github.com/vitalgate/vitalgate/internal/fhir"
 	"github.com/vitalgate/vitalgate/internal/fhirexport"
 	"github.com/vitalgate/vitalgate/internal/fhirexport/fhirtest"
+	"github.com/vitalgate/vitalgate/internal/fleet"
+	"github.com/vitalgate/vitalgate/internal/pki"
 	"github.com/vitalgate/vitalgate/internal/telemetry"
 	"github.com/vitalgate/vitalgate/internal/testutil"
 	"github.com/vitalgate/vitalgate/internal/wire"
@@ -278,5 +280,61 @@ func TestExporterClientIDReserved(t *testing.T) {
 	}
 	if metric(t, b, `vitalgate_cloud_auth_failures_total{kind="app",reason="client_id_in_use"}`) != 1 {
 		t.Errorf("refusal not counted:\n%s", scrape(t, b))
+	}
+}
+
+// Every kind of the simulated fleet goes through the broker's exporter,
+// in both message formats: the ECG's full waveform included.
+func TestBrokerExportsEveryKind(t *testing.T) {
+	dir := testPKI(t)
+	srv := fhirtest.Start(t, "s3cret")
+	cfg := testConfig(dir, "")
+	cfg.FHIR = fhirConfig(t, srv)
+	b, _ := startBroker(t, cfg)
+	gw := pahoClient(t, "ssl://"+b.GatewayAddr(), gatewayTLS(t, dir), "gw1", "", "", true)
+	_, keyFile := pki.DevicePaths(dir, "dev-00001")
+	key, err := pki.LoadKey(keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kinds := []string{"spo2", "bp", "glucose", "temp", "weight", "ecg"}
+	for i, kind := range kinds {
+		d, err := fleet.NewDevice("dev-00001", kind, 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d.SetSeq(uint64(10 * i))
+		rec := d.Next()
+		raw, err := telemetry.Encode(&rec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sig, err := envelope.Sign(key, "dev-00001", raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		format := []wire.Format{wire.CBOR, wire.JSON}[i%2]
+		payload, err := wire.Encode(format, &wire.Accepted{Site: "site1", GW: "gw1", RX: rec.TS, Rec: &rec, Raw: raw, Sig: sig})
+		if err != nil {
+			t.Fatal(err)
+		}
+		wait(t, gw.Publish(wire.Topic("site1", "dev-00001", kind), 1, false, payload), "publish "+kind)
+	}
+	testutil.Eventually(t, waitFor, "every kind exported and verified", func() bool {
+		return len(srv.Resources("Provenance")) == len(kinds)
+	})
+	var ecg struct {
+		ValueSampledData struct {
+			Period json.Number
+			Data   string
+		}
+	}
+	for _, o := range srv.Resources("Observation") {
+		if strings.Contains(string(o), "valueSampledData") {
+			_ = json.Unmarshal(o, &ecg)
+		}
+	}
+	if n := len(strings.Fields(ecg.ValueSampledData.Data)); n < 100 || ecg.ValueSampledData.Period == "" {
+		t.Errorf("the ECG arrived with %d samples, period %q", n, ecg.ValueSampledData.Period)
 	}
 }
