@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -193,5 +194,34 @@ func TestStandaloneChecksPublishedChains(t *testing.T) {
 	})
 	if n := srv.Count("Observation", obsIdent("dev-00001", 4, "150456")); n != 0 {
 		t.Errorf("the forged record was exported")
+	}
+}
+
+// `broker fhir --http` serves the exporter's metrics, also while its
+// broker is away (it keeps trying to connect).
+func TestStandaloneServesMetrics(t *testing.T) {
+	dir := testPKI(t)
+	cfg := DefaultFHIRStandalone()
+	cfg.URL, cfg.PKI, cfg.HTTP, cfg.ClientID = "ssl://"+cloudtest.FreePort(t), dir, "127.0.0.1:0", "fx-metrics"
+	cfg.FHIR.Sites = []string{"site1"}
+	lb := &logBuf{}
+	startStandalone(t, cfg, lb)
+	var addr string
+	testutil.Eventually(t, waitFor, "metrics served", func() bool {
+		_, rest, ok := strings.Cut(lb.String(), "msg=metrics http=")
+		addr, _, _ = strings.Cut(rest, "\n")
+		return ok
+	})
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, want := range []string{`vitalgate_fhir_exported_total{result="verified"} 0`, "vitalgate_fhir_no_patient_total 0",
+		`vitalgate_fhir_retries_total{target="server"} 0`, "go_goroutines"} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
 	}
 }
