@@ -7,6 +7,7 @@
 //	broker --version
 //	broker watch --pki DIR --token JWT --site S [--url ssl://127.0.0.1:8884]
 //	broker watch --ca ca.crt --token JWT --site S [--url ssl://127.0.0.1:8884]
+//	broker fhir --config FILE [--check-config]
 package main
 
 import (
@@ -36,9 +37,12 @@ func main() {
 		version.Get().Print(os.Stdout, "broker")
 		return
 	}
-	if len(os.Args) > 1 && os.Args[1] == "watch" {
+	switch {
+	case len(os.Args) > 1 && os.Args[1] == "watch":
 		err = watch(ctx, os.Args[2:], os.Stdout, os.Stderr)
-	} else {
+	case len(os.Args) > 1 && os.Args[1] == "fhir":
+		err = fhirExport(ctx, os.Args[2:], os.Stdout, os.Stderr)
+	default:
 		err = run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	}
 	if errors.Is(err, flag.ErrHelp) {
@@ -60,7 +64,7 @@ func oneLine(err error) string {
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("broker", flag.ContinueOnError)
 	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: broker [flags]\n       broker watch (--pki DIR | --ca ca.crt) --token JWT --site S [--url URL]\n\nflags:")
+		fmt.Fprintln(fs.Output(), "usage: broker [flags]\n       broker watch (--pki DIR | --ca ca.crt) --token JWT --site S [--url URL]\n       broker fhir --config FILE [--check-config]\n\nflags:")
 		fs.PrintDefaults()
 	}
 	d := cloud.Default()
@@ -175,4 +179,46 @@ func watch(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	return cloud.Watch(ctx, cloud.WatchOptions{PKI: *pkiDir, CA: *ca, Token: *token, Site: *site, URL: *url,
 		ClientID: *id, Persistent: *persistent, Dedup: *dedup}, stdout, stderr)
+}
+
+// fhirExport runs a standalone FHIR exporter ([cloud.NewFHIR]) until ctx
+// is done.
+func fhirExport(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("broker fhir", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "usage: broker fhir --config FILE [--check-config]\n\n"+
+			"Exports the telemetry of an MQTT broker as FHIR R4: each record's transaction Bundle published on\n"+
+			"fhir/{site}/{device} and/or POSTed to a FHIR server (docs/clinicians.md#fhir).\n\nflags:")
+		fs.PrintDefaults()
+	}
+	config := fs.String("config", "", "YAML `file`: url, ca or pki, cert/key or token_file, client_id, http, fhir (required)")
+	check := fs.Bool("check-config", false, "validate the configuration, then exit")
+	if err := cli.ParseFlags(fs, args, stdout); err != nil {
+		return err
+	}
+	switch {
+	case fs.NArg() > 0:
+		return fmt.Errorf("fhir: unexpected argument %q", fs.Arg(0))
+	case *config == "":
+		return errors.New("fhir: --config is required")
+	}
+	cfg := cloud.DefaultFHIRStandalone()
+	if err := cli.LoadYAML(*config, &cfg); err != nil {
+		return err
+	}
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	var lv slog.Level
+	_ = lv.UnmarshalText([]byte(cfg.LogLevel))
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lv}))
+	runExporter, err := cloud.NewFHIR(cfg, log)
+	if err != nil {
+		return err
+	}
+	if *check {
+		fmt.Fprintln(stdout, "config ok")
+		return nil
+	}
+	return runExporter(ctx)
 }

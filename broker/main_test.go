@@ -255,3 +255,48 @@ func TestVersion(t *testing.T) {
 		t.Fatalf("broker --version: %d\n%s\n%s", code, out, errOut)
 	}
 }
+
+func TestFHIRCheckConfig(t *testing.T) {
+	dir := t.TempDir()
+	if err := pki.Init(dir, pki.InitOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	cfgFile := filepath.Join(t.TempDir(), "fhir.yaml")
+	write := func(s string) {
+		t.Helper()
+		if err := os.WriteFile(cfgFile, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("url: ssl://127.0.0.1:8883\npki: " + dir + "\nclient_id: fx-1\nfhir:\n  sites: [site1]\n" +
+		"  patients: {site1: {dev-00001: Patient/p-1}}\n  group: fx\n")
+	var out syncBuf
+	if err := fhirExport(context.Background(), []string{"--config", cfgFile, "--check-config"}, &out, &syncBuf{}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "config ok") {
+		t.Fatalf("output %q", out.String())
+	}
+	// Every problem at once, each naming its key.
+	write("url: http://x\nclient_id: fx-1\nfhir:\n  sites: [site1]\n  patients: {site2: {dev-00001: Observation/1}}\n" +
+		"  publish: false\n  batch: 0\n  server: http://fhir.example\n")
+	err := fhirExport(context.Background(), []string{"--config", cfgFile, "--check-config"}, &out, &syncBuf{})
+	if err == nil {
+		t.Fatal("bad config accepted")
+	}
+	for _, f := range []string{"url", "ca:", "fhir.patients: site \"site2\"", "fhir.batch", "fhir.server", "Patient/{id}"} {
+		if !strings.Contains(oneLine(err), f) {
+			t.Errorf("error does not name %s: %v", f, err)
+		}
+	}
+	// A file it names that cannot be read is an error at check time too.
+	write("url: ssl://127.0.0.1:8883\npki: " + dir + "\nfhir:\n  sites: [site1]\n  server: https://fhir.example\n" +
+		"  server_token_file: /nonexistent/token\n")
+	if err := fhirExport(context.Background(), []string{"--config", cfgFile, "--check-config"}, &out, &syncBuf{}); err == nil ||
+		!strings.Contains(err.Error(), "fhir server token") {
+		t.Fatalf("missing token file: %v", err)
+	}
+	if err := fhirExport(context.Background(), nil, &out, &syncBuf{}); err == nil || !strings.Contains(err.Error(), "--config") {
+		t.Fatalf("no --config: %v", err)
+	}
+}

@@ -30,10 +30,14 @@ func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	switch {
 	case write && id.kind == kindGateway:
 		ok, action = gatewayMayPublish(id, topic), "publish"
+	case write && id.kind == kindExporter:
+		ok, action = exporterMayPublish(id, topic), "publish"
 	case write:
 		ok, action = appMayPublish(id, topic, time.Now()), "publish"
 	case id.kind == kindGateway:
 		ok = gatewayMayRead(id, topic)
+	case id.kind == kindExporter:
+		ok = exporterMayRead(id, topic)
 	default:
 		ok = mayRead(id, topic, time.Now())
 		if !ok && id.kind == kindApp && appMayRead(id, topic) {
@@ -77,7 +81,8 @@ func (h *authHook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packe
 			"client", cl.ID, "detail", "malformed shared subscription (an empty share name, a wildcard in it, or no filter)")
 	})
 	return subcap.Apply(cl, pk, maxSubscriptions, func(f string) bool {
-		return mayRead(id, f, now) || id.kind == kindGateway && gatewayMayRead(id, f)
+		return mayRead(id, f, now) || id.kind == kindGateway && gatewayMayRead(id, f) ||
+			id.kind == kindExporter && exporterMayRead(id, f)
 	}, func(f string) {
 		h.b.m.aclDenied.WithLabelValues(id.kind, "subscribe").Inc()
 		h.b.log.Warn("acl denied", "kind", id.kind, "name", id.name, "action", "subscribe", "topic", clip(f),

@@ -83,6 +83,9 @@ func (id *identity) owner() string {
 	if id.kind == kindGateway {
 		return "gateway:" + id.site + "/" + id.name
 	}
+	if id.kind == kindExporter {
+		return "exporter:" + id.name
+	}
 	if id.issuer != "" {
 		// The provider's subjects are its own: never the session of a
 		// token of the app-token key with the same sub.
@@ -178,11 +181,18 @@ func (h *authHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		if id, err = h.authApp(cl, pk); err != nil {
 			return err // CONNACK sent
 		}
+	case listenerExporter:
+		id = h.b.exporterIdentity()
 	default:
 		h.refuse(cl, "unknown", "listener", "no authentication for this listener")
 	}
 	if id == nil {
 		return nil // OnConnectAuthenticate refuses: CONNACK 0x86
+	}
+	if id.kind != kindExporter && cl.ID == exporterClientID {
+		// Reserved: a client holding it would lock the FHIR exporter out.
+		h.refuse(cl, id.kind, "client_id_in_use", "client ID reserved for the broker's FHIR exporter")
+		return nil
 	}
 	prev, held := h.b.srv.Clients.Get(cl.ID)
 	// A client ID belongs to the principal that created its session; for a

@@ -48,6 +48,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/vitalgate/vitalgate/internal/fhirexport"
 	"github.com/vitalgate/vitalgate/internal/listen"
 	"github.com/vitalgate/vitalgate/internal/mqttlog"
 	"github.com/vitalgate/vitalgate/internal/pki"
@@ -72,6 +73,13 @@ type Broker struct {
 	repo          *repoServer // nil without Config.Updates
 	updatesLn     net.Listener
 	updatesSrv    *http.Server
+	// The FHIR exporter (Config.FHIR), its in-process listener and its
+	// watcher; nil when off.
+	exporter        *fhirexport.Exporter
+	pipe            *pipeListener
+	exporterWatcher *Watcher
+	stopExporter    context.CancelFunc
+	exporterWG      sync.WaitGroup
 
 	started   atomic.Bool
 	ready     atomic.Bool
@@ -112,6 +120,9 @@ func New(cfg Config, log *slog.Logger) (*Broker, error) {
 		return nil, fmt.Errorf("app token key: %w", err)
 	}
 	if b.rev, err = loadRevocations(cfg.PKI); err != nil {
+		return nil, err
+	}
+	if err := b.newExporter(); err != nil {
 		return nil, err
 	}
 	// Last: it starts refreshing the provider's keys, which Close stops.
@@ -183,6 +194,7 @@ func (b *Broker) start() error {
 		b.serveHTTP()
 	}
 	b.serveUpdates()
+	b.startExporter()
 	b.goroutine(b.sweepLoop)
 	b.goroutine(b.revocationLoop)
 	b.ready.Store(true)
@@ -257,6 +269,11 @@ func (b *Broker) bind() error {
 			maxMsg:       int64(2*b.cfg.MaxPacket + 4096)}
 		if err := b.srv.AddListener(b.ws); err != nil {
 			return fmt.Errorf("listen for apps (websocket) on %s: %w", b.cfg.WS, err)
+		}
+	}
+	if b.pipe != nil {
+		if err := b.srv.AddListener(b.pipe); err != nil {
+			return fmt.Errorf("fhir exporter listener: %w", err)
 		}
 	}
 	if b.cfg.HTTP != "" {
@@ -364,6 +381,7 @@ func (b *Broker) Close() error {
 		b.ready.Store(false)
 		b.startOnce.Do(func() {}) // a later Start fails
 		close(b.done)
+		b.closeExporter()
 		if b.started.Load() {
 			stopped := make(chan error, 1)
 			go func() { stopped <- b.srv.Close() }() // listeners, clients, then hooks (store)

@@ -7,6 +7,7 @@ import (
 	"net"
 	"time"
 
+	"github.com/vitalgate/vitalgate/internal/fhirexport"
 	"github.com/vitalgate/vitalgate/internal/oidc"
 	"github.com/vitalgate/vitalgate/internal/pki"
 )
@@ -73,6 +74,9 @@ type Config struct {
 	// OIDC is an outside OpenID Connect provider whose tokens apps may
 	// present besides those of app-token.key (off without an issuer).
 	OIDC oidc.Config `yaml:"oidc"`
+	// FHIR is the broker's FHIR exporter (docs/clinicians.md#fhir): off
+	// unless enabled.
+	FHIR fhirexport.Config `yaml:"fhir"`
 }
 
 // Default returns a configuration that runs on a laptop: loopback listeners
@@ -93,6 +97,7 @@ func Default() Config {
 		ConnectTimeout:   10 * time.Second,
 		AppWriteTimeout:  30 * time.Second,
 		LogLevel:         "info",
+		FHIR:             fhirexport.Default(),
 	}
 }
 
@@ -165,6 +170,9 @@ func (c Config) Validate() error {
 	errs = append(errs, c.OIDC.Validate()...)
 	if c.OIDC.Issuer == pki.TokenIssuer {
 		bad("oidc.issuer", "%q is the issuer of the tokens of app-token.key", c.OIDC.Issuer)
+	}
+	if err := c.FHIR.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

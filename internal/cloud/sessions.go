@@ -96,8 +96,11 @@ func (h *authHook) OnPublishDropped(cl *mqtt.Client, pk packets.Packet) {
 
 // kindOfListener is the kind of client a listener serves.
 func kindOfListener(listener string) string {
-	if listener == listenerGateways {
+	switch listener {
+	case listenerGateways:
 		return kindGateway
+	case listenerExporter:
+		return kindExporter
 	}
 	return kindApp
 }

@@ -115,42 +115,47 @@ func (w *Watcher) Handle(topic string, payload []byte) (*Seen, error) {
 	if s.Dup {
 		return s, nil
 	}
+	return w.Check(topic, m), nil
+}
+
+// Check judges a decoded message received on topic, as [Watcher.Handle]
+// does but without dropping duplicates (Dup is false): a consumer that
+// must see a redelivery again, such as the FHIR exporter, calls it.
+func (w *Watcher) Check(topic string, m *wire.Message) *Seen {
+	s := &Seen{Msg: m}
+	s.Status, s.Detail = w.check(topic, m)
+	return s
+}
+
+// check returns the status of m and its detail.
+func (w *Watcher) check(topic string, m *wire.Message) (status, detail string) {
 	if lv := strings.Split(topic, "/"); len(lv) == 4 && (lv[1] != m.Site || lv[2] != m.Rec.Dev || lv[3] != m.Rec.Kind) {
-		s.Status, s.Detail = SigMismatch, "topic does not match the message"
-		return s, nil
+		return SigMismatch, "topic does not match the message"
 	}
 	if m.ID != m.Rec.Dev+":"+strconv.FormatUint(m.Rec.Seq, 10) {
-		s.Status, s.Detail = SigMismatch, "id is not dev:seq"
-		return s, nil
+		return SigMismatch, "id is not dev:seq"
 	}
 	signed, err := w.verify(m.Rec.Dev, m.Sig)
 	switch {
 	case errors.Is(err, errNoChain):
-		s.Status = SigUnverified
-		return s, nil
+		return SigUnverified, ""
 	case errors.Is(err, os.ErrNotExist):
-		s.Status = SigNoCert
-		return s, nil
+		return SigNoCert, ""
 	case errors.As(err, new(*revokedError)):
-		s.Status, s.Detail = SigRevoked, err.Error()
-		return s, nil
+		return SigRevoked, err.Error()
 	case err != nil:
-		s.Status, s.Detail = SigBad, err.Error()
-		return s, nil
+		return SigBad, err.Error()
 	}
 	rec, err := telemetry.Decode(signed)
 	if err != nil {
-		s.Status, s.Detail = SigMismatch, "signed payload: "+err.Error()
-		return s, nil
+		return SigMismatch, "signed payload: " + err.Error()
 	}
 	a, err1 := telemetry.Encode(rec)
 	b, err2 := telemetry.Encode(&m.Rec)
 	if err1 != nil || err2 != nil || !bytes.Equal(a, b) {
-		s.Status, s.Detail = SigMismatch, "rec is not the signed record"
-		return s, nil
+		return SigMismatch, "rec is not the signed record"
 	}
-	s.Status = SigOK
-	return s, nil
+	return SigOK, ""
 }
 
 // errNoChain: a watcher without a PKI directory has no published chain of the device.

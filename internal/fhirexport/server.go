@@ -1,0 +1,186 @@
+package fhirexport
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+)
+
+// server posts transaction Bundles to a FHIR server.
+type server struct {
+	url    string
+	token  string // bearer token, "" for none; never logged
+	client *http.Client
+}
+
+// newServer reads the CA file and the token file of c (once).
+func newServer(c Config) (*server, error) {
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if c.ServerCA != "" {
+		b, err := os.ReadFile(c.ServerCA)
+		if err != nil {
+			return nil, fmt.Errorf("fhir server CA: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(b) {
+			return nil, fmt.Errorf("fhir server CA: no PEM certificate in %s", c.ServerCA)
+		}
+		tc.RootCAs = pool
+	}
+	s := &server{url: c.Server, client: &http.Client{Timeout: c.Timeout,
+		Transport: &http.Transport{TLSClientConfig: tc, ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 4,
+			TLSHandshakeTimeout: c.Timeout, ResponseHeaderTimeout: c.Timeout}}}
+	if c.ServerTokenFile != "" {
+		b, err := os.ReadFile(c.ServerTokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("fhir server token: %w", err)
+		}
+		s.token = strings.TrimSpace(string(b))
+		if s.token == "" || strings.ContainsAny(s.token, "\r\n") {
+			return nil, fmt.Errorf("fhir server token: %s holds no token on one line", c.ServerTokenFile)
+		}
+	}
+	return s, nil
+}
+
+// refusedError is a server's answer that another attempt cannot change (a
+// 4xx other than 429): the Bundle is wrong for this server.
+type refusedError struct {
+	status int
+	detail string
+}
+
+func (e *refusedError) Error() string {
+	return fmt.Sprintf("fhir server refused the bundle: %d %s", e.status, e.detail)
+}
+
+// maxResponse bounds what is read of a server's answer.
+const maxResponse = 1 << 20
+
+// post sends one transaction Bundle. A nil error means the transaction
+// succeeded (2xx); a *refusedError means it never will; any other error
+// (5xx, 429, timeout, connection) may pass.
+func (s *server) post(ctx context.Context, bundle []byte) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.url, bytes.NewReader(bundle))
+	if err != nil {
+		return &refusedError{detail: err.Error()}
+	}
+	req.Header.Set("Content-Type", "application/fhir+json")
+	req.Header.Set("Accept", "application/fhir+json")
+	if s.token != "" {
+		req.Header.Set("Authorization", "Bearer "+s.token)
+	}
+	resp, err := s.client.Do(req)
+	if err != nil {
+		return fmt.Errorf("post to fhir server: %w", err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxResponse))
+	switch {
+	case resp.StatusCode >= 200 && resp.StatusCode < 300:
+		return nil
+	case resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode >= 500:
+		return fmt.Errorf("fhir server: %s", resp.Status)
+	}
+	return &refusedError{status: resp.StatusCode, detail: outcome(body)}
+}
+
+// outcome is the first diagnostics of an OperationOutcome, clipped, or the
+// body's start: what a log line says of a refusal.
+func outcome(body []byte) string {
+	var oo struct {
+		Issue []struct {
+			Diagnostics string `json:"diagnostics"`
+		} `json:"issue"`
+	}
+	s := string(body)
+	if json.Unmarshal(body, &oo) == nil && len(oo.Issue) > 0 && oo.Issue[0].Diagnostics != "" {
+		s = oo.Issue[0].Diagnostics
+	}
+	s = strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, s)
+	if len(s) > 200 {
+		s = s[:200] + "..."
+	}
+	return s
+}
+
+// merge joins the transaction Bundles of several records into one, each
+// entry once: a device's Device entry, or a record delivered twice, is the
+// same entry (same fullUrl, same bytes) in each of them.
+func merge(bundles [][]byte) ([]byte, error) {
+	if len(bundles) == 1 {
+		return bundles[0], nil
+	}
+	var entries []json.RawMessage
+	seen := map[string]bool{}
+	for _, b := range bundles {
+		var bun struct {
+			Entry []json.RawMessage `json:"entry"`
+		}
+		if err := json.Unmarshal(b, &bun); err != nil {
+			return nil, fmt.Errorf("merge bundles: %w", err)
+		}
+		for _, e := range bun.Entry {
+			var id struct {
+				FullURL string `json:"fullUrl"`
+			}
+			if err := json.Unmarshal(e, &id); err != nil {
+				return nil, fmt.Errorf("merge bundles: %w", err)
+			}
+			if seen[id.FullURL] {
+				continue
+			}
+			seen[id.FullURL] = true
+			entries = append(entries, e)
+		}
+	}
+	return json.Marshal(struct {
+		ResourceType string            `json:"resourceType"`
+		Type         string            `json:"type"`
+		Entry        []json.RawMessage `json:"entry"`
+	}{"Bundle", "transaction", entries})
+}
+
+// backoff is exponential backoff with jitter: each wait is drawn from the
+// upper half of a window that doubles from 100 ms (or max, when smaller)
+// up to max.
+type backoff struct {
+	window, max time.Duration
+}
+
+func newBackoff(max time.Duration) *backoff {
+	return &backoff{window: min(100*time.Millisecond, max), max: max}
+}
+
+// wait sleeps for the next interval; false when ctx ended first.
+func (b *backoff) wait(ctx context.Context) bool {
+	d := b.window/2 + rand.N(b.window/2+1)
+	b.window = min(2*b.window, b.max)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// errStopped: the exporter stopped while a record was unfinished; it is
+// not acknowledged and comes again.
+var errStopped = errors.New("exporter stopped")
