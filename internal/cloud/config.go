@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"net"
 	"time"
+
+	"github.com/vitalgate/vitalgate/internal/webview"
 )
 
 // Config is the cloud broker's configuration: the YAML file of `broker
@@ -34,6 +36,12 @@ type Config struct {
 	// Repo is the update repository directory (metadata/, targets/) that
 	// `certs update-init` and `certs firmware` write.
 	Repo string `yaml:"repo"`
+	// Web serves the clinician web view over HTTPS (internal/webview); it
+	// needs WS, which the page connects to. Empty: off.
+	Web string `yaml:"web"`
+	// WebAlerts are the web view's clinical alert thresholds by measurement
+	// (webview.Alerts); measurements not named keep their defaults.
+	WebAlerts webview.Alerts `yaml:"web_alerts"`
 
 	// MaxPacket is the largest MQTT packet accepted, in bytes (above the
 	// 64 KiB payload limit plus headers).
@@ -129,6 +137,13 @@ func (c Config) Validate() error {
 	checkAddr("ws", c.WS, false)
 	checkAddr("http", c.HTTP, false)
 	checkAddr("updates", c.Updates, false)
+	checkAddr("web", c.Web, false)
+	if c.Web != "" && c.WS == "" {
+		bad("web", "needs ws (the web view's page connects to it)")
+	}
+	if err := c.WebAlerts.Validate(); err != nil {
+		errs = append(errs, err)
+	}
 	if c.Updates != "" && c.Repo == "" {
 		bad("repo", "required with updates")
 	}
