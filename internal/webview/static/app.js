@@ -110,6 +110,7 @@
       protocolVersion: 5, username: "app", password: token, clean: true,
       clientId: "web-" + Array.from(rnd, (b) => b.toString(16).padStart(2, "0")).join(""),
       reconnectPeriod: 5000, connectTimeout: 10000, resubscribe: false,
+      timerVariant: "native", // worker timers would need a blob: worker, which the CSP forbids
     });
     const live = () => mine === session;
     client.on("connect", () => {
@@ -387,11 +388,15 @@
       const series = [{}].concat(names.map((n, i) => ({
         label: d.series.get(n).meas.label, stroke: COLORS[i % COLORS.length], width: 2, spanGaps: true,
       })));
-      d.plot = new uPlot({ width: chartWidth(d), height: 140, series, legend: { show: true }, cursor: { show: false } }, data, d.chart);
+      d.plot = new uPlot({
+        width: chartWidth(d), height: 140, series, legend: { live: false }, cursor: { show: false },
+      }, data, d.chart);
       d.plotKey = key;
     } else {
       d.plot.setData(data);
     }
+    const span = xs[xs.length - 1] - xs[0];
+    if (span < 60) d.plot.setScale("x", { min: xs[0] - 60 + span / 2, max: xs[xs.length - 1] + 60 - span / 2 }); // not years around one point
   }
 
   function chartWidth(d) { return Math.max(200, Math.min(560, d.card.clientWidth - 24)); }
