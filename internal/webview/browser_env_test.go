@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -20,6 +19,7 @@ import (
 	"github.com/vitalgate/vitalgate/internal/envelope"
 	"github.com/vitalgate/vitalgate/internal/pki"
 	"github.com/vitalgate/vitalgate/internal/telemetry"
+	"github.com/vitalgate/vitalgate/internal/webview/webviewtest"
 	"github.com/vitalgate/vitalgate/internal/wire"
 )
 
@@ -38,24 +38,9 @@ type env struct {
 	browser context.Context
 }
 
-// chromium finds the browser, or skips (fails with VITALGATE_CI=1).
-func chromium(t *testing.T) string {
-	t.Helper()
-	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
-		if p, err := exec.LookPath(name); err == nil {
-			return p
-		}
-	}
-	if os.Getenv("VITALGATE_CI") == "1" {
-		t.Fatal("chromium is not installed (VITALGATE_CI=1: .ci/run installs it)")
-	}
-	t.Skip("chromium is not installed: skipping the browser tests (apt-get install chromium)")
-	return ""
-}
-
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	exe := chromium(t)
+	browser := webviewtest.Browser(t)
 	dir := t.TempDir()
 	if err := pki.Init(dir, pki.InitOptions{}); err != nil {
 		t.Fatal(err)
@@ -63,7 +48,7 @@ func newEnv(t *testing.T) *env {
 	for _, d := range []struct {
 		id  string
 		alg pki.KeyAlg
-	}{{"oxi-00001", pki.P256}, {"bp-00001", pki.Ed25519}, {"oxi-00002", pki.P256}} {
+	}{{"oxi-00001", pki.P256}, {"bp-00001", pki.Ed25519}, {"oxi-00002", pki.P256}, {"ecg-00001", pki.P256}} {
 		if err := pki.IssueDevice(dir, d.id, d.alg, 0); err != nil {
 			t.Fatal(err)
 		}
@@ -89,11 +74,7 @@ func newEnv(t *testing.T) *env {
 	crt, key = pki.GatewayPaths(dir, "gw2")
 	e.gw["site2"] = e.gateway("gw2", crt, key)
 
-	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(exe),
-		chromedp.IgnoreCertErrors, chromedp.WindowSize(1280, 900))
-	actx, cancel := chromedp.NewExecAllocator(context.Background(), opts...)
-	t.Cleanup(cancel)
-	e.browser = actx
+	e.browser = browser
 	return e
 }
 

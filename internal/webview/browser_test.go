@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+	"github.com/chromedp/chromedp/kb"
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/vitalgate/vitalgate/internal/pki"
@@ -36,6 +37,7 @@ func TestBrowser(t *testing.T) {
 	e.publish("site1", "gateways/site1/gw1/status", true, []byte("online"))
 	e.publishChain("site1", "oxi-00001")
 	e.publishChain("site1", "bp-00001")
+	e.publishChain("site1", "ecg-00001")
 
 	t.Run("live values, alerts and verified signatures", func(t *testing.T) { testLive(t, e) })
 	t.Run("forged signatures are not verified", func(t *testing.T) { testForged(t, e) })
@@ -44,6 +46,7 @@ func TestBrowser(t *testing.T) {
 	t.Run("security events for operators only", func(t *testing.T) { testSecurityRole(t, e) })
 	t.Run("an expired token goes back to sign-in", func(t *testing.T) { testExpired(t, e) })
 	t.Run("a refused token goes back to sign-in", func(t *testing.T) { testRefused(t, e) })
+	t.Run("keyboard and phone", func(t *testing.T) { testKeyboardPhone(t, e) })
 }
 
 func testLive(t *testing.T, e *env) {
@@ -95,12 +98,37 @@ func testLive(t *testing.T, e *env) {
 	ev := `{"v":1,"ts":` + strconv.FormatInt(time.Now().UnixMilli(), 10) + `,"gw":"gw1","dev":"oxi-00009","verdict":"bad_signature","detail":"signature does not verify","remote":"192.0.2.7:41352"}`
 	e.publish("site1", "security/site1/gw1", false, []byte(ev))
 	tb.waitJS(t, "security event shown", `document.querySelector("#events li .verdict")?.textContent === "bad_signature"`)
+
+	samples := make([]float64, 500)
+	for i := range samples {
+		samples[i] = ecgSample(i)
+	}
+	period := uint64(4)
+	e.sendRecord(record{site: "site1", dev: "ecg-00001", kind: "ecg", seq: 3, obs: []telemetry.Observation{
+		{Code: "MDC_ECG_ELEC_POTL_II", Unit: "mV", Val: telemetry.Waveform(samples), PeriodMS: &period}}})
+	tb.waitJS(t, "ECG strip drawn", `document.querySelector("article.device[data-dev='ecg-00001'] .wave canvas") !== null`)
+	tb.waitJS(t, "ECG signature verified", sigOf("ecg-00001", "ecg")+` === "verified"`)
 	if os.Getenv("VITALGATE_SCREENSHOT") == "1" {
 		screenshot(t, tb)
 	}
 }
 
-// screenshot writes docs/webview.png.
+// ecgSample is a rough lead II trace at 250 Hz: a QRS spike a second.
+func ecgSample(i int) float64 {
+	switch p := i % 250; {
+	case p == 100:
+		return -0.1
+	case p == 103:
+		return 1.2
+	case p == 106:
+		return -0.3
+	case p >= 160 && p < 190:
+		return 0.25
+	}
+	return 0
+}
+
+// screenshot writes the page as the browser shows it to docs/webview.png.
 func screenshot(t *testing.T, tb *tab) {
 	png, err := chromedp.Run(tb.ctx, chromedp.FullScreenshot(100))
 	if err != nil {
@@ -268,4 +296,34 @@ func testRefused(t *testing.T, e *env) {
 	if n := tb.text(t, `String(document.querySelectorAll("article.device").length)`); n != "0" {
 		t.Errorf("%s devices shown to a refused token", n)
 	}
+}
+
+// testKeyboardPhone signs in with the keyboard alone on a phone-sized
+// screen: the page fits its width, the cards take the focus in turn, and
+// Sign out is reached and pressed with the keyboard.
+func testKeyboardPhone(t *testing.T, e *env) {
+	tb := e.tab(t)
+	err := chromedp.Do(tb.ctx, chromedp.EmulateViewport(390, 844, chromedp.EmulateScale(2), chromedp.EmulateMobile),
+		chromedp.SetValue(chromedp.ID("token"), e.token(pki.RoleClinician, time.Hour, "site1")),
+		chromedp.Focus(chromedp.ID("token")), chromedp.KeyEvent(kb.Tab), chromedp.KeyEvent(kb.Enter))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb.waitJS(t, "signed in with the keyboard", `document.getElementById("status").textContent === "Connected."`)
+	e.sendRecord(record{site: "site1", dev: "oxi-00001", kind: "spo2", seq: 400, obs: oximetry(96, 70)})
+	tb.waitJS(t, "record shown", cell("oxi-00001", spo2)+`?.textContent.startsWith("96")`)
+	if got := tb.text(t, `String(document.documentElement.scrollWidth) + " " + window.innerWidth`); got != "390 390" {
+		t.Errorf("page width on a phone (scroll width, viewport): %s", got)
+	}
+	// Tab order: Sign out, then the device cards.
+	if err := chromedp.Do(tb.ctx, chromedp.Focus(chromedp.ID("signout")), chromedp.KeyEvent(kb.Tab)); err != nil {
+		t.Fatal(err)
+	}
+	if got := tb.text(t, `document.activeElement.tagName + " " + (document.activeElement.dataset.dev || "")`); !strings.HasPrefix(got, "ARTICLE ") {
+		t.Errorf("Tab after Sign out focuses %q, want a device card", got)
+	}
+	if err := chromedp.Do(tb.ctx, chromedp.Focus(chromedp.ID("signout")), chromedp.KeyEvent(kb.Enter)); err != nil {
+		t.Fatal(err)
+	}
+	tb.waitJS(t, "signed out with the keyboard", `!document.getElementById("signin").hidden && document.activeElement.id === "token"`)
 }

@@ -63,7 +63,10 @@
     if (client) { client.end(true); client = null; }
     clearTimeout(expiryTimer);
     sessionStorage.removeItem(TOKEN_KEY);
-    for (const d of devices.values()) if (d.plot) d.plot.destroy();
+    for (const d of devices.values()) {
+      if (d.plot) d.plot.destroy();
+      for (const w of d.waves || []) w.destroy();
+    }
     devices = new Map(); gateways = new Map(); keys = new Map(); seen = new Set();
     for (const id of ["devices", "gateways", "events"]) $(id).replaceChildren();
     showSignIn(msg);
@@ -284,7 +287,8 @@
     const chart = el("div", "chart");
     chart.setAttribute("aria-hidden", "true");
     card.append(h, sub, kinds, chart);
-    $("devices").append(card);
+    const after = Array.from(devices.keys()).filter((k) => k > key).sort()[0];
+    $("devices").insertBefore(card, after ? devices.get(after).card : null); // in order of site and device
     d = { site, dev, card, kinds, chart, latest: new Map(), kindEls: new Map(), series: new Map(), plot: null };
     devices.set(key, d);
     return d;
@@ -300,15 +304,16 @@
       d.kindEls.set(kind, k);
     }
     const r = m.rec;
-    const rows = [];
+    const rows = [], waves = [];
     for (const o of r.obs) {
       const meas = byCode.get(o.code);
-      const label = meas ? meas.label : String(o.code);
+      const label = meas ? meas.label : OTHER_LABELS.get(o.code) || String(o.code);
       const dt = el("dt", "", label);
       const dd = el("dd");
       dd.dataset.code = String(o.code);
       if (Array.isArray(o.val)) {
-        dd.textContent = o.val.length + " samples " + String(o.unit);
+        dd.textContent = o.val.length + " samples, " + String(o.unit);
+        waves.push(o);
       } else {
         const v = el("span", "num", fmt(o.val));
         dd.append(v, " ", el("span", "unit", meas ? meas.unit : String(o.unit)));
@@ -322,12 +327,38 @@
       rows.push(dt, dd);
     }
     k.values.replaceChildren(...rows);
+    drawWave(d, k, waves[0]);
     const when = new Date(Number(r.ts));
     let meta = "#" + r.seq + " · " + (isNaN(when) ? "?" : when.toLocaleString()) + " · via " + String(m.gw);
     if (typeof r.bat === "number") meta += " · battery " + r.bat + " %";
     if (m.fw_below_min === true) meta += " · firmware below the site's minimum";
     k.meta.textContent = meta;
   }
+
+  // drawWave draws a waveform's samples (an ECG strip) over their time.
+  function drawWave(d, k, o) {
+    if (!o || typeof uPlot === "undefined") return;
+    const period = typeof o.period_ms === "number" && o.period_ms > 0 ? o.period_ms / 1000 : 0.004;
+    const ys = o.val.map(Number);
+    const xs = ys.map((_, i) => i * period);
+    if (!k.wave) {
+      k.wave = el("div", "wave");
+      k.wave.setAttribute("aria-hidden", "true");
+      k.box.insertBefore(k.wave, k.meta);
+      k.wavePlot = new uPlot({
+        width: chartWidth(d), height: 110, legend: { show: false }, cursor: { show: false },
+        scales: { x: { time: false } },
+        axes: [{ values: (u, v) => v.map((x) => x + " s") }, {}],
+        series: [{}, { label: String(o.code), stroke: "#cf222e", width: 1.5, points: { show: false } }],
+      }, [xs, ys], k.wave);
+      d.waves = (d.waves || []).concat([k.wavePlot]);
+    } else {
+      k.wavePlot.setData([xs, ys]);
+    }
+  }
+
+  // Labels of codes that take no alert thresholds.
+  const OTHER_LABELS = new Map([["MDC_ECG_ELEC_POTL_II", "ECG lead II"]]);
 
   function fmt(v) {
     return typeof v === "number" ? String(Math.round(v * 100) / 100) : String(v);
@@ -402,7 +433,10 @@
   function chartWidth(d) { return Math.max(200, Math.min(560, d.card.clientWidth - 24)); }
 
   window.addEventListener("resize", () => {
-    for (const d of devices.values()) if (d.plot) d.plot.setSize({ width: chartWidth(d), height: 140 });
+    for (const d of devices.values()) {
+      if (d.plot) d.plot.setSize({ width: chartWidth(d), height: 140 });
+      for (const w of d.waves || []) w.setSize({ width: chartWidth(d), height: 110 });
+    }
   });
 
   // --- gateways and security events ---
