@@ -7,6 +7,8 @@
   const TOKEN_KEY = "vitalgate-token";
   const MAX_MESSAGE = 2 * 65536 + 4096;
   const MAX_POINTS = 240, MAX_EVENTS = 50, MAX_SEEN = 20000;
+  // Bounds on what a stream of messages can make the page hold.
+  const MAX_DEVICES = 1000, MAX_GATEWAYS = 200, MAX_OBS = 64;
   const $ = (id) => document.getElementById(id);
 
   let cfg = null, roots = [], byCode = new Map();
@@ -176,6 +178,7 @@
   function onChain(site, dev, payload) {
     const text = new TextDecoder("utf-8", { fatal: true }).decode(payload);
     const k = Verify.deviceKey(text, dev, roots).then((key) => ({ key }), (e) => ({ err: e.message }));
+    if (!keys.has(site + "/" + dev) && keys.size >= MAX_DEVICES) return;
     keys.set(site + "/" + dev, k);
     const d = devices.get(site + "/" + dev);
     if (d) for (const m of d.latest.values()) check(d, m); // re-check what arrived before the chain
@@ -256,6 +259,7 @@
     seen.add(m.id);
     if (seen.size > MAX_SEEN) seen.delete(seen.values().next().value);
     const d = device(lv[1], lv[2]);
+    if (!d) return;
     if (lv[1] !== m.site || lv[2] !== r.dev || lv[3] !== r.kind || m.id !== r.dev + ":" + r.seq) {
       showRecord(d, m, lv[3]);
       showSig(d, lv[3], "unverified", "the topic or id does not match the record");
@@ -275,6 +279,10 @@
     const key = site + "/" + dev;
     let d = devices.get(key);
     if (d) return d;
+    if (devices.size >= MAX_DEVICES) {
+      setStatus("Showing the first " + MAX_DEVICES + " devices only.");
+      return null;
+    }
     const card = el("article", "device");
     card.tabIndex = 0;
     card.dataset.dev = dev;
@@ -297,6 +305,7 @@
   function showRecord(d, m, kind) {
     let k = d.kindEls.get(kind);
     if (!k) {
+      if (d.kindEls.size >= 8) return; // six kinds exist
       k = { box: el("section", "kind"), values: el("dl", "values"), meta: el("p", "meta"), sig: el("p", "sig") };
       k.box.dataset.kind = kind;
       k.box.append(el("h4", "", kind), k.values, k.meta, k.sig);
@@ -305,7 +314,7 @@
     }
     const r = m.rec;
     const rows = [], waves = [];
-    for (const o of r.obs) {
+    for (const o of r.obs.slice(0, MAX_OBS)) {
       const meas = byCode.get(o.code);
       const label = meas ? meas.label : OTHER_LABELS.get(o.code) || String(o.code);
       const dt = el("dt", "", label);
@@ -446,6 +455,7 @@
     const key = site + "/" + gw;
     let li = gateways.get(key);
     if (!li) {
+      if (gateways.size >= MAX_GATEWAYS) return;
       li = el("li", "gw");
       li.dataset.gw = gw;
       gateways.set(key, li);
