@@ -138,6 +138,7 @@ type record struct {
 	ago             time.Duration // measured this long before now
 	obs             []telemetry.Observation
 	forge           func(a *wire.Accepted)
+	format          wire.Format // "": CBOR
 }
 
 func obs(code, unit string, v float64) telemetry.Observation {
@@ -158,7 +159,7 @@ func (e *env) sendRecord(r record) {
 	if r.forge != nil {
 		r.forge(a)
 	}
-	payload, err := wire.Encode(wire.CBOR, a)
+	payload, err := wire.Encode(r.format, a)
 	if err != nil {
 		e.t.Fatal(err)
 	}

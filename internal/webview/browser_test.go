@@ -86,6 +86,14 @@ func testLive(t *testing.T, e *env) {
 	e.publishChain("site1", "oxi-00002")
 	tb.waitJS(t, "verified once the chain arrived", sigOf("oxi-00002", "spo2")+` === "verified"`)
 
+	// A gateway with format json: the same checks.
+	e.sendRecord(record{site: "site1", dev: "oxi-00002", kind: "temp", seq: 2, format: wire.JSON,
+		obs: []telemetry.Observation{obs("MDC_TEMP_BODY", "Cel", 38.6)}})
+	tb.waitJS(t, "JSON record verified", sigOf("oxi-00002", "temp")+` === "verified"`)
+	if a := tb.text(t, cell("oxi-00002", "MDC_TEMP_BODY")+`.dataset.alert || ""`); a != "high" {
+		t.Errorf("temperature 38.6 alert = %q, want high", a)
+	}
+
 	for i := range 8 {
 		e.sendRecord(record{site: "site1", dev: "oxi-00001", kind: "spo2", seq: uint64(2 + i), ago: time.Duration(8-i) * time.Minute,
 			obs: oximetry(float64(90+i%4), float64(70+3*i))})
