@@ -36,12 +36,6 @@ type Config struct {
 	// Repo is the update repository directory (metadata/, targets/) that
 	// `certs update-init` and `certs firmware` write.
 	Repo string `yaml:"repo"`
-	// Web serves the clinician web view over HTTPS (internal/webview); it
-	// needs WS, which the page connects to. Empty: off.
-	Web string `yaml:"web"`
-	// WebAlerts are the web view's clinical alert thresholds by measurement
-	// (webview.Alerts); measurements not named keep their defaults.
-	WebAlerts webview.Alerts `yaml:"web_alerts"`
 
 	// MaxPacket is the largest MQTT packet accepted, in bytes (above the
 	// 64 KiB payload limit plus headers).
@@ -75,6 +69,13 @@ type Config struct {
 	// LogLevel is the `broker` command's log level: debug, info, warn or
 	// error. (The gateway's embedded broker logs through the gateway.)
 	LogLevel string `yaml:"log_level"`
+
+	// Web serves the clinician web view over HTTPS (internal/webview); it
+	// needs WS, which the page connects to. Empty: off.
+	Web string `yaml:"web"`
+	// WebAlerts are the web view's clinical alert thresholds by measurement
+	// (webview.Alerts); measurements not named keep their defaults.
+	WebAlerts webview.Alerts `yaml:"web_alerts"`
 }
 
 // Default returns a configuration that runs on a laptop: loopback listeners
