@@ -48,7 +48,7 @@ func newEnv(t *testing.T) *env {
 	for _, d := range []struct {
 		id  string
 		alg pki.KeyAlg
-	}{{"oxi-00001", pki.P256}, {"bp-00001", pki.Ed25519}, {"oxi-00002", pki.P256}, {"ecg-00001", pki.P256}} {
+	}{{"oxi-00001", pki.P256}, {"bp-00001", pki.Ed25519}, {"oxi-00002", pki.P256}, {"ecg-00001", pki.P256}, {"bad-00001", pki.P256}} {
 		if err := pki.IssueDevice(dir, d.id, d.alg, 0); err != nil {
 			t.Fatal(err)
 		}

@@ -188,6 +188,26 @@ func testForged(t *testing.T, e *env) {
 		}})
 	tb.waitJS(t, "record 102 shown", cell("oxi-00001", spo2)+`?.textContent.startsWith("96")`)
 	tb.waitJS(t, "another device's signature not verified", sigOf("oxi-00001", "spo2")+` === "unverified"`)
+
+	// A published chain that is another device's certificate.
+	crt, _ := pki.DevicePaths(e.dir, "oxi-00001")
+	other, err := os.ReadFile(crt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.publish("site1", "certs/site1/bad-00001", true, other)
+	e.sendRecord(record{site: "site1", dev: "bad-00001", kind: "spo2", seq: 1, obs: oximetry(97, 60)})
+	tb.waitJS(t, "wrong certificate not verified", sigOf("bad-00001", "spo2")+` === "unverified"`)
+	if d := tb.text(t, `document.querySelector("article.device[data-dev='bad-00001'] .sig").textContent`); !strings.Contains(d, "not the device's") {
+		t.Errorf("detail %q does not say the certificate is another's", d)
+	}
+
+	// Garbage: the page says so and goes on.
+	e.publish("site1", "telemetry/site1/junk-00001/spo2", false, []byte{0xa1, 0x61, 0x76, 0xff, 0x00})
+	e.publish("site1", "certs/site1/junk-00001", true, []byte("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"))
+	tb.waitJS(t, "garbage reported", `document.getElementById("status").textContent.includes("telemetry/site1/junk-00001/spo2 could not be read")`)
+	e.sendRecord(record{site: "site1", dev: "oxi-00001", kind: "spo2", seq: 103, obs: oximetry(92, 73)})
+	tb.waitJS(t, "still live after garbage", cell("oxi-00001", spo2)+`?.textContent.startsWith("92")`)
 }
 
 func testEscaped(t *testing.T, e *env) {
