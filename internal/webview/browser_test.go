@@ -250,6 +250,20 @@ func testOtherSite(t *testing.T, e *env) {
 	if got := tb.text(t, sigOf("oxi-00001", "spo2")); got != "nocert" {
 		t.Errorf("site2's record without a chain on site2: %q, want nocert", got)
 	}
+
+	// Asking for site1 by name with site2's token: the broker refuses.
+	tb2 := e.tab(t)
+	err := chromedp.Do(tb2.ctx, chromedp.SetValue(chromedp.ID("token"), e.token(pki.RoleOperator, time.Hour, "site2")),
+		chromedp.SetValue(chromedp.ID("sites"), "site1"), chromedp.Click(chromedp.CSS(`#signin-form button[type=submit]`)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb2.waitJS(t, "site1 refused", `document.getElementById("status").textContent.includes("Not authorized for certs/site1/#, telemetry/site1/#")`)
+	e.sendRecord(record{site: "site1", dev: "oxi-00001", kind: "spo2", seq: 301, obs: oximetry(90, 81)})
+	e.publish("site1", "gateways/site1/gw1/status", true, []byte("online"))
+	if n := tb2.text(t, `String(document.querySelectorAll("article.device, li.gw").length)`); n != "0" {
+		t.Errorf("a token for site2 asking for site1 sees %s elements of it", n)
+	}
 }
 
 func testSecurityRole(t *testing.T, e *env) {

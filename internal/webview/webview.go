@@ -29,6 +29,7 @@
 package webview
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"embed"
@@ -65,6 +66,13 @@ type Options struct {
 	// Alerts are the clinical thresholds; measurements not named keep
 	// their defaults ([Alerts.Effective]).
 	Alerts Alerts
+	// SitesClaim and RoleClaim name the token claims the page reads the
+	// sites to show and the role from (default "sites" and "role", the
+	// claims of `certs token`; an outside identity provider may use
+	// others). The broker checks the token; the page only reads them. A
+	// sites claim may be an array or a string of names separated by spaces
+	// or commas; without one, the user names the sites at sign-in.
+	SitesClaim, RoleClaim string
 	Log    *slog.Logger
 }
 
@@ -139,6 +147,8 @@ func New(o Options) (*Server, error) {
 type pageConfig struct {
 	V            int           `json:"v"`
 	WSPort       int           `json:"ws_port"`
+	SitesClaim   string        `json:"sites_claim"`
+	RoleClaim    string        `json:"role_claim"`
 	CA           string        `json:"ca"`
 	Measurements []measurement `json:"measurements"`
 }
@@ -153,7 +163,7 @@ type measurement struct {
 
 func configJSON(o Options) ([]byte, error) {
 	eff := o.Alerts.Effective()
-	c := pageConfig{V: 1, WSPort: o.WSPort, CA: string(o.CA)}
+	c := pageConfig{V: 1, WSPort: o.WSPort, CA: string(o.CA), SitesClaim: cmp.Or(o.SitesClaim, "sites"), RoleClaim: cmp.Or(o.RoleClaim, "role")}
 	for _, m := range Measurements {
 		c.Measurements = append(c.Measurements, measurement{Name: m.Name, Codes: m.Codes, Label: m.Label, Unit: m.Unit, Limit: eff[m.Name]})
 	}

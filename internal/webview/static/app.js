@@ -4,7 +4,7 @@
 "use strict";
 
 (() => {
-  const TOKEN_KEY = "vitalgate-token";
+  const TOKEN_KEY = "vitalgate-token", SITES_KEY = "vitalgate-sites";
   const MAX_MESSAGE = 2 * 65536 + 4096;
   const MAX_POINTS = 240, MAX_EVENTS = 50, MAX_SEEN = 20000;
   // Bounds on what a stream of messages can make the page hold.
@@ -22,7 +22,18 @@
     return e;
   }
 
-  function claimsOf(token) {
+  const SITE = /^[A-Za-z0-9._-]{1,64}$/;
+
+  // siteList reads sites from a claim or the form: an array of names, or
+  // names separated by spaces or commas.
+  function siteList(v) {
+    const list = Array.isArray(v) ? v : typeof v === "string" ? v.split(/[\s,]+/).filter((x) => x) : [];
+    return list.every((s) => typeof s === "string" && SITE.test(s)) ? list.slice(0, 64) : [];
+  }
+
+  // claimsOf decodes the token's claims (the broker checks its signature;
+  // the page reads only which sites to show, the role and the expiry).
+  function claimsOf(token, siteField) {
     const parts = token.split(".");
     if (parts.length !== 3) throw new Error("this is not an app token (a JWT has three parts)");
     const b64 = parts[1].replace(/-/g, "+").replace(/_/g, "/");
@@ -32,11 +43,14 @@
     } catch (e) {
       throw new Error("this is not an app token (its claims do not decode)");
     }
-    if (!Array.isArray(c.sites) || c.sites.length === 0 || !c.sites.every((s) => typeof s === "string" && /^[A-Za-z0-9._-]{1,64}$/.test(s))) {
-      throw new Error("the token names no sites");
+    if (c === null || typeof c !== "object") throw new Error("this is not an app token");
+    const sites = siteField ? siteList(siteField) : siteList(c[cfg.sites_claim]);
+    if (sites.length === 0) {
+      throw new Error(siteField ? "the sites are not site names" : "the token names no sites: enter the sites to show");
     }
     if (typeof c.exp !== "number") throw new Error("the token has no expiry");
-    return c;
+    const role = c[cfg.role_claim];
+    return { sub: String(c.sub || "app"), role: typeof role === "string" && role ? role : "clinician", exp: c.exp, sites };
   }
 
   async function loadConfig() {
@@ -57,6 +71,7 @@
     $("signin").hidden = false;
     $("signin-msg").textContent = msg || "";
     $("token").value = "";
+    $("sites").value = "";
     $("token").focus();
   }
 
@@ -65,6 +80,7 @@
     if (client) { client.end(true); client = null; }
     clearTimeout(expiryTimer);
     sessionStorage.removeItem(TOKEN_KEY);
+    sessionStorage.removeItem(SITES_KEY);
     for (const d of devices.values()) {
       if (d.plot) d.plot.destroy();
       for (const w of d.waves || []) w.destroy();
@@ -74,10 +90,11 @@
     showSignIn(msg);
   }
 
-  async function signIn(token) {
+  async function signIn(token, siteField) {
     let c;
     try {
-      c = claimsOf(token);
+      await loadConfig();
+      c = claimsOf(token, siteField);
     } catch (e) {
       signOut("Sign-in failed: " + e.message + ".");
       return;
@@ -87,17 +104,12 @@
       signOut("That token has expired: ask for a new one.");
       return;
     }
-    try {
-      await loadConfig();
-    } catch (e) {
-      signOut("Sign-in failed: " + e.message + ".");
-      return;
-    }
     sessionStorage.setItem(TOKEN_KEY, token);
+    sessionStorage.setItem(SITES_KEY, siteField || "");
     $("signin").hidden = true;
     $("dash").hidden = false;
     $("signout").hidden = false;
-    $("who").textContent = (c.sub || "app") + " · " + (c.role || "clinician") + " · " + c.sites.join(", ");
+    $("who").textContent = c.sub + " · " + c.role + " · " + c.sites.join(", ");
     $("sec-note").textContent = "";
     expiryTimer = setTimeout(() => signOut("Your token expired: sign in with a new one."), Math.min(left, 2147483647));
     connect(token, c.sites);
@@ -142,18 +154,20 @@
 
   function subscribe(sites, live) {
     // The chains first, so that they come before the records they check.
+    // The SUBACKs come back in order: security's, the last, sees the rest.
     const kinds = ["certs", "telemetry", "gateways", "security"];
+    const refusedAll = [];
     for (const kind of kinds) {
       const filters = sites.map((s) => kind === "gateways" ? "gateways/" + s + "/+/status" : kind + "/" + s + "/#");
       client.subscribe(filters, { qos: 1 }, (err, granted) => {
         if (!live()) return;
         const refused = err ? filters : (granted || []).filter((g) => g.qos >= 128).map((g) => g.topic);
-        if (refused.length === 0) return;
-        if (kind === "security") {
+        if (kind === "security" && refused.length > 0 && refusedAll.length === 0) {
           $("sec-note").textContent = "Security events: operators only.";
-        } else {
-          setStatus("Not authorized for " + refused.join(", ") + ".");
+          return;
         }
+        refusedAll.push(...refused);
+        if (refusedAll.length > 0) setStatus("Not authorized for " + refusedAll.join(", ") + ".");
       });
     }
   }
@@ -486,10 +500,10 @@
   document.addEventListener("DOMContentLoaded", () => {
     $("signin-form").addEventListener("submit", (ev) => {
       ev.preventDefault();
-      signIn($("token").value.trim());
+      signIn($("token").value.trim(), $("sites").value.trim());
     });
     $("signout").addEventListener("click", () => signOut("Signed out."));
     const t = sessionStorage.getItem(TOKEN_KEY);
-    if (t) signIn(t); else showSignIn("");
+    if (t) signIn(t, sessionStorage.getItem(SITES_KEY) || ""); else showSignIn("");
   });
 })();
