@@ -73,7 +73,7 @@ type Options struct {
 	// sites claim may be an array or a string of names separated by spaces
 	// or commas; without one, the user names the sites at sign-in.
 	SitesClaim, RoleClaim string
-	Log    *slog.Logger
+	Log                   *slog.Logger
 }
 
 // Server is the web view's HTTPS server. Create it with [New], run it with
