@@ -111,8 +111,19 @@
     $("signout").hidden = false;
     $("who").textContent = c.sub + " · " + c.role + " · " + c.sites.join(", ");
     $("sec-note").textContent = "";
-    expiryTimer = setTimeout(() => signOut("Your token expired: sign in with a new one."), Math.min(left, 2147483647));
+    armExpiry(c.exp);
     connect(token, c.sites);
+  }
+
+  // armExpiry signs out at exp (Unix seconds); a timer runs at most about
+  // 24 days, so a longer wait is taken in steps.
+  function armExpiry(exp) {
+    const left = exp * 1000 - Date.now();
+    if (left <= 0) {
+      signOut("Your token expired: sign in with a new one.");
+      return;
+    }
+    expiryTimer = setTimeout(() => armExpiry(exp), Math.min(left, 2147483647));
   }
 
   // --- MQTT ---
