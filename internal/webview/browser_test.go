@@ -1,6 +1,8 @@
 package webview_test
 
 import (
+	"encoding/base64"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -47,6 +49,7 @@ func TestBrowser(t *testing.T) {
 	t.Run("an expired token goes back to sign-in", func(t *testing.T) { testExpired(t, e) })
 	t.Run("a refused token goes back to sign-in", func(t *testing.T) { testRefused(t, e) })
 	t.Run("keyboard and phone", func(t *testing.T) { testKeyboardPhone(t, e) })
+	t.Run("a revoked token goes back to sign-in", func(t *testing.T) { testRevoked(t, e) })
 }
 
 func testLive(t *testing.T, e *env) {
@@ -368,4 +371,25 @@ func testKeyboardPhone(t *testing.T, e *env) {
 		t.Fatal(err)
 	}
 	tb.waitJS(t, "signed out with the keyboard", `!document.getElementById("signin").hidden && document.activeElement.id === "token"`)
+}
+
+// testRevoked: the broker ends the session of a token revoked while it is
+// signed in (DISCONNECT "not authorized"), and the page returns to sign-in.
+func testRevoked(t *testing.T, e *env) {
+	tok := e.token(pki.RoleClinician, time.Hour, "site1")
+	var claims struct {
+		ID string `json:"jti"`
+	}
+	parts := strings.Split(tok, ".")
+	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil || json.Unmarshal(payload, &claims) != nil || claims.ID == "" {
+		t.Fatalf("token claims: %v", err)
+	}
+	tb := e.tab(t)
+	tb.signIn(t, tok)
+	tb.waitJS(t, "connected", `document.getElementById("status").textContent === "Connected."`)
+	if err := pki.RevokeToken(e.dir, claims.ID); err != nil {
+		t.Fatal(err)
+	}
+	tb.waitJS(t, "back at sign-in", `!document.getElementById("signin").hidden && document.getElementById("signin-msg").textContent.includes("revoked")`)
 }
