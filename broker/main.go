@@ -3,7 +3,7 @@
 // development PKI on first start when the default ./pki has no ca.crt (any
 // other --pki directory only with --dev-pki).
 //
-//	broker [--pki DIR] [--listen ADDR] [--apps ADDR] [--ws ADDR] [--data DIR] [--http ADDR] [--updates ADDR --repo DIR] [--config FILE] [--check-config]
+//	broker [--pki DIR] [--listen ADDR] [--apps ADDR] [--ws ADDR] [--data DIR] [--http ADDR] [--updates ADDR --repo DIR] [--web ADDR] [--config FILE] [--check-config]
 //	broker --version
 //	broker watch --pki DIR --token JWT --site S [--url ssl://127.0.0.1:8884]
 //	broker watch --ca ca.crt --token JWT --site S [--url ssl://127.0.0.1:8884]
@@ -77,6 +77,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&cfg.Data, "data", cfg.Data, "directory of the persistent store (empty: nothing survives a restart)")
 	fs.StringVar(&cfg.HTTP, "http", cfg.HTTP, "/metrics, /healthz, /readyz listener (empty: off)")
 	fs.StringVar(&cfg.Updates, "updates", cfg.Updates, "update repository HTTPS listener for gateways, mutual TLS (empty: off)")
+	fs.StringVar(&cfg.Web, "web", cfg.Web, "clinician web view HTTPS listener, needs --ws (empty: off)")
 	fs.StringVar(&cfg.Repo, "repo", cfg.Repo, "update repository `directory` (metadata/, targets/) served on --updates")
 	config := fs.String("config", "", "YAML config file (flags override it)")
 	check := fs.Bool("check-config", false, "validate the configuration and PKI files, then exit")

@@ -165,6 +165,20 @@ func TestCheckConfig(t *testing.T) {
 		!strings.Contains(err.Error(), `unknown key "nosuchkey" (valid keys: pki, listen, apps, ws, data, http, updates, repo, max_packet,`) {
 		t.Fatalf("unknown config key: %v, want it named with the valid keys", err)
 	}
+	// The web view: web needs ws; web_alerts names known measurements.
+	if err := os.WriteFile(cfgFile, []byte("web: 127.0.0.1:0\nws: \"\"\nweb_alerts:\n  spo2: {low: 90}\n  sp02: {low: 90}\n  pulse: {low: 130, high: 120}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err = run(context.Background(), []string{"--pki", dir, "--config", cfgFile, "--check-config"}, &out, &syncBuf{})
+	for _, want := range []string{"web: needs ws", "web_alerts.sp02: unknown measurement", "web_alerts.pulse: low 130 is not below high 120"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("bad web view config: %v, want %q", err, want)
+		}
+	}
+	if err := run(context.Background(), []string{"--pki", dir, "--config", cfgFile, "--web", "", "--check-config"}, &out, &syncBuf{}); err == nil ||
+		strings.Contains(err.Error(), "web: needs ws") {
+		t.Errorf("--web \"\" over the file: %v, want only the web_alerts errors", err)
+	}
 }
 
 func TestWatchPrintsVerifiedVitals(t *testing.T) {

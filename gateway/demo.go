@@ -83,6 +83,9 @@ func summary(out io.Writer, r *demo.Result) {
 	fmt.Fprintf(out, "PKI:          %s\n", r.PKI)
 	fmt.Fprintf(out, "data:         %s (queue.db, audit.log, cloud/)\n", r.Data)
 	fmt.Fprintf(out, "gateway log:  %s\n", r.Log)
+	if r.WebToken != "" {
+		fmt.Fprintf(out, "web view:     token in %s (trust %s/ca.crt)\n", r.WebToken, r.PKI)
+	}
 	if r.AuditErr != nil {
 		fmt.Fprintf(out, "audit log:    %v\n", r.AuditErr)
 	} else {

@@ -38,6 +38,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -52,6 +53,7 @@ import (
 	"github.com/vitalgate/vitalgate/internal/listen"
 	"github.com/vitalgate/vitalgate/internal/mqttlog"
 	"github.com/vitalgate/vitalgate/internal/pki"
+	"github.com/vitalgate/vitalgate/internal/webview"
 )
 
 // Broker is the cloud broker. Create it with [New], run it with
@@ -80,6 +82,7 @@ type Broker struct {
 	exporterWatcher *Watcher
 	stopExporter    context.CancelFunc
 	exporterWG      sync.WaitGroup
+	web             *webview.Server // nil without Config.Web
 
 	started   atomic.Bool
 	ready     atomic.Bool
@@ -175,6 +178,9 @@ func (b *Broker) start() error {
 		if b.updatesLn != nil {
 			_ = b.updatesLn.Close()
 		}
+		if b.web != nil {
+			_ = b.web.Close()
+		}
 		return err
 	}
 	if err := b.srv.AddHook(b.hook, nil); err != nil {
@@ -199,7 +205,7 @@ func (b *Broker) start() error {
 	b.goroutine(b.revocationLoop)
 	b.ready.Store(true)
 	b.log.Info("cloud broker started", "gateways", b.GatewayAddr(), "apps", b.AppsAddr(), "ws", b.WSAddr(),
-		"http", b.HTTPAddr(), "updates", b.UpdatesAddr(), "data", b.cfg.Data)
+		"http", b.HTTPAddr(), "updates", b.UpdatesAddr(), "web", b.WebAddr(), "data", b.cfg.Data)
 	return nil
 }
 
@@ -283,7 +289,49 @@ func (b *Broker) bind() error {
 		}
 		b.httpLn = ln
 	}
-	return b.bindUpdates()
+	if err := b.bindUpdates(); err != nil {
+		return err
+	}
+	return b.startWeb()
+}
+
+// startWeb starts the clinician web view (Config.Web) with the apps' TLS
+// identity; its page connects to the WebSocket listener, bound before it.
+func (b *Broker) startWeb() error {
+	if b.cfg.Web == "" {
+		return nil
+	}
+	_, port, err := net.SplitHostPort(b.WSAddr())
+	if err != nil {
+		return fmt.Errorf("web view: websocket address %q: %w", b.WSAddr(), err)
+	}
+	wsPort, err := strconv.Atoi(port)
+	if err != nil {
+		return fmt.Errorf("web view: websocket port %q: %w", port, err)
+	}
+	ca, err := os.ReadFile(filepath.Join(b.cfg.PKI, pki.FileCA))
+	if err != nil {
+		return fmt.Errorf("web view: %w", err)
+	}
+	w, err := webview.New(webview.Options{Addr: b.cfg.Web, TLS: b.appTLS, WSPort: wsPort, CA: ca,
+		Alerts: b.cfg.WebAlerts, Log: b.log.With("component", "webview")})
+	if err != nil {
+		return err
+	}
+	if err := w.Start(); err != nil {
+		return err
+	}
+	b.web = w
+	return nil
+}
+
+// WebAddr is the bound address of the clinician web view ("" when off);
+// browsers open https://WebAddr/.
+func (b *Broker) WebAddr() string {
+	if b.web != nil {
+		return b.web.Addr()
+	}
+	return b.cfg.Web
 }
 
 // serveHTTP serves /metrics, /healthz and /readyz on the bound HTTP
@@ -398,6 +446,9 @@ func (b *Broker) Close() error {
 				_ = s.Shutdown(ctx)
 				cancel()
 			}
+		}
+		if b.web != nil {
+			_ = b.web.Close()
 		}
 		if b.repo != nil {
 			_ = b.repo.root.Close()

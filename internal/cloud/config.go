@@ -10,6 +10,7 @@ import (
 	"github.com/vitalgate/vitalgate/internal/fhirexport"
 	"github.com/vitalgate/vitalgate/internal/oidc"
 	"github.com/vitalgate/vitalgate/internal/pki"
+	"github.com/vitalgate/vitalgate/internal/webview"
 )
 
 // Config is the cloud broker's configuration: the YAML file of `broker
@@ -77,6 +78,13 @@ type Config struct {
 	// FHIR is the broker's FHIR exporter (docs/clinicians.md#fhir): off
 	// unless enabled.
 	FHIR fhirexport.Config `yaml:"fhir"`
+
+	// Web serves the clinician web view over HTTPS (internal/webview); it
+	// needs WS, which the page connects to. Empty: off.
+	Web string `yaml:"web"`
+	// WebAlerts are the web view's clinical alert thresholds by measurement
+	// (webview.Alerts); measurements not named keep their defaults.
+	WebAlerts webview.Alerts `yaml:"web_alerts"`
 }
 
 // Default returns a configuration that runs on a laptop: loopback listeners
@@ -140,6 +148,13 @@ func (c Config) Validate() error {
 	checkAddr("ws", c.WS, false)
 	checkAddr("http", c.HTTP, false)
 	checkAddr("updates", c.Updates, false)
+	checkAddr("web", c.Web, false)
+	if c.Web != "" && c.WS == "" {
+		bad("web", "needs ws (the web view's page connects to it)")
+	}
+	if err := c.WebAlerts.Validate(); err != nil {
+		errs = append(errs, err)
+	}
 	if c.Updates != "" && c.Repo == "" {
 		bad("repo", "required with updates")
 	}

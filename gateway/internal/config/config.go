@@ -69,10 +69,12 @@ type Config struct {
 
 // Embedded configures the cloud broker the gateway starts in-process when no
 // cloud URL is given: where clinicians' apps connect (JWT over TLS, and
-// WebSocket). Empty addresses turn a listener off.
+// WebSocket), and the clinician web view (HTTPS; it needs WS). Empty
+// addresses turn a listener off.
 type Embedded struct {
 	Apps string `yaml:"apps"`
 	WS   string `yaml:"ws"`
+	Web  string `yaml:"web"`
 }
 
 // Anomaly configures the behaviour baselines: per device, messages per

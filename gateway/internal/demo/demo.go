@@ -77,6 +77,8 @@ type Result struct {
 	DeviceAddr          string // the gateway's device listener
 	HTTPSAddr           string // the gateway's HTTPS listener: enrolment, firmware downloads
 	AppsAddr            string // the embedded cloud broker's apps listener
+	WebAddr             string // the clinician web view (https://WebAddr/)
+	WebToken            string // the file holding an operator's token for the web view
 	HTTPAddr            string // /metrics, /healthz, /readyz
 	Final               view.Snapshot
 	Fleet               fleet.Stats   // the patients' fleet, last progress
@@ -323,7 +325,7 @@ func startGateway(res *Result, repoURL string, log *slog.Logger) (*server.Gatewa
 	cfg := config.Default()
 	cfg.PKI, cfg.Data, cfg.Updates.URL = res.PKI, res.Data, repoURL
 	cfg.Listen, cfg.HTTP, cfg.HTTPS = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
-	cfg.Embedded = config.Embedded{Apps: "127.0.0.1:0"}
+	cfg.Embedded = config.Embedded{Apps: "127.0.0.1:0", WS: "127.0.0.1:0", Web: "127.0.0.1:0"}
 	gw, err := server.New(cfg, log)
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
@@ -333,7 +335,30 @@ func startGateway(res *Result, repoURL string, log *slog.Logger) (*server.Gatewa
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
 	res.DeviceAddr, res.AppsAddr, res.HTTPAddr, res.HTTPSAddr = gw.DeviceAddr(), gw.Cloud().AppsAddr(), gw.HTTPAddr(), gw.HTTPSAddr()
+	res.WebAddr = gw.Cloud().WebAddr()
+	if err := writeWebToken(res, gw.Site()); err != nil {
+		gw.Close()
+		return nil, err
+	}
 	return gw, nil
+}
+
+// WebTokenFile is the name, in the demo directory, of the web view's token.
+const WebTokenFile = "webview.token"
+
+// writeWebToken mints an operator's token for the site (so the web view
+// shows the security events too), valid for a day, into DIR/webview.token,
+// readable by its owner only.
+func writeWebToken(res *Result, site string) error {
+	tok, err := pki.MintRoleToken(res.PKI, "demo-web", pki.RoleOperator, []string{site}, 24*time.Hour)
+	if err != nil {
+		return fmt.Errorf("web view token: %w", err)
+	}
+	res.WebToken = filepath.Join(res.Dir, WebTokenFile)
+	if err := os.WriteFile(res.WebToken, []byte(tok+"\n"), 0o600); err != nil {
+		return fmt.Errorf("web view token: %w", err)
+	}
+	return nil
 }
 
 // fleetState is what the fleet's goroutines report while the demo runs: the
@@ -416,6 +441,7 @@ func header(res *Result, st *fleetState, attackers int, terminal, final bool) []
 	st.mu.Unlock()
 	hdr := []string{
 		fmt.Sprintf("VitalGate demo  devices mTLS %s  cloud apps %s  metrics http://%s/metrics", res.DeviceAddr, res.AppsAddr, res.HTTPAddr),
+		fmt.Sprintf("web view https://%s/  (trust %s; token in %s)", res.WebAddr, filepath.Join(res.PKI, pki.FileCA), res.WebToken),
 		fmt.Sprintf("fleet: %s", stats.String()),
 	}
 	if len(att) > 0 {

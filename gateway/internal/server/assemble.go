@@ -325,6 +325,7 @@ func connCap(configured int, log *slog.Logger) int {
 func embeddedCloud(cfg config.Config) cloud.Config {
 	cc := cloud.Default()
 	cc.PKI, cc.Listen, cc.Apps, cc.WS, cc.HTTP = cfg.PKI, "127.0.0.1:0", cfg.Embedded.Apps, cfg.Embedded.WS, ""
+	cc.Web = cfg.Embedded.Web
 	cc.Data = filepath.Join(cfg.Data, CloudDir)
 	if tuneEmbeddedCloud != nil {
 		tuneEmbeddedCloud(&cc)
