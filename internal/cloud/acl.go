@@ -162,8 +162,8 @@ var prefixes = map[string]bool{"telemetry": true, "security": true, "gateways": 
 	"jobs": true, "inventory": true}
 
 // Top-level topic prefixes each role reads (docs/apps.md#roles): a clinician
-// (and the broker's FHIR exporter) the patients' data and what it takes to
-// trust it; an operator also the security events, rollouts and inventory.
+// the patients' data and what it takes to trust it; an operator also the
+// security events, rollouts and inventory.
 var (
 	clinicianReads = map[string]bool{"telemetry": true, "fhir": true, "gateways": true, "certs": true}
 	operatorReads  = map[string]bool{"telemetry": true, "fhir": true, "gateways": true, "certs": true,
@@ -174,7 +174,7 @@ var (
 // nothing.
 func roleReads(role string) map[string]bool {
 	switch role {
-	case pki.RoleClinician, pki.RoleExporter:
+	case pki.RoleClinician:
 		return clinicianReads
 	case pki.RoleOperator:
 		return operatorReads
@@ -234,24 +234,14 @@ func gatewayMayRead(id *identity, topic string) bool {
 
 // appMayPublish: an operator (token role pki.RoleOperator, while the token
 // is valid) publishes a rollout job, retained or not, on jobs/{site}/{job}
-// of a site of its token, the job ID in the alphabet of device IDs; the
-// broker's FHIR exporter (pki.RoleExporter, never from a token) publishes on
-// fhir/{site}/{device} of its sites. Other apps publish nothing.
+// of a site of its token, the job ID in the alphabet of device IDs. Other
+// apps publish nothing.
 func appMayPublish(id *identity, topic string, now time.Time) bool {
-	if !now.Before(id.exp) || !topicBounded(topic) {
+	if id.role != pki.RoleOperator || !now.Before(id.exp) || !topicBounded(topic) {
 		return false
 	}
 	lv := strings.Split(topic, "/")
-	if len(lv) != 3 || !id.sites[lv[1]] || !pki.ValidDeviceID(lv[2]) {
-		return false
-	}
-	switch id.role {
-	case pki.RoleOperator:
-		return lv[0] == "jobs"
-	case pki.RoleExporter:
-		return lv[0] == "fhir"
-	}
-	return false
+	return len(lv) == 3 && lv[0] == "jobs" && id.sites[lv[1]] && pki.ValidDeviceID(lv[2])
 }
 
 // appMayRead: a filter or topic under a prefix the app's role reads

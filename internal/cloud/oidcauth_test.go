@@ -76,6 +76,10 @@ func TestOIDCApps(t *testing.T) {
 		t.Errorf("OIDC operator subscribe security/: code %#x err %v", code, err)
 	}
 
+	// Local tokens keep working beside the provider's.
+	if code := connackOf(t, b, dir, "local-app", mintRole(t, dir, "local-app", pki.RoleOperator, "site1")); code != 0 {
+		t.Errorf("local token on a broker with a provider: CONNACK %#x", code)
+	}
 	// A local token with the provider's subject is another principal.
 	if code := connackOf(t, b, dir, "nurse-tablet", mintRole(t, dir, "nurse", "", "site1")); code != packets.ErrBadUsernameOrPassword.Code {
 		t.Errorf("local token of sub nurse took the OIDC nurse's client ID: CONNACK %#x", code)

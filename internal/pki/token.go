@@ -31,7 +31,7 @@ type TokenClaims struct {
 // inventory, and publishes rollout jobs (jobs/{site}/{job}). A token without
 // a role is a clinician's.
 //
-// [RoleExporter] is the broker's own FHIR exporter, which publishes on
+// [RoleExporter] names the broker's own FHIR exporter, which publishes on
 // fhir/{site}/{device}: no token carries it ([ValidRole] refuses it), so no
 // app can speak for the exporter.
 const (
