@@ -314,7 +314,10 @@ func (b *Broker) startWeb() error {
 		return fmt.Errorf("web view: %w", err)
 	}
 	w, err := webview.New(webview.Options{Addr: b.cfg.Web, TLS: b.appTLS, WSPort: wsPort, CA: ca,
-		Alerts: b.cfg.WebAlerts, Log: b.log.With("component", "webview")})
+		Alerts: b.cfg.WebAlerts, Log: b.log.With("component", "webview"),
+		// The page reads the outside provider's claims as the broker does;
+		// the app-token key's tokens use the default names, its fallback.
+		SitesClaim: b.cfg.OIDC.SitesClaim, RoleClaim: b.cfg.OIDC.RoleClaim})
 	if err != nil {
 		return err
 	}

@@ -44,13 +44,27 @@
       throw new Error("this is not an app token (its claims do not decode)");
     }
     if (c === null || typeof c !== "object") throw new Error("this is not an app token");
-    const sites = siteField ? siteList(siteField) : siteList(c[cfg.sites_claim]);
+    const sites = siteField ? siteList(siteField) : siteList(claimAt(c, cfg.sites_claim) ?? c.sites);
     if (sites.length === 0) {
       throw new Error(siteField ? "the sites are not site names" : "the token names no sites: enter the sites to show");
     }
     if (typeof c.exp !== "number") throw new Error("the token has no expiry");
-    const role = c[cfg.role_claim];
+    let role = claimAt(c, cfg.role_claim) ?? c.role;
+    if (Array.isArray(role)) role = role.includes("operator") ? "operator" : "clinician";
     return { sub: String(c.sub || "app"), role: typeof role === "string" && role ? role : "clinician", exp: c.exp, sites };
+  }
+
+  // claimAt reads a claim by name, or, when no claim has that name and it
+  // has dots, by its path into nested objects (an identity provider's
+  // realm_access.roles), as the broker does.
+  function claimAt(c, name) {
+    if (Object.prototype.hasOwnProperty.call(c, name)) return c[name];
+    let v = c;
+    for (const k of name.split(".")) {
+      if (v === null || typeof v !== "object" || !Object.prototype.hasOwnProperty.call(v, k)) return undefined;
+      v = v[k];
+    }
+    return v;
   }
 
   async function loadConfig() {
