@@ -67,6 +67,10 @@ var commands = []command{
 		"create the update-signing key pair, the TUF role keys, tuf-root.json and the update repository", setupUpdateInit},
 	{"firmware", "--dir DIR --repo REPO --image FILE --model M --version V --seq N [--vendor NAME] [--days 90] [--min-battery N] [--targets id1,id2]",
 		"sign a firmware manifest and publish image and manifest in the update repository", setupFirmware},
+	{"release-key", "--dir DIR", "create the release signing key pair: DIR/release.key (keep it offline) and DIR/release.pub (publish it)", setupReleaseKey},
+	{"sign-release", "--key release.key --file SHA256SUMS", "sign a release's checksum file (writes FILE.sig)", setupSignRelease},
+	{"verify-release", "--pub release.pub --file SHA256SUMS [--ignore-missing]",
+		"check FILE.sig with the release key, then every file FILE lists against its SHA-256", setupVerifyRelease},
 	{"update-refresh", "--dir DIR --repo REPO",
 		"re-sign the update repository's snapshot and timestamp (the timestamp expires after a day)", setupUpdateRefresh},
 }

@@ -48,7 +48,7 @@ func TestCLI(t *testing.T) {
 	}{
 		{"no command", nil, 2, "", "*"},
 		{"help", []string{"--help"}, 0, "Commands:", ""},
-		{"unknown command", []string{"frobnicate"}, 2, "", `certs: unknown command "frobnicate" (want init, device, devices, revoke, factory, manufacturer, renew-issuing, token, gateway, update-init, firmware, update-refresh; see certs --help)`},
+		{"unknown command", []string{"frobnicate"}, 2, "", `certs: unknown command "frobnicate" (want init, device, devices, revoke, factory, manufacturer, renew-issuing, token, gateway, update-init, firmware, release-key, sign-release, verify-release, update-refresh; see certs --help)`},
 		{"init help", []string{"init", "--help"}, 0, "--force", ""},
 		{"init help placeholder", []string{"init", "--help"}, 0, "-dir directory\n    \tPKI directory to write\n", ""},
 		{"device help", []string{"device", "-h"}, 0, "-days", ""},
@@ -323,5 +323,33 @@ func TestVersion(t *testing.T) {
 	code, out, errOut := certs(t, "--version")
 	if code != 0 || !strings.HasPrefix(out, "certs ") || !strings.Contains(out, " commit ") || !strings.Contains(out, runtime.Version()) {
 		t.Fatalf("certs --version: %d\n%s\n%s", code, out, errOut)
+	}
+}
+
+// The release commands: a key, a signed checksum file, verified; a changed
+// file is refused.
+func TestReleaseCommands(t *testing.T) {
+	keys, rel := t.TempDir(), t.TempDir()
+	if code, out, errOut := certs(t, "release-key", "--dir", keys); code != 0 || !strings.Contains(out, "release.pub") {
+		t.Fatalf("release-key: %d %s %s", code, out, errOut)
+	}
+	os.WriteFile(filepath.Join(rel, "gateway-linux-amd64"), []byte("bin"), 0o755)
+	sums := filepath.Join(rel, "SHA256SUMS")
+	os.WriteFile(sums, []byte("5e2e35ef8b1b5d5c8f0b6e3c0b5b1c5ad0e0c1f3b44cd4ae1d2a0e6b46b6e0e6  gateway-linux-amd64\n"), 0o644)
+	if code, out, errOut := certs(t, "sign-release", "--key", filepath.Join(keys, "release.key"), "--file", sums); code != 0 {
+		t.Fatalf("sign-release: %d %s %s", code, out, errOut)
+	}
+	code, _, errOut := certs(t, "verify-release", "--pub", filepath.Join(keys, "release.pub"), "--file", sums)
+	if code != 1 || !strings.Contains(errOut, "gateway-linux-amd64: SHA-256") {
+		t.Fatalf("verify-release of a wrong checksum: %d %s", code, errOut)
+	}
+	os.WriteFile(sums, []byte("51a1f05af85e342e3c849b47d387086476282d5f50dc240c19216d6edfb1eb5a  gateway-linux-amd64\n"), 0o644)
+	if code, _, errOut := certs(t, "verify-release", "--pub", filepath.Join(keys, "release.pub"), "--file", sums); code != 1 || !strings.Contains(errOut, "signature does not verify") {
+		t.Fatalf("verify-release of a checksum file changed after signing: %d %s", code, errOut)
+	}
+	certs(t, "sign-release", "--key", filepath.Join(keys, "release.key"), "--file", sums)
+	if code, out, errOut := certs(t, "verify-release", "--pub", filepath.Join(keys, "release.pub"), "--file", sums); code != 0 ||
+		!strings.Contains(out, "gateway-linux-amd64: OK") || !strings.Contains(out, "signature good, 1 files checked") {
+		t.Fatalf("verify-release: %d %s %s", code, out, errOut)
 	}
 }

@@ -5,6 +5,7 @@
 //	gateway [--config FILE] [--pki DIR] [--listen ADDR] [--cloud URL,...] [--data DIR] [--http ADDR] [--https ADDR] [--site S] [--id ID]
 //	gateway --check-config [flags]
 //	gateway --version
+//	gateway healthcheck [--config FILE] [--http ADDR]
 //	gateway audit [--config FILE] [--pki DIR] [--json]
 //	gateway audit verify [--data DIR | --file FILE]
 //	gateway devices [--config FILE] [--data DIR] [--json]
@@ -49,6 +50,8 @@ func main() {
 		err = devicesCmd(args[1:], os.Stdout)
 	case len(args) > 0 && args[0] == "replay":
 		err = replayCmd(args[1:], os.Stdout)
+	case len(args) > 0 && args[0] == "healthcheck":
+		err = healthCmd(args[1:], os.Stdout)
 	case len(args) > 0 && args[0] == "demo":
 		err = demoCmd(args[1:])
 	default:
@@ -77,6 +80,8 @@ func parseConfig(args []string) (config.Config, bool, error) {
 			"       gateway audit verify [flags]  check the audit log's hash chain\n"+
 			"       gateway devices [flags]       the device inventory: model, firmware, certificate, last seen, verdicts\n"+
 			"       gateway replay reset [flags]  forget one device's last seq (stopped gateway)\n"+
+			"       gateway healthcheck [flags]   exit 0 if the running gateway's /readyz says ready\n"+
+			"       gateway --version             version, commit, Go version and modules\n"+
 			"       gateway demo [flags]          broker, gateway, fleet and a clinician view in one process\n"+
 			"       gateway demo sign [flags]     write one signed record of a simulated device to stdout\n\nflags:")
 		fs.PrintDefaults()

@@ -3,10 +3,13 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/vitalgate/vitalgate/gateway/internal/audit"
@@ -246,5 +249,36 @@ func TestVersion(t *testing.T) {
 	if code != 0 || !strings.HasPrefix(out, "gateway ") || !strings.Contains(out, " commit ") || !strings.Contains(out, runtime.Version()) ||
 		!strings.Contains(out, "github.com/mochi-mqtt/server/v2 v") {
 		t.Fatalf("gateway --version: %d\n%s\n%s", code, out, errOut)
+	}
+}
+
+// healthcheck is the container's HEALTHCHECK: exit 0 on a ready /readyz,
+// 1 with the reasons on a 503, 1 when nothing answers.
+func TestHealthcheck(t *testing.T) {
+	var notReady atomic.Bool
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/readyz" {
+			http.NotFound(w, r)
+			return
+		}
+		if notReady.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			w.Write([]byte(`{"ready":false,"reasons":["queue: full"]}`))
+			return
+		}
+		w.Write([]byte(`{"ready":true}`))
+	}))
+	defer srv.Close()
+	addr := strings.TrimPrefix(srv.URL, "http://")
+	if code, out, errOut := runMain(t, "healthcheck", "--http", addr); code != 0 || !strings.Contains(out, "ready") {
+		t.Fatalf("ready: %d %q %q", code, out, errOut)
+	}
+	notReady.Store(true)
+	if code, _, errOut := runMain(t, "healthcheck", "--http", addr); code != 1 || !strings.Contains(errOut, "not ready (503 Service Unavailable)") || !strings.Contains(errOut, "queue: full") {
+		t.Fatalf("not ready: %d %q", code, errOut)
+	}
+	srv.Close()
+	if code, _, errOut := runMain(t, "healthcheck", "--http", addr, "--timeout", "2s"); code != 1 || !strings.Contains(errOut, "healthcheck:") {
+		t.Fatalf("nothing listening: %d %q", code, errOut)
 	}
 }
