@@ -71,10 +71,15 @@ func scenarioEnv(t *testing.T) (*gw, sim.Options) {
 	if err := pki.Init(e.pki, pki.InitOptions{Site: "site1", GatewayID: "gw1"}); err != nil {
 		t.Fatal(err)
 	}
+	// renewal.yaml's factory identities (certs factory --prefix renew --count 4).
+	if _, err := pki.IssueFactory(e.pki, pki.FactoryOptions{Count: 4, Prefix: "renew"}); err != nil {
+		t.Fatal(err)
+	}
 	cl := startCloud(t, e)
 	c := config.Default()
 	c.PKI, c.Listen, c.HTTP, c.HTTPS, c.Data = e.pki, "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", t.TempDir()
 	c.Cloud = []string{"ssl://" + e.gwAddr}
+	c.Enroll.Validity = time.Minute // renewal.yaml: every enrolled device renews within its phase
 	g, err := server.New(c, quiet())
 	if err != nil {
 		t.Fatal(err)
@@ -90,7 +95,7 @@ func scenarioEnv(t *testing.T) (*gw, sim.Options) {
 		t.Fatal(err)
 	}
 	opts := sim.Options{
-		Gateway: g.DeviceAddr(), PKI: e.pki, HTTPS: g.HTTPSAddr(),
+		Gateway: g.DeviceAddr(), PKI: e.pki, HTTPS: g.HTTPSAddr(), EST: "https://" + g.HTTPSAddr(),
 		Cloud: &sim.Cloud{URL: "ssl://" + e.appsAddr, CA: filepath.Join(e.pki, pki.FileCA), Site: "site1", Token: tok},
 		Hooks: map[string]func(context.Context) error{
 			"cloud_down": func(context.Context) error { return cl.Close() },
@@ -110,7 +115,7 @@ func TestScenarioExamples(t *testing.T) {
 		t.Skip("runs each example scenario for its duration")
 	}
 	files, err := filepath.Glob("../../../devicesim/scenarios/*.yaml")
-	if err != nil || len(files) < 4 {
+	if err != nil || len(files) < 5 {
 		t.Fatalf("examples: %v %v", files, err)
 	}
 	for _, f := range files {
