@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -150,7 +149,10 @@ func TestScenarioCommand(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds devicesim and an outside module")
 	}
-	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		t.Fatalf("the go command: %v", err)
+	}
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "devicesim")
 	if out, err := exec.Command(goBin, "build", "-o", bin, "../../../devicesim").CombinedOutput(); err != nil {
