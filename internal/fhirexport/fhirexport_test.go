@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -272,5 +273,56 @@ func TestPoisonRecordIsolated(t *testing.T) {
 	}
 	if strings.Contains(logs.String(), "s3cret") {
 		t.Error("the server token is in the log")
+	}
+}
+
+// A record whose device ID or code would change what a conditional update
+// or create matches (a ',' makes a FHIR search an OR: "x,dev-00001" finds
+// dev-00001's Device, which the PUT would then overwrite), or whose device
+// ID is no topic level of fhir/, is malformed: not posted, not published
+// (a publish the broker refuses would be retried for ever), acknowledged.
+func TestHostileIdentifiersNotExported(t *testing.T) {
+	srv := fhirtest.Start(t, "s3cret")
+	cfg := serverConfig(t, srv)
+	cfg.Batch = 10 // Publish stays on: a bundle reaching publish would block on the unused broker
+	e, err := New(cfg, Options{Conn: Conn{URL: "ssl://unused:1", ClientID: "x"}, Checker: okChecker{},
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var batch []*ackMessage
+	for _, tc := range []struct{ dev, code string }{
+		{"x,dev-00001", telemetry.CodeTemp},
+		{"x|y", telemetry.CodeTemp},
+		{"dev-00009", "MDC_X,urn:vitalgate:observation|dev-00001:1/150364"},
+	} {
+		a := &wire.Accepted{Site: "site1", GW: "gw1", RX: 1767225600000, Sig: []byte{0xd2},
+			Rec: &telemetry.Record{V: 1, Dev: tc.dev, Seq: 1, TS: 1767225600000, Kind: "temp",
+				Obs: []telemetry.Observation{{Code: tc.code, Val: telemetry.Scalar(37), Unit: "Cel"}}}}
+		p, err := wire.Encode(wire.JSON, a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		batch = append(batch, &ackMessage{topic: "telemetry/site1/" + tc.dev + "/temp", payload: p})
+	}
+	var msgs []paho.Message
+	for _, m := range batch {
+		msgs = append(msgs, m)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := e.export(ctx, msgs); err != nil {
+		t.Fatalf("export: %v (a hostile record reached the publish)", err)
+	}
+	for _, m := range batch {
+		if m.acked != 1 {
+			t.Errorf("%s acknowledged %d times, want once", m.topic, m.acked)
+		}
+	}
+	if got := testutil.ToFloat64(e.m.exported.WithLabelValues(resultMalformed)); got != 3 {
+		t.Errorf("malformed: %v, want 3", got)
+	}
+	if n := srv.Requests(); n != 0 {
+		t.Errorf("%d requests to the FHIR server, want none", n)
 	}
 }
