@@ -4,13 +4,17 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"io"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -324,5 +328,43 @@ func TestHostileIdentifiersNotExported(t *testing.T) {
 	}
 	if n := srv.Requests(); n != 0 {
 		t.Errorf("%d requests to the FHIR server, want none", n)
+	}
+}
+
+// The bearer token goes to the configured https server only: a redirect
+// to plain http (where the same host would get the Authorization header
+// again, in the clear) is refused, as a failure to retry.
+func TestServerRedirectToHTTPRefused(t *testing.T) {
+	var leaked atomic.Value
+	plain := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		leaked.Store(r.Header.Get("Authorization"))
+		w.WriteHeader(http.StatusOK)
+	}))
+	defer plain.Close()
+	tls := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, plain.URL+"/r4", http.StatusTemporaryRedirect)
+	}))
+	defer tls.Close()
+	dir := t.TempDir()
+	ca := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: tls.Certificate().Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tok := filepath.Join(dir, "token")
+	if err := os.WriteFile(tok, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := Default()
+	c.Server, c.ServerCA, c.ServerTokenFile = tls.URL, ca, tok
+	s, err := newServer(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = s.post(context.Background(), bundleOf(t, "dev-00001", 1))
+	if v, _ := leaked.Load().(string); v != "" {
+		t.Errorf("the bearer token went to %s in the clear: %q", plain.URL, v)
+	}
+	if err == nil {
+		t.Error("a redirect to http:// counted as stored")
 	}
 }
