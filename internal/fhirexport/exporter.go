@@ -196,6 +196,11 @@ func (e *Exporter) Run(ctx context.Context) error {
 	}()
 	<-ctx.Done()
 	wg.Wait()
+	if e.srv != nil {
+		// The posts are over: their kept-alive connections would outlive
+		// the exporter (two goroutines and a socket each).
+		e.srv.client.CloseIdleConnections()
+	}
 	return nil
 }
 
