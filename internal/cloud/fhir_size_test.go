@@ -4,6 +4,9 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"io"
+	"log/slog"
+	"strings"
 	"testing"
 
 	"github.com/vitalgate/vitalgate/internal/envelope"
@@ -58,5 +61,28 @@ func TestBrokerExporterSkipsBundleTooLargeToPublish(t *testing.T) {
 	})
 	if metric(t, b, "vitalgate_fhir_unpublished_total") != 1 {
 		t.Errorf("unpublished count wrong:\n%s", scrape(t, b))
+	}
+}
+
+// broker fhir's max_packet: 0 (no bound) or a packet size a broker may
+// have; the exporter then publishes no Bundle larger than it less room
+// for the header.
+func TestStandaloneMaxPacket(t *testing.T) {
+	dir := testPKI(t)
+	cfg := DefaultFHIRStandalone()
+	cfg.PKI, cfg.ClientID = dir, "fx-size"
+	cfg.FHIR.Sites = []string{"site1"}
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("max_packet 0: %v", err)
+	}
+	for _, n := range []int{100, 1 << 30} {
+		cfg.MaxPacket = n
+		if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "max_packet") {
+			t.Errorf("max_packet %d: %v, want an error naming max_packet", n, err)
+		}
+	}
+	cfg.MaxPacket = 1 << 20
+	if _, err := NewFHIR(cfg, slog.New(slog.NewTextHandler(io.Discard, nil))); err != nil {
+		t.Fatal(err)
 	}
 }
