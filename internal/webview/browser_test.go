@@ -237,6 +237,22 @@ func testForgedCannotHide(t *testing.T, e *env) {
 	e.sendRecord(record{site: "site1", dev: "oxi-00001", kind: "spo2", seq: 401, obs: oximetry(95, 70)})
 	tb.waitJS(t, "the real record 401 shown and verified", cell("oxi-00001", spo2)+`?.textContent.startsWith("95") && `+
 		sigOf("oxi-00001", "spo2")+` === "verified"`)
+
+	// Garbage, and another device's certificate, published as the
+	// device's chain: its good chain stays in use.
+	defer e.publishChain("site1", "oxi-00001") // the good chain back for the tests after this one
+	crt, _ := pki.DevicePaths(e.dir, "oxi-00002")
+	other, err := os.ReadFile(crt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, chain := range [][]byte{[]byte("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"), other} {
+		e.publish("site1", "certs/site1/oxi-00001", true, chain)
+		seq := uint64(402 + i)
+		e.sendRecord(record{site: "site1", dev: "oxi-00001", kind: "spo2", seq: seq, obs: oximetry(float64(96+i), 70)})
+		tb.waitJS(t, "record "+strconv.FormatUint(seq, 10)+" verified with the good chain after a bad one",
+			cell("oxi-00001", spo2)+`?.textContent.startsWith("`+strconv.Itoa(96+i)+`") && `+sigOf("oxi-00001", "spo2")+` === "verified"`)
+	}
 }
 
 func testEscaped(t *testing.T, e *env) {

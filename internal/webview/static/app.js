@@ -216,9 +216,15 @@
 
   function onChain(site, dev, payload) {
     const text = new TextDecoder("utf-8", { fatal: true }).decode(payload);
-    const k = Verify.deviceKey(text, dev, roots).then((key) => ({ key }), (e) => ({ err: e.message }));
-    if (!keys.has(site + "/" + dev) && keys.size >= MAX_DEVICES) return;
-    keys.set(site + "/" + dev, k);
+    const id = site + "/" + dev;
+    if (!keys.has(id) && keys.size >= MAX_DEVICES) return;
+    const prev = keys.get(id);
+    let k = Verify.deviceKey(text, dev, roots).then((key) => ({ key }), (e) => ({ err: e.message }));
+    // A chain that does not check out does not replace one that did (as
+    // the broker's watcher keeps its keys): garbage on certs/ must not
+    // make the device's real records look forged.
+    if (prev) k = Promise.all([prev, k]).then(([p, n]) => (n.err && !p.err ? p : n));
+    keys.set(id, k);
     const d = devices.get(site + "/" + dev);
     if (d) for (const m of d.latest.values()) check(d, m); // re-check what arrived before the chain
   }
