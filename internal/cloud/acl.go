@@ -137,15 +137,13 @@ func scopeShares(id *identity, subs packets.Subscriptions, refused func(filter s
 }
 
 // shareScope names the app's principal in its share groups: the first 8
-// bytes of the SHA-256 of the token subject (with the provider's issuer for
-// one signed in through OpenID Connect), in hex (subjects may hold `/` and
-// wildcards, which a share name may not).
+// bytes of the SHA-256 of its owner (the token subject behind "app:", or
+// behind "oidc:" and the provider's issuer for one signed in through
+// OpenID Connect), in hex (subjects may hold `/` and wildcards, which a
+// share name may not). The prefix keeps a local subject that spells a
+// provider's principal out of that person's groups.
 func (id *identity) shareScope() string {
-	principal := id.name
-	if id.issuer != "" {
-		principal = id.owner()
-	}
-	sum := sha256.Sum256([]byte(principal))
+	sum := sha256.Sum256([]byte(id.owner()))
 	return hex.EncodeToString(sum[:8])
 }
 

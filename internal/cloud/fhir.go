@@ -88,6 +88,7 @@ func (b *Broker) newExporter() error {
 		Checker:    FHIRChecker(w),
 		Log:        b.log,
 		Registerer: b.m.reg,
+		MaxPublish: b.cfg.MaxPacket - fhirexport.PublishOverhead,
 	})
 	b.exporterWatcher = w
 	return err

@@ -53,6 +53,11 @@ type FHIRStandalone struct {
 	HTTP string `yaml:"http"`
 	// LogLevel: debug, info, warn or error.
 	LogLevel string `yaml:"log_level"`
+	// MaxPacket is the broker's maximum packet size, when it has one: a
+	// Bundle that would not fit is not published on fhir/ (the broker
+	// would refuse it, again and again), only posted to the server.
+	// 0: no bound.
+	MaxPacket int `yaml:"max_packet"`
 	// FHIR is what is exported and where (enabled is implied).
 	FHIR fhirexport.Config `yaml:"fhir"`
 }
@@ -87,6 +92,9 @@ func (c FHIRStandalone) Validate() error {
 			bad("http", "%q is not host:port", c.HTTP)
 		}
 	}
+	if c.MaxPacket != 0 && (c.MaxPacket < 4<<10 || c.MaxPacket > 268435455) {
+		bad("max_packet", "%d outside 4096..268435455 (0: no bound)", c.MaxPacket)
+	}
 	if err := new(slog.Level).UnmarshalText([]byte(c.LogLevel)); err != nil {
 		bad("log_level", "%q: want debug, info, warn or error", c.LogLevel)
 	}
@@ -112,7 +120,11 @@ func NewFHIR(c FHIRStandalone, log *slog.Logger) (run func(ctx context.Context) 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	c.FHIR.Enabled = true
-	e, err := fhirexport.New(c.FHIR, fhirexport.Options{Conn: conn, Checker: FHIRChecker(w), Log: log, Registerer: reg})
+	opts := fhirexport.Options{Conn: conn, Checker: FHIRChecker(w), Log: log, Registerer: reg}
+	if c.MaxPacket > 0 {
+		opts.MaxPublish = c.MaxPacket - fhirexport.PublishOverhead
+	}
+	e, err := fhirexport.New(c.FHIR, opts)
 	if err != nil {
 		return nil, err
 	}

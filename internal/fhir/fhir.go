@@ -51,6 +51,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vitalgate/vitalgate/internal/pki"
 	"github.com/vitalgate/vitalgate/internal/wire"
 )
 
@@ -83,13 +84,24 @@ func ValidPatient(ref string) error {
 
 // Bundle returns the transaction Bundle of in (see the package
 // documentation) as JSON. It fails on a message it cannot map: no record,
-// a measurement time outside the years 1 to 9999, an observation without
-// code or unit, a code twice in one record, a waveform without its period,
-// or an invalid patient reference.
+// a device ID outside the alphabet of device IDs, a record id that is not
+// {dev}:{seq}, a measurement time outside the years 1 to 9999, an
+// observation without code or unit or with a code outside [validCode], a
+// code twice in one record, a waveform without its period, or an invalid
+// patient reference.
 func Bundle(in Input) ([]byte, error) {
 	m := in.Msg
 	if m == nil || m.ID == "" || m.Rec.Dev == "" || len(m.Rec.Obs) == 0 {
 		return nil, errors.New("fhir: message without record id, device or observations")
+	}
+	// The device ID and the record id end up in identifiers, search URLs
+	// and the fhir/ topic: a ',' or '|' there would change what a
+	// conditional update or create matches (another device's Device).
+	if !pki.ValidDeviceID(m.Rec.Dev) {
+		return nil, fmt.Errorf("fhir: device ID %q is not of letters, digits, '.', '_' and '-' (at most 64)", clip(m.Rec.Dev))
+	}
+	if m.ID != wire.ID(m.Rec.Dev, m.Rec.Seq) {
+		return nil, fmt.Errorf("fhir: record id %q is not {dev}:{seq}", clip(m.ID))
 	}
 	if in.Patient != "" {
 		if err := ValidPatient(in.Patient); err != nil {
@@ -147,6 +159,9 @@ func observations(m *wire.Message, when, devURL, patient string) ([]entry, error
 	for _, o := range m.Rec.Obs {
 		if o.Code == "" || o.Unit == "" {
 			return nil, fmt.Errorf("fhir: record %s: an observation without code or unit", m.ID)
+		}
+		if !validCode(o.Code) {
+			return nil, fmt.Errorf("fhir: record %s: code %q is not a reference ID (letters, digits, '_', '.' and '-', at most 64)", m.ID, clip(o.Code))
 		}
 		if seen[o.Code] {
 			return nil, fmt.Errorf("fhir: record %s has %s twice", m.ID, o.Code)
@@ -274,9 +289,37 @@ func dateTime(ms int64) (string, error) {
 	return t.Format("2006-01-02T15:04:05.000Z"), nil
 }
 
-// query is the search `identifier={system}|{value}`, URL-encoded.
+// query is the search `identifier={system}|{value}`, URL-encoded, with
+// the characters that FHIR search gives a meaning (backslash, '|', ',' and '$')
+// escaped in the value.
 func query(system, value string) string {
-	return url.Values{"identifier": {system + "|" + value}}.Encode()
+	return url.Values{"identifier": {system + "|" + searchEscaper.Replace(value)}}.Encode()
+}
+
+// searchEscaper escapes a token's value in a FHIR search parameter.
+var searchEscaper = strings.NewReplacer(`\`, `\\`, `|`, `\|`, `,`, `\,`, `$`, `\$`)
+
+// validCode: an observation's reference ID, as the record schemas name
+// them (MDC_PULS_OXIM_SAT_O2): 1 to 64 letters, digits, '_', '.' and '-'.
+// It becomes part of an identifier and of a search URL.
+func validCode(s string) bool {
+	if len(s) == 0 || len(s) > 64 {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// clip shortens a peer's string for an error message.
+func clip(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "..."
+	}
+	return s
 }
 
 // uuidURN is a name-based (version 5 layout) UUID of name, as a urn:uuid.

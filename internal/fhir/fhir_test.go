@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 
@@ -286,9 +287,18 @@ func TestBundleRefuses(t *testing.T) {
 		{"time beyond 9999", func(m *wire.Message) { m.Rec.TS = 1 << 62 }, "", "years"},
 		{"patient not a reference", func(*wire.Message) {}, "Patient/a b", "patient reference"},
 		{"patient of another type", func(*wire.Message) {}, "Practitioner/1", "patient reference"},
+		// A hostile record must not steer a conditional update or create:
+		// "x,dev-00001" would match (and overwrite) dev-00001's Device.
+		{"device with a comma", func(m *wire.Message) { m.Rec.Dev, m.ID = "x,dev-00001", "x,dev-00001:1" }, "", "device ID"},
+		{"device with a bar", func(m *wire.Message) { m.Rec.Dev, m.ID = "x|y", "x|y:1" }, "", "device ID"},
+		{"device with a slash", func(m *wire.Message) { m.Rec.Dev, m.ID = "a/b", "a/b:1" }, "", "device ID"},
+		{"id not dev:seq", func(m *wire.Message) { m.ID = m.Rec.Dev + ":1,dev-00001:2" }, "", "record id"},
+		{"code with a comma", func(m *wire.Message) { m.Rec.Obs[1].Code = "X,urn:vitalgate:observation|dev-1:1/150456" }, "", "reference ID"},
+		{"code with a backslash", func(m *wire.Message) { m.Rec.Obs[1].Code = `X\` }, "", "reference ID"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			m := signedMessage(t, good)
+			m.Rec.Obs = slices.Clone(m.Rec.Obs) // good's stay as they are
 			tc.edit(m)
 			_, err := Bundle(Input{Msg: m, Patient: tc.patient})
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -298,6 +308,22 @@ func TestBundleRefuses(t *testing.T) {
 	}
 	if _, err := Bundle(Input{}); err == nil {
 		t.Error("a bundle of no message")
+	}
+}
+
+func TestSearchValuesEscaped(t *testing.T) {
+	for value, want := range map[string]string{
+		"dev-1:2/150456": "urn:vitalgate:observation|dev-1:2/150456",
+		"a,b":            `urn:vitalgate:observation|a\,b`,
+		`a|b\c$d`:        `urn:vitalgate:observation|a\|b\\c\$d`,
+	} {
+		q, err := url.ParseQuery(query(SystemObservation, value))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := q.Get("identifier"); got != want {
+			t.Errorf("query of %q: identifier=%s, want %s", value, got, want)
+		}
 	}
 }
 

@@ -47,6 +47,12 @@ func (e *Exporter) export(ctx context.Context, batch []paho.Message) error {
 	}
 	if e.cfg.Publish {
 		for _, r := range todo {
+			if e.o.MaxPublish > 0 && len(r.bundle) > e.o.MaxPublish {
+				e.m.unpublished.Inc()
+				e.log.Warn("bundle larger than the broker's packet size: not published on fhir/", "device", r.dev,
+					"site", r.site, "bytes", len(r.bundle), "max", e.o.MaxPublish)
+				continue
+			}
 			if err := e.publish(ctx, r); err != nil {
 				return err
 			}

@@ -108,7 +108,19 @@ type Options struct {
 	// Registerer registers the exporter's metrics (nil: a registry of its
 	// own, not served).
 	Registerer prometheus.Registerer
+	// MaxPublish, when above 0, is the largest Bundle published on fhir/:
+	// the broker's maximum packet size less room for the PUBLISH header
+	// ([PublishOverhead]). A broker refuses a larger PUBLISH (and closes
+	// the connection), so retrying it would hold up every later record: a
+	// larger Bundle is not published, only posted to the server if there
+	// is one (logged, counted).
+	MaxPublish int
 }
+
+// PublishOverhead is room enough for the header of a PUBLISH on
+// fhir/{site}/{device} (fixed header, topic of at most 134 bytes, packet
+// ID): a Bundle of up to the broker's maximum packet size less this fits.
+const PublishOverhead = 256
 
 // Exporter consumes telemetry and exports FHIR. Create it with [New] and
 // run it with [Exporter.Run].
@@ -184,6 +196,11 @@ func (e *Exporter) Run(ctx context.Context) error {
 	}()
 	<-ctx.Done()
 	wg.Wait()
+	if e.srv != nil {
+		// The posts are over: their kept-alive connections would outlive
+		// the exporter (two goroutines and a socket each).
+		e.srv.client.CloseIdleConnections()
+	}
 	return nil
 }
 

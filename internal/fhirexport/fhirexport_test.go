@@ -4,12 +4,17 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
+	"io"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -272,5 +277,94 @@ func TestPoisonRecordIsolated(t *testing.T) {
 	}
 	if strings.Contains(logs.String(), "s3cret") {
 		t.Error("the server token is in the log")
+	}
+}
+
+// A record whose device ID or code would change what a conditional update
+// or create matches (a ',' makes a FHIR search an OR: "x,dev-00001" finds
+// dev-00001's Device, which the PUT would then overwrite), or whose device
+// ID is no topic level of fhir/, is malformed: not posted, not published
+// (a publish the broker refuses would be retried for ever), acknowledged.
+func TestHostileIdentifiersNotExported(t *testing.T) {
+	srv := fhirtest.Start(t, "s3cret")
+	cfg := serverConfig(t, srv)
+	cfg.Batch = 10 // Publish stays on: a bundle reaching publish would block on the unused broker
+	e, err := New(cfg, Options{Conn: Conn{URL: "ssl://unused:1", ClientID: "x"}, Checker: okChecker{},
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var batch []*ackMessage
+	for _, tc := range []struct{ dev, code string }{
+		{"x,dev-00001", telemetry.CodeTemp},
+		{"x|y", telemetry.CodeTemp},
+		{"dev-00009", "MDC_X,urn:vitalgate:observation|dev-00001:1/150364"},
+	} {
+		a := &wire.Accepted{Site: "site1", GW: "gw1", RX: 1767225600000, Sig: []byte{0xd2},
+			Rec: &telemetry.Record{V: 1, Dev: tc.dev, Seq: 1, TS: 1767225600000, Kind: "temp",
+				Obs: []telemetry.Observation{{Code: tc.code, Val: telemetry.Scalar(37), Unit: "Cel"}}}}
+		p, err := wire.Encode(wire.JSON, a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		batch = append(batch, &ackMessage{topic: "telemetry/site1/" + tc.dev + "/temp", payload: p})
+	}
+	var msgs []paho.Message
+	for _, m := range batch {
+		msgs = append(msgs, m)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := e.export(ctx, msgs); err != nil {
+		t.Fatalf("export: %v (a hostile record reached the publish)", err)
+	}
+	for _, m := range batch {
+		if m.acked != 1 {
+			t.Errorf("%s acknowledged %d times, want once", m.topic, m.acked)
+		}
+	}
+	if got := testutil.ToFloat64(e.m.exported.WithLabelValues(resultMalformed)); got != 3 {
+		t.Errorf("malformed: %v, want 3", got)
+	}
+	if n := srv.Requests(); n != 0 {
+		t.Errorf("%d requests to the FHIR server, want none", n)
+	}
+}
+
+// The bearer token goes to the configured https server only: a redirect
+// to plain http (where the same host would get the Authorization header
+// again, in the clear) is refused, as a failure to retry.
+func TestServerRedirectToHTTPRefused(t *testing.T) {
+	var leaked atomic.Value
+	plain := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		leaked.Store(r.Header.Get("Authorization"))
+		w.WriteHeader(http.StatusOK)
+	}))
+	defer plain.Close()
+	tls := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, plain.URL+"/r4", http.StatusTemporaryRedirect)
+	}))
+	defer tls.Close()
+	dir := t.TempDir()
+	ca := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: tls.Certificate().Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tok := filepath.Join(dir, "token")
+	if err := os.WriteFile(tok, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := Default()
+	c.Server, c.ServerCA, c.ServerTokenFile = tls.URL, ca, tok
+	s, err := newServer(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = s.post(context.Background(), bundleOf(t, "dev-00001", 1))
+	if v, _ := leaked.Load().(string); v != "" {
+		t.Errorf("the bearer token went to %s in the clear: %q", plain.URL, v)
+	}
+	if err == nil {
+		t.Error("a redirect to http:// counted as stored")
 	}
 }

@@ -12,6 +12,8 @@ type metrics struct {
 	exported  *prometheus.CounterVec
 	noPatient prometheus.Counter
 	retries   *prometheus.CounterVec
+	// unpublished counts Bundles larger than Options.MaxPublish.
+	unpublished prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -28,8 +30,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "vitalgate_fhir_retries_total",
 			Help: "Failed attempts of the FHIR exporter that it retried, by target: publish, server.",
 		}, []string{"target"}),
+		unpublished: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "vitalgate_fhir_unpublished_total",
+			Help: "Bundles not published on fhir/ because they exceed the broker's packet size (posted to the server when there is one).",
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.exported, m.noPatient, m.retries} {
+	for _, c := range []prometheus.Collector{m.exported, m.noPatient, m.retries, m.unpublished} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if errors.As(err, &are) {

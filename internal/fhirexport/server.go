@@ -39,7 +39,8 @@ func newServer(c Config) (*server, error) {
 	}
 	s := &server{url: c.Server, client: &http.Client{Timeout: c.Timeout,
 		Transport: &http.Transport{TLSClientConfig: tc, ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 4,
-			TLSHandshakeTimeout: c.Timeout, ResponseHeaderTimeout: c.Timeout}}}
+			TLSHandshakeTimeout: c.Timeout, ResponseHeaderTimeout: c.Timeout},
+		CheckRedirect: refuseRedirect}}
 	if c.ServerTokenFile != "" {
 		b, err := os.ReadFile(c.ServerTokenFile)
 		if err != nil {
@@ -51,6 +52,16 @@ func newServer(c Config) (*server, error) {
 		}
 	}
 	return s, nil
+}
+
+// refuseRedirect follows no redirect: a POST redirected with 301, 302 or
+// 303 comes again as a GET without the Bundle (whose 200 would count the
+// records as stored), and one to http:// carries the bearer token in the
+// clear. The error is one to retry: the records stay unacknowledged and
+// the log says where the server points, for fhir.server.
+func refuseRedirect(req *http.Request, _ []*http.Request) error {
+	return fmt.Errorf("fhir server redirects to %s://%s%s: not followed (set fhir.server to the URL that takes the POST)",
+		req.URL.Scheme, req.URL.Host, req.URL.Path)
 }
 
 // refusedError is a server's answer that another attempt cannot change (a

@@ -267,6 +267,9 @@ func httpClient(caFile string) (*http.Client, error) {
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = tc
+	// One fetch an hour or so: a kept-alive connection would only outlive
+	// the Verifier's Close (two goroutines and a socket each).
+	tr.DisableKeepAlives = true
 	return &http.Client{
 		Transport: limitedBody{tr},
 		CheckRedirect: func(req *http.Request, via []*http.Request) error {

@@ -43,6 +43,7 @@ func TestBrowser(t *testing.T) {
 
 	t.Run("live values, alerts and verified signatures", func(t *testing.T) { testLive(t, e) })
 	t.Run("forged signatures are not verified", func(t *testing.T) { testForged(t, e) })
+	t.Run("a forged record neither hides nor outranks real ones", func(t *testing.T) { testForgedCannotHide(t, e) })
 	t.Run("markup in fields is shown as text", func(t *testing.T) { testEscaped(t, e) })
 	t.Run("a token for another site sees nothing of this one", func(t *testing.T) { testOtherSite(t, e) })
 	t.Run("security events for operators only", func(t *testing.T) { testSecurityRole(t, e) })
@@ -211,6 +212,47 @@ func testForged(t *testing.T, e *env) {
 	tb.waitJS(t, "garbage reported", `document.getElementById("status").textContent.includes("telemetry/site1/junk-00001/spo2 could not be read")`)
 	e.sendRecord(record{site: "site1", dev: "oxi-00001", kind: "spo2", seq: 103, obs: oximetry(92, 73)})
 	tb.waitJS(t, "still live after garbage", cell("oxi-00001", spo2)+`?.textContent.startsWith("92")`)
+}
+
+// What any relay on the way can write (a record with a bad signature)
+// must not stop the device's real records from being shown: not by
+// claiming a huge seq, nor by claiming the id of the next real record
+// first, so that the real one looks like a redelivery.
+func testForgedCannotHide(t *testing.T, e *env) {
+	tb := e.tab(t)
+	tb.signIn(t, e.token(pki.RoleClinician, time.Hour, "site1"))
+	tb.waitJS(t, "connected", `document.getElementById("status").textContent === "Connected."`)
+	flip := func(a *wire.Accepted) { a.Sig[len(a.Sig)-1] ^= 1 }
+
+	e.sendRecord(record{site: "site1", dev: "oxi-00001", kind: "spo2", seq: 1 << 40, obs: oximetry(50, 30), forge: flip})
+	tb.waitJS(t, "forged record shown as not verified", cell("oxi-00001", spo2)+`?.textContent.startsWith("50") && `+
+		sigOf("oxi-00001", "spo2")+` === "unverified"`)
+	e.sendRecord(record{site: "site1", dev: "oxi-00001", kind: "spo2", seq: 400, obs: oximetry(93, 70)})
+	tb.waitJS(t, "the real record after a forged huge seq shown and verified", cell("oxi-00001", spo2)+`?.textContent.startsWith("93") && `+
+		sigOf("oxi-00001", "spo2")+` === "verified"`)
+
+	e.sendRecord(record{site: "site1", dev: "oxi-00001", kind: "spo2", seq: 401, obs: oximetry(51, 31), forge: flip})
+	tb.waitJS(t, "forged record 401 shown as not verified", cell("oxi-00001", spo2)+`?.textContent.startsWith("51") && `+
+		sigOf("oxi-00001", "spo2")+` === "unverified"`)
+	e.sendRecord(record{site: "site1", dev: "oxi-00001", kind: "spo2", seq: 401, obs: oximetry(95, 70)})
+	tb.waitJS(t, "the real record 401 shown and verified", cell("oxi-00001", spo2)+`?.textContent.startsWith("95") && `+
+		sigOf("oxi-00001", "spo2")+` === "verified"`)
+
+	// Garbage, and another device's certificate, published as the
+	// device's chain: its good chain stays in use.
+	defer e.publishChain("site1", "oxi-00001") // the good chain back for the tests after this one
+	crt, _ := pki.DevicePaths(e.dir, "oxi-00002")
+	other, err := os.ReadFile(crt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, chain := range [][]byte{[]byte("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"), other} {
+		e.publish("site1", "certs/site1/oxi-00001", true, chain)
+		seq := uint64(402 + i)
+		e.sendRecord(record{site: "site1", dev: "oxi-00001", kind: "spo2", seq: seq, obs: oximetry(float64(96+i), 70)})
+		tb.waitJS(t, "record "+strconv.FormatUint(seq, 10)+" verified with the good chain after a bad one",
+			cell("oxi-00001", spo2)+`?.textContent.startsWith("`+strconv.Itoa(96+i)+`") && `+sigOf("oxi-00001", "spo2")+` === "verified"`)
+	}
 }
 
 func testEscaped(t *testing.T, e *env) {

@@ -14,8 +14,8 @@
 //
 // Every response carries a strict Content-Security-Policy (scripts and
 // styles from the server only, no inline script, connections to the server
-// and the WebSocket port only, no framing), X-Content-Type-Options nosniff
-// and Referrer-Policy no-referrer.
+// and the WebSocket port of the page's host only, no framing),
+// X-Content-Type-Options nosniff and Referrer-Policy no-referrer.
 //
 // # What the page does
 //
@@ -82,7 +82,6 @@ type Server struct {
 	o      Options
 	files  map[string]file
 	config []byte
-	csp    string
 
 	ln        net.Listener
 	srv       *http.Server
@@ -137,10 +136,39 @@ func New(o Options) (*Server, error) {
 	if s.config, err = configJSON(o); err != nil {
 		return nil, err
 	}
-	s.csp = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; " +
-		"connect-src 'self' wss://*:" + strconv.Itoa(o.WSPort) + "; " +
-		"frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 	return s, nil
+}
+
+// csp is the Content-Security-Policy of a response to a request for host
+// (the Host header: the name the page was loaded by, which it connects to
+// the WebSocket listener by). connect-src names that host alone, so a
+// script that got into the page could not send the token elsewhere; a
+// host CSP cannot name (an IPv6 literal) gets any host on the WebSocket
+// port.
+func (s *Server) csp(host string) string {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	ws := "wss://*:" + strconv.Itoa(s.o.WSPort)
+	if cspHost(host) {
+		ws = "wss://" + host + ":" + strconv.Itoa(s.o.WSPort)
+	}
+	return "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; " +
+		"connect-src 'self' " + ws + "; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+}
+
+// cspHost: a host name or IPv4 address that a CSP source expression can
+// hold as it is (letters, digits, '-' and '.'; no empty label).
+func cspHost(h string) bool {
+	if h == "" || len(h) > 253 || strings.HasPrefix(h, ".") || strings.HasSuffix(h, ".") || strings.Contains(h, "..") {
+		return false
+	}
+	for _, c := range []byte(h) {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '.') {
+			return false
+		}
+	}
+	return true
 }
 
 // pageConfig is /config.json.
@@ -175,7 +203,7 @@ func (s *Server) Handler() http.Handler { return http.HandlerFunc(s.serve) }
 
 func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	h := w.Header()
-	h.Set("Content-Security-Policy", s.csp)
+	h.Set("Content-Security-Policy", s.csp(r.Host))
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("X-Frame-Options", "DENY")
 	h.Set("Referrer-Policy", "no-referrer")

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -88,7 +89,7 @@ func TestServesPageWithStrictHeaders(t *testing.T) {
 			t.Errorf("%s: Content-Type %q, want %s", tc.path, resp.Header.Get("Content-Type"), tc.ctype)
 		}
 		csp := resp.Header.Get("Content-Security-Policy")
-		for _, want := range []string{"default-src 'none'", "script-src 'self';", "frame-ancestors 'none'", "connect-src 'self' wss://*:8885;"} {
+		for _, want := range []string{"default-src 'none'", "script-src 'self';", "frame-ancestors 'none'", "connect-src 'self' wss://127.0.0.1:8885;"} {
 			if !strings.Contains(csp, want) {
 				t.Errorf("%s: CSP %q lacks %q", tc.path, csp, want)
 			}
@@ -106,6 +107,31 @@ func TestServesPageWithStrictHeaders(t *testing.T) {
 	resp, _ := get(t, c, "POST", base+"/")
 	if resp.StatusCode != http.StatusMethodNotAllowed {
 		t.Errorf("POST: status %d, want 405", resp.StatusCode)
+	}
+}
+
+// connect-src names the host the page was loaded by, not every host on the
+// WebSocket port: a script that got into the page could otherwise send the
+// token anywhere that listens on that port. A Host that a CSP source
+// cannot hold as it is gets the port on any host, never its text.
+func TestCSPNamesTheHost(t *testing.T) {
+	s, _ := start(t, nil)
+	for host, want := range map[string]string{
+		"vitals.clinic.example:8444": "connect-src 'self' wss://vitals.clinic.example:8885;",
+		"vitals.clinic.example":      "connect-src 'self' wss://vitals.clinic.example:8885;",
+		"10.0.0.7:8444":              "connect-src 'self' wss://10.0.0.7:8885;",
+		"[::1]:8444":                 "connect-src 'self' wss://*:8885;",
+		"a;script-src:*":             "connect-src 'self' wss://*:8885;",
+		"":                           "connect-src 'self' wss://*:8885;",
+	} {
+		r := httptest.NewRequest("GET", "/", nil)
+		r.Host = host
+		w := httptest.NewRecorder()
+		s.Handler().ServeHTTP(w, r)
+		csp := w.Header().Get("Content-Security-Policy")
+		if !strings.Contains(csp, want) || strings.Count(csp, "script-src") != 1 {
+			t.Errorf("Host %q: CSP %q, want %q", host, csp, want)
+		}
 	}
 }
 

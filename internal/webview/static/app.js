@@ -216,35 +216,43 @@
 
   function onChain(site, dev, payload) {
     const text = new TextDecoder("utf-8", { fatal: true }).decode(payload);
-    const k = Verify.deviceKey(text, dev, roots).then((key) => ({ key }), (e) => ({ err: e.message }));
-    if (!keys.has(site + "/" + dev) && keys.size >= MAX_DEVICES) return;
-    keys.set(site + "/" + dev, k);
+    const id = site + "/" + dev;
+    if (!keys.has(id) && keys.size >= MAX_DEVICES) return;
+    const prev = keys.get(id);
+    let k = Verify.deviceKey(text, dev, roots).then((key) => ({ key }), (e) => ({ err: e.message }));
+    // A chain that does not check out does not replace one that did (as
+    // the broker's watcher keeps its keys): garbage on certs/ must not
+    // make the device's real records look forged.
+    if (prev) k = Promise.all([prev, k]).then(([p, n]) => (n.err && !p.err ? p : n));
+    keys.set(id, k);
     const d = devices.get(site + "/" + dev);
     if (d) for (const m of d.latest.values()) check(d, m); // re-check what arrived before the chain
   }
 
-  async function check(d, m) {
+  // judge checks m's signature: "verified", "unverified" (with why) or
+  // "nocert" (no chain of the device yet).
+  async function judge(d, m) {
     const pending = keys.get(d.site + "/" + d.dev);
-    let state, detail = "";
-    if (!pending) {
-      state = "nocert";
-    } else {
-      const k = await pending;
-      if (k.err) {
-        state = "unverified"; detail = "device certificate: " + k.err;
-      } else {
-        try {
-          const signed = await Verify.sign1(m.sig, d.dev, k.key);
-          const rec = toPlain(CBOR.decode(signed));
-          if (canon(rec) !== canon(m.rec)) { state = "unverified"; detail = "the record differs from what the device signed"; }
-          else state = "verified";
-        } catch (e) {
-          state = "unverified"; detail = e.message;
-        }
-      }
+    if (!pending) return { state: "nocert", detail: "" };
+    const k = await pending;
+    if (k.err) return { state: "unverified", detail: "device certificate: " + k.err };
+    try {
+      const signed = await Verify.sign1(m.sig, d.dev, k.key);
+      const rec = toPlain(CBOR.decode(signed));
+      if (canon(rec) !== canon(m.rec)) return { state: "unverified", detail: "the record differs from what the device signed" };
+      return { state: "verified", detail: "" };
+    } catch (e) {
+      return { state: "unverified", detail: e.message };
     }
+  }
+
+  // check judges m and shows the result if m is still its kind's latest.
+  async function check(d, m) {
+    const { state, detail } = await judge(d, m);
+    m.state = state;
     const cur = d.latest.get(m.rec.kind);
     if (cur === m) showSig(d, m.rec.kind, state, detail);
+    return state;
   }
 
   function toPlain(v) {
@@ -294,8 +302,13 @@
     if (m.v !== 1 || typeof m.id !== "string" || !r || typeof r !== "object" || !Array.isArray(r.obs)) {
       throw new Error("not a version 1 message");
     }
-    if (seen.has(m.id)) return;
-    seen.add(m.id);
+    if (!(m.sig instanceof Uint8Array) || m.sig.length < 16) throw new Error("sig is not a signature");
+    // A redelivery is the same bytes; a message that only claims a
+    // record's id (anyone on the way can write one) must not make the
+    // real record a duplicate: the key holds the signature's end too.
+    const seenKey = m.id + " " + Array.from(m.sig.subarray(m.sig.length - 16)).join(".");
+    if (seen.has(seenKey)) return;
+    seen.add(seenKey);
     if (seen.size > MAX_SEEN) seen.delete(seen.values().next().value);
     const d = device(lv[1], lv[2]);
     if (!d) return;
@@ -304,15 +317,24 @@
       showSig(d, lv[3], "unverified", "the topic or id does not match the record");
       return;
     }
+    // The latest record of a kind is shown; one found not verified does
+    // not keep its place (a forged record with a huge seq would otherwise
+    // hide the device's real ones).
     const cur = d.latest.get(r.kind);
-    if (!cur || cur.rec.seq < r.seq) {
+    const latest = !cur || cur.rec.seq < r.seq || cur.state === "unverified";
+    if (latest) {
       d.latest.set(r.kind, m);
       showRecord(d, m, r.kind);
       showSig(d, r.kind, "checking", "");
-      check(d, m);
     }
-    addPoints(d, r);
+    // Only records not found forged go into the trend.
+    (latest ? check(d, m) : judge(d, m).then((j) => j.state)).then((state) => {
+      if (state !== "unverified" && mine(d)) addPoints(d, r);
+    });
   }
+
+  // mine: d is still on the page (not a device of a signed-out session).
+  function mine(d) { return devices.get(d.site + "/" + d.dev) === d; }
 
   function device(site, dev) {
     const key = site + "/" + dev;
