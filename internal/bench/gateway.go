@@ -27,6 +27,7 @@ type GatewayConfig struct {
 	RatePerDevice  float64 // messages per second per device: high, so the rate limit checks but never bites
 	RelayWindow    int     // relay.window; 0: the gateway's default
 	Pprof          bool    // serve /debug/pprof/ on the gateway's http address
+	CPUs           CPUSet  // pinned to these CPUs; none: not pinned
 	// Keys set as given (anomaly: {...}, say), over the ones above.
 	Extra map[string]any
 }
@@ -77,7 +78,7 @@ func StartGateway(ctx context.Context, bin string, cfg GatewayConfig) (*GatewayP
 	for k, v := range cfg.Extra {
 		file[k] = v
 	}
-	c, err := startWithConfig(ctx, "gateway", bin, filepath.Join(cfg.Data, "gateway.yaml"), file, `msg="gateway started"`)
+	c, err := startWithConfig(ctx, "gateway", bin, filepath.Join(cfg.Data, "gateway.yaml"), file, `msg="gateway started"`, cfg.CPUs)
 	if err != nil {
 		return nil, err
 	}
