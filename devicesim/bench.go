@@ -41,6 +41,10 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		if opts.runs > 1 {
 			cfg.Progress = func(line string) { l.line(fmt.Sprintf("run %d/%d: %s", i+1, opts.runs, line)) }
 		}
+		cfg.CPUProfile = opts.cpuProfile
+		if opts.runs > 1 && opts.cpuProfile != "" {
+			cfg.CPUProfile = fmt.Sprintf("%s.%d", opts.cpuProfile, i+1)
+		}
 		var res bench.Result
 		res, err = bench.Run(ctx, cfg)
 		runs = append(runs, res)
@@ -77,6 +81,8 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 type benchOpts struct {
 	out  string // also write the JSON line there
 	runs int    // whole runs, summarised as medians
+	// cpuProfile is the file of the gateway's peak CPU profile (numbered per run when there are several)
+	cpuProfile string
 }
 
 func parseBench(args []string, helpOut io.Writer) (bench.Config, benchOpts, error) {
@@ -101,6 +107,7 @@ func parseBench(args []string, helpOut io.Writer) (bench.Config, benchOpts, erro
 		dir      = fs.String("dir", "", "work directory for PKI and data (default: a temporary one, removed after)")
 		seed     = fs.Int64("seed", 1, "physiology seed")
 		out      = fs.String("out", "", "also write the JSON line to `file`")
+		cpuProf  = fs.String("cpuprofile", "", "write the gateway's CPU profile of each peak phase to `file` (file.N with several runs; go tool pprof -top BIN file)")
 		runs     = fs.Int("runs", 3, "whole runs (new gateway, broker and fleet each); figures are their medians, with min and max")
 		gwCPUs   = fs.String("gateway-cpus", "auto", "CPU list the gateway is pinned to (\"auto\": the first CPU on a machine with 2 or more, \"\": not pinned); verify-only runs there")
 		hCPUs    = fs.String("harness-cpus", "auto", "CPU list of the fleet and the app (\"auto\": the CPUs the gateway does not have)")
@@ -109,7 +116,7 @@ func parseBench(args []string, helpOut io.Writer) (bench.Config, benchOpts, erro
 	if err := cli.ParseFlags(fs, args, helpOut); err != nil {
 		return bench.Config{}, benchOpts{}, err
 	}
-	opts := benchOpts{out: *out, runs: *runs}
+	opts := benchOpts{out: *out, runs: *runs, cpuProfile: *cpuProf}
 	if fs.NArg() > 0 {
 		return bench.Config{}, opts, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}

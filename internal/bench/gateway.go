@@ -200,3 +200,43 @@ func bucketQuantileMS(les, before, after []float64, q float64) float64 {
 // HTTPAddr is the gateway's operations address (/metrics, and /debug/pprof/
 // when enabled).
 func (g *GatewayProc) HTTPAddr() string { return g.field("http") }
+
+// cpuProfile writes the gateway's CPU profile of d, starting after delay,
+// to file (from /debug/pprof/profile: the gateway must serve it) and sends
+// the outcome on the channel it returns.
+func (g *GatewayProc) cpuProfile(ctx context.Context, file string, delay, d time.Duration) <-chan error {
+	errc := make(chan error, 1)
+	go func() {
+		errc <- func() error {
+			select {
+			case <-time.After(delay):
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			ctx, cancel := context.WithTimeout(ctx, d+30*time.Second)
+			defer cancel()
+			url := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", g.HTTPAddr(), int(d.Seconds()))
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+			if err != nil {
+				return err
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				return fmt.Errorf("gateway CPU profile: %w", err)
+			}
+			defer resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				return fmt.Errorf("gateway CPU profile: %s", resp.Status)
+			}
+			b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+			if err != nil {
+				return fmt.Errorf("gateway CPU profile: %w", err)
+			}
+			if err := os.WriteFile(file, b, 0o644); err != nil {
+				return fmt.Errorf("gateway CPU profile: %w", err)
+			}
+			return nil
+		}()
+	}()
+	return errc
+}

@@ -32,6 +32,9 @@ type Config struct {
 	// messages in flight to the cloud); 0 keeps the gateway's default.
 	RelayWindow int
 	Pprof       bool // the gateway serves /debug/pprof/; its address goes to Notice
+	// CPUProfile, when set, is a file for the gateway's CPU profile over the
+	// peak phase (after its warm-up, to a second before its end); it implies Pprof.
+	CPUProfile string
 	// GatewayCPUs pins the gateway; CloudCPUs the cloud broker;
 	// HarnessCPUs this process (fleet and app). None: not pinned. The
 	// verify-only phase runs on the gateway's CPUs, one worker each.
@@ -364,7 +367,7 @@ func (r *run) programs(ctx context.Context) (gateway, broker string, err error) 
 func (r *run) startGateway(ctx context.Context, bin string) (err error) {
 	if r.gw, err = StartGateway(ctx, bin, GatewayConfig{PKI: r.pkiDir(), Data: filepath.Join(r.dir, "gateway"),
 		Cloud: "ssl://" + r.cloud.GatewayAddr(), MaxConnections: len(r.devs) + 1000, AcceptRate: 100_000, RatePerDevice: 100_000,
-		RelayWindow: r.cfg.RelayWindow, Pprof: r.cfg.Pprof, CPUs: r.cfg.GatewayCPUs}); err != nil {
+		RelayWindow: r.cfg.RelayWindow, Pprof: r.cfg.Pprof || r.cfg.CPUProfile != "", CPUs: r.cfg.GatewayCPUs}); err != nil {
 		return err
 	}
 	if r.cfg.Pprof && r.cfg.Notice != nil {
@@ -438,7 +441,16 @@ func (r *run) verifyOnly() (err error) {
 // peak drives msgs from devices unpaced and records the peak figures of the result.
 func (r *run) peak(ctx context.Context, devices *Devices, msgs [][]Msg) (phaseResult, error) {
 	before := devices.Counts()
+	var prof <-chan error
+	if r.cfg.CPUProfile != "" {
+		prof = r.gw.cpuProfile(ctx, r.cfg.CPUProfile, min(time.Second, r.cfg.Duration/5), max(time.Second, r.cfg.Duration-2*time.Second))
+	}
 	pk, err := r.drive(ctx, "peak", devices, msgs, 0, r.sub.Count, r.gw.Pid(), nil)
+	if prof != nil {
+		if e := <-prof; e != nil && err == nil {
+			err = e
+		}
+	}
 	if err != nil {
 		return pk, err
 	}
