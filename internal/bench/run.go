@@ -269,7 +269,7 @@ func (r *run) all(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	if r.cloud, err = StartCloud(ctx, brokerBin, r.pkiDir(), filepath.Join(r.dir, "cloud"), r.cfg.CloudCPUs); err != nil {
+	if r.cloud, err = StartCloud(ctx, brokerBin, r.pkiDir(), filepath.Join(r.dir, "cloud"), r.childCPUs(r.cfg.CloudCPUs)); err != nil {
 		return err
 	}
 	defer stopChild(r.cloud.child, "cloud broker", &err)
@@ -328,6 +328,19 @@ func (r *run) all(ctx context.Context) (err error) {
 	return r.baseline(ctx, roots, fleetDevs[:nb], peakMsgs[:nb])
 }
 
+// startCPUs are the CPUs this process could use when it started, before any pinning.
+var startCPUs = AllowedCPUs()
+
+// childCPUs is the set a child process runs on: set, or, when set is empty
+// but this process is pinned (which a child would inherit), the CPUs this
+// process started with.
+func (r *run) childCPUs(set CPUSet) CPUSet {
+	if len(set) == 0 && len(r.cfg.HarnessCPUs) > 0 {
+		return startCPUs
+	}
+	return set
+}
+
 // pkiDir is the PKI directory of the run.
 func (r *run) pkiDir() string { return filepath.Join(r.dir, "pki") }
 
@@ -371,7 +384,7 @@ func (r *run) programs(ctx context.Context) (gateway, broker string, err error) 
 func (r *run) startGateway(ctx context.Context, bin string) (err error) {
 	if r.gw, err = StartGateway(ctx, bin, GatewayConfig{PKI: r.pkiDir(), Data: filepath.Join(r.dir, "gateway"),
 		Cloud: "ssl://" + r.cloud.GatewayAddr(), MaxConnections: len(r.devs) + 1000, AcceptRate: 100_000, RatePerDevice: 100_000,
-		RelayWindow: r.cfg.RelayWindow, Pprof: r.cfg.Pprof || r.cfg.CPUProfile != "", CPUs: r.cfg.GatewayCPUs}); err != nil {
+		RelayWindow: r.cfg.RelayWindow, Pprof: r.cfg.Pprof || r.cfg.CPUProfile != "", CPUs: r.childCPUs(r.cfg.GatewayCPUs)}); err != nil {
 		return err
 	}
 	if r.cfg.Pprof && r.cfg.Notice != nil {
@@ -423,7 +436,7 @@ func (r *run) verifyOnly() (err error) {
 	if gw := r.cfg.GatewayCPUs; len(gw) > 0 {
 		back := r.cfg.HarnessCPUs
 		if len(back) == 0 {
-			back = AllowedCPUs()
+			back = startCPUs
 		}
 		if err := PinSelf(gw); err != nil {
 			return err
