@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vitalgate/vitalgate/internal/bench"
 	"github.com/vitalgate/vitalgate/internal/fleet"
 	"github.com/vitalgate/vitalgate/internal/pki"
 )
@@ -192,5 +194,24 @@ func TestVersion(t *testing.T) {
 	code, out, errOut := runCLI("--version")
 	if code != 0 || !strings.HasPrefix(out, "devicesim ") || !strings.Contains(out, " commit ") || !strings.Contains(out, runtime.Version()) {
 		t.Fatalf("devicesim --version: %d\n%s\n%s", code, out, errOut)
+	}
+}
+
+func TestParseBenchPinning(t *testing.T) {
+	if len(bench.AllowedCPUs()) < 2 {
+		t.Skip("needs 2 CPUs")
+	}
+	cfg, opts, err := parseBench([]string{"--idle", "0"}, io.Discard)
+	if err != nil || opts.runs != 3 || cfg.GatewayCPUs.String() != "0" || cfg.HarnessCPUs.Overlaps(cfg.GatewayCPUs) ||
+		cfg.CloudCPUs.String() != cfg.HarnessCPUs.String() {
+		t.Errorf("defaults: %v, runs %d, gateway %s, harness %s, cloud %s", err, opts.runs, cfg.GatewayCPUs, cfg.HarnessCPUs, cfg.CloudCPUs)
+	}
+	if cfg, _, err := parseBench([]string{"--gateway-cpus", ""}, io.Discard); err != nil || cfg.GatewayCPUs != nil || cfg.HarnessCPUs != nil {
+		t.Errorf("unpinned: %v, %s, %s", err, cfg.GatewayCPUs, cfg.HarnessCPUs)
+	}
+	for _, args := range [][]string{{"--gateway-cpus", "0", "--harness-cpus", "0"}, {"--runs", "0"}, {"--gateway-cpus", "999"}} {
+		if _, _, err := parseBench(args, io.Discard); err == nil {
+			t.Errorf("%v: no error", args)
+		}
 	}
 }

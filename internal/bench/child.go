@@ -40,7 +40,7 @@ var fieldRE = regexp.MustCompile(`(?:^|\s)([\w.]+)=("(?:[^"\\]|\\.)*"|\S*)`)
 
 // startWithConfig writes config as YAML to path (creating its directory)
 // and starts bin --config path.
-func startWithConfig(ctx context.Context, name, bin, path string, config map[string]any, started string) (*child, error) {
+func startWithConfig(ctx context.Context, name, bin, path string, config map[string]any, started string, cpus CPUSet) (*child, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("%s directory: %w", name, err)
 	}
@@ -51,11 +51,11 @@ func startWithConfig(ctx context.Context, name, bin, path string, config map[str
 	if err := os.WriteFile(path, b, 0o600); err != nil {
 		return nil, fmt.Errorf("write %s config: %w", name, err)
 	}
-	return startChild(ctx, name, exec.Command(bin, "--config", path), started)
+	return startChild(ctx, name, exec.Command(bin, "--config", path), started, cpus)
 }
 
-// startChild starts cmd and waits up to a minute for its started line.
-func startChild(ctx context.Context, name string, cmd *exec.Cmd, started string) (*child, error) {
+// startChild starts cmd pinned to cpus (none: not pinned) and waits up to a minute for its started line.
+func startChild(ctx context.Context, name string, cmd *exec.Cmd, started string, cpus CPUSet) (*child, error) {
 	c := &child{name: name, cmd: cmd, started: regexp.MustCompile(started), exited: make(chan struct{})}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -63,7 +63,7 @@ func startChild(ctx context.Context, name string, cmd *exec.Cmd, started string)
 	}
 	cmd.Stdout = io.Discard
 	setParentDeath(cmd)
-	if err := cmd.Start(); err != nil {
+	if err := startPinned(cmd, cpus); err != nil {
 		return nil, fmt.Errorf("start %s %s: %w", name, cmd.Path, err)
 	}
 	ready, logDone := make(chan struct{}), make(chan struct{})

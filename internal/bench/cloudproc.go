@@ -18,12 +18,12 @@ func BuildBroker(ctx context.Context, dir string) (string, error) { return build
 // persistence (the cloud's disk is not the gateway's cost) and per-app
 // buffers large enough that the bench's app is never dropped (mochi drops a
 // QoS 1 delivery when the subscriber is max_inflight or max_writes_pending
-// behind).
-func StartCloud(ctx context.Context, bin, pkiDir, dir string) (*CloudProc, error) {
+// behind). It runs pinned to cpus (none: not pinned).
+func StartCloud(ctx context.Context, bin, pkiDir, dir string, cpus CPUSet) (*CloudProc, error) {
 	c, err := startWithConfig(ctx, "cloud broker", bin, filepath.Join(dir, "broker.yaml"), map[string]any{
 		"pki": pkiDir, "listen": "127.0.0.1:0", "apps": "127.0.0.1:0", "ws": "", "http": "", "data": "",
 		"max_clients": 100, "max_inflight": 65535, "max_writes_pending": 1 << 16,
-	}, `msg="cloud broker started"`)
+	}, `msg="cloud broker started"`, cpus)
 	if err != nil {
 		return nil, err
 	}

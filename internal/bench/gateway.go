@@ -27,6 +27,7 @@ type GatewayConfig struct {
 	RatePerDevice  float64 // messages per second per device: high, so the rate limit checks but never bites
 	RelayWindow    int     // relay.window; 0: the gateway's default
 	Pprof          bool    // serve /debug/pprof/ on the gateway's http address
+	CPUs           CPUSet  // pinned to these CPUs; none: not pinned
 	// Keys set as given (anomaly: {...}, say), over the ones above.
 	Extra map[string]any
 }
@@ -77,7 +78,7 @@ func StartGateway(ctx context.Context, bin string, cfg GatewayConfig) (*GatewayP
 	for k, v := range cfg.Extra {
 		file[k] = v
 	}
-	c, err := startWithConfig(ctx, "gateway", bin, filepath.Join(cfg.Data, "gateway.yaml"), file, `msg="gateway started"`)
+	c, err := startWithConfig(ctx, "gateway", bin, filepath.Join(cfg.Data, "gateway.yaml"), file, `msg="gateway started"`, cfg.CPUs)
 	if err != nil {
 		return nil, err
 	}
@@ -199,3 +200,43 @@ func bucketQuantileMS(les, before, after []float64, q float64) float64 {
 // HTTPAddr is the gateway's operations address (/metrics, and /debug/pprof/
 // when enabled).
 func (g *GatewayProc) HTTPAddr() string { return g.field("http") }
+
+// cpuProfile writes the gateway's CPU profile of d, starting after delay,
+// to file (from /debug/pprof/profile: the gateway must serve it) and sends
+// the outcome on the channel it returns.
+func (g *GatewayProc) cpuProfile(ctx context.Context, file string, delay, d time.Duration) <-chan error {
+	errc := make(chan error, 1)
+	go func() {
+		errc <- func() error {
+			select {
+			case <-time.After(delay):
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			ctx, cancel := context.WithTimeout(ctx, d+30*time.Second)
+			defer cancel()
+			url := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", g.HTTPAddr(), int(d.Seconds()))
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+			if err != nil {
+				return err
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				return fmt.Errorf("gateway CPU profile: %w", err)
+			}
+			defer resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				return fmt.Errorf("gateway CPU profile: %s", resp.Status)
+			}
+			b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+			if err != nil {
+				return fmt.Errorf("gateway CPU profile: %w", err)
+			}
+			if err := os.WriteFile(file, b, 0o644); err != nil {
+				return fmt.Errorf("gateway CPU profile: %w", err)
+			}
+			return nil
+		}()
+	}()
+	return errc
+}

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"sync/atomic"
 	"time"
 )
@@ -226,6 +227,14 @@ func awaitDelivery(ctx context.Context, count func() uint64, c0, acked uint64) {
 // baseline sends the peak's messages through a bare mochi broker.
 func (r *run) baseline(ctx context.Context, roots *x509.CertPool, devs []*Identity, msgs [][]Msg) error {
 	r.phase("starting bare mochi baseline")
+	// The relay runs in this process, beside its fleet: when pinned, on the gateway's and the harness's CPUs together.
+	if all := append(slices.Clone(r.cfg.GatewayCPUs), r.cfg.HarnessCPUs...); len(r.cfg.GatewayCPUs) > 0 && len(r.cfg.HarnessCPUs) > 0 {
+		slices.Sort(all)
+		if err := PinSelf(all); err != nil {
+			return err
+		}
+		defer func() { _ = PinSelf(r.cfg.HarnessCPUs) }()
+	}
 	b, err := StartBaseline(filepath.Join(r.dir, "pki"))
 	if err != nil {
 		return err

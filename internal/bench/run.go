@@ -31,9 +31,16 @@ type Config struct {
 	// RelayWindow, when > 0, sets the gateway's relay.window (QoS 1
 	// messages in flight to the cloud); 0 keeps the gateway's default.
 	RelayWindow int
-	Pprof       bool   // the gateway serves /debug/pprof/; its address goes to Notice
-	Dir         string // work directory (PKI, data); "": a temporary one, removed after
-	Seed        int64
+	Pprof       bool // the gateway serves /debug/pprof/; its address goes to Notice
+	// CPUProfile, when set, is a file for the gateway's CPU profile over the
+	// peak phase (after its warm-up, to a second before its end); it implies Pprof.
+	CPUProfile string
+	// GatewayCPUs pins the gateway; CloudCPUs the cloud broker;
+	// HarnessCPUs this process (fleet and app). None: not pinned. The
+	// verify-only phase runs on the gateway's CPUs, one worker each.
+	GatewayCPUs, CloudCPUs, HarnessCPUs CPUSet
+	Dir                                 string // work directory (PKI, data); "": a temporary one, removed after
+	Seed                                int64
 	// Progress, when set, gets a one-line status about four times a second.
 	Progress func(line string)
 	// Notice, when set, gets lines to keep on screen (the gateway's pprof address).
@@ -81,6 +88,9 @@ func (c Config) Validate() error {
 	if c.RelayWindow < 0 || c.RelayWindow > 65000 {
 		errs = append(errs, fmt.Errorf("relay-window: %d outside 0..65000", c.RelayWindow))
 	}
+	if c.GatewayCPUs.Overlaps(c.HarnessCPUs) {
+		errs = append(errs, fmt.Errorf("gateway CPUs %s and harness CPUs %s overlap", c.GatewayCPUs, c.HarnessCPUs))
+	}
 	if c.Storm < 0 || c.Storm > 5*time.Minute {
 		errs = append(errs, fmt.Errorf("storm: %v outside 0..5m", c.Storm))
 	}
@@ -102,20 +112,30 @@ type Result struct {
 	Devices  int      `json:"devices"`
 	Kinds    []string `json:"kinds"`
 	Duration float64  `json:"phase_s"`
+	// The CPUs each part ran on ("": not pinned), and the runs the figures
+	// are the medians of (1: a single run's figures).
+	GatewayCPUs string `json:"gateway_cpus"`
+	CloudCPUs   string `json:"cloud_cpus"`
+	HarnessCPUs string `json:"harness_cpus"`
+	Runs        int    `json:"runs"`
 
 	RelayWindow    int     `json:"relay_window,omitempty"`
 	Validated      float64 `json:"validated_msgs_per_s"`   // peak, end to end, gateway and harness sharing the cores
 	Accepted       float64 `json:"accepted_msgs_per_s"`    // peak PUBACK 0x00 at the devices (stored durably), same window
-	VerifyOnly     float64 `json:"verify_only_msgs_per_s"` // envelope.Verifier alone on every core, same messages
-	Ratio          float64 `json:"ratio"`                  // Validated / VerifyOnly (target >= 0.6)
+	VerifyOnly     float64 `json:"verify_only_msgs_per_s"` // envelope.Verifier alone on the gateway's CPUs (all when not pinned), same messages
+	Ratio          float64 `json:"ratio"`                  // Validated / VerifyOnly (target >= 0.75 pinned)
 	GatewayCPU     float64 `json:"gateway_cpu_share"`      // of the machine during the peak phase
 	HarnessCPU     float64 `json:"harness_cpu_share"`      // fleet and subscriber (this process)
 	CloudCPU       float64 `json:"cloud_cpu_share"`        // cloud broker (its own process)
 	PerGatewayCore float64 `json:"validated_per_gateway_cpu_s"`
 	RatioPerCore   float64 `json:"ratio_per_cpu_s"` // validated per gateway CPU-second / verify-only per CPU-second
-	PeakRejected   uint64  `json:"peak_rejected"`
-	PeakFailed     uint64  `json:"peak_failed"`
-	Undelivered    uint64  `json:"undelivered"` // acknowledged to devices but not delivered to the app within 30 s of a phase's end
+	// VerifyOnlyPerCPU is verify-only per CPU-second this process spent in
+	// that phase: unlike the rate, it does not fall when other programs
+	// take the CPUs.
+	VerifyOnlyPerCPU float64 `json:"verify_only_per_cpu_s"`
+	PeakRejected     uint64  `json:"peak_rejected"`
+	PeakFailed       uint64  `json:"peak_failed"`
+	Undelivered      uint64  `json:"undelivered"` // acknowledged to devices but not delivered to the app within 30 s of a phase's end
 
 	HalfRate    float64 `json:"latency_rate_msgs_per_s"` // target rate of the latency phase
 	HalfAchieve float64 `json:"latency_achieved_msgs_per_s"`
@@ -151,6 +171,8 @@ type Result struct {
 	VsBaseline          float64 `json:"validated_vs_baseline"`
 	BaselineCPU         float64 `json:"baseline_cpu_share"`
 	ElapsedSeconds      float64 `json:"elapsed_s"`
+
+	Spread
 }
 
 // run is the state of one harness run.
@@ -182,7 +204,11 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	r := &run{cfg: cfg, dir: cfg.Dir}
 	r.res = Result{NProc: runtime.NumCPU(), CPU: CPUModel(), Go: runtime.Version(), Devices: cfg.Devices,
 		Kinds: cfg.Kinds, Duration: cfg.Duration.Seconds(), Idle: cfg.Idle, StormWorkers: cfg.Workers,
-		RelayWindow: cfg.RelayWindow}
+		RelayWindow: cfg.RelayWindow, GatewayCPUs: cfg.GatewayCPUs.String(), CloudCPUs: cfg.CloudCPUs.String(),
+		HarnessCPUs: cfg.HarnessCPUs.String(), Runs: 1}
+	if err := PinSelf(cfg.HarnessCPUs); err != nil {
+		return r.res, err
+	}
 	if r.dir == "" {
 		d, err := os.MkdirTemp("", "vitalgate-bench-")
 		if err != nil {
@@ -195,7 +221,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	defer stop()
 	err := r.all(ctx)
 	r.res.ElapsedSeconds = round(time.Since(start).Seconds(), 1)
-	return r.res, err
+	return Summarize([]Result{r.res}), err
 }
 
 func (r *run) setStatus(f func() string) { r.status.Store(&f) }
@@ -243,7 +269,7 @@ func (r *run) all(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	if r.cloud, err = StartCloud(ctx, brokerBin, r.pkiDir(), filepath.Join(r.dir, "cloud")); err != nil {
+	if r.cloud, err = StartCloud(ctx, brokerBin, r.pkiDir(), filepath.Join(r.dir, "cloud"), r.childCPUs(r.cfg.CloudCPUs)); err != nil {
 		return err
 	}
 	defer stopChild(r.cloud.child, "cloud broker", &err)
@@ -302,6 +328,19 @@ func (r *run) all(ctx context.Context) (err error) {
 	return r.baseline(ctx, roots, fleetDevs[:nb], peakMsgs[:nb])
 }
 
+// startCPUs are the CPUs this process could use when it started, before any pinning.
+var startCPUs = AllowedCPUs()
+
+// childCPUs is the set a child process runs on: set, or, when set is empty
+// but this process is pinned (which a child would inherit), the CPUs this
+// process started with.
+func (r *run) childCPUs(set CPUSet) CPUSet {
+	if len(set) == 0 && len(r.cfg.HarnessCPUs) > 0 {
+		return startCPUs
+	}
+	return set
+}
+
 // pkiDir is the PKI directory of the run.
 func (r *run) pkiDir() string { return filepath.Join(r.dir, "pki") }
 
@@ -345,7 +384,7 @@ func (r *run) programs(ctx context.Context) (gateway, broker string, err error) 
 func (r *run) startGateway(ctx context.Context, bin string) (err error) {
 	if r.gw, err = StartGateway(ctx, bin, GatewayConfig{PKI: r.pkiDir(), Data: filepath.Join(r.dir, "gateway"),
 		Cloud: "ssl://" + r.cloud.GatewayAddr(), MaxConnections: len(r.devs) + 1000, AcceptRate: 100_000, RatePerDevice: 100_000,
-		RelayWindow: r.cfg.RelayWindow, Pprof: r.cfg.Pprof}); err != nil {
+		RelayWindow: r.cfg.RelayWindow, Pprof: r.cfg.Pprof || r.cfg.CPUProfile != "", CPUs: r.childCPUs(r.cfg.GatewayCPUs)}); err != nil {
 		return err
 	}
 	if r.cfg.Pprof && r.cfg.Notice != nil {
@@ -384,7 +423,8 @@ func (r *run) subscribe() (err error) {
 	return err
 }
 
-// verifyOnly measures envelope verification alone on a sample of the fleet's messages.
+// verifyOnly measures envelope verification alone on a sample of the fleet's messages, on the gateway's CPUs
+// when it is pinned (this process moves there for the phase, one worker per CPU).
 func (r *run) verifyOnly() (err error) {
 	r.phase("verify-only")
 	sampleDevs := r.devs[:min(r.cfg.Devices, 600)]
@@ -392,8 +432,32 @@ func (r *run) verifyOnly() (err error) {
 	if err != nil {
 		return err
 	}
-	if r.res.VerifyOnly, err = VerifyOnly(sampleDevs, sample, 0, 3*time.Second, 0); err != nil {
+	workers := 0
+	if gw := r.cfg.GatewayCPUs; len(gw) > 0 {
+		back := r.cfg.HarnessCPUs
+		if len(back) == 0 {
+			back = startCPUs
+		}
+		if err := PinSelf(gw); err != nil {
+			return err
+		}
+		defer func() {
+			if e := PinSelf(back); e != nil && err == nil {
+				err = e
+			}
+		}()
+		workers = len(gw)
+	}
+	p0, err := ProcStat(0)
+	if err != nil {
 		return err
+	}
+	t0 := time.Now()
+	if r.res.VerifyOnly, err = VerifyOnly(sampleDevs, sample, workers, 3*time.Second, 0); err != nil {
+		return err
+	}
+	if p1, err := ProcStat(0); err == nil && p1.CPU > p0.CPU {
+		r.res.VerifyOnlyPerCPU = round(r.res.VerifyOnly*time.Since(t0).Seconds()/(p1.CPU-p0.CPU).Seconds(), 0)
 	}
 	r.res.VerifyOnly = round(r.res.VerifyOnly, 0)
 	return nil
@@ -402,7 +466,16 @@ func (r *run) verifyOnly() (err error) {
 // peak drives msgs from devices unpaced and records the peak figures of the result.
 func (r *run) peak(ctx context.Context, devices *Devices, msgs [][]Msg) (phaseResult, error) {
 	before := devices.Counts()
+	var prof <-chan error
+	if r.cfg.CPUProfile != "" {
+		prof = r.gw.cpuProfile(ctx, r.cfg.CPUProfile, min(time.Second, r.cfg.Duration/5), max(time.Second, r.cfg.Duration-2*time.Second))
+	}
 	pk, err := r.drive(ctx, "peak", devices, msgs, 0, r.sub.Count, r.gw.Pid(), nil)
+	if prof != nil {
+		if e := <-prof; e != nil && err == nil {
+			err = e
+		}
+	}
 	if err != nil {
 		return pk, err
 	}
@@ -418,7 +491,14 @@ func (r *run) peak(ctx context.Context, devices *Devices, msgs [][]Msg) (phaseRe
 	if pk.childShare > 0 {
 		perCore := pk.rate / (pk.childShare * float64(r.res.NProc))
 		r.res.PerGatewayCore = round(perCore, 0)
-		r.res.RatioPerCore = round(perCore/(r.res.VerifyOnly/float64(r.res.NProc)), 3)
+		verifyPerCPU := r.res.VerifyOnlyPerCPU
+		if verifyPerCPU == 0 { // not measured: the rate over the CPUs it ran on
+			verifyPerCPU = r.res.VerifyOnly / float64(r.res.NProc)
+			if n := len(r.cfg.GatewayCPUs); n > 0 {
+				verifyPerCPU = r.res.VerifyOnly / float64(n)
+			}
+		}
+		r.res.RatioPerCore = round(perCore/verifyPerCPU, 3)
 	}
 	return pk, nil
 }

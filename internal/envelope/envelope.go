@@ -95,6 +95,7 @@ func algFor(pub crypto.PublicKey) (cose.Algorithm, error) {
 type Verifier struct {
 	alg    cose.Algorithm
 	cv     cose.Verifier
+	p256   *ecdsa.PublicKey // ES256: checked by verifyES256, not cv
 	kid    []byte
 	anyKid bool // a key's messages (manifests) rather than a device's: a kid names nothing
 }
@@ -111,7 +112,11 @@ func NewVerifier(pub crypto.PublicKey, deviceID string) (*Verifier, error) {
 	if err != nil {
 		return nil, fmt.Errorf("new verifier: %w", err)
 	}
-	return &Verifier{alg: alg, cv: cv, kid: []byte(deviceID)}, nil
+	v := &Verifier{alg: alg, cv: cv, kid: []byte(deviceID)}
+	if k, ok := pub.(*ecdsa.PublicKey); ok && alg == cose.AlgorithmES256 {
+		v.p256 = k
+	}
+	return v, nil
 }
 
 // NewKeyVerifier returns a Verifier for messages signed by pub that name no

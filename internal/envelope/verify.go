@@ -36,7 +36,12 @@ func (v *Verifier) Verify(msg []byte) ([]byte, error) {
 	}
 	bp := tbsPool.Get().(*[]byte)
 	tbs := m.toBeSigned((*bp)[:0])
-	err := v.cv.Verify(tbs, m.signature)
+	var err error
+	if v.p256 != nil {
+		err = verifyES256(v.p256, tbs, m.signature)
+	} else {
+		err = v.cv.Verify(tbs, m.signature)
+	}
 	if cap(tbs) <= MaxMessage+64 {
 		*bp = tbs[:0]
 		tbsPool.Put(bp)
