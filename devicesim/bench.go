@@ -94,7 +94,7 @@ func parseBench(args []string, helpOut io.Writer) (bench.Config, benchOpts, erro
 	}
 	var (
 		devices  = fs.Int("devices", 2000, "devices of the throughput phases, 1..10000")
-		duration = fs.Duration("duration", 10*time.Second, "length of each throughput phase (peak, latency, baseline)")
+		duration = fs.Duration("duration", 10*time.Second, "length of each throughput phase (peak, latency, each baseline)")
 		rate     = fs.Float64("rate", 0, "total msg/s of the latency phase (0: half the measured peak)")
 		idle     = fs.Int("idle", 10000, "idle mTLS connections held for the memory figure (0: skip)")
 		storm    = fs.Duration("storm", 5*time.Second, "length of each reconnect storm, full and resumed (0: skip)")
@@ -104,6 +104,7 @@ func parseBench(args []string, helpOut io.Writer) (bench.Config, benchOpts, erro
 		kinds    = fs.String("kinds", "", "record kinds, round-robin over the devices (default: all six)")
 		bin      = fs.String("gateway-bin", "", "gateway program (default: go build it into the work directory)")
 		brokerB  = fs.String("broker-bin", "", "cloud broker program (default: go build it into the work directory)")
+		mosq     = fs.String("mosquitto-bin", "", "mosquitto program of the Mosquitto baseline (default: mosquitto on the PATH or in /usr/sbin; \"off\": skip it)")
 		dir      = fs.String("dir", "", "work directory for PKI and data (default: a temporary one, removed after)")
 		seed     = fs.Int64("seed", 1, "physiology seed")
 		out      = fs.String("out", "", "also write the JSON line to `file`")
@@ -124,7 +125,7 @@ func parseBench(args []string, helpOut io.Writer) (bench.Config, benchOpts, erro
 		return bench.Config{}, opts, fmt.Errorf("runs: %d outside 1..20", *runs)
 	}
 	cfg := bench.Config{Devices: *devices, Duration: *duration, Rate: *rate, Idle: *idle, Storm: *storm,
-		Workers: *workers, GatewayBin: *bin, BrokerBin: *brokerB, Dir: *dir, Seed: *seed, RelayWindow: *window, Pprof: *pprof}
+		Workers: *workers, GatewayBin: *bin, BrokerBin: *brokerB, MosquittoBin: *mosq, Dir: *dir, Seed: *seed, RelayWindow: *window, Pprof: *pprof}
 	if *kinds != "" {
 		cfg.Kinds = strings.Split(*kinds, ",")
 	}
