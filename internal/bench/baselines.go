@@ -34,6 +34,7 @@ func (r *run) baselines(ctx context.Context, roots *x509.CertPool, devs []*Ident
 	}
 	f := r.baselineFigures(res)
 	r.res.Baseline, r.res.BaselinePerCPU, r.res.BaselineCPU = f.rate, f.perCPU, f.share
+	r.res.BaselineHarnessCPU, r.res.BaselineCloudCPU = f.harness, f.cloud
 	r.res.VsBaseline, r.res.VsBaselinePerCPU, r.res.BaselineUndelivered = f.vs, f.vsPerCPU, res.undelivered
 
 	bin := FindMosquitto(r.cfg.MosquittoBin)
@@ -55,6 +56,7 @@ func (r *run) baselines(ctx context.Context, roots *x509.CertPool, devs []*Ident
 	}
 	f = r.baselineFigures(res)
 	r.res.Mosquitto, r.res.MosquittoPerCPU, r.res.MosquittoCPU = f.rate, f.perCPU, f.share
+	r.res.MosquittoHarnessCPU, r.res.MosquittoCloudCPU = f.harness, f.cloud
 	r.res.VsMosquitto, r.res.VsMosquittoPerCPU, r.res.MosquittoUndelivered = f.vs, f.vsPerCPU, res.undelivered
 	return nil
 }
@@ -103,12 +105,15 @@ type baselineFigure struct {
 	rate     float64 // delivered at the cloud per second
 	perCPU   float64 // per CPU-second of the relay's process
 	share    float64 // the relay's CPU share of the machine
+	harness  float64 // this process's (fleet and app)
+	cloud    float64 // the cloud broker's
 	vs       float64 // validated / rate
 	vsPerCPU float64 // validated per gateway CPU-second / perCPU
 }
 
 func (r *run) baselineFigures(res phaseResult) baselineFigure {
-	f := baselineFigure{rate: round(res.rate, 0), share: round(res.childShare, 3)}
+	f := baselineFigure{rate: round(res.rate, 0), share: round(res.childShare, 3),
+		harness: round(res.selfShare, 3), cloud: round(res.cloudShare, 3)}
 	if res.rate > 0 {
 		f.vs = round(r.res.Validated/res.rate, 3)
 	}

@@ -183,13 +183,17 @@ type Result struct {
 	BaselineUndelivered  uint64  `json:"baseline_undelivered"` // acknowledged by the mochi relay, not at the app within 30 s
 	VsBaseline           float64 `json:"validated_vs_baseline"`
 	VsBaselinePerCPU     float64 `json:"validated_vs_baseline_per_cpu_s"`
-	BaselineCPU          float64 `json:"baseline_cpu_share"`                      // the mochi relay's process, of the machine
+	BaselineCPU          float64 `json:"baseline_cpu_share"`         // the mochi relay's process, of the machine
+	BaselineHarnessCPU   float64 `json:"baseline_harness_cpu_share"` // fleet and app, same phase
+	BaselineCloudCPU     float64 `json:"baseline_cloud_cpu_share"`
 	Mosquitto            float64 `json:"baseline_mosquitto_msgs_per_s,omitempty"` // Mosquitto with a bridge; absent when not installed
 	MosquittoPerCPU      float64 `json:"baseline_mosquitto_per_cpu_s,omitempty"`
 	MosquittoUndelivered uint64  `json:"baseline_mosquitto_undelivered,omitempty"`
 	VsMosquitto          float64 `json:"validated_vs_mosquitto,omitempty"`
 	VsMosquittoPerCPU    float64 `json:"validated_vs_mosquitto_per_cpu_s,omitempty"`
 	MosquittoCPU         float64 `json:"baseline_mosquitto_cpu_share,omitempty"`
+	MosquittoHarnessCPU  float64 `json:"baseline_mosquitto_harness_cpu_share,omitempty"`
+	MosquittoCloudCPU    float64 `json:"baseline_mosquitto_cloud_cpu_share,omitempty"`
 	ElapsedSeconds       float64 `json:"elapsed_s"`
 
 	Spread
