@@ -19,9 +19,10 @@ import (
 )
 
 // benchCmd is `devicesim bench`: the load harness of docs/design.md#figures.
-// It starts the cloud broker and the gateway as child processes (the fleet
-// and the clinician app run in this one), measures every figure in one run, shows a one-line progress on
-// stderr and prints the result as one JSON line on stdout (and to --out).
+// It starts the cloud broker, the gateway and the baselines' relays as child
+// processes (the fleet and the clinician app run in this one), measures every
+// figure in one run, shows a one-line progress on stderr and prints the
+// result as one JSON line on stdout (and to --out).
 func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	cfg, opts, err := parseBench(args, stdout)
 	if errors.Is(err, flag.ErrHelp) {
@@ -89,7 +90,7 @@ func parseBench(args []string, helpOut io.Writer) (bench.Config, benchOpts, erro
 	fs := flag.NewFlagSet("devicesim bench", flag.ContinueOnError)
 	fs.SetOutput(helpOut)
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: devicesim bench [flags]\n\nMeasures the gateway (docs/design.md#figures) in one run: cloud broker and gateway as\nchild processes, fleet and app in this one, temporary PKI and data. Prints one JSON line.\n\n")
+		fmt.Fprintf(fs.Output(), "usage: devicesim bench [flags]\n\nMeasures the gateway (docs/design.md#figures) in one run: cloud broker, gateway and the\nbaselines' relays (a bare mochi relay, Mosquitto with a bridge) as child\nprocesses, fleet and app in this one, temporary PKI and data. Prints one JSON line.\n\n")
 		fs.PrintDefaults()
 	}
 	var (

@@ -67,7 +67,8 @@ func RelayMain(args []string, stderr io.Writer) int {
 	return 0
 }
 
-// runRelay serves until ctx is done or the cloud connection is lost.
+// runRelay serves until ctx is done or the cloud connection is lost (an
+// error).
 func runRelay(ctx context.Context, pkiDir, cloud string, window int, log *slog.Logger) error {
 	p := func(n string) string { return filepath.Join(pkiDir, n) }
 	tc, err := pki.ClientTLS(p(pki.FileCA), p(pki.FileGatewayClient), p(pki.FileGatewayClientKey))
@@ -81,8 +82,9 @@ func runRelay(ctx context.Context, pkiDir, cloud string, window int, log *slog.L
 	site, id := pki.ParseSiteAndID(cert)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	var lost atomic.Pointer[error]
 	f, err := dialForwarder(ctx, cloud, tc, id, window, func(err error) {
-		log.Error("cloud connection lost", "err", err)
+		lost.Store(&err)
 		cancel()
 	})
 	if err != nil {
@@ -98,6 +100,9 @@ func runRelay(ctx context.Context, pkiDir, cloud string, window int, log *slog.L
 	cerr := b.Close()
 	f.close()
 	log.Info("bench relay stopped", "forwarded", f.acked.Load(), "failed", f.failed.Load())
+	if e := lost.Load(); e != nil {
+		return fmt.Errorf("cloud connection lost: %w", *e)
+	}
 	return cerr
 }
 
