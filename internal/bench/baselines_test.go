@@ -103,3 +103,21 @@ func TestBaselinePhases(t *testing.T) {
 	}
 	t.Logf("%s", b)
 }
+
+// The Mosquitto configuration asks what the gateway asks of devices (a
+// client certificate of the device CA, TLS 1.2 at least) and bridges to
+// the cloud as the gateway does, onto topics the cloud's ACL allows.
+func TestMosquittoConf(t *testing.T) {
+	conf := mosquittoConf(4242, "/p", "/w/device-cas.pem", "127.0.0.1:8883", "site1", "gw1", 4096)
+	for _, line := range []string{
+		"listener 4242 127.0.0.1", "cafile /w/device-cas.pem", "certfile /p/gateway.crt", "keyfile /p/gateway.key",
+		"require_certificate true", "tls_version tlsv1.2", "connection cloud", "address 127.0.0.1:8883",
+		"remote_clientid gw1", "bridge_protocol_version mqttv311", "try_private false", "notifications false",
+		"bridge_cafile /p/ca.crt", "bridge_certfile /p/gateway-client.crt", "bridge_keyfile /p/gateway-client.key",
+		"bridge_tls_version tlsv1.2", "topic +/telemetry out 1 devices/ telemetry/site1/", "max_inflight_messages 4096",
+	} {
+		if !strings.Contains("\n"+conf, "\n"+line+"\n") {
+			t.Errorf("mosquitto.conf lacks %q:\n%s", line, conf)
+		}
+	}
+}
