@@ -19,9 +19,10 @@ import (
 )
 
 // benchCmd is `devicesim bench`: the load harness of docs/design.md#figures.
-// It starts the cloud broker and the gateway as child processes (the fleet
-// and the clinician app run in this one), measures every figure in one run, shows a one-line progress on
-// stderr and prints the result as one JSON line on stdout (and to --out).
+// It starts the cloud broker, the gateway and the baselines' relays as child
+// processes (the fleet and the clinician app run in this one), measures every
+// figure in one run, shows a one-line progress on stderr and prints the
+// result as one JSON line on stdout (and to --out).
 func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	cfg, opts, err := parseBench(args, stdout)
 	if errors.Is(err, flag.ErrHelp) {
@@ -89,12 +90,12 @@ func parseBench(args []string, helpOut io.Writer) (bench.Config, benchOpts, erro
 	fs := flag.NewFlagSet("devicesim bench", flag.ContinueOnError)
 	fs.SetOutput(helpOut)
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: devicesim bench [flags]\n\nMeasures the gateway (docs/design.md#figures) in one run: cloud broker and gateway as\nchild processes, fleet and app in this one, temporary PKI and data. Prints one JSON line.\n\n")
+		fmt.Fprintf(fs.Output(), "usage: devicesim bench [flags]\n\nMeasures the gateway (docs/design.md#figures) in one run: cloud broker, gateway and the\nbaselines' relays (a bare mochi relay, Mosquitto with a bridge) as child\nprocesses, fleet and app in this one, temporary PKI and data. Prints one JSON line.\n\n")
 		fs.PrintDefaults()
 	}
 	var (
 		devices  = fs.Int("devices", 2000, "devices of the throughput phases, 1..10000")
-		duration = fs.Duration("duration", 10*time.Second, "length of each throughput phase (peak, latency, baseline)")
+		duration = fs.Duration("duration", 10*time.Second, "length of each throughput phase (peak, latency, each baseline)")
 		rate     = fs.Float64("rate", 0, "total msg/s of the latency phase (0: half the measured peak)")
 		idle     = fs.Int("idle", 10000, "idle mTLS connections held for the memory figure (0: skip)")
 		storm    = fs.Duration("storm", 5*time.Second, "length of each reconnect storm, full and resumed (0: skip)")
@@ -104,6 +105,7 @@ func parseBench(args []string, helpOut io.Writer) (bench.Config, benchOpts, erro
 		kinds    = fs.String("kinds", "", "record kinds, round-robin over the devices (default: all six)")
 		bin      = fs.String("gateway-bin", "", "gateway program (default: go build it into the work directory)")
 		brokerB  = fs.String("broker-bin", "", "cloud broker program (default: go build it into the work directory)")
+		mosq     = fs.String("mosquitto-bin", "", "mosquitto program of the Mosquitto baseline (default: mosquitto on the PATH or in /usr/sbin; \"off\": skip it)")
 		dir      = fs.String("dir", "", "work directory for PKI and data (default: a temporary one, removed after)")
 		seed     = fs.Int64("seed", 1, "physiology seed")
 		out      = fs.String("out", "", "also write the JSON line to `file`")
@@ -124,7 +126,7 @@ func parseBench(args []string, helpOut io.Writer) (bench.Config, benchOpts, erro
 		return bench.Config{}, opts, fmt.Errorf("runs: %d outside 1..20", *runs)
 	}
 	cfg := bench.Config{Devices: *devices, Duration: *duration, Rate: *rate, Idle: *idle, Storm: *storm,
-		Workers: *workers, GatewayBin: *bin, BrokerBin: *brokerB, Dir: *dir, Seed: *seed, RelayWindow: *window, Pprof: *pprof}
+		Workers: *workers, GatewayBin: *bin, BrokerBin: *brokerB, MosquittoBin: *mosq, Dir: *dir, Seed: *seed, RelayWindow: *window, Pprof: *pprof}
 	if *kinds != "" {
 		cfg.Kinds = strings.Split(*kinds, ",")
 	}

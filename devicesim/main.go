@@ -27,6 +27,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/vitalgate/vitalgate/internal/bench"
 	"github.com/vitalgate/vitalgate/internal/cli"
 	"github.com/vitalgate/vitalgate/internal/fleet"
 	"github.com/vitalgate/vitalgate/internal/version"
@@ -43,6 +44,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	if len(args) > 0 && args[0] == "bench" {
 		return benchCmd(ctx, args[1:], stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == bench.RelayCommand { // hidden: the bench's bare mochi relay
+		return bench.RelayMain(args[1:], stderr)
 	}
 	if len(args) > 0 && args[0] == "conform" {
 		return conformCmd(ctx, args[1:], stdout, stderr)

@@ -215,3 +215,24 @@ func TestParseBenchPinning(t *testing.T) {
 		}
 	}
 }
+
+// The bench's bare mochi relay is a hidden subcommand: reached by name,
+// refusing to start without its PKI and cloud.
+func TestBenchRelayCommand(t *testing.T) {
+	code, _, e := runCLI(bench.RelayCommand)
+	if code != 2 || !strings.Contains(e, "usage: devicesim "+bench.RelayCommand) {
+		t.Fatalf("code %d, stderr %q", code, e)
+	}
+	code, _, e = runCLI(bench.RelayCommand, "--pki", t.TempDir(), "--cloud", freeAddr(t))
+	if code != 1 || !strings.Contains(e, "bench relay failed") {
+		t.Fatalf("without a PKI: code %d, stderr %q", code, e)
+	}
+}
+
+// --mosquitto-bin reaches the harness's configuration.
+func TestParseBenchMosquitto(t *testing.T) {
+	cfg, _, err := parseBench([]string{"--mosquitto-bin", "off"}, io.Discard)
+	if err != nil || cfg.MosquittoBin != "off" {
+		t.Fatalf("MosquittoBin %q, %v", cfg.MosquittoBin, err)
+	}
+}

@@ -16,9 +16,9 @@ import (
 
 // Baseline is a bare mochi broker: devices connect with the same mutual TLS
 // as at the gateway, but nothing else is checked (no signature, record,
-// replay, rate or schema check, no durable queue, no second hop). A
-// subscriber on a plain loopback listener receives what they publish. It is
-// the reference for the cost of security.
+// replay, rate or schema check, no durable queue). A subscriber on a plain
+// loopback listener receives what they publish; the bare relay of the
+// baseline phase ([RelayMain]) adds a hook that forwards it to the cloud.
 type Baseline struct {
 	srv     *mqtt.Server
 	devices *listen.Listener
@@ -30,8 +30,8 @@ const connectDeadline = 30 * time.Second
 
 // StartBaseline serves devices on a TLS listener with the gateway's server
 // certificate and the device CA, and subscribers on a plain one, both on
-// loopback ports of their own.
-func StartBaseline(pkiDir string) (*Baseline, error) {
+// loopback ports of their own. hooks are added after mochi's allow-all one.
+func StartBaseline(pkiDir string, hooks ...mqtt.Hook) (*Baseline, error) {
 	p := func(n string) string { return filepath.Join(pkiDir, n) }
 	pool, err := pki.LoadPool(p(pki.FileDeviceCA))
 	if err != nil {
@@ -48,6 +48,11 @@ func StartBaseline(pkiDir string) (*Baseline, error) {
 	b := &Baseline{srv: mqtt.New(&mqtt.Options{Capabilities: caps, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})}
 	if err := b.srv.AddHook(new(auth.AllowHook), nil); err != nil {
 		return nil, fmt.Errorf("baseline: %w", err)
+	}
+	for _, h := range hooks {
+		if err := b.srv.AddHook(h, nil); err != nil {
+			return nil, fmt.Errorf("baseline hook: %w", err)
+		}
 	}
 	// Our listener, not mochi's TCP one: mochi's can deadlock in Close
 	// (see package listen).

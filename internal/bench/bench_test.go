@@ -145,7 +145,8 @@ func TestResultJSON(t *testing.T) {
 		"verify_only_msgs_per_s", "ratio", "gateway_cpu_share", "harness_cpu_share", "ratio_per_cpu_s",
 		"latency_rate_msgs_per_s", "latency_p50_ms", "latency_p99_ms", "idle_connections",
 		"gateway_rss_idle_bytes", "gateway_rss_per_conn_bytes", "gateway_heap_idle_bytes",
-		"handshakes_full_per_s", "handshakes_resumed_per_s", "baseline_mochi_msgs_per_s", "validated_vs_baseline"} {
+		"handshakes_full_per_s", "handshakes_resumed_per_s", "baseline_mochi_msgs_per_s", "validated_vs_baseline",
+		"baseline_mochi_per_cpu_s", "validated_vs_baseline_per_cpu_s", "validated_vs_baseline_min", "validated_vs_baseline_max"} {
 		if _, ok := m[k]; !ok {
 			t.Errorf("JSON line lacks %q", k)
 		}

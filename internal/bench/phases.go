@@ -4,8 +4,6 @@ import (
 	"context"
 	"crypto/x509"
 	"fmt"
-	"path/filepath"
-	"slices"
 	"sync/atomic"
 	"time"
 )
@@ -222,45 +220,6 @@ func awaitDelivery(ctx context.Context, count func() uint64, c0, acked uint64) {
 	for count()-c0 < acked && time.Now().Before(deadline) && ctx.Err() == nil {
 		time.Sleep(50 * time.Millisecond)
 	}
-}
-
-// baseline sends the peak's messages through a bare mochi broker.
-func (r *run) baseline(ctx context.Context, roots *x509.CertPool, devs []*Identity, msgs [][]Msg) error {
-	r.phase("starting bare mochi baseline")
-	// The relay runs in this process, beside its fleet: when pinned, on the gateway's and the harness's CPUs together.
-	if all := append(slices.Clone(r.cfg.GatewayCPUs), r.cfg.HarnessCPUs...); len(r.cfg.GatewayCPUs) > 0 && len(r.cfg.HarnessCPUs) > 0 {
-		slices.Sort(all)
-		if err := PinSelf(all); err != nil {
-			return err
-		}
-		defer func() { _ = PinSelf(r.cfg.HarnessCPUs) }()
-	}
-	b, err := StartBaseline(filepath.Join(r.dir, "pki"))
-	if err != nil {
-		return err
-	}
-	defer b.Close()
-	sub, err := Subscribe(SubscriberConfig{URL: b.SubscriberURL(), ClientID: "bench-baseline", Filter: "devices/+/telemetry"})
-	if err != nil {
-		return err
-	}
-	defer sub.Close()
-	d, err := r.connect(ctx, b.DeviceAddr(), roots, devs, "bare mochi")
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	res, err := r.drive(ctx, "baseline", d, msgs, 0, sub.Count, 0, nil)
-	if err != nil {
-		return err
-	}
-	r.res.Baseline = round(res.rate, 0)
-	r.res.BaselineUndelivered = res.undelivered
-	r.res.BaselineCPU = round(res.selfShare, 3)
-	if res.rate > 0 {
-		r.res.VsBaseline = round(r.res.Validated/res.rate, 3)
-	}
-	return nil
 }
 
 // sleep waits d or until ctx is done.

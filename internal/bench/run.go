@@ -28,6 +28,13 @@ type Config struct {
 	Storm      time.Duration // of each storm (full, resumed); 0: skip it
 	GatewayBin string        // gateway program; "": built with the go tool into the work directory
 	BrokerBin  string        // cloud broker program; "": built likewise
+	// RelayBin runs the bare mochi relay as `RelayBin bench-relay ...`
+	// ([RelayMain]); "": this program.
+	RelayBin string
+	// MosquittoBin is Mosquitto for its baseline; "": found on the PATH or
+	// in /usr/sbin ([FindMosquitto]); "off", or none found: the phase is
+	// skipped (with a notice) and its fields are absent.
+	MosquittoBin string
 	// RelayWindow, when > 0, sets the gateway's relay.window (QoS 1
 	// messages in flight to the cloud); 0 keeps the gateway's default.
 	RelayWindow int
@@ -157,20 +164,37 @@ type Result struct {
 	HeapStart  int64   `json:"gateway_heap_start_bytes"`
 	HeapIdle   int64   `json:"gateway_heap_idle_bytes"`
 
-	StormWorkers        int     `json:"storm_workers"`
-	FullPerS            float64 `json:"handshakes_full_per_s"`
-	ResumedPerS         float64 `json:"handshakes_resumed_per_s"`
-	ResumedShare        float64 `json:"resumed_share"` // of the resumed storm's handshakes that did resume
-	FullCPUus           float64 `json:"gateway_cpu_us_per_full_handshake"`
-	ResumedCPUus        float64 `json:"gateway_cpu_us_per_resumed_handshake"`
-	StormFailed         uint64  `json:"storm_failed"`
-	StormError          string  `json:"storm_first_error,omitempty"`
-	Baseline            float64 `json:"baseline_mochi_msgs_per_s"` // bare mochi with TLS, no checks, one hop
-	BaselineDevs        int     `json:"baseline_devices"`          // fewer than devices when both ends would exceed the open file limit
-	BaselineUndelivered uint64  `json:"baseline_undelivered"`      // dropped by mochi on the way to the subscriber
-	VsBaseline          float64 `json:"validated_vs_baseline"`
-	BaselineCPU         float64 `json:"baseline_cpu_share"`
-	ElapsedSeconds      float64 `json:"elapsed_s"`
+	StormWorkers int     `json:"storm_workers"`
+	FullPerS     float64 `json:"handshakes_full_per_s"`
+	ResumedPerS  float64 `json:"handshakes_resumed_per_s"`
+	ResumedShare float64 `json:"resumed_share"` // of the resumed storm's handshakes that did resume
+	FullCPUus    float64 `json:"gateway_cpu_us_per_full_handshake"`
+	ResumedCPUus float64 `json:"gateway_cpu_us_per_resumed_handshake"`
+	StormFailed  uint64  `json:"storm_failed"`
+	StormError   string  `json:"storm_first_error,omitempty"`
+	// The baselines: the same fleet and messages through the setups a user
+	// would pick instead, each its own process on the gateway's CPUs (the
+	// gateway stopped), mutual TLS from the devices, QoS 1 on to the cloud
+	// broker, no payload check; rates at the same app. Per CPU-second: of
+	// the relay's process, compared with validated_per_gateway_cpu_s.
+	Baseline             float64 `json:"baseline_mochi_msgs_per_s"` // bare mochi relay, forwarding with a paho client
+	BaselinePerCPU       float64 `json:"baseline_mochi_per_cpu_s"`
+	BaselineDevs         int     `json:"baseline_devices"`     // fewer than devices when they would exceed the open file limit
+	BaselineUndelivered  uint64  `json:"baseline_undelivered"` // acknowledged by the mochi relay, not at the app within 30 s
+	VsBaseline           float64 `json:"validated_vs_baseline"`
+	VsBaselinePerCPU     float64 `json:"validated_vs_baseline_per_cpu_s"`
+	BaselineCPU          float64 `json:"baseline_cpu_share"`         // the mochi relay's process, of the machine
+	BaselineHarnessCPU   float64 `json:"baseline_harness_cpu_share"` // fleet and app, same phase
+	BaselineCloudCPU     float64 `json:"baseline_cloud_cpu_share"`
+	Mosquitto            float64 `json:"baseline_mosquitto_msgs_per_s,omitempty"` // Mosquitto with a bridge; absent when not installed
+	MosquittoPerCPU      float64 `json:"baseline_mosquitto_per_cpu_s,omitempty"`
+	MosquittoUndelivered uint64  `json:"baseline_mosquitto_undelivered,omitempty"`
+	VsMosquitto          float64 `json:"validated_vs_mosquitto,omitempty"`
+	VsMosquittoPerCPU    float64 `json:"validated_vs_mosquitto_per_cpu_s,omitempty"`
+	MosquittoCPU         float64 `json:"baseline_mosquitto_cpu_share,omitempty"`
+	MosquittoHarnessCPU  float64 `json:"baseline_mosquitto_harness_cpu_share,omitempty"`
+	MosquittoCloudCPU    float64 `json:"baseline_mosquitto_cloud_cpu_share,omitempty"`
+	ElapsedSeconds       float64 `json:"elapsed_s"`
 
 	Spread
 }
@@ -317,15 +341,16 @@ func (r *run) all(ctx context.Context) (err error) {
 	}
 	r.fleet.Store(nil)
 	devices.Close()
-
-	// The same fleet and messages through a bare mochi broker; it runs in
-	// this process, which then holds both ends of every connection.
+	// The gateway leaves its CPUs, and its client ID at the cloud, to the baselines.
+	if err := r.gw.Stop(); err != nil && !isSignalExit(err) {
+		return fmt.Errorf("gateway exit: %w", err)
+	}
 	nb := len(fleetDevs)
-	if limit := int(min(r.files, 1<<20)); 2*nb+1000 > limit {
-		nb = max(1, (limit-1000)/2)
+	if limit := int(min(r.files, 1<<20)); nb+1000 > limit {
+		nb = max(1, limit-1000)
 	}
 	r.res.BaselineDevs = nb
-	return r.baseline(ctx, roots, fleetDevs[:nb], peakMsgs[:nb])
+	return r.baselines(ctx, roots, fleetDevs[:nb], peakMsgs[:nb])
 }
 
 // startCPUs are the CPUs this process could use when it started, before any pinning.

@@ -28,6 +28,13 @@ type Spread struct {
 	ResumedMax      float64 `json:"handshakes_resumed_per_s_max"`
 	BaselineMin     float64 `json:"baseline_mochi_msgs_per_s_min"`
 	BaselineMax     float64 `json:"baseline_mochi_msgs_per_s_max"`
+	VsBaselineMin   float64 `json:"validated_vs_baseline_min"`
+	VsBaselineMax   float64 `json:"validated_vs_baseline_max"`
+	// Absent, as their figures, without Mosquitto.
+	MosquittoMin   float64 `json:"baseline_mosquitto_msgs_per_s_min,omitempty"`
+	MosquittoMax   float64 `json:"baseline_mosquitto_msgs_per_s_max,omitempty"`
+	VsMosquittoMin float64 `json:"validated_vs_mosquitto_min,omitempty"`
+	VsMosquittoMax float64 `json:"validated_vs_mosquitto_max,omitempty"`
 }
 
 // spreadOf lists, for each pair of Spread fields, the figure it spans.
@@ -44,6 +51,9 @@ func spreadOf(r *Result) [][3]*float64 {
 		{&r.FullPerS, &s.FullMin, &s.FullMax},
 		{&r.ResumedPerS, &s.ResumedMin, &s.ResumedMax},
 		{&r.Baseline, &s.BaselineMin, &s.BaselineMax},
+		{&r.VsBaseline, &s.VsBaselineMin, &s.VsBaselineMax},
+		{&r.Mosquitto, &s.MosquittoMin, &s.MosquittoMax},
+		{&r.VsMosquitto, &s.VsMosquittoMin, &s.VsMosquittoMax},
 	}
 }
 
@@ -95,7 +105,7 @@ func Summarize(runs []Result) Result {
 
 // worstCounts are the fields Summarize takes the highest of.
 var worstCounts = map[string]bool{"PeakRejected": true, "PeakFailed": true, "Undelivered": true,
-	"StormFailed": true, "BaselineUndelivered": true}
+	"StormFailed": true, "BaselineUndelivered": true, "MosquittoUndelivered": true}
 
 func isNumber(k reflect.Kind) bool {
 	switch k {
