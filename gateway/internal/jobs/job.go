@@ -27,19 +27,20 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/vitalgate/vitalgate/internal/jobmsg"
 	"github.com/vitalgate/vitalgate/internal/pki"
 )
 
 // Device states of a job.
 const (
-	Pending     = "pending"
-	Sent        = "sent"
-	Downloading = "downloading"
-	Installing  = "installing"
-	Succeeded   = "succeeded"
-	Failed      = "failed"
-	Rejected    = "rejected"
-	TimedOut    = "timed_out"
+	Pending     = jobmsg.Pending
+	Sent        = jobmsg.Sent
+	Downloading = jobmsg.Downloading
+	Installing  = jobmsg.Installing
+	Succeeded   = jobmsg.Succeeded
+	Failed      = jobmsg.Failed
+	Rejected    = jobmsg.Rejected
+	TimedOut    = jobmsg.TimedOut
 )
 
 // Security events of the engine.
@@ -65,17 +66,7 @@ func final(state string) bool {
 var rank = map[string]int{Pending: 0, Sent: 1, Downloading: 2, Installing: 3}
 
 // Job is a rollout as an operator publishes it (docs/updates.md).
-type Job struct {
-	V             int      `json:"v"`
-	ID            string   `json:"job"`
-	Abort         bool     `json:"abort,omitempty"`
-	Model         string   `json:"model,omitempty"`
-	Version       string   `json:"version,omitempty"`
-	Devices       []string `json:"devices,omitempty"`
-	Waves         []int    `json:"waves,omitempty"`
-	AbortFailures float64  `json:"abort_failures,omitempty"`
-	Deadline      int64    `json:"deadline,omitempty"` // Unix ms
-}
+type Job = jobmsg.Job
 
 // ParseJob decodes a job message strictly (unknown fields, trailing data
 // and a second value are errors) and checks its fields; id is the job ID
@@ -101,11 +92,11 @@ func ParseJob(id string, payload []byte) (*Job, error) {
 		}
 		return &j, nil
 	}
-	return &j, j.check()
+	return &j, check(&j)
 }
 
 // check validates a rollout's fields (not its devices against the fleet).
-func (j *Job) check() error {
+func check(j *Job) error {
 	if !pki.ValidDeviceID(j.Model) {
 		return fmt.Errorf("model %q: want [A-Za-z0-9._-]{1,64}", clip(j.Model))
 	}
@@ -145,14 +136,14 @@ func (j *Job) check() error {
 
 // same reports whether two rollouts ask for the same thing (a retained job
 // arrives again at every reconnect).
-func (j *Job) same(o *Job) bool {
+func same(j, o *Job) bool {
 	a, _ := json.Marshal(j)
 	b, _ := json.Marshal(o)
 	return bytes.Equal(a, b)
 }
 
 // waveSize is the number of devices, of n, in waves 0..w (cumulative).
-func (j *Job) waveSize(w, n int) int {
+func waveSize(j *Job, w, n int) int {
 	return (j.Waves[w]*n + 99) / 100
 }
 
