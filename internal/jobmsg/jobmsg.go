@@ -10,9 +10,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	mqtt3 "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/vitalgate/vitalgate/internal/pki"
 )
 
 // Device states of a job.
@@ -44,6 +48,60 @@ type Job struct {
 	Waves         []int    `json:"waves,omitempty"`
 	AbortFailures float64  `json:"abort_failures,omitempty"`
 	Deadline      int64    `json:"deadline,omitempty"` // Unix ms
+}
+
+// Bounds of what an operator's job may ask for.
+const (
+	MaxWaves        = 10
+	MaxDevices      = 10000
+	maxVersionBytes = 64
+)
+
+// Check validates a rollout's fields (not its devices against the fleet).
+func (j *Job) Check() error {
+	if !pki.ValidDeviceID(j.Model) {
+		return fmt.Errorf("model %q: want [A-Za-z0-9._-]{1,64}", clip(j.Model))
+	}
+	if j.Version == "" || len(j.Version) > maxVersionBytes || strings.ContainsAny(j.Version, "/+# ") {
+		return fmt.Errorf("version %q: want a semantic version", clip(j.Version))
+	}
+	if len(j.Waves) == 0 || len(j.Waves) > MaxWaves {
+		return fmt.Errorf("waves: %d given, want 1..%d cumulative percentages", len(j.Waves), MaxWaves)
+	}
+	for i, w := range j.Waves {
+		if w < 1 || w > 100 || i > 0 && w <= j.Waves[i-1] {
+			return fmt.Errorf("waves %v: want increasing percentages in 1..100", j.Waves)
+		}
+	}
+	if j.Waves[len(j.Waves)-1] != 100 {
+		return fmt.Errorf("waves %v: the last wave must be 100", j.Waves)
+	}
+	if j.AbortFailures < 0 || j.AbortFailures > 1 {
+		return fmt.Errorf("abort_failures %v: want a fraction in 0..1", j.AbortFailures)
+	}
+	if j.Deadline <= 0 {
+		return errors.New("deadline: required (Unix milliseconds)")
+	}
+	if len(j.Devices) > MaxDevices {
+		return fmt.Errorf("devices: %d given, at most %d", len(j.Devices), MaxDevices)
+	}
+	for i, d := range j.Devices {
+		if !pki.ValidDeviceID(d) {
+			return fmt.Errorf("devices[%d] %q: not a device ID", i, clip(d))
+		}
+		if slices.Contains(j.Devices[:i], d) {
+			return fmt.Errorf("devices: %q named twice", d)
+		}
+	}
+	return nil
+}
+
+// clip shortens a peer's string for an error.
+func clip(s string) string {
+	if len(s) > 64 {
+		s = s[:64] + "..."
+	}
+	return strings.ToValidUTF8(s, "?")
 }
 
 // DeviceStatus is the retained message on jobs/{site}/{job}/status/{device}.

@@ -24,11 +24,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 
 	"github.com/vitalgate/vitalgate/internal/jobmsg"
-	"github.com/vitalgate/vitalgate/internal/pki"
 )
 
 // Device states of a job.
@@ -51,10 +49,9 @@ const (
 
 // Bounds of what an operator's job may ask for.
 const (
-	MaxWaves        = 10
-	MaxJobDevices   = 10000
-	DefaultMaxJobs  = 64
-	maxVersionBytes = 64
+	MaxWaves       = jobmsg.MaxWaves
+	MaxJobDevices  = jobmsg.MaxDevices
+	DefaultMaxJobs = 64
 )
 
 // final reports whether a device's state is final for its job.
@@ -92,46 +89,7 @@ func ParseJob(id string, payload []byte) (*Job, error) {
 		}
 		return &j, nil
 	}
-	return &j, check(&j)
-}
-
-// check validates a rollout's fields (not its devices against the fleet).
-func check(j *Job) error {
-	if !pki.ValidDeviceID(j.Model) {
-		return fmt.Errorf("model %q: want [A-Za-z0-9._-]{1,64}", clip(j.Model))
-	}
-	if j.Version == "" || len(j.Version) > maxVersionBytes || strings.ContainsAny(j.Version, "/+# ") {
-		return fmt.Errorf("version %q: want a semantic version", clip(j.Version))
-	}
-	if len(j.Waves) == 0 || len(j.Waves) > MaxWaves {
-		return fmt.Errorf("waves: %d given, want 1..%d cumulative percentages", len(j.Waves), MaxWaves)
-	}
-	for i, w := range j.Waves {
-		if w < 1 || w > 100 || i > 0 && w <= j.Waves[i-1] {
-			return fmt.Errorf("waves %v: want increasing percentages in 1..100", j.Waves)
-		}
-	}
-	if j.Waves[len(j.Waves)-1] != 100 {
-		return fmt.Errorf("waves %v: the last wave must be 100", j.Waves)
-	}
-	if j.AbortFailures < 0 || j.AbortFailures > 1 {
-		return fmt.Errorf("abort_failures %v: want a fraction in 0..1", j.AbortFailures)
-	}
-	if j.Deadline <= 0 {
-		return errors.New("deadline: required (Unix milliseconds)")
-	}
-	if len(j.Devices) > MaxJobDevices {
-		return fmt.Errorf("devices: %d given, at most %d", len(j.Devices), MaxJobDevices)
-	}
-	for i, d := range j.Devices {
-		if !pki.ValidDeviceID(d) {
-			return fmt.Errorf("devices[%d] %q: not a device ID", i, clip(d))
-		}
-		if slices.Contains(j.Devices[:i], d) {
-			return fmt.Errorf("devices: %q named twice", d)
-		}
-	}
-	return nil
+	return &j, j.Check()
 }
 
 // same reports whether two rollouts ask for the same thing (a retained job
