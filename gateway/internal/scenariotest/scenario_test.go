@@ -91,7 +91,7 @@ func scenarioEnv(t *testing.T) (*gw, sim.Options) {
 	c.PKI, c.Listen, c.HTTP, c.HTTPS, c.Data = e.pki, "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", t.TempDir()
 	c.Cloud = []string{"ssl://" + e.gwAddr}
 	c.Enroll.Validity = time.Minute // renewal.yaml: every enrolled device renews within its phase
-	c.Updates.URL = repoURL // rollout.yaml publishes its image there during the run
+	c.Updates.URL = repoURL         // rollout.yaml publishes its image there during the run
 	g, err := server.New(c, quiet())
 	if err != nil {
 		t.Fatal(err)
