@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vitalgate/vitalgate/internal/jobmsg"
 )
 
 const rolloutHead = "cloud: {url: ssl://127.0.0.1:1, site: s1, token_file: t}\nphases:\n  - duration: 1s\n    fleets: [{name: a}]\n"
@@ -76,5 +78,42 @@ func TestRolloutWithoutRepo(t *testing.T) {
 	_, err = Run(context.Background(), sc, Options{Gateway: "127.0.0.1:1"})
 	if err == nil || err.Error() != "r.yaml:5: rollout: publish needs the update repository (repo:, or --repo)" {
 		t.Fatalf("%v", err)
+	}
+}
+
+// TestRolloutMetrics: the phase's rollout metrics come from the job's
+// summary and the inventory entries the cloud relays; other jobs, other
+// models and cleared messages do not count.
+func TestRolloutMetrics(t *testing.T) {
+	w := &watcher{jobs: map[string]*jobmsg.Summary{}, firmware: map[string][2]string{}}
+	r := &run{w: w, rollout: &Rollout{Job: "j1", Model: "acme-oxi-1", Version: "1.1.0"}}
+	if r.rolloutSettled() {
+		t.Fatal("settled before any summary")
+	}
+	w.handleRollout("jobs/s1/j1/status", []byte(`{"v":1,"job":"j1","model":"acme-oxi-1","version":"1.1.0","wave":2,"waves":2,"counts":{"succeeded":2,"failed":1},"aborted":false,"done":true,"ts":1}`))
+	w.handleRollout("jobs/s1/j0/status", []byte(`{"v":1,"job":"j0","counts":{"succeeded":9},"done":true}`))
+	w.handleRollout("jobs/s1/j2/status", nil)
+	w.handleRollout("jobs/s1/j3/status", []byte(`not json`))
+	for dev, mf := range map[string][2]string{"oxi-1": {"acme-oxi-1", "1.1.0"}, "oxi-2": {"acme-oxi-1", "1.0.0"}, "bp-1": {"acme-bp-1", "1.1.0"}} {
+		w.handleRollout("inventory/s1/"+dev, []byte(`{"v":1,"dev":"`+dev+`","model":"`+mf[0]+`","fw":"`+mf[1]+`"}`))
+	}
+	if r.rolloutSettled() {
+		t.Fatal("settled while the inventory shows 1 of 2 devices that succeeded")
+	}
+	w.handleRollout("inventory/s1/oxi-2", []byte(`{"v":1,"dev":"oxi-2","model":"acme-oxi-1","fw":"1.1.0"}`))
+	if !r.rolloutSettled() {
+		t.Fatal("not settled once the inventory shows every device that succeeded")
+	}
+	m := map[string]float64{}
+	r.rolloutMetrics(m)
+	want := map[string]float64{"rollout.succeeded": 2, "rollout.failed": 1, "rollout.pending": 0, "rollout.devices": 3,
+		"rollout.done": 1, "rollout.aborted": 0, "rollout.wave": 2, "updated": 2}
+	for k, v := range want {
+		if m[k] != v {
+			t.Errorf("%s = %v, want %v", k, m[k], v)
+		}
+	}
+	if w.badMsgs != 1 {
+		t.Errorf("bad messages %d, want 1", w.badMsgs)
 	}
 }
