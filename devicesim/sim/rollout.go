@@ -34,8 +34,8 @@ type Rollout struct {
 	Publish       bool          // publish: publish the image first (default true; needs repo)
 }
 
-// TestImageBytes is the size of the random image a [Rollout] publishes.
-const TestImageBytes = 64 << 10
+// RolloutImageBytes is the size of the random image a [Rollout] publishes.
+const RolloutImageBytes = 64 << 10
 
 // job is the rollout's job message, its deadline from now.
 func (ro *Rollout) job(now time.Time) *jobmsg.Job {
@@ -129,7 +129,7 @@ func hasRollout(sc *Scenario) bool {
 // expectations are then on it.
 func (r *run) startRollout(ro *Rollout) error {
 	if ro.Publish {
-		if err := updrepo.PublishTestImage(r.sc.PKI, r.sc.Repo, ro.Model, ro.Version, ro.Seq, TestImageBytes, time.Now()); err != nil {
+		if err := updrepo.PublishTestImage(r.sc.PKI, r.sc.Repo, ro.Model, ro.Version, ro.Seq, RolloutImageBytes, time.Now()); err != nil {
 			return fmt.Errorf("rollout %s: %w", ro.Job, err)
 		}
 	}
