@@ -135,6 +135,7 @@ func runFlags(fs *flag.FlagSet) (*sim.Options, runOutputs) {
 	fs.StringVar(&o.PKI, "pki", "", "PKI `directory` (overrides the file's)")
 	fs.StringVar(&o.EST, "est", "", "EST server `URL` for fleets that enrol (overrides the file's)")
 	fs.StringVar(&o.HTTPS, "https", "", "the gateway's HTTPS listener `host:port` (overrides the file's)")
+	fs.StringVar(&o.Repo, "repo", "", "the update repository `directory` rollouts publish to (overrides the file's)")
 	f.cloudURL = fs.String("cloud", "", "cloud broker app listener `URL` ssl://host:port (overrides the file's cloud url)")
 	f.token = fs.String("token-file", "", "app token `file` at the cloud (overrides the file's cloud token_file)")
 	fs.Int64Var(&o.Seed, "seed", 0, "seed of physiology and timing (0: the file's, default 1)")

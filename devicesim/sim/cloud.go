@@ -13,6 +13,7 @@ import (
 
 	mqtt3 "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/vitalgate/vitalgate/internal/jobmsg"
 	"github.com/vitalgate/vitalgate/internal/pki"
 	"github.com/vitalgate/vitalgate/internal/wire"
 )
@@ -32,12 +33,15 @@ type watcher struct {
 	seen      map[string]bool
 	delivered map[string]uint64 // unique records by device prefix
 	events    map[string]uint64 // this phase's events by verdict
+	jobs      map[string]*jobmsg.Summary
+	firmware  map[string][2]string // model and firmware by device, from the inventory
 	badMsgs   uint64
 }
 
 // watch connects to the cloud as an app and subscribes to the site's
-// telemetry (and security events when events is set).
-func watch(cl *Cloud, pkiDir string, prefixes map[string]bool, events bool) (*watcher, error) {
+// telemetry (and security events when events is set, the jobs' summaries
+// and the inventory when rollouts is).
+func watch(cl *Cloud, pkiDir string, prefixes map[string]bool, events, rollouts bool) (*watcher, error) {
 	tok := cl.Token
 	if tok == "" {
 		if cl.TokenFile == "" {
@@ -57,7 +61,8 @@ func watch(cl *Cloud, pkiDir string, prefixes map[string]bool, events bool) (*wa
 	if err != nil {
 		return nil, fmt.Errorf("cloud: %w", err)
 	}
-	w := &watcher{prefixes: prefixes, seen: map[string]bool{}, delivered: map[string]uint64{}, events: map[string]uint64{}}
+	w := &watcher{prefixes: prefixes, seen: map[string]bool{}, delivered: map[string]uint64{}, events: map[string]uint64{},
+		jobs: map[string]*jobmsg.Summary{}, firmware: map[string][2]string{}}
 	id := fmt.Sprintf("devicesim-%d", time.Now().UnixNano())
 	o := mqtt3.NewClientOptions().AddBroker(cl.URL).SetClientID(id).SetUsername("devicesim").SetPassword(tok).
 		SetTLSConfig(tc).SetCleanSession(false).SetAutoReconnect(true).SetMaxReconnectInterval(time.Second).
@@ -65,6 +70,11 @@ func watch(cl *Cloud, pkiDir string, prefixes map[string]bool, events bool) (*wa
 	topics := map[string]byte{"telemetry/" + cl.Site + "/#": 1}
 	if events {
 		topics["security/"+cl.Site+"/#"] = 1
+	}
+	if rollouts {
+		for _, t := range rolloutTopics(cl.Site) {
+			topics[t] = 1
+		}
 	}
 	// Subscribed again on every connection: the cloud may go away in a scenario.
 	o.SetOnConnectHandler(func(c mqtt3.Client) { c.SubscribeMultiple(topics, w.handle) })
@@ -83,7 +93,7 @@ func watch(cl *Cloud, pkiDir string, prefixes map[string]bool, events bool) (*wa
 	for f, code := range t.(*mqtt3.SubscribeToken).Result() {
 		if code >= 0x80 {
 			w.c.Disconnect(0)
-			return nil, fmt.Errorf("cloud: the token may not read %s (security events need the role operator)", f)
+			return nil, fmt.Errorf("cloud: the token may not read %s (security events and rollouts need the role operator)", f)
 		}
 	}
 	return w, nil
@@ -97,6 +107,10 @@ func errOr(err error, s string) error {
 }
 
 func (w *watcher) handle(_ mqtt3.Client, m mqtt3.Message) {
+	if strings.HasPrefix(m.Topic(), "jobs/") || strings.HasPrefix(m.Topic(), "inventory/") {
+		w.handleRollout(m.Topic(), m.Payload())
+		return
+	}
 	if strings.HasPrefix(m.Topic(), "security/") {
 		var ev struct {
 			Verdict string `json:"verdict"`

@@ -24,6 +24,12 @@
 //	      acked: ">= 250"
 //	      rejected: {overloaded: 0}
 //
+// A phase's actions are hooks its caller provides ([Options].Hooks),
+// commands, or a firmware [Rollout]: a signed test image published to the
+// update repository (repo:) and a job started at the cloud as an operator
+// would, with expectations on the job's outcome (rollout.succeeded,
+// rollout.failed, rollout.done, updated: see [RolloutMetrics]).
+//
 // Each phase runs its actions (do), then its fleets side by side for its
 // duration, then waits up to settle for the cloud to deliver what the
 // gateway acknowledged, then checks its expectations ([Expectation]): a

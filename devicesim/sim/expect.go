@@ -28,16 +28,19 @@ type Expectation struct {
 // rejected.{verdict} (messages answered with that verdict's MQTT 5 reason
 // code, which several verdicts share, or matched by the fleet's attack of
 // that name; MQTT 3.1.1 devices see no rejections), events.{name} (security events at the cloud with
-// that verdict or event name during the phase; needs cloud) and
-// attack.{sent|matched}.
+// that verdict or event name during the phase; needs cloud),
+// attack.{sent|matched} and rollout.{name} (see [RolloutMetrics]; needs a
+// rollout action in the phase or an earlier one, as updated does: the
+// devices of the rollout's model whose inventory entry at the cloud shows
+// its version).
 func Metrics() []string {
 	return []string{"sent", "acked", "generated", "resent", "duplicates", "dropped", "buffered", "errors",
 		"connects", "connect_errors", "tls_refused", "enrolments", "renewals", "enrol_errors",
-		"p50_ms", "p99_ms", "delivered", "lost"}
+		"p50_ms", "p99_ms", "delivered", "lost", "updated"}
 }
 
 // cloudMetrics need a cloud section.
-var cloudMetrics = []string{"delivered", "lost"}
+var cloudMetrics = []string{"delivered", "lost", "updated"}
 
 var eventName = regexp.MustCompile(`^[a-z][a-z0-9_]{0,63}$`)
 
@@ -49,7 +52,7 @@ func (p *parser) expectations(n *yaml.Node, phase string, cloud bool) ([]Expecta
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, v := n.Content[i], n.Content[i+1]
 		switch {
-		case k.Value == "rejected" || k.Value == "events" || k.Value == "attack":
+		case k.Value == "rejected" || k.Value == "events" || k.Value == "attack" || k.Value == "rollout":
 			if v.Kind != yaml.MappingNode {
 				return nil, p.errAt(v.Line, "expect.%s: want a mapping of names to counts", k.Value)
 			}
@@ -90,13 +93,23 @@ func (p *parser) expectation(metric string, k, v *yaml.Node, cloud bool) (Expect
 		if name != "sent" && name != "matched" {
 			return e, p.errAt(k.Line, "expect: attack.%s: want attack.sent or attack.matched", name)
 		}
+	case "rollout":
+		if !slices.Contains(RolloutMetrics(), name) {
+			return e, p.errAt(k.Line, "expect: unknown rollout metric %q (rollout metrics: %s)", name, strings.Join(RolloutMetrics(), ", "))
+		}
+		if !p.rollouts {
+			return e, p.errAt(k.Line, "expect: %s needs a rollout action in this phase or an earlier one", metric)
+		}
 	default:
 		if !slices.Contains(Metrics(), metric) {
-			return e, p.errAt(k.Line, "expect: unknown metric %q (metrics: %s, rejected.VERDICT, events.NAME, attack.sent, attack.matched)",
+			return e, p.errAt(k.Line, "expect: unknown metric %q (metrics: %s, rejected.VERDICT, events.NAME, attack.sent, attack.matched, rollout.NAME)",
 				metric, strings.Join(Metrics(), ", "))
 		}
 		if !cloud && slices.Contains(cloudMetrics, metric) {
 			return e, p.errAt(k.Line, "expect: %s needs a cloud section", metric)
+		}
+		if metric == "updated" && !p.rollouts {
+			return e, p.errAt(k.Line, "expect: updated needs a rollout action in this phase or an earlier one")
 		}
 	}
 	if v.Kind != yaml.ScalarNode {

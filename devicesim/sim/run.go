@@ -45,6 +45,7 @@ func RunFleet(ctx context.Context, cfg FleetConfig, progress func(Stats)) (Repor
 // non-zero one overrides the file's.
 type Options struct {
 	Gateway, PKI, EST, HTTPS string
+	Repo                     string // the update repository rollouts publish to
 	Seed                     int64
 	Cloud                    *Cloud
 	// Hooks are the actions a scenario names with `do: [{hook: NAME}]`:
@@ -125,7 +126,7 @@ func fmtNum(f float64) string {
 func Run(ctx context.Context, sc *Scenario, o Options) (*Result, error) {
 	s := *sc
 	s.Gateway, s.PKI = pick(o.Gateway, s.Gateway, "127.0.0.1:8883"), pick(o.PKI, s.PKI, "pki")
-	s.EST, s.HTTPS = pick(o.EST, s.EST, ""), pick(o.HTTPS, s.HTTPS, "")
+	s.EST, s.HTTPS, s.Repo = pick(o.EST, s.EST, ""), pick(o.HTTPS, s.HTTPS, ""), pick(o.Repo, s.Repo, "")
 	if o.Seed != 0 {
 		s.Seed = o.Seed
 	}
@@ -137,9 +138,12 @@ func Run(ctx context.Context, sc *Scenario, o Options) (*Result, error) {
 	if err := checkHooks(&s, o.Hooks); err != nil {
 		return res, err
 	}
+	if err := checkRollouts(&s); err != nil {
+		return res, err
+	}
 	r := &run{sc: &s, o: o, acked: map[string]uint64{}}
 	if s.Cloud != nil {
-		w, err := watch(s.Cloud, s.PKI, trackedPrefixes(&s), needsEvents(&s))
+		w, err := watch(s.Cloud, s.PKI, trackedPrefixes(&s), needsEvents(&s), hasRollout(&s))
 		if err != nil {
 			return res, err
 		}
@@ -214,6 +218,9 @@ type run struct {
 	o     Options
 	w     *watcher
 	acked map[string]uint64 // records acknowledged so far, by tracked prefix
+	// rollout is the last rollout started: the expectations on rollouts
+	// are on it.
+	rollout *Rollout
 }
 
 func (r *run) phase(ctx context.Context, ph Phase) (PhaseResult, error) {
@@ -255,13 +262,14 @@ func (r *run) phaseRun(ctx context.Context, ph Phase, pr *PhaseResult) error {
 		for _, p := range all {
 			want += r.acked[p]
 		}
-		settle(ctx, ph.Settle, func() bool { return r.w.deliveredOf(all) >= want })
+		settle(ctx, ph.Settle, func() bool { return r.w.deliveredOf(all) >= want && r.rolloutSettled() })
 		got := r.w.deliveredOf(all)
 		pr.Metrics["delivered"] = float64(r.w.deliveredOf(prefixes) - startDelivered)
 		pr.Metrics["lost"] = float64(want - min(got, want))
 		for v, n := range r.w.takeEvents() {
 			pr.Metrics["events."+v] = float64(n)
 		}
+		r.rolloutMetrics(pr.Metrics)
 	}
 	for _, e := range ph.Expect {
 		got := pr.Metrics[e.Metric]
@@ -291,6 +299,9 @@ func (r *run) trackedSoFar() []string {
 }
 
 func (r *run) act(ctx context.Context, a Action) error {
+	if a.Rollout != nil {
+		return r.startRollout(a.Rollout)
+	}
 	if a.Hook != "" {
 		if err := r.o.Hooks[a.Hook](ctx); err != nil {
 			return fmt.Errorf("hook %q: %w", a.Hook, err)

@@ -26,6 +26,7 @@ type Scenario struct {
 	PKI     string  // pki: the PKI directory
 	EST     string  // est: the gateway's EST URL, for fleets that enrol
 	HTTPS   string  // https: the gateway's HTTPS listener, for firmware downloads
+	Repo    string  // repo: the update repository the gateway reads, where rollouts publish
 	Seed    int64   // seed
 	Cloud   *Cloud  // cloud: nil when the scenario checks nothing at the cloud
 	Phases  []Phase // phases, run in order
@@ -54,11 +55,14 @@ type Phase struct {
 }
 
 // Action is something a phase does before its fleets start: a hook that
-// the caller of [Run] provides ([Options].Hooks), or a command.
+// the caller of [Run] provides ([Options].Hooks), a command, or a
+// rollout.
 type Action struct {
 	Hook string   // hook: a name in Options.Hooks
 	Exec []string // exec: a command and its arguments, run without a shell
-	Line int
+	// Rollout starts a firmware rollout at the cloud (rollout: {...}).
+	Rollout *Rollout
+	Line    int
 }
 
 // Fleet is one group of devices in a phase. Devices are named
@@ -147,7 +151,10 @@ func baseName(p string) string {
 }
 
 // parser decodes a scenario node by node, so every error has its line.
-type parser struct{ file string }
+type parser struct {
+	file     string
+	rollouts bool // a rollout action so far: expectations may be on it
+}
 
 func (p *parser) errAt(line int, format string, args ...any) error {
 	return &FileError{File: p.file, Line: line, Err: fmt.Errorf(format, args...)}
@@ -202,7 +209,7 @@ func str(dst *string) func(*yaml.Node) error {
 	return func(n *yaml.Node) error { return n.Decode(dst) }
 }
 
-func num[T int | int64 | float64](dst *T) func(*yaml.Node) error {
+func num[T int | int64 | uint64 | float64](dst *T) func(*yaml.Node) error {
 	return func(n *yaml.Node) error { return n.Decode(dst) }
 }
 
@@ -238,7 +245,7 @@ func (p *parser) scenario(n *yaml.Node, sc *Scenario) error {
 	var phases *yaml.Node
 	err := p.fields(n, "scenario", map[string]func(*yaml.Node) error{
 		"name": str(&sc.Name), "gateway": str(&sc.Gateway), "pki": str(&sc.PKI), "est": str(&sc.EST),
-		"https": str(&sc.HTTPS), "seed": num(&sc.Seed),
+		"https": str(&sc.HTTPS), "repo": str(&sc.Repo), "seed": num(&sc.Seed),
 		"cloud": func(v *yaml.Node) error {
 			sc.Cloud = &Cloud{}
 			return p.fields(v, "cloud", map[string]func(*yaml.Node) error{
@@ -277,7 +284,7 @@ func (p *parser) phase(n *yaml.Node, i int, cloud bool) (Phase, error) {
 	var fleets, expect *yaml.Node
 	err := p.fields(n, fmt.Sprintf("phase %d", i), map[string]func(*yaml.Node) error{
 		"name": str(&ph.Name), "duration": dur(&ph.Duration), "drain": dur(&ph.Drain), "settle": dur(&ph.Settle),
-		"do":     func(v *yaml.Node) error { return p.actions(v, &ph) },
+		"do":     func(v *yaml.Node) error { return p.actions(v, &ph, cloud) },
 		"fleets": func(v *yaml.Node) error { fleets = v; return nil },
 		"expect": func(v *yaml.Node) error { expect = v; return nil },
 	})
@@ -313,22 +320,34 @@ func (p *parser) phase(n *yaml.Node, i int, cloud bool) (Phase, error) {
 	return ph, nil
 }
 
-func (p *parser) actions(n *yaml.Node, ph *Phase) error {
+func (p *parser) actions(n *yaml.Node, ph *Phase, cloud bool) error {
 	if n.Kind != yaml.SequenceNode {
 		return p.errAt(n.Line, "phase %q: do: want a list", ph.Name)
 	}
 	for _, an := range n.Content {
 		a := Action{Line: an.Line}
-		err := p.fields(an, "do", map[string]func(*yaml.Node) error{"hook": str(&a.Hook), "exec": list(&a.Exec)})
+		err := p.fields(an, "do", map[string]func(*yaml.Node) error{"hook": str(&a.Hook), "exec": list(&a.Exec),
+			"rollout": func(v *yaml.Node) (err error) { a.Rollout, err = p.rollout(v); return err }})
 		if err != nil {
 			return err
 		}
-		if (a.Hook == "") == (len(a.Exec) == 0) {
-			return p.errAt(an.Line, "do: want exactly one of hook or exec")
+		if kinds := b2i(a.Hook != "") + b2i(len(a.Exec) > 0) + b2i(a.Rollout != nil); kinds != 1 {
+			return p.errAt(an.Line, "do: want exactly one of hook, exec or rollout")
 		}
+		if a.Rollout != nil && !cloud {
+			return p.errAt(an.Line, "do: a rollout is published at the cloud: it needs a cloud section")
+		}
+		p.rollouts = p.rollouts || a.Rollout != nil
 		ph.Do = append(ph.Do, a)
 	}
 	return nil
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 func (p *parser) fleet(n *yaml.Node, phase string, j int) (Fleet, error) {

@@ -52,7 +52,7 @@ func TestParseGood(t *testing.T) {
 // and what is wrong.
 func TestParseErrors(t *testing.T) {
 	for _, c := range []struct{ name, yaml, want string }{
-		{"unknown key", "name: x\nphasess: []\n", `f.yaml:2: scenario: unknown key "phasess" (valid keys: cloud, est, gateway, https, name, phases, pki, seed)`},
+		{"unknown key", "name: x\nphasess: []\n", `f.yaml:2: scenario: unknown key "phasess" (valid keys: cloud, est, gateway, https, name, phases, pki, repo, seed)`},
 		{"no phases", "name: x\n", "f.yaml:1: scenario: no phases"},
 		{"no fleet", "phases:\n  - name: p\n    duration: 1s\n", `f.yaml:2: phase "p": no fleets`},
 		{"unknown fleet key", "phases:\n  - duration: 1s\n    fleets:\n      - {name: a, devices: 1, colour: red}\n",
@@ -73,7 +73,7 @@ func TestParseErrors(t *testing.T) {
 		{"bad attack", "phases:\n  - duration: 1s\n    fleets: [{name: a, attack: nope}]\n", `fleet "a": attack: "nope": want one of`},
 		{"bad mqtt", "phases:\n  - duration: 1s\n    fleets: [{name: a, mqtt: 4}]\n", `fleet "a": mqtt "4": want 3, 5 or mix`},
 		{"two prefixes", "phases:\n  - duration: 1s\n    fleets: [{name: a}, {name: b, prefix: a}]\n", `two fleets with the device prefix "a"`},
-		{"action", "phases:\n  - duration: 1s\n    do: [{hook: x, exec: [y]}]\n    fleets: [{name: a}]\n", "f.yaml:3: do: want exactly one of hook or exec"},
+		{"action", "phases:\n  - duration: 1s\n    do: [{hook: x, exec: [y]}]\n    fleets: [{name: a}]\n", "f.yaml:3: do: want exactly one of hook, exec or rollout"},
 		{"yaml syntax", "phases: [\n", "f.yaml:1: did not find expected node content"},
 		{"not yaml", "", "f.yaml: empty scenario"},
 	} {

@@ -30,6 +30,7 @@ import (
 	"github.com/vitalgate/vitalgate/internal/cloud"
 	"github.com/vitalgate/vitalgate/internal/fleet"
 	"github.com/vitalgate/vitalgate/internal/pki"
+	"github.com/vitalgate/vitalgate/internal/updrepo"
 )
 
 // Site and GatewayID of the demo's PKI.
@@ -195,7 +196,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 
 	// 2. The update repository, served as a static HTTPS host would, and the
 	// gateway, with the embedded cloud broker, on free loopback ports.
-	repoURL, stopRepo, err := startRepoServer(res.PKI, res.Repo, log.With("component", "repository"))
+	repoURL, stopRepo, err := updrepo.Serve(res.PKI, res.Repo, log.With("component", "repository"))
 	if err != nil {
 		return res, err
 	}

@@ -2,14 +2,8 @@ package demo
 
 import (
 	"context"
-	"crypto/rand"
-	"crypto/tls"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"time"
@@ -17,8 +11,8 @@ import (
 	mqtt3 "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/vitalgate/vitalgate/internal/fleet"
+	"github.com/vitalgate/vitalgate/internal/jobmsg"
 	"github.com/vitalgate/vitalgate/internal/pki"
-	"github.com/vitalgate/vitalgate/internal/update"
 	"github.com/vitalgate/vitalgate/internal/updrepo"
 )
 
@@ -52,63 +46,10 @@ func prepareUpdates(res *Result) (string, error) {
 		seq = uint64(time.Now().Unix())
 		version = fmt.Sprintf("1.1.%d", seq)
 	}
-	image := make([]byte, imageSize)
-	if _, err := rand.Read(image); err != nil {
-		return "", err
-	}
-	m := &update.Manifest{V: 1, Vendor: "VitalGate", Model: RolloutModel, Version: version, Seq: seq,
-		NotAfter: time.Now().Add(7 * 24 * time.Hour).UnixMilli()}
-	if _, err := updrepo.Publish(res.PKI, res.Repo, m, image, time.Now()); err != nil {
-		return "", fmt.Errorf("publish the test image: %w", err)
+	if err := updrepo.PublishTestImage(res.PKI, res.Repo, RolloutModel, version, seq, imageSize, time.Now()); err != nil {
+		return "", fmt.Errorf("the test image: %w", err)
 	}
 	return version, nil
-}
-
-// startRepoServer serves the update repository dir over HTTPS with the
-// broker's certificate: files only, as any static web server would. It
-// returns the base URL and a function that stops the server.
-func startRepoServer(pkiDir, dir string, log *slog.Logger) (string, func(), error) {
-	cert, err := tls.LoadX509KeyPair(filepath.Join(pkiDir, pki.FileBroker), filepath.Join(pkiDir, pki.FileBrokerKey))
-	if err != nil {
-		return "", nil, fmt.Errorf("update repository server: %w", err)
-	}
-	root, err := os.OpenRoot(dir)
-	if err != nil {
-		return "", nil, fmt.Errorf("update repository server: %w", err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		root.Close()
-		return "", nil, fmt.Errorf("update repository server: %w", err)
-	}
-	files := http.FileServerFS(root.FS())
-	srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug),
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if len(r.URL.Path) > 0 && r.URL.Path[len(r.URL.Path)-1] == '/' {
-				http.NotFound(w, r) // no directory listings
-				return
-			}
-			files.ServeHTTP(w, r)
-		})}
-	tl := tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
-	go func() {
-		if err := srv.Serve(tl); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("update repository server", "error", err)
-		}
-	}()
-	stop := func() { srv.Close(); root.Close() }
-	return "https://" + ln.Addr().String(), stop, nil
-}
-
-// rolloutJob is the job the demo's operator publishes.
-type rolloutJob struct {
-	V             int     `json:"v"`
-	Job           string  `json:"job"`
-	Model         string  `json:"model"`
-	Version       string  `json:"version"`
-	Waves         []int   `json:"waves"`
-	AbortFailures float64 `json:"abort_failures"`
-	Deadline      int64   `json:"deadline"`
 }
 
 // startRollout waits until after, then publishes the demo's rollout of
@@ -137,11 +78,10 @@ func startRollout(ctx context.Context, res *Result, site, version string, after 
 		return fmt.Errorf("operator: connect to %s: %v", res.AppsAddr, t.Error())
 	}
 	defer c.Disconnect(250)
-	job, _ := json.Marshal(rolloutJob{V: 1, Job: RolloutJob, Model: RolloutModel, Version: version, Waves: RolloutWaves,
-		AbortFailures: 0.2, Deadline: time.Now().Add(time.Hour).UnixMilli()})
-	t := c.Publish("jobs/"+site+"/"+RolloutJob, 1, true, job)
-	if !t.WaitTimeout(10*time.Second) || t.Error() != nil {
-		return fmt.Errorf("operator: publish the job: %v", t.Error())
+	job := &jobmsg.Job{V: 1, ID: RolloutJob, Model: RolloutModel, Version: version, Waves: RolloutWaves,
+		AbortFailures: 0.2, Deadline: time.Now().Add(time.Hour).UnixMilli()}
+	if err := jobmsg.Publish(c, site, job); err != nil {
+		return fmt.Errorf("operator: %w", err)
 	}
 	log.Info("rollout published", "job", RolloutJob, "model", RolloutModel, "version", version)
 	return nil

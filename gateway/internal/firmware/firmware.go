@@ -104,6 +104,10 @@ func New(o Options) (*Store, error) {
 	return s, nil
 }
 
+// minRefresh bounds the refreshes a fetch of an image the metadata does not
+// list asks for: at most one a second (a variable for the tests).
+var minRefresh = time.Second
+
 // updater returns an updater whose metadata was refreshed within Options.Refresh (mu held).
 func (s *Store) updater() (*updater.Updater, error) {
 	if s.up != nil && time.Since(s.refreshed) < s.o.Refresh {
@@ -188,6 +192,16 @@ func (s *Store) fetchImage(ctx context.Context, model, version string) (*Image, 
 	}
 	base := model + "/" + version + "/"
 	imgT, err := up.GetTargetInfo(base + "image.bin")
+	if err != nil && time.Since(s.refreshed) >= minRefresh {
+		// Not in the metadata trusted so far: an image published since the
+		// last refresh (an operator publishes, then starts the job) is
+		// looked for in fresh metadata once.
+		s.refreshed = time.Time{}
+		if up, err = s.updater(); err != nil {
+			return nil, err
+		}
+		imgT, err = up.GetTargetInfo(base + "image.bin")
+	}
 	if err != nil {
 		return nil, fmt.Errorf("target %simage.bin: %w", base, err)
 	}

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -39,6 +40,28 @@ func TestFetchVerifiesAndCachesOnce(t *testing.T) {
 	f.Close()
 	if s2.cache.bytes() != int64(len(img)) {
 		t.Fatalf("cache holds %d bytes after restart, want %d", s2.cache.bytes(), len(img))
+	}
+}
+
+// TestFetchPublishedSinceRefresh: an image published after the store last
+// refreshed its metadata (an operator publishes it, then starts the job)
+// is found: a target the metadata does not list makes the store refresh
+// once before it refuses.
+func TestFetchPublishedSinceRefresh(t *testing.T) {
+	defer func(d time.Duration) { minRefresh = d }(minRefresh)
+	minRefresh = 0
+	r := newRepo(t)
+	r.release("oxi-1", "1.2.0", image(1000, 1))
+	s := r.store(r.serve(), t.TempDir())
+	_, err := s.Fetch(context.Background(), "oxi-1", "1.2.0")
+	check(t, err)
+	m := r.release("oxi-1", "1.3.0", image(1000, 2))
+	got, err := s.Fetch(context.Background(), "oxi-1", "1.3.0")
+	if err != nil || got.SHA256 != hex.EncodeToString(m.Digest) {
+		t.Fatalf("image published since the refresh: %+v %v", got, err)
+	}
+	if _, err := s.Fetch(context.Background(), "oxi-1", "9.9.9"); err == nil || !strings.Contains(err.Error(), "target oxi-1/9.9.9/image.bin") {
+		t.Fatalf("an image never published: %v", err)
 	}
 }
 

@@ -209,7 +209,7 @@ func (e *Engine) admit(j *Job) ([]string, string) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if r, ok := e.st.Jobs[j.ID]; ok {
-		if r.Job.same(j) {
+		if same(&r.Job, j) {
 			return nil, "same"
 		}
 		return nil, "the job ID is taken by a different job (publish a new job ID)"
@@ -288,7 +288,7 @@ func (e *Engine) start(j *Job, t *Target, devs []string) {
 	now := e.o.Now().UnixMilli()
 	w := 0
 	for i, d := range devs {
-		for i >= j.waveSize(w, len(devs)) {
+		for i >= waveSize(j, w, len(devs)) {
 			w++
 		}
 		r.Devices[d] = &device{State: Pending, TS: now, Wave: w}

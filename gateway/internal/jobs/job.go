@@ -24,22 +24,21 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 
-	"github.com/vitalgate/vitalgate/internal/pki"
+	"github.com/vitalgate/vitalgate/internal/jobmsg"
 )
 
 // Device states of a job.
 const (
-	Pending     = "pending"
-	Sent        = "sent"
-	Downloading = "downloading"
-	Installing  = "installing"
-	Succeeded   = "succeeded"
-	Failed      = "failed"
-	Rejected    = "rejected"
-	TimedOut    = "timed_out"
+	Pending     = jobmsg.Pending
+	Sent        = jobmsg.Sent
+	Downloading = jobmsg.Downloading
+	Installing  = jobmsg.Installing
+	Succeeded   = jobmsg.Succeeded
+	Failed      = jobmsg.Failed
+	Rejected    = jobmsg.Rejected
+	TimedOut    = jobmsg.TimedOut
 )
 
 // Security events of the engine.
@@ -50,10 +49,9 @@ const (
 
 // Bounds of what an operator's job may ask for.
 const (
-	MaxWaves        = 10
-	MaxJobDevices   = 10000
-	DefaultMaxJobs  = 64
-	maxVersionBytes = 64
+	MaxWaves       = jobmsg.MaxWaves
+	MaxJobDevices  = jobmsg.MaxDevices
+	DefaultMaxJobs = 64
 )
 
 // final reports whether a device's state is final for its job.
@@ -65,17 +63,7 @@ func final(state string) bool {
 var rank = map[string]int{Pending: 0, Sent: 1, Downloading: 2, Installing: 3}
 
 // Job is a rollout as an operator publishes it (docs/updates.md).
-type Job struct {
-	V             int      `json:"v"`
-	ID            string   `json:"job"`
-	Abort         bool     `json:"abort,omitempty"`
-	Model         string   `json:"model,omitempty"`
-	Version       string   `json:"version,omitempty"`
-	Devices       []string `json:"devices,omitempty"`
-	Waves         []int    `json:"waves,omitempty"`
-	AbortFailures float64  `json:"abort_failures,omitempty"`
-	Deadline      int64    `json:"deadline,omitempty"` // Unix ms
-}
+type Job = jobmsg.Job
 
 // ParseJob decodes a job message strictly (unknown fields, trailing data
 // and a second value are errors) and checks its fields; id is the job ID
@@ -101,58 +89,19 @@ func ParseJob(id string, payload []byte) (*Job, error) {
 		}
 		return &j, nil
 	}
-	return &j, j.check()
-}
-
-// check validates a rollout's fields (not its devices against the fleet).
-func (j *Job) check() error {
-	if !pki.ValidDeviceID(j.Model) {
-		return fmt.Errorf("model %q: want [A-Za-z0-9._-]{1,64}", clip(j.Model))
-	}
-	if j.Version == "" || len(j.Version) > maxVersionBytes || strings.ContainsAny(j.Version, "/+# ") {
-		return fmt.Errorf("version %q: want a semantic version", clip(j.Version))
-	}
-	if len(j.Waves) == 0 || len(j.Waves) > MaxWaves {
-		return fmt.Errorf("waves: %d given, want 1..%d cumulative percentages", len(j.Waves), MaxWaves)
-	}
-	for i, w := range j.Waves {
-		if w < 1 || w > 100 || i > 0 && w <= j.Waves[i-1] {
-			return fmt.Errorf("waves %v: want increasing percentages in 1..100", j.Waves)
-		}
-	}
-	if j.Waves[len(j.Waves)-1] != 100 {
-		return fmt.Errorf("waves %v: the last wave must be 100", j.Waves)
-	}
-	if j.AbortFailures < 0 || j.AbortFailures > 1 {
-		return fmt.Errorf("abort_failures %v: want a fraction in 0..1", j.AbortFailures)
-	}
-	if j.Deadline <= 0 {
-		return errors.New("deadline: required (Unix milliseconds)")
-	}
-	if len(j.Devices) > MaxJobDevices {
-		return fmt.Errorf("devices: %d given, at most %d", len(j.Devices), MaxJobDevices)
-	}
-	for i, d := range j.Devices {
-		if !pki.ValidDeviceID(d) {
-			return fmt.Errorf("devices[%d] %q: not a device ID", i, clip(d))
-		}
-		if slices.Contains(j.Devices[:i], d) {
-			return fmt.Errorf("devices: %q named twice", d)
-		}
-	}
-	return nil
+	return &j, j.Check()
 }
 
 // same reports whether two rollouts ask for the same thing (a retained job
 // arrives again at every reconnect).
-func (j *Job) same(o *Job) bool {
+func same(j, o *Job) bool {
 	a, _ := json.Marshal(j)
 	b, _ := json.Marshal(o)
 	return bytes.Equal(a, b)
 }
 
 // waveSize is the number of devices, of n, in waves 0..w (cumulative).
-func (j *Job) waveSize(w, n int) int {
+func waveSize(j *Job, w, n int) int {
 	return (j.Waves[w]*n + 99) / 100
 }
 

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/vitalgate/vitalgate/gateway/internal/audit"
+	"github.com/vitalgate/vitalgate/internal/jobmsg"
 )
 
 // keepDone is how long a finished job is kept after its deadline.
@@ -162,13 +163,13 @@ func (e *Engine) tick() {
 func (e *Engine) publishDevice(r *run, dev string) {
 	d := r.Devices[dev]
 	b, _ := json.Marshal(DeviceStatus{V: 1, Job: r.Job.ID, Dev: dev, State: d.State, Reason: d.Reason, TS: d.TS})
-	e.retain("jobs/"+e.o.Site+"/"+r.Job.ID+"/status/"+dev, b)
+	e.retain(jobmsg.DeviceTopic(e.o.Site, r.Job.ID, dev), b)
 }
 
 // publishSummary relays a job's counts per state, retained.
 func (e *Engine) publishSummary(r *run) {
 	b, _ := json.Marshal(r.summary(e.o.Now().UnixMilli()))
-	e.retain("jobs/"+e.o.Site+"/"+r.Job.ID+"/status", b)
+	e.retain(jobmsg.SummaryTopic(e.o.Site, r.Job.ID), b)
 }
 
 func (e *Engine) publishAll(r *run) {

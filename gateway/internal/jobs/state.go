@@ -8,6 +8,7 @@ import (
 
 	"github.com/vitalgate/vitalgate/internal/atomicfile"
 	"github.com/vitalgate/vitalgate/internal/fileerr"
+	"github.com/vitalgate/vitalgate/internal/jobmsg"
 )
 
 // File is the engine's state file under the gateway's data directory.
@@ -74,29 +75,10 @@ func (s *state) save(path string) error {
 }
 
 // DeviceStatus is the retained message on jobs/{site}/{job}/status/{device}.
-type DeviceStatus struct {
-	V      int    `json:"v"`
-	Job    string `json:"job"`
-	Dev    string `json:"dev"`
-	State  string `json:"state"`
-	Reason string `json:"reason,omitempty"`
-	TS     int64  `json:"ts"`
-}
+type DeviceStatus = jobmsg.DeviceStatus
 
 // Summary is the retained message on jobs/{site}/{job}/status.
-type Summary struct {
-	V       int            `json:"v"`
-	Job     string         `json:"job"`
-	Model   string         `json:"model"`
-	Version string         `json:"version"`
-	Wave    int            `json:"wave"`  // 1-based wave under way
-	Waves   int            `json:"waves"` // how many
-	Counts  map[string]int `json:"counts"`
-	Aborted bool           `json:"aborted"`
-	Reason  string         `json:"reason,omitempty"` // why it was aborted
-	Done    bool           `json:"done"`
-	TS      int64          `json:"ts"`
-}
+type Summary = jobmsg.Summary
 
 func (r *run) summary(ts int64) Summary {
 	c := map[string]int{}

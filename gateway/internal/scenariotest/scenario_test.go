@@ -23,6 +23,7 @@ import (
 	"github.com/vitalgate/vitalgate/internal/cloud"
 	"github.com/vitalgate/vitalgate/internal/pki"
 	"github.com/vitalgate/vitalgate/internal/testutil"
+	"github.com/vitalgate/vitalgate/internal/updrepo"
 )
 
 // gw is a gateway relaying to an outside cloud broker that a hook can stop
@@ -74,11 +75,23 @@ func scenarioEnv(t *testing.T) (*gw, sim.Options) {
 	if _, err := pki.IssueFactory(e.pki, pki.FactoryOptions{Count: 4, Prefix: "renew"}); err != nil {
 		t.Fatal(err)
 	}
+	// rollout.yaml's update keys and repository (certs update-init), served
+	// as a static HTTPS host would.
+	repo := filepath.Join(t.TempDir(), "update-repo")
+	if err := updrepo.Setup(e.pki, repo, pki.P256, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	repoURL, stopRepo, err := updrepo.Serve(e.pki, repo, quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stopRepo)
 	cl := startCloud(t, e)
 	c := config.Default()
 	c.PKI, c.Listen, c.HTTP, c.HTTPS, c.Data = e.pki, "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", t.TempDir()
 	c.Cloud = []string{"ssl://" + e.gwAddr}
 	c.Enroll.Validity = time.Minute // renewal.yaml: every enrolled device renews within its phase
+	c.Updates.URL = repoURL         // rollout.yaml publishes its image there during the run
 	g, err := server.New(c, quiet())
 	if err != nil {
 		t.Fatal(err)
@@ -94,7 +107,7 @@ func scenarioEnv(t *testing.T) (*gw, sim.Options) {
 		t.Fatal(err)
 	}
 	opts := sim.Options{
-		Gateway: g.DeviceAddr(), PKI: e.pki, HTTPS: g.HTTPSAddr(), EST: "https://" + g.HTTPSAddr(),
+		Gateway: g.DeviceAddr(), PKI: e.pki, HTTPS: g.HTTPSAddr(), EST: "https://" + g.HTTPSAddr(), Repo: repo,
 		Cloud: &sim.Cloud{URL: "ssl://" + e.appsAddr, CA: filepath.Join(e.pki, pki.FileCA), Site: "site1", Token: tok},
 		Hooks: map[string]func(context.Context) error{
 			"cloud_down": func(context.Context) error { return cl.Close() },
@@ -114,7 +127,7 @@ func TestScenarioExamples(t *testing.T) {
 		t.Skip("runs each example scenario for its duration")
 	}
 	files, err := filepath.Glob("../../../devicesim/scenarios/*.yaml")
-	if err != nil || len(files) < 5 {
+	if err != nil || len(files) < 6 {
 		t.Fatalf("examples: %v %v", files, err)
 	}
 	for _, f := range files {
