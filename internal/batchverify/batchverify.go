@@ -53,7 +53,10 @@ var options = &voi.Options{Verify: voi.VerifyOptionsZIP_215}
 
 // Key is an Ed25519 public key in the expanded form both paths use (about
 // 1.5 KiB). Build it once per key; it is safe for concurrent use.
-type Key struct{ x *voi.ExpandedPublicKey }
+type Key struct {
+	x   *voi.ExpandedPublicKey
+	pub ed25519.PublicKey
+}
 
 // NewKey expands pub. It fails if pub is not 32 bytes or not the encoding
 // of a curve point.
@@ -65,8 +68,11 @@ func NewKey(pub ed25519.PublicKey) (*Key, error) {
 	if err != nil {
 		return nil, errors.New("ed25519 public key is not a curve point")
 	}
-	return &Key{x: x}, nil
+	return &Key{x: x, pub: append(ed25519.PublicKey(nil), pub...)}, nil
 }
+
+// Public returns the key as given to [NewKey].
+func (k *Key) Public() ed25519.PublicKey { return k.pub }
 
 // Verify reports whether sig is a valid signature of msg by k, alone, with
 // the rules of the package doc. A nil Key verifies nothing.

@@ -1,6 +1,7 @@
 package envelope
 
 import (
+	"crypto/ed25519"
 	"crypto/subtle"
 	"errors"
 	"sync"
@@ -56,7 +57,10 @@ func (v *Verifier) Verify(msg []byte) ([]byte, error) {
 // the Verifier has one, alone otherwise, with the same rules
 // ([batchverify.Key.Verify]).
 func (v *Verifier) verifyEdDSA(tbs, sig []byte) bool {
-	if v.batch != nil {
+	switch {
+	case v.std != nil:
+		return ed25519.Verify(v.std, tbs, sig)
+	case v.batch != nil:
 		return v.batch.Verify(v.ed, tbs, sig)
 	}
 	return v.ed.Verify(tbs, sig)
