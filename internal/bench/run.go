@@ -132,6 +132,10 @@ type Result struct {
 	// gateway checked EdDSA signatures in batches (its ed25519_batch).
 	Key          string `json:"key"`
 	Ed25519Batch bool   `json:"ed25519_batch"`
+	// At the peak, from the gateway's batcher: signatures per batch, and the
+	// share of EdDSA checks made in batches (0 without a batcher).
+	SigsPerBatch float64 `json:"ed25519_sigs_per_batch"`
+	BatchedShare float64 `json:"ed25519_batched_share"`
 
 	RelayWindow    int     `json:"relay_window,omitempty"`
 	Validated      float64 `json:"validated_msgs_per_s"`   // peak, end to end, gateway and harness sharing the cores
@@ -494,6 +498,7 @@ func (r *run) verifyOnly() (err error) {
 // peak drives msgs from devices unpaced and records the peak figures of the result.
 func (r *run) peak(ctx context.Context, devices *Devices, msgs [][]Msg) (phaseResult, error) {
 	before := devices.Counts()
+	b0, n0, c0 := r.ed25519Counts()
 	var prof <-chan error
 	if r.cfg.CPUProfile != "" {
 		prof = r.gw.cpuProfile(ctx, r.cfg.CPUProfile, min(time.Second, r.cfg.Duration/5), max(time.Second, r.cfg.Duration-2*time.Second))
@@ -508,6 +513,8 @@ func (r *run) peak(ctx context.Context, devices *Devices, msgs [][]Msg) (phaseRe
 		return pk, err
 	}
 	after := devices.Counts()
+	b1, n1, c1 := r.ed25519Counts()
+	r.setBatchFigures(b0, n0, c0, b1, n1, c1)
 	r.res.Validated = round(pk.rate, 0)
 	r.res.Accepted = round(pk.acked, 0)
 	r.res.Undelivered += pk.undelivered

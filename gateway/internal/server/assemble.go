@@ -182,6 +182,7 @@ func (g *Gateway) newIngest() error {
 	g.newAnomaly()
 	if g.cfg.Ed25519Batch {
 		g.batcher = batchverify.New(0, 0)
+		g.registerBatchMetrics()
 	}
 	g.hook = ingest.NewHook(g.ingestOptions())
 	// Every rejection is already a security event with its verdict: mochi's

@@ -55,8 +55,15 @@ func TestEd25519Fleet(t *testing.T) {
 				t.Errorf("valid record: reason 0x%02x", code)
 			}
 			if batch {
-				if st := e.gw.batcher.Stats(); st.Batched+st.Alone+st.Inline == 0 {
+				st := e.gw.batcher.Stats()
+				if st.Batched+st.Alone+st.Inline == 0 {
 					t.Errorf("no EdDSA signature went through the batcher: %+v", st)
+				}
+				m := e.metric("vitalgate_gateway_ed25519_checks_total", "batched") +
+					e.metric("vitalgate_gateway_ed25519_checks_total", "alone") +
+					e.metric("vitalgate_gateway_ed25519_checks_total", "inline")
+				if m != float64(st.Batched+st.Alone+st.Inline) {
+					t.Errorf("ed25519_checks_total sums to %v, the batcher counted %+v", m, st)
 				}
 			}
 		})
