@@ -85,8 +85,9 @@ func (k *Key) Verify(msg, sig []byte) bool {
 
 // Stats counts what a Batcher did.
 type Stats struct {
-	Batches uint64 // batches of two or more verified
+	Batches uint64 // batches of two or more verified: Passed + Failed
 	Batched uint64 // signatures in those batches
+	Passed  uint64 // batches whose every entry was valid
 	Failed  uint64 // batches with a bad entry (each entry then checked alone)
 	Alone   uint64 // requests the worker found alone and verified singly
 	Inline  uint64 // requests verified by their caller: queue full, batcher closed, or never batchable
@@ -110,7 +111,7 @@ type Batcher struct {
 	queue  chan *request
 	wg     sync.WaitGroup
 
-	batches, batched, failed, alone, inline atomic.Uint64
+	passed, failed, batched, alone, inline atomic.Uint64
 
 	hold func() // tests: called by the worker before each verification
 }
@@ -182,7 +183,8 @@ func (b *Batcher) Close() {
 
 // Stats returns the counts so far.
 func (b *Batcher) Stats() Stats {
-	return Stats{Batches: b.batches.Load(), Batched: b.batched.Load(), Failed: b.failed.Load(),
+	passed, failed := b.passed.Load(), b.failed.Load()
+	return Stats{Batches: passed + failed, Batched: b.batched.Load(), Passed: passed, Failed: failed,
 		Alone: b.alone.Load(), Inline: b.inline.Load()}
 }
 
@@ -243,9 +245,10 @@ func (b *Batcher) verify(bv *voi.BatchVerifier, batch []*request) {
 	for i, r := range batch {
 		r.ok = valid[i]
 	}
-	b.batches.Add(1)
 	b.batched.Add(uint64(len(batch)))
-	if !all {
+	if all {
+		b.passed.Add(1)
+	} else {
 		b.failed.Add(1)
 	}
 }
