@@ -16,6 +16,7 @@ import (
 
 	"github.com/vitalgate/vitalgate/internal/bench"
 	"github.com/vitalgate/vitalgate/internal/cli"
+	"github.com/vitalgate/vitalgate/internal/pki"
 )
 
 // benchCmd is `devicesim bench`: the load harness of docs/design.md#figures.
@@ -103,6 +104,8 @@ func parseBench(args []string, helpOut io.Writer) (bench.Config, benchOpts, erro
 		pprof    = fs.Bool("pprof", false, "serve the gateway's /debug/pprof/ (address printed) to profile it during the run")
 		window   = fs.Int("relay-window", 0, "gateway relay.window, QoS 1 messages in flight to the cloud (0: the gateway's default)")
 		kinds    = fs.String("kinds", "", "record kinds, round-robin over the devices (default: all six)")
+		key      = fs.String("key", "p256", "devices' key type: p256 (ES256 records) or ed25519 (EdDSA; verify-only then uses Go's crypto/ed25519, one signature at a time)")
+		batch    = fs.Bool("ed25519-batch", true, "the gateway's ed25519_batch: EdDSA signatures checked in batches across devices (false: each alone)")
 		bin      = fs.String("gateway-bin", "", "gateway program (default: go build it into the work directory)")
 		brokerB  = fs.String("broker-bin", "", "cloud broker program (default: go build it into the work directory)")
 		mosq     = fs.String("mosquitto-bin", "", "mosquitto program of the Mosquitto baseline (default: mosquitto on the PATH or in /usr/sbin; \"off\": skip it)")
@@ -126,7 +129,8 @@ func parseBench(args []string, helpOut io.Writer) (bench.Config, benchOpts, erro
 		return bench.Config{}, opts, fmt.Errorf("runs: %d outside 1..20", *runs)
 	}
 	cfg := bench.Config{Devices: *devices, Duration: *duration, Rate: *rate, Idle: *idle, Storm: *storm,
-		Workers: *workers, GatewayBin: *bin, BrokerBin: *brokerB, MosquittoBin: *mosq, Dir: *dir, Seed: *seed, RelayWindow: *window, Pprof: *pprof}
+		Workers: *workers, GatewayBin: *bin, BrokerBin: *brokerB, MosquittoBin: *mosq, Dir: *dir, Seed: *seed, RelayWindow: *window, Pprof: *pprof,
+		Key: pki.KeyAlg(*key), SingleEd25519: !*batch}
 	if *kinds != "" {
 		cfg.Kinds = strings.Split(*kinds, ",")
 	}

@@ -44,6 +44,9 @@ type Config struct {
 	MaxAge           time.Duration `yaml:"max_age"`           // oldest ts accepted
 	MaxSeqJump       uint64        `yaml:"max_seq_jump"`      // farthest a device's seq may advance in one record
 	Schemas          string        `yaml:"schemas"`           // schema file; empty: built-in
+	// Ed25519Batch checks devices' EdDSA signatures in batches across
+	// devices (package batchverify); the verdicts are the same without.
+	Ed25519Batch bool `yaml:"ed25519_batch"`
 
 	Rate       RateConfig  `yaml:"rate"`
 	Quarantine Quarantine  `yaml:"quarantine"`
@@ -185,6 +188,7 @@ func Default() Config {
 		MaxInflight:      64,
 		MaxAge:           7 * 24 * time.Hour,
 		MaxSeqJump:       1 << 32, // spool.DefaultMaxSeqJump
+		Ed25519Batch:     true,
 		Rate:             RateConfig{Messages: 20, Burst: 200, Bytes: 256 << 10, ByteBurst: 4 << 20},
 		Quarantine:       Quarantine{Violations: 20, Window: time.Minute, Cooloff: 10 * time.Minute},
 		Queue:            QueueConfig{MaxRecords: 1_000_000, MaxBytes: 1 << 30, CommitDelay: time.Millisecond},

@@ -51,7 +51,7 @@ func (h *Hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		return refuse(packets.ErrNotAuthorized, verdict.Quarantined, id,
 			"connection refused: quarantined until "+until.UTC().Format(time.RFC3339))
 	}
-	v, err := envelope.NewVerifier(leaf.PublicKey, id)
+	v, err := envelope.NewVerifier(leaf.PublicKey, id, envelope.WithBatcher(h.o.Batcher))
 	if err != nil {
 		return refuse(packets.ErrNotAuthorized, verdict.BadSignature, id, "certificate key cannot verify records: "+err.Error())
 	}

@@ -40,6 +40,7 @@ import (
 	"github.com/vitalgate/vitalgate/gateway/internal/audit"
 	"github.com/vitalgate/vitalgate/gateway/internal/guard"
 	"github.com/vitalgate/vitalgate/gateway/internal/spool"
+	"github.com/vitalgate/vitalgate/internal/batchverify"
 	"github.com/vitalgate/vitalgate/internal/envelope"
 	"github.com/vitalgate/vitalgate/internal/telemetry"
 	"github.com/vitalgate/vitalgate/internal/verdict"
@@ -47,8 +48,11 @@ import (
 
 // Options wires the hook to the rest of the gateway.
 type Options struct {
-	Queue   *spool.Queue
-	Guard   *guard.Guard
+	Queue *spool.Queue
+	Guard *guard.Guard
+	// Batcher, when set, checks the EdDSA signatures of all devices in
+	// batches ([envelope.WithBatcher]); nil: each alone, same verdicts.
+	Batcher *batchverify.Batcher
 	Schemas *atomic.Pointer[telemetry.Schemas] // swapped on reload
 	// Revoked reports whether a certificate serial is revoked now; sessions
 	// are re-checked with [Hook.DropRevoked] after each reload.

@@ -24,6 +24,7 @@ import (
 	"github.com/vitalgate/vitalgate/gateway/internal/posture"
 	"github.com/vitalgate/vitalgate/gateway/internal/relay"
 	"github.com/vitalgate/vitalgate/gateway/internal/spool"
+	"github.com/vitalgate/vitalgate/internal/batchverify"
 	"github.com/vitalgate/vitalgate/internal/cloud"
 	"github.com/vitalgate/vitalgate/internal/mqttlog"
 )
@@ -179,6 +180,10 @@ func (g *Gateway) newIngest() error {
 	g.metrics = ingest.NewMetrics(g.reg)
 	g.tracker = posture.NewTracker(g.cfg.Audit.MaxDevices, nil)
 	g.newAnomaly()
+	if g.cfg.Ed25519Batch {
+		g.batcher = batchverify.New(0, 0)
+		g.registerBatchMetrics()
+	}
 	g.hook = ingest.NewHook(g.ingestOptions())
 	// Every rejection is already a security event with its verdict: mochi's
 	// own line for it is dropped.
@@ -221,7 +226,7 @@ func (g *Gateway) ingestOptions() ingest.Options {
 		observers = append(observers, g.anomaly)
 	}
 	return ingest.Options{
-		Queue: g.queue, Guard: guard.New(guard.Limits{
+		Queue: g.queue, Batcher: g.batcher, Guard: guard.New(guard.Limits{
 			MessagesPerSecond: cfg.Rate.Messages, MessageBurst: cfg.Rate.Burst,
 			BytesPerSecond: cfg.Rate.Bytes, ByteBurst: cfg.Rate.ByteBurst,
 			Violations: cfg.Quarantine.Violations, Window: cfg.Quarantine.Window, Cooloff: cfg.Quarantine.Cooloff,

@@ -35,6 +35,7 @@ import (
 	"github.com/vitalgate/vitalgate/gateway/internal/posture"
 	"github.com/vitalgate/vitalgate/gateway/internal/relay"
 	"github.com/vitalgate/vitalgate/gateway/internal/spool"
+	"github.com/vitalgate/vitalgate/internal/batchverify"
 	"github.com/vitalgate/vitalgate/internal/cloud"
 	"github.com/vitalgate/vitalgate/internal/pki"
 	"github.com/vitalgate/vitalgate/internal/telemetry"
@@ -78,7 +79,8 @@ type Gateway struct {
 	certs     *certpub.Publisher
 	metrics   *ingest.Metrics
 	hook      *ingest.Hook
-	tracker   *posture.Tracker // devices' connects and traffic, for the posture audit
+	batcher   *batchverify.Batcher // EdDSA signatures of all devices in batches; nil: ed25519_batch off
+	tracker   *posture.Tracker     // devices' connects and traffic, for the posture audit
 	auditor   *posture.Auditor
 	anomaly   *anomaly.Detector // nil when disabled
 	inventory *inventory.Inventory
@@ -267,6 +269,9 @@ func (g *Gateway) Close() error {
 		}
 		if g.mqtt != nil {
 			errs = append(errs, g.mqtt.Close())
+		}
+		if g.batcher != nil {
+			g.batcher.Close() // a check after this is made by its caller
 		}
 		g.cancel() // the relay waits for in-flight PUBACKs before it returns
 		g.relayWG.Wait()
