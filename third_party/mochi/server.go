@@ -411,9 +411,11 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 	defer s.Listeners.ClientsWg.Done()
 	s.Listeners.ClientsWg.Add(1)
 
-	go cl.WriteLoop()
 	defer cl.Stop(nil)
 
+	// VitalGate patch (see PATCHES.md): no write loop; enqueue starts a
+	// writer while packets wait.
+	//
 	// VitalGate patch (see PATCHES.md): the CONNECT is handled in
 	// connectClient and the end of the connection in detachClient, so that
 	// this frame, which an idle connection's read loop waits under, holds no
@@ -795,6 +797,7 @@ func (s *Server) enqueue(cl *Client, pk *packets.Packet) bool {
 	select {
 	case cl.State.outbound <- pk:
 		atomic.AddInt32(&cl.State.outboundQty, 1)
+		cl.startWriter() // VitalGate patch: a writer only while packets wait
 		return true
 	default:
 		return false
