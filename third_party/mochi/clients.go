@@ -156,6 +156,7 @@ type ClientState struct {
 	cancelOpen      context.CancelFunc   // cancel function for open context
 	outboundQty     int32                // number of messages currently in the outbound queue
 	packetIDMu      sync.Mutex           // VitalGate patch: NextPacketID's own lock
+	writing         atomic.Bool          // VitalGate patch: a goroutine writes the outbound queue
 	Keepalive       uint16               // the number of seconds the connection can wait
 	ServerKeepalive bool                 // keepalive was set by the server
 }
@@ -191,21 +192,63 @@ func newClient(c net.Conn, o *ops) *Client {
 	return cl
 }
 
-// WriteLoop ranges over pending outbound messages and writes them to the client connection.
+// WriteLoop ranges over pending outbound messages and writes them to the
+// client connection, until the client closes.
+//
+// VitalGate patch (see PATCHES.md): the server no longer runs it; a client's
+// queue is written by a goroutine that runs only while it holds packets
+// (startWriter). WriteLoop claims the queue for its whole life, for callers
+// that want the old behaviour.
 func (cl *Client) WriteLoop() {
+	cl.State.writing.Store(true)
 	for {
 		select {
 		case pk := <-cl.State.outbound:
-			if err := cl.WritePacket(*pk); err != nil {
-				cl.dropUnsendable(pk, err)
-				// TODO : Figure out what to do with error
-				cl.ops.log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", pk)
-			}
-			atomic.AddInt32(&cl.State.outboundQty, -1)
+			cl.writeOutbound(pk)
 		case <-cl.State.open.Done():
 			return
 		}
 	}
+}
+
+// startWriter makes sure a goroutine writes the outbound queue: called after
+// every packet put on it (VitalGate patch).
+func (cl *Client) startWriter() {
+	if cl.State.writing.CompareAndSwap(false, true) {
+		go cl.drainOutbound()
+	}
+}
+
+// drainOutbound writes the outbound queue until it is empty, or the client
+// closes, and ends. A packet queued while it gives up the queue is seen
+// either by the queue's new owner or by its own second look.
+func (cl *Client) drainOutbound() {
+	for {
+		select {
+		case pk := <-cl.State.outbound:
+			cl.writeOutbound(pk)
+			continue
+		case <-cl.State.open.Done():
+			return // the queue stays claimed: nothing is written to a closed client
+		default:
+		}
+		cl.State.writing.Store(false)
+		if len(cl.State.outbound) == 0 || !cl.State.writing.CompareAndSwap(false, true) {
+			return
+		}
+	}
+}
+
+// writeOutbound writes one packet taken from the outbound queue.
+//
+//go:noinline
+func (cl *Client) writeOutbound(pk *packets.Packet) {
+	if err := cl.WritePacket(*pk); err != nil {
+		cl.dropUnsendable(pk, err)
+		// TODO : Figure out what to do with error
+		cl.ops.log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", pk)
+	}
+	atomic.AddInt32(&cl.State.outboundQty, -1)
 }
 
 // ParseConnect parses the connect parameters and properties for a client.
@@ -420,16 +463,28 @@ func (cl *Client) Read(packetHandler ReadFn) error {
 			return err
 		}
 
-		pk, err := cl.ReadPacket(fh)
-		if err != nil {
-			return err
-		}
-
-		err = packetHandler(cl, pk) // Process inbound packet.
+		err = cl.readAndHandle(fh, packetHandler)
 		if err != nil {
 			return err
 		}
 	}
+}
+
+// readAndHandle reads the packet whose fixed header is fh and hands it to
+// packetHandler.
+//
+// VitalGate patch (see PATCHES.md): the packet lives in this frame, not in
+// Read's, so that the frames an idle connection's read loop waits in stay
+// small.
+//
+//go:noinline
+func (cl *Client) readAndHandle(fh *packets.FixedHeader, packetHandler ReadFn) error {
+	pk, err := cl.ReadPacket(fh)
+	if err != nil {
+		return err
+	}
+
+	return packetHandler(cl, pk) // Process inbound packet.
 }
 
 // Stop instructs the client to shut down all processing goroutines and disconnect.
