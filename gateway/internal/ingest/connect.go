@@ -85,12 +85,14 @@ func (h *Hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 }
 
 // invalid says why a certificate that passed the handshake may no longer be
-// used: revoked since, or expired.
+// used: revoked since, or expired. Expiry is judged only while the clock is
+// trusted: while it is not, the handshake checked the certificate at the
+// clock's floor instead (a certificate expired before it is refused there).
 func (h *Hook) invalid(c *x509.Certificate) string {
 	switch {
 	case h.o.Revoked != nil && h.o.Revoked(c):
 		return "certificate revoked"
-	case h.o.Now().After(c.NotAfter):
+	case (h.o.ClockTrusted == nil || h.o.ClockTrusted()) && h.o.Now().After(c.NotAfter):
 		return "certificate expired " + c.NotAfter.UTC().Format(time.RFC3339)
 	}
 	return ""

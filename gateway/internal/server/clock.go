@@ -1,6 +1,9 @@
 package server
 
 import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"fmt"
 	"time"
 
@@ -42,6 +45,7 @@ func (g *Gateway) newClock() (err error) {
 	if g.clock, err = clocktrust.New(o); err != nil {
 		return err
 	}
+	g.deviceTLSClock(o.Now)
 	g.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "vitalgate_clock_trusted",
 		Help: "1 while the gateway's clock is trusted to judge records' time; 0 while records are stored unjudged and marked clock_untrusted."},
 		func() float64 {
@@ -74,4 +78,57 @@ func (g *Gateway) clockState() map[string]any {
 		m["reason"] = st.Reason
 	}
 	return m
+}
+
+// deviceTLSClock makes the device listener's certificate checks follow the
+// clock's trust. While the clock is trusted, a handshake checks the client's
+// chain at the clock's time (o.Now), as usual. While it is untrusted, a clock
+// in 1970 would find every certificate not yet valid, and one years ahead
+// every certificate expired, so no device could connect and the records the
+// gateway stores unjudged would never arrive: the chain is then checked at
+// the latest of the floor (a time known to have passed) and the leaf's
+// notBefore. A certificate that expired before the floor is still refused;
+// one that expired since cannot be told apart without a trusted clock.
+// Signature, chain, key usage and revocation are checked as always.
+func (g *Gateway) deviceTLSClock(now func() time.Time) {
+	base := g.files.deviceTLS
+	base.Time = now
+	untrusted := base.Clone()
+	untrusted.ClientAuth = tls.RequireAnyClientCert
+	untrusted.VerifyPeerCertificate = func(raw [][]byte, _ [][]*x509.Certificate) error {
+		return verifyClientAt(raw, base.ClientCAs, g.clock.State().Floor)
+	}
+	base.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
+		if g.clock.Trusted() {
+			return nil, nil // the base configuration
+		}
+		return untrusted, nil
+	}
+}
+
+// verifyClientAt verifies a client's chain (raw, leaf first) against roots
+// for client authentication at the latest of floor and the leaf's notBefore.
+func verifyClientAt(raw [][]byte, roots *x509.CertPool, floor time.Time) error {
+	if len(raw) == 0 {
+		return errors.New("no client certificate")
+	}
+	certs := make([]*x509.Certificate, len(raw))
+	for i, r := range raw {
+		c, err := x509.ParseCertificate(r)
+		if err != nil {
+			return fmt.Errorf("client certificate %d: %w", i, err)
+		}
+		certs[i] = c
+	}
+	inter := x509.NewCertPool()
+	for _, c := range certs[1:] {
+		inter.AddCert(c)
+	}
+	at := floor
+	if certs[0].NotBefore.After(at) {
+		at = certs[0].NotBefore
+	}
+	_, err := certs[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: at,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	return err
 }

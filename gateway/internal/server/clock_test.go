@@ -1,8 +1,14 @@
 package server
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
 	"io"
+	"math/big"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -44,7 +50,8 @@ func (c *injectedClock) set(now time.Time, synced bool) {
 }
 
 // TestWrongClockAtBoot: a gateway that boots with its clock far in the past,
-// then far in the future, stores what devices send (which a wrong clock
+// then far in the future, lets devices connect (their certificates checked
+// at the clock's floor, not at the wrong time), stores what devices send (which a wrong clock
 // would refuse as future or stale), marks it clock_untrusted at the cloud,
 // and says so in events, metrics, /healthz and /readyz; once the kernel
 // says the clock is synchronised, time is judged again.
@@ -82,8 +89,18 @@ func TestWrongClockAtBoot(t *testing.T) {
 	if rc := send(3, real); rc != 0 {
 		t.Fatalf("record of now, clock three years ahead: reason 0x%02x", rc)
 	}
-	if n := e.metric("vitalgate_clock_untrusted_records_total", ""); n != 3 {
-		t.Fatalf("vitalgate_clock_untrusted_records_total %v, want 3", n)
+	// A device connecting now: its certificate would be expired by the
+	// clock (the handshake reads the injected clock); it is checked at the
+	// floor instead.
+	e.device("oxi-2")
+	dev2 := e.mustDial5("oxi-2")
+	r2 := spo2("oxi-2", 1)
+	r2.TS = real.UnixMilli()
+	if rc := publish5(t, dev2, telemetryTopic("oxi-2"), e.sign("oxi-2", r2)); rc != 0 {
+		t.Fatalf("device connected while the clock is three years ahead: reason 0x%02x", rc)
+	}
+	if n := e.metric("vitalgate_clock_untrusted_records_total", ""); n != 4 {
+		t.Fatalf("vitalgate_clock_untrusted_records_total %v, want 4", n)
 	}
 
 	// NTP synchronises the clock: trusted, an event, and time judged again.
@@ -119,8 +136,8 @@ func TestWrongClockAtBoot(t *testing.T) {
 	testutil.Eventually(t, 10*time.Second, "the clock_trusted event at the app", func() bool {
 		return a.eventsWith(`"verdict":"clock_trusted"`) == 1
 	})
-	if n := e.metric("vitalgate_clock_untrusted_records_total", ""); n != 3 {
-		t.Fatalf("vitalgate_clock_untrusted_records_total %v after the sync, want 3", n)
+	if n := e.metric("vitalgate_clock_untrusted_records_total", ""); n != 4 {
+		t.Fatalf("vitalgate_clock_untrusted_records_total %v after the sync, want 4", n)
 	}
 }
 
@@ -159,5 +176,53 @@ func (e *env) checkClockEndpoints(trusted bool) {
 	}
 	if err := json.Unmarshal([]byte(body), &st); err != nil || code != 200 || !st.Ready || st.Clock.Trusted != trusted || (st.Clock.Reason == "") != trusted {
 		e.t.Fatalf("/readyz, clock trusted %v: %d %s (%v)", trusted, code, body, err)
+	}
+}
+
+// TestVerifyClientAt: while the clock is untrusted, a chain is checked at the
+// floor or the leaf's notBefore, whichever is later: a certificate issued
+// after the floor passes, one expired before the floor is refused, and one
+// from another CA or without client authentication is refused as always.
+func TestVerifyClientAt(t *testing.T) {
+	floor := time.Now().Add(-time.Hour)
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "ca"},
+		NotBefore: floor.Add(-48 * time.Hour), NotAfter: floor.Add(10 * 365 * 24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	roots := x509.NewCertPool()
+	roots.AddCert(ca)
+	leaf := func(nb, na time.Time, eku x509.ExtKeyUsage, signer *ecdsa.PrivateKey, parent *x509.Certificate) [][]byte {
+		k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "dev"},
+			NotBefore: nb, NotAfter: na, ExtKeyUsage: []x509.ExtKeyUsage{eku}, KeyUsage: x509.KeyUsageDigitalSignature}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &k.PublicKey, signer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return [][]byte{der}
+	}
+	otherKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	client := x509.ExtKeyUsageClientAuth
+	for _, c := range []struct {
+		name string
+		raw  [][]byte
+		ok   bool
+	}{
+		{"issued after the floor", leaf(floor.Add(time.Minute), floor.Add(24*time.Hour), client, caKey, ca), true},
+		{"valid at the floor", leaf(floor.Add(-time.Hour), floor.Add(time.Hour), client, caKey, ca), true},
+		{"expired before the floor", leaf(floor.Add(-48*time.Hour), floor.Add(-time.Minute), client, caKey, ca), false},
+		{"another CA", leaf(floor.Add(-time.Hour), floor.Add(time.Hour), client, otherKey, caTmpl), false},
+		{"server certificate", leaf(floor.Add(-time.Hour), floor.Add(time.Hour), x509.ExtKeyUsageServerAuth, caKey, ca), false},
+		{"no certificate", nil, false},
+		{"garbage", [][]byte{[]byte("not a certificate")}, false},
+	} {
+		if err := verifyClientAt(c.raw, roots, floor); (err == nil) != c.ok {
+			t.Errorf("%s: error %v, want ok %v", c.name, err, c.ok)
+		}
 	}
 }
