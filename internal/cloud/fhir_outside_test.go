@@ -219,7 +219,7 @@ func TestStandaloneServesMetrics(t *testing.T) {
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
 	for _, want := range []string{`vitalgate_fhir_exported_total{result="verified"} 0`, "vitalgate_fhir_no_patient_total 0",
-		`vitalgate_fhir_retries_total{target="server"} 0`, "go_goroutines"} {
+		`vitalgate_fhir_retries_total{target="server"} 0`, "go_goroutines", "vitalgate_build_info{"} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("/metrics lacks %q", want)
 		}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/vitalgate/vitalgate/internal/fhirexport"
 	"github.com/vitalgate/vitalgate/internal/pki"
+	"github.com/vitalgate/vitalgate/internal/version"
 )
 
 // FHIRStandalone is the configuration file of `broker fhir --config FILE`:
@@ -118,7 +119,7 @@ func NewFHIR(c FHIRStandalone, log *slog.Logger) (run func(ctx context.Context) 
 		return nil, err
 	}
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(version.Collector(), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	c.FHIR.Enabled = true
 	opts := fhirexport.Options{Conn: conn, Checker: FHIRChecker(w), Log: log, Registerer: reg}
 	if c.MaxPacket > 0 {
