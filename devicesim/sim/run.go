@@ -154,6 +154,10 @@ func Run(ctx context.Context, sc *Scenario, o Options) (*Result, error) {
 		pr, err := r.phase(ctx, ph)
 		res.Phases = append(res.Phases, pr)
 		if err != nil {
+			// An error of a fleet or an action names its line in the file.
+			if fe := (*FileError)(nil); errors.As(err, &fe) {
+				return res, &FileError{File: fe.File, Line: fe.Line, Err: fmt.Errorf("phase %q: %w", ph.Name, fe.Err)}
+			}
 			return res, fmt.Errorf("phase %q: %w", ph.Name, err)
 		}
 	}
@@ -299,6 +303,13 @@ func (r *run) trackedSoFar() []string {
 }
 
 func (r *run) act(ctx context.Context, a Action) error {
+	if err := r.action(ctx, a); err != nil {
+		return &FileError{File: r.sc.File, Line: a.Line, Err: err}
+	}
+	return nil
+}
+
+func (r *run) action(ctx context.Context, a Action) error {
 	if a.Rollout != nil {
 		return r.startRollout(a.Rollout)
 	}
@@ -341,7 +352,7 @@ func (r *run) fleets(ctx context.Context, ph Phase) ([]Report, error) {
 	wg.Wait()
 	for i, err := range errs {
 		if err != nil {
-			return reports, fmt.Errorf("fleet %q: %w", ph.Fleets[i].Name, err)
+			return reports, &FileError{File: r.sc.File, Line: ph.Fleets[i].Line, Err: fmt.Errorf("fleet %q: %w", ph.Fleets[i].Name, err)}
 		}
 	}
 	return reports, errors.Join(errs...)

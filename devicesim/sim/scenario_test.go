@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vitalgate/vitalgate/internal/pki"
 )
 
 const good = `name: t
@@ -121,15 +123,27 @@ func TestMissingHook(t *testing.T) {
 }
 
 // TestUnreachable: no gateway is an ErrUnreachable, not a failed expectation.
+// TestUnreachable: missing certificates and an unreachable gateway stop the
+// run with an error that names the file and the fleet's line.
 func TestUnreachable(t *testing.T) {
 	sc, err := Parse("u.yaml", []byte(good))
 	if err != nil {
 		t.Fatal(err)
 	}
+	const where = `u.yaml:6: phase "one": fleet "a": `
+	// No PKI: the devices' certificates are missing and cannot be issued.
+	_, err = Run(context.Background(), sc, Options{Gateway: "127.0.0.1:1", PKI: t.TempDir()})
+	if !errors.Is(err, ErrCertificates) || !strings.HasPrefix(err.Error(), where) {
+		t.Fatalf("no PKI: %v", err)
+	}
+	// A PKI, and no gateway at the address.
 	dir := t.TempDir()
+	if err := pki.Init(dir, pki.InitOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	_, err = Run(context.Background(), sc, Options{Gateway: "127.0.0.1:1", PKI: dir})
-	if !errors.Is(err, ErrUnreachable) && !errors.Is(err, ErrCertificates) {
-		t.Fatalf("%v", err)
+	if !errors.Is(err, ErrUnreachable) || !strings.HasPrefix(err.Error(), where) {
+		t.Fatalf("no gateway: %v", err)
 	}
 }
 
