@@ -3,7 +3,6 @@ package sim
 import (
 	"fmt"
 	"math"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -41,8 +40,6 @@ func Metrics() []string {
 
 // cloudMetrics need a cloud section.
 var cloudMetrics = []string{"delivered", "lost", "updated"}
-
-var eventName = regexp.MustCompile(`^[a-z][a-z0-9_]{0,63}$`)
 
 func (p *parser) expectations(n *yaml.Node, phase string, cloud bool) ([]Expectation, error) {
 	if n.Kind != yaml.MappingNode {
@@ -86,8 +83,9 @@ func (p *parser) expectation(metric string, k, v *yaml.Node, cloud bool) (Expect
 		if !cloud {
 			return e, p.errAt(k.Line, "expect: %s needs a cloud section", metric)
 		}
-		if !eventName.MatchString(name) {
-			return e, p.errAt(k.Line, "expect: %q is not an event name", name)
+		if !verdict.IsEventName(name) {
+			return e, p.errAt(k.Line, "expect: %q is not an event name (events: the verdicts but accepted, %s)", name,
+				strings.Join(verdict.Events(), ", "))
 		}
 	case "attack":
 		if name != "sent" && name != "matched" {

@@ -22,7 +22,8 @@ import (
 // The broker's own FHIR exporter (Config.FHIR): an [fhirexport.Exporter]
 // connected to the broker in process, through a listener that no socket
 // reaches, with an identity of its own: it reads telemetry/ and certs/ of
-// the configured sites and publishes fhir/{site}/{device} there, nothing
+// the configured sites and publishes fhir/{site}/{device} there, and its
+// security events on security/{site}/vitalgate-fhir-exporter, nothing
 // else.
 
 const (
@@ -148,13 +149,17 @@ func exporterMayRead(id *identity, filter string) bool {
 	return len(lv) == 3 && (lv[0] == "telemetry" || lv[0] == "certs") && id.sites[lv[1]]
 }
 
-// exporterMayPublish: fhir/{site}/{device} of its sites.
+// exporterMayPublish: fhir/{site}/{device} of its sites, and its security
+// events on security/{site}/{its client ID}.
 func exporterMayPublish(id *identity, topic string) bool {
 	if !topicBounded(topic) {
 		return false
 	}
 	lv := strings.Split(topic, "/")
-	return len(lv) == 3 && lv[0] == "fhir" && id.sites[lv[1]] && pki.ValidDeviceID(lv[2])
+	if len(lv) != 3 || !id.sites[lv[1]] {
+		return false
+	}
+	return lv[0] == "fhir" && pki.ValidDeviceID(lv[2]) || lv[0] == "security" && lv[2] == exporterClientID
 }
 
 // pipeListener is a mochi listener fed with in-process connections

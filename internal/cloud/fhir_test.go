@@ -85,6 +85,9 @@ func TestBrokerExportsFHIR(t *testing.T) {
 	in := newInbox()
 	app := pahoClient(t, "ssl://"+b.AppsAddr(), appTLS(t, dir), "clinic-app", "app", mint(t, dir, "site1"), true)
 	wait(t, app.Subscribe("fhir/site1/#", 1, in.handler), "subscribe fhir/")
+	events := newInbox()
+	op := pahoClient(t, "ssl://"+b.AppsAddr(), appTLS(t, dir), "ops-app", "app", mintRole(t, dir, "bob", pki.RoleOperator, "site1"), true)
+	wait(t, op.Subscribe("security/site1/#", 1, events.handler), "subscribe security/")
 	gw := pahoClient(t, "ssl://"+b.GatewayAddr(), gatewayTLS(t, dir), "gw1", "", "", true)
 
 	for seq := uint64(1); seq <= 5; seq++ {
@@ -131,6 +134,34 @@ func TestBrokerExportsFHIR(t *testing.T) {
 		t.Errorf("retries or no-patient count wrong:\n%s", scrape(t, b))
 	}
 	checkPublished(t, in)
+	checkNoPatientEvent(t, events)
+}
+
+// checkNoPatientEvent: the exporter reported dev-00002, which the patient
+// map lacks, in one security event on security/site1/{its client ID}.
+func checkNoPatientEvent(t *testing.T, in *inbox) {
+	t.Helper()
+	select {
+	case m := <-in.ch:
+		var ev struct {
+			V                        int
+			GW, Dev, Verdict, Detail string
+		}
+		if err := json.Unmarshal(m.Payload(), &ev); err != nil {
+			t.Fatalf("%s: %v: %s", m.Topic(), err, m.Payload())
+		}
+		if m.Topic() != fhirexport.EventTopic("site1", exporterClientID) || ev.V != 1 || ev.GW != exporterClientID ||
+			ev.Dev != "dev-00002" || ev.Verdict != fhirexport.VerdictNoPatient || !strings.Contains(ev.Detail, "patient map") {
+			t.Errorf("event on %s: %s", m.Topic(), m.Payload())
+		}
+	case <-time.After(waitFor):
+		t.Fatal("no no_patient event for dev-00002")
+	}
+	select {
+	case m := <-in.ch:
+		t.Errorf("a second event on %s: %s", m.Topic(), m.Payload())
+	case <-time.After(200 * time.Millisecond):
+	}
 }
 
 // checkServerResources: dev-00001's Observations have their patient and a

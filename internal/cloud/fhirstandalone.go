@@ -87,6 +87,8 @@ func (c FHIRStandalone) Validate() error {
 	}
 	if c.ClientID == "" || len(c.ClientID) > 128 {
 		bad("client_id", "required, at most 128 bytes")
+	} else if c.FHIR.Publish && strings.ContainsAny(c.ClientID, "/+#") {
+		bad("client_id", "%q: with publish, the exporter's security events go to security/{site}/{client_id}: no /, + or #", c.ClientID)
 	}
 	if c.HTTP != "" {
 		if _, _, err := net.SplitHostPort(c.HTTP); err != nil {

@@ -11,6 +11,7 @@ import (
 	"unicode"
 
 	"github.com/vitalgate/vitalgate/internal/pki"
+	"github.com/vitalgate/vitalgate/internal/verdict"
 )
 
 // walkRepo calls fn for every file under the root whose name ends in one of
@@ -282,6 +283,48 @@ func TestAppsGuide(t *testing.T) {
 	for _, claim := range []string{"| `iss` | `" + pki.TokenIssuer + "` |", "| `aud` | `" + pki.TokenAudience + "` |"} {
 		if !strings.Contains(doc, claim) {
 			t.Errorf("docs/apps.md lacks the token claim row %q", claim)
+		}
+	}
+}
+
+// eventLiteral matches where the code names a security event: an
+// audit.Event's Verdict field, or a constant Event... = "name" or
+// Verdict... = "name".
+var eventLiteral = regexp.MustCompile(`(?:\bVerdict:\s*|\b(?:Event|Verdict)\w*\s*=\s*)"([a-z_]+)"`)
+
+// TestEventNamesListed: every security event name in the programs' code
+// (tests aside) is a verdict or listed in verdict.Events, which a
+// scenario's events.{name} is checked against; and every listed event is
+// documented.
+func TestEventNamesListed(t *testing.T) {
+	seen := map[string]bool{}
+	walkRepo(t, []string{".go"}, func(rel string, src []byte) {
+		if strings.HasSuffix(rel, "_test.go") || strings.HasPrefix(rel, "internal/docstest/") {
+			return
+		}
+		for _, m := range eventLiteral.FindAllSubmatch(src, -1) {
+			name := string(m[1])
+			seen[name] = true
+			if name != string(verdict.Accepted) && !verdict.IsEventName(name) {
+				t.Errorf("%s: event %q is not in verdict.Events", rel, name)
+			}
+		}
+	})
+	if len(seen) < 15 {
+		t.Fatalf("found only %d event names in the code: %v", len(seen), seen)
+	}
+	var docs strings.Builder
+	walkRepo(t, []string{".md"}, func(rel string, src []byte) {
+		if strings.HasPrefix(rel, "docs/") {
+			docs.Write(src)
+		}
+	})
+	for _, e := range verdict.Events() {
+		if !seen[e] {
+			t.Errorf("verdict.Events lists %q, which no code sends", e)
+		}
+		if !strings.Contains(docs.String(), "`"+e+"`") {
+			t.Errorf("event %q is not documented under docs/", e)
 		}
 	}
 }

@@ -2,8 +2,10 @@ package fhirexport
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"strings"
+	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
@@ -111,8 +113,8 @@ func (e *Exporter) prepare(pm paho.Message) *record {
 	return r
 }
 
-// noPatient counts a record exported without a subject and logs its
-// device once.
+// noPatient counts a record exported without a subject, and logs its
+// device once and reports it once in a security event.
 func (e *Exporter) noPatient(site, dev string) {
 	e.m.noPatient.Inc()
 	key := site + "/" + dev
@@ -127,7 +129,44 @@ func (e *Exporter) noPatient(site, dev string) {
 	if _, loaded := e.warned.LoadOrStore(key, struct{}{}); !loaded {
 		e.nWarned++
 		e.log.Warn("device not in the site's patient map: exported without a subject", "site", site, "device", dev)
+		e.event(site, dev, VerdictNoPatient, "device not in the site's patient map: exported without a subject")
 	}
+}
+
+// VerdictNoPatient is the verdict of the security event that reports a
+// device exported without a subject (the site's patient map lacks it).
+const VerdictNoPatient = "no_patient"
+
+// event is a security event of the exporter, in the format of the
+// gateways' events.
+type event struct {
+	V       int    `json:"v"`
+	TS      int64  `json:"ts"`
+	GW      string `json:"gw"`
+	Dev     string `json:"dev,omitempty"`
+	Verdict string `json:"verdict"`
+	Detail  string `json:"detail"`
+	Remote  string `json:"remote"`
+}
+
+// EventTopic is the topic of the exporter's security events for site:
+// security/{site}/{client ID}, the client ID in the place of a gateway's
+// ID. Only an exporter that publishes (Config.Publish) sends them.
+func EventTopic(site, clientID string) string { return "security/" + site + "/" + clientID }
+
+// event publishes a security event (QoS 1, not retained) without waiting
+// for its acknowledgement: the client's session resends it after a
+// reconnection, and the export does not wait on monitoring.
+func (e *Exporter) event(site, dev, verdict, detail string) {
+	if !e.cfg.Publish || e.client == nil || strings.ContainsAny(e.o.Conn.ClientID, "/+#") {
+		return
+	}
+	b, err := json.Marshal(event{V: 1, TS: time.Now().UnixMilli(), GW: e.o.Conn.ClientID, Dev: dev,
+		Verdict: verdict, Detail: detail})
+	if err != nil {
+		return
+	}
+	e.client.Publish(EventTopic(site, e.o.Conn.ClientID), 1, false, b)
 }
 
 // publish publishes r's Bundle on fhir/{site}/{device}, retrying until

@@ -31,8 +31,9 @@
 // without it. A record whose signature is bad, whose rec is not what the
 // device signed, or whose device certificate is revoked is not exported
 // (logged, counted). A device that the site's patient map lacks is
-// exported without a subject (logged once per device, counted), never
-// dropped.
+// exported without a subject, never dropped: counted, and logged and
+// reported in a security event ([VerdictNoPatient], on [EventTopic]) once
+// per device.
 package fhirexport
 
 import (

@@ -105,3 +105,31 @@ func Of(err error) Verdict {
 	}
 	return ""
 }
+
+// Events lists the names of the security events that are not a message's
+// verdict: a refused TLS handshake, the gateway's own findings and state
+// changes (audit, anomaly, clock, enrolment, updates, resets) and the FHIR
+// exporter's no_patient. An event's `verdict` field is one of these or a
+// rejection verdict ([Rejections]); a test of the repository checks that
+// every event name in its code is listed here.
+func Events() []string {
+	return []string{"handshake_failed", "audit", "anomaly", "clock_untrusted", "clock_trusted",
+		"firmware_below_min", "enroll_denied", "enroll_malformed", "update_denied", "job_refused",
+		"update_rejected", "queue_reset", "replay_reset", "no_patient"}
+}
+
+// IsEventName reports whether name can be a security event's `verdict`: a
+// rejection verdict or one of [Events].
+func IsEventName(name string) bool {
+	for _, v := range Rejections() {
+		if string(v) == name {
+			return true
+		}
+	}
+	for _, e := range Events() {
+		if e == name {
+			return true
+		}
+	}
+	return false
+}
