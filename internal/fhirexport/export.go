@@ -137,18 +137,6 @@ func (e *Exporter) noPatient(site, dev string) {
 // device exported without a subject (the site's patient map lacks it).
 const VerdictNoPatient = "no_patient"
 
-// event is a security event of the exporter, in the format of the
-// gateways' events.
-type event struct {
-	V       int    `json:"v"`
-	TS      int64  `json:"ts"`
-	GW      string `json:"gw"`
-	Dev     string `json:"dev,omitempty"`
-	Verdict string `json:"verdict"`
-	Detail  string `json:"detail"`
-	Remote  string `json:"remote"`
-}
-
 // EventTopic is the topic of the exporter's security events for site:
 // security/{site}/{client ID}, the client ID in the place of a gateway's
 // ID. Only an exporter that publishes (Config.Publish) sends them.
@@ -161,7 +149,7 @@ func (e *Exporter) event(site, dev, verdict, detail string) {
 	if !e.cfg.Publish || e.client == nil || strings.ContainsAny(e.o.Conn.ClientID, "/+#") {
 		return
 	}
-	b, err := json.Marshal(event{V: 1, TS: time.Now().UnixMilli(), GW: e.o.Conn.ClientID, Dev: dev,
+	b, err := json.Marshal(wire.Event{V: 1, TS: time.Now().UnixMilli(), GW: e.o.Conn.ClientID, Dev: dev,
 		Verdict: verdict, Detail: detail})
 	if err != nil {
 		return

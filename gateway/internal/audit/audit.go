@@ -82,29 +82,11 @@ import (
 	"time"
 
 	"github.com/vitalgate/vitalgate/internal/fileerr"
+	"github.com/vitalgate/vitalgate/internal/wire"
 )
 
 // Event is a security event of docs/apps.md#security-events.
-type Event struct {
-	V       int    `json:"v" cbor:"v"`
-	TS      int64  `json:"ts" cbor:"ts"`
-	GW      string `json:"gw" cbor:"gw"`
-	Dev     string `json:"dev,omitempty" cbor:"dev,omitempty"`
-	Verdict string `json:"verdict" cbor:"verdict"`
-	Detail  string `json:"detail" cbor:"detail"`
-	Remote  string `json:"remote" cbor:"remote"`
-
-	// Severity grades a posture finding (verdict "audit"): "low", "medium",
-	// "high" or "critical".
-	Severity string `json:"severity,omitempty" cbor:"severity,omitempty"`
-	// Figure, Baseline and Threshold quantify a behaviour anomaly (verdict
-	// "anomaly"): what Metric measured, the device's learned baseline, and
-	// the threshold the figure crossed.
-	Metric    string   `json:"metric,omitempty" cbor:"metric,omitempty"`
-	Figure    *float64 `json:"figure,omitempty" cbor:"figure,omitempty"`
-	Baseline  *float64 `json:"baseline,omitempty" cbor:"baseline,omitempty"`
-	Threshold *float64 `json:"threshold,omitempty" cbor:"threshold,omitempty"`
-}
+type Event = wire.Event
 
 // Anchor is the prev of the first entry: 64 zeros.
 const Anchor = "0000000000000000000000000000000000000000000000000000000000000000"

@@ -13,6 +13,7 @@ import (
 
 	"github.com/vitalgate/vitalgate/internal/cloud"
 	"github.com/vitalgate/vitalgate/internal/telemetry"
+	"github.com/vitalgate/vitalgate/internal/wire"
 )
 
 // maxECG bounds the waveform kept per device for the heart rate: 10 s at
@@ -44,15 +45,7 @@ type Row struct {
 
 // Event is a security event as the gateway publishes it at
 // security/{site}/{gateway} (docs/apps.md#security-events).
-type Event struct {
-	V       int    `json:"v"`
-	TS      int64  `json:"ts"`
-	GW      string `json:"gw"`
-	Dev     string `json:"dev,omitempty"`
-	Verdict string `json:"verdict"`
-	Detail  string `json:"detail"`
-	Remote  string `json:"remote"`
-}
+type Event = wire.Event
 
 // View is the clinician view's state. It is safe for concurrent use: the
 // MQTT callbacks feed it, the render loop reads [View.Snapshot].
