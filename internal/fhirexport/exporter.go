@@ -11,10 +11,11 @@
 // Bundle is published and accepted by the FHIR server, so the broker keeps
 // every record not yet exported in the session, across a crash or a
 // restart of the exporter. Failures that may pass (the broker unreachable
-// for a publish; a server's 5xx, 429, a timeout or a connection error)
-// are retried with exponential backoff and jitter, up to
-// [Config.MaxBackoff], for as long as it takes. A server's other 4xx is
-// for good: the record is logged, counted and acknowledged.
+// for a publish; a server's 5xx, 408, 429, 401 or 403, a timeout or a
+// connection error) are retried with exponential backoff and jitter, up
+// to [Config.MaxBackoff], for as long as it takes; after a 401 the token
+// file is read again. A server's other 4xx is about the Bundle and for good:
+// the record is logged, counted and acknowledged.
 //
 // # Idempotent
 //

@@ -119,9 +119,37 @@ func TestServerPostAnswers(t *testing.T) {
 	if err := s.post(ctx, b); !errors.As(err, &refused) || refused.status != 400 || !strings.Contains(err.Error(), "refused on purpose") {
 		t.Errorf("400: %v, want a refusal with the server's diagnostics", err)
 	}
-	s.token = "wrong"
-	if err := s.post(ctx, b); !errors.As(err, &refused) || refused.status != 401 {
-		t.Errorf("wrong token: %v, want 401 refused", err)
+	srv.Refuse(nil)
+	// A token the server does not take is retried, never a refusal, and
+	// read again from its file after each 401: a renewed token is used
+	// without a restart.
+	good := s.token
+	if err := os.WriteFile(s.tokenFile, []byte("expired\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s.token = "expired"
+	if err := s.post(ctx, b); err == nil || errors.As(err, &refused) || !strings.Contains(err.Error(), "401") ||
+		!strings.Contains(err.Error(), "server_token_file") || strings.Contains(err.Error(), "expired") {
+		t.Errorf("wrong token: %v, want a 401 to retry, without the token", err)
+	}
+	if err := os.WriteFile(s.tokenFile, []byte(good+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.post(ctx, b); err == nil || !strings.Contains(err.Error(), "401") {
+		t.Errorf("the 401's retry: %v, want 401 again (the token was read after it)", err)
+	}
+	if err := s.post(ctx, b); err != nil {
+		t.Errorf("after the token file was renewed: %v", err)
+	}
+	if err := os.Remove(s.tokenFile); err != nil {
+		t.Fatal(err)
+	}
+	s.token = "expired"
+	if err := s.post(ctx, b); err == nil || errors.As(err, &refused) || !strings.Contains(err.Error(), "reading the token again") {
+		t.Errorf("token file gone: %v, want a 401 to retry that says the file could not be read", err)
+	}
+	if s.token != "expired" {
+		t.Error("a token file that cannot be read replaced the token in use")
 	}
 }
 
@@ -367,4 +395,100 @@ func TestServerRedirectToHTTPRefused(t *testing.T) {
 	if err == nil {
 		t.Error("a redirect to http:// counted as stored")
 	}
+}
+
+// A server that refuses the exporter's token (401) loses nothing: no
+// record is acknowledged while it does, and once the token file holds a
+// token it takes, every record is stored once and none counted refused.
+func TestWrongTokenLosesNothing(t *testing.T) {
+	srv := fhirtest.Start(t, "s3cret")
+	cfg := serverConfig(t, srv)
+	cfg.Publish, cfg.Batch = false, 10
+	if err := os.WriteFile(cfg.ServerTokenFile, []byte("expired\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var logs syncBuffer
+	e, err := New(cfg, Options{Conn: Conn{URL: "ssl://unused:1", ClientID: "x"}, Checker: okChecker{},
+		Log: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var batch []*ackMessage
+	var msgs []paho.Message
+	for seq := uint64(1); seq <= 3; seq++ {
+		m := &ackMessage{topic: wire.Topic("site1", "dev-00001", "temp"), payload: tempMessage(t, "dev-00001", seq)}
+		batch, msgs = append(batch, m), append(msgs, m)
+	}
+	done := make(chan error, 1)
+	go func() { done <- e.export(context.Background(), msgs) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for srv.Requests() < 4 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	for _, m := range batch {
+		m.mu.Lock()
+		if m.acked != 0 {
+			t.Errorf("%s acknowledged while the server refused the token", m.topic)
+		}
+		m.mu.Unlock()
+	}
+	if err := os.WriteFile(cfg.ServerTokenFile, []byte(srv.Token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("export did not finish once the token was renewed")
+	}
+	for seq, m := range batch {
+		if m.acked != 1 {
+			t.Errorf("record %d acknowledged %d times", seq+1, m.acked)
+		}
+		if n := srv.Count("Observation", fhir.SystemObservation+"|"+wire.ID("dev-00001", uint64(seq+1))+"/150364"); n != 1 {
+			t.Errorf("record %d: %d Observations", seq+1, n)
+		}
+	}
+	if got := testutil.ToFloat64(e.m.exported.WithLabelValues(resultRefused)); got != 0 {
+		t.Errorf("%v records counted refused", got)
+	}
+	if got := testutil.ToFloat64(e.m.retries.WithLabelValues("server")); got < 3 {
+		t.Errorf("%v retries counted", got)
+	}
+	if l := logs.String(); !strings.Contains(l, "401") || strings.Contains(l, "expired") || strings.Contains(l, srv.Token) {
+		t.Errorf("the log should name the 401 and no token:\n%s", l)
+	}
+}
+
+// tempMessage is a cloud message (JSON) of dev's temperature record seq.
+func tempMessage(t *testing.T, dev string, seq uint64) []byte {
+	t.Helper()
+	a := &wire.Accepted{Site: "site1", GW: "gw1", RX: 1767225600000, Sig: []byte{0xd2},
+		Rec: &telemetry.Record{V: 1, Dev: dev, Seq: seq, TS: 1767225600000, Kind: "temp",
+			Obs: []telemetry.Observation{{Code: telemetry.CodeTemp, Val: telemetry.Scalar(37), Unit: "Cel"}}}}
+	p, err := wire.Encode(wire.JSON, a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger and a test to share.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

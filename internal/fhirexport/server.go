@@ -13,17 +13,22 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"time"
 )
 
 // server posts transaction Bundles to a FHIR server.
 type server struct {
-	url    string
-	token  string // bearer token, "" for none; never logged
-	client *http.Client
+	url       string
+	tokenFile string // where the token is read from, "" for none
+	client    *http.Client
+
+	mu    sync.Mutex
+	token string // bearer token, "" for none; never logged
 }
 
-// newServer reads the CA file and the token file of c (once).
+// newServer reads the CA file and the token file of c (the token again
+// after each 401).
 func newServer(c Config) (*server, error) {
 	tc := &tls.Config{MinVersion: tls.VersionTLS12}
 	if c.ServerCA != "" {
@@ -42,16 +47,44 @@ func newServer(c Config) (*server, error) {
 			TLSHandshakeTimeout: c.Timeout, ResponseHeaderTimeout: c.Timeout},
 		CheckRedirect: refuseRedirect}}
 	if c.ServerTokenFile != "" {
-		b, err := os.ReadFile(c.ServerTokenFile)
+		s.tokenFile = c.ServerTokenFile
+		tok, err := readToken(c.ServerTokenFile)
 		if err != nil {
-			return nil, fmt.Errorf("fhir server token: %w", err)
+			return nil, err
 		}
-		s.token = strings.TrimSpace(string(b))
-		if s.token == "" || strings.ContainsAny(s.token, "\r\n") {
-			return nil, fmt.Errorf("fhir server token: %s holds no token on one line", c.ServerTokenFile)
-		}
+		s.token = tok
 	}
 	return s, nil
+}
+
+// readToken reads a bearer token file: one line.
+func readToken(file string) (string, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("fhir server token: %w", err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if tok == "" || strings.ContainsAny(tok, "\r\n") {
+		return "", fmt.Errorf("fhir server token: %s holds no token on one line", file)
+	}
+	return tok, nil
+}
+
+// reloadToken reads the token file again after the server answered 401: a
+// token renewed in the file is taken without a restart. A file that cannot
+// be read keeps the token in use.
+func (s *server) reloadToken() error {
+	if s.tokenFile == "" {
+		return nil
+	}
+	tok, err := readToken(s.tokenFile)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.token = tok
+	return nil
 }
 
 // refuseRedirect follows no redirect: a POST redirected with 301, 302 or
@@ -64,8 +97,9 @@ func refuseRedirect(req *http.Request, _ []*http.Request) error {
 		req.URL.Scheme, req.URL.Host, req.URL.Path)
 }
 
-// refusedError is a server's answer that another attempt cannot change (a
-// 4xx other than 429): the Bundle is wrong for this server.
+// refusedError is a server's answer that another attempt cannot change:
+// a 4xx about the Bundle (400, 409, 412, 413, 422, ...), which is wrong
+// for this server.
 type refusedError struct {
 	status int
 	detail string
@@ -80,7 +114,12 @@ const maxResponse = 1 << 20
 
 // post sends one transaction Bundle. A nil error means the transaction
 // succeeded (2xx); a *refusedError means it never will; any other error
-// (5xx, 429, timeout, connection) may pass.
+// may pass: 5xx, 408, 429, a timeout or a connection error, and the
+// answers about access rather than the Bundle, 401 and 403 (a token
+// expired, revoked or not yet granted; read again from its file after a
+// 401). Those refuse every record alike, so acknowledging them would drop
+// every record until an operator noticed: they are retried until the
+// server's answer changes.
 func (s *server) post(ctx context.Context, bundle []byte) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.url, bytes.NewReader(bundle))
 	if err != nil {
@@ -88,8 +127,11 @@ func (s *server) post(ctx context.Context, bundle []byte) error {
 	}
 	req.Header.Set("Content-Type", "application/fhir+json")
 	req.Header.Set("Accept", "application/fhir+json")
-	if s.token != "" {
-		req.Header.Set("Authorization", "Bearer "+s.token)
+	s.mu.Lock()
+	token := s.token
+	s.mu.Unlock()
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
 	}
 	resp, err := s.client.Do(req)
 	if err != nil {
@@ -100,7 +142,14 @@ func (s *server) post(ctx context.Context, bundle []byte) error {
 	switch {
 	case resp.StatusCode >= 200 && resp.StatusCode < 300:
 		return nil
-	case resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode >= 500:
+	case resp.StatusCode == http.StatusUnauthorized:
+		if err := s.reloadToken(); err != nil {
+			return fmt.Errorf("fhir server: %s (%s); reading the token again: %w", resp.Status, outcome(body), err)
+		}
+		return fmt.Errorf("fhir server: %s (%s): check fhir.server_token_file", resp.Status, outcome(body))
+	case resp.StatusCode == http.StatusForbidden:
+		return fmt.Errorf("fhir server: %s (%s): the token lacks a permission", resp.Status, outcome(body))
+	case resp.StatusCode == http.StatusRequestTimeout || resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode >= 500:
 		return fmt.Errorf("fhir server: %s", resp.Status)
 	}
 	return &refusedError{status: resp.StatusCode, detail: outcome(body)}
