@@ -187,4 +187,41 @@ func TestJUnit(t *testing.T) {
 	if os.Getenv("VG_SHOW") != "" {
 		t.Log(b.String())
 	}
+
+	// A run stopped in its second phase: the first phase's cases as
+	// before, the stopped phase one error case, nothing passing for it.
+	res.Phases = append(res.Phases, PhaseResult{Name: "two", Start: t0.Add(2 * time.Second), End: t0.Add(3 * time.Second)})
+	b.Reset()
+	if err := res.WriteJUnit(&b, errors.New(`j.yaml:12: phase "two": gateway 127.0.0.1:1 unreachable`)); err != nil {
+		t.Fatal(err)
+	}
+	var stopped struct {
+		Tests  int `xml:"tests,attr"`
+		Errors int `xml:"errors,attr"`
+		Suites []struct {
+			Cases []struct {
+				Name  string `xml:"name,attr"`
+				Error *struct {
+					Message string `xml:"message,attr"`
+				} `xml:"error"`
+			} `xml:"testcase"`
+		} `xml:"testsuite"`
+	}
+	if err := xml.Unmarshal(b.Bytes(), &stopped); err != nil {
+		t.Fatal(err)
+	}
+	cs := stopped.Suites[0].Cases
+	if stopped.Tests != 3 || stopped.Errors != 1 || len(cs) != 3 || cs[2].Name != "two: runs" || cs[2].Error == nil ||
+		!strings.Contains(cs[2].Error.Message, "unreachable") || cs[0].Error != nil || cs[1].Error != nil {
+		t.Fatalf("stopped run:\n%s", b.String())
+	}
+	// Stopped before its first phase: one error case "run".
+	b.Reset()
+	empty := &Result{Scenario: "t", Start: t0, End: t0}
+	if err := empty.WriteJUnit(&b, errors.New("hook x: not provided")); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), `name="run"`) || !strings.Contains(b.String(), `errors="1"`) {
+		t.Fatalf("stopped before the first phase:\n%s", b.String())
+	}
 }
