@@ -57,7 +57,7 @@ var rules = []struct{ id, title string }{
 	{RuleClientID, "the MQTT client ID equals the device ID"},
 	{RuleNoWill, "CONNECT carries no will"},
 	{RuleTopic, "publishes only to devices/{id}/telemetry and devices/{id}/status"},
-	{RuleQoS, "telemetry is published with QoS 1"},
+	{RuleQoS, "telemetry is published with QoS 1 (the gateway takes QoS 0, but without an acknowledgement or a delivery guarantee)"},
 	{RuleRetain, "no message is retained"},
 	{RuleCOSE, "COSE_Sign1 by the rules: alg in the protected header matching the key, kid = device ID if present, signature verifies"},
 	{RuleIdentity, "the record's dev equals the certificate's device ID"},
