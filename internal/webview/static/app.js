@@ -488,6 +488,7 @@
       if (d.plot) d.plot.destroy();
       const series = [{}].concat(names.map((n, i) => ({
         label: d.series.get(n).meas.label, stroke: COLORS[i % COLORS.length], width: 2, spanGaps: true,
+        points: { show: showPoints },
       })));
       d.plot = new uPlot({
         width: chartWidth(d), height: 140, series, legend: { live: false }, cursor: { show: false },
@@ -498,6 +499,15 @@
     }
     const span = xs[xs.length - 1] - xs[0];
     if (span < 60) d.plot.setScale("x", { min: xs[0] - 60 + span / 2, max: xs[xs.length - 1] + 60 - span / 2 }); // not years around one point
+  }
+
+  // showPoints marks a series' values with points while they are few or
+  // far apart. (uPlot's default judges by the spacing of all x values, so
+  // two kinds' records a millisecond apart hid the only value of each.)
+  function showPoints(u, si) {
+    let n = 0;
+    for (const y of u.data[si]) if (y != null) n++;
+    return n <= 2 || u.bbox.width / (window.devicePixelRatio || 1) / n >= 8;
   }
 
   function chartWidth(d) { return Math.max(200, Math.min(560, d.card.clientWidth - 24)); }
