@@ -7,8 +7,10 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -95,7 +97,7 @@ func (c *pkiCheck) cas() {
 	for _, name := range names {
 		certs, err := pki.LoadCerts(filepath.Join(c.dir, name))
 		switch {
-		case os.IsNotExist(err):
+		case errors.Is(err, fs.ErrNotExist):
 			continue // an older PKI, or a file this host does not hold
 		case err != nil:
 			c.add(CheckCACert, High, name, "cannot be read: %v", err)
@@ -126,7 +128,7 @@ var crlFiles = []struct{ crl, ca string }{
 func (c *pkiCheck) crls() {
 	for _, f := range crlFiles {
 		crl, err := readCRL(filepath.Join(c.dir, f.crl))
-		if os.IsNotExist(err) {
+		if errors.Is(err, fs.ErrNotExist) {
 			continue
 		}
 		if err == nil {

@@ -97,6 +97,25 @@ func TestCheckPKI(t *testing.T) {
 	}
 }
 
+// A gateway host holds only part of the PKI (docs/security.md: no CA keys
+// but the issuing CA's, and without an embedded broker no gateway CA or
+// its list): the files it does not hold are no finding.
+func TestCheckPKIGatewayHostFiles(t *testing.T) {
+	dir := newPKI(t)
+	for _, f := range []string{pki.FileGatewayCA, pki.FileGatewayCRL, pki.FileDeviceCAKey, pki.FileGatewayCAKey,
+		pki.FileAppTokenKey} {
+		if err := os.RemoveAll(filepath.Join(dir, f)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, pki.FileGatewayCA)); !os.IsNotExist(err) {
+		t.Fatalf("gateway-ca.crt still there: %v", err)
+	}
+	if _, fs := CheckPKI(dir, time.Now(), Policy{}); len(fs) != 0 {
+		t.Errorf("a gateway host's PKI: %+v", fs)
+	}
+}
+
 // CA certificates are judged against 90 days, or a third of their lifetime
 // when shorter: the 90-day issuing CA warns with 30 days left, the ten-year
 // CAs with 90; an expired one is critical.
