@@ -93,21 +93,28 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		lv = slog.LevelInfo // empty log_level
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lv}))
+	_, err := os.Stat(filepath.Join(cfg.PKI, pki.FileCA))
+	noCA := errors.Is(err, os.ErrNotExist)
+	// A development PKI only where one is expected: the default directory,
+	// or when asked. A mistyped --pki must not start a broker that no
+	// gateway trusts.
+	if noCA && !*devPKI && filepath.Clean(cfg.PKI) != filepath.Clean(d.PKI) {
+		return fmt.Errorf("no %s in %s: point --pki at the deployment's PKI (`certs init --dir DIR` makes one), or copy the broker's files there from the machine that holds it "+
+			"(ca.crt, broker.crt, broker.key, gateway-ca.crt, gateway-crl.pem, app-token.pub, revoked-tokens); --dev-pki makes a throwaway development PKI",
+			pki.FileCA, cfg.PKI)
+	}
 	if *check {
+		if noCA {
+			fmt.Fprintf(stdout, "config ok; no %s in %s yet: a development PKI will be created there at start\n", pki.FileCA, cfg.PKI)
+			return nil
+		}
 		if _, err := cloud.New(cfg, log); err != nil {
 			return err
 		}
 		fmt.Fprintln(stdout, "config ok")
 		return nil
 	}
-	if _, err := os.Stat(filepath.Join(cfg.PKI, pki.FileCA)); errors.Is(err, os.ErrNotExist) {
-		// A development PKI only where one is expected: the default
-		// directory, or when asked. A mistyped --pki must not start a
-		// broker that no gateway trusts.
-		if !*devPKI && filepath.Clean(cfg.PKI) != filepath.Clean(d.PKI) {
-			return fmt.Errorf("no %s in %s: create the deployment's PKI with `certs init --dir %s`, point --pki at it, or pass --dev-pki for a throwaway development PKI",
-				pki.FileCA, cfg.PKI, cfg.PKI)
-		}
+	if noCA {
 		if err := pki.Init(cfg.PKI, pki.InitOptions{}); err != nil {
 			return fmt.Errorf("create development PKI: %w", err)
 		}

@@ -88,8 +88,15 @@ func TestMistypedPKIRefused(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "pki-typo")
 	err := run(context.Background(), []string{"--pki", dir, "--listen", "127.0.0.1:0", "--apps", "", "--ws", "", "--http", "",
 		"--data", ""}, &syncBuf{}, &syncBuf{})
-	if err == nil || !strings.Contains(err.Error(), "certs init --dir "+dir) || !strings.Contains(err.Error(), "--dev-pki") {
-		t.Fatalf("run = %v, want an error naming certs init and --dev-pki", err)
+	if err == nil || !strings.Contains(err.Error(), "no ca.crt in "+dir) || !strings.Contains(err.Error(), "certs init --dir") ||
+		!strings.Contains(err.Error(), "broker.key") || !strings.Contains(err.Error(), "--dev-pki") {
+		t.Fatalf("run = %v, want an error naming ca.crt, certs init, the broker's files and --dev-pki", err)
+	}
+	// --check-config says the same, rather than "config ok".
+	var out syncBuf
+	err = run(context.Background(), []string{"--pki", dir, "--check-config"}, &out, &syncBuf{})
+	if err == nil || !strings.Contains(err.Error(), "no ca.crt in "+dir) || strings.Contains(out.String(), "config ok") {
+		t.Fatalf("--check-config = %v, stdout %q, want the same error", err, out.String())
 	}
 	if _, serr := os.Stat(dir); !errors.Is(serr, os.ErrNotExist) {
 		t.Fatalf("%s was created: %v", dir, serr)
