@@ -93,15 +93,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		lv = slog.LevelInfo // empty log_level
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lv}))
-	_, err := os.Stat(filepath.Join(cfg.PKI, pki.FileCA))
-	noCA := errors.Is(err, os.ErrNotExist)
-	// A development PKI only where one is expected: the default directory,
-	// or when asked. A mistyped --pki must not start a broker that no
-	// gateway trusts.
-	if noCA && !*devPKI && filepath.Clean(cfg.PKI) != filepath.Clean(d.PKI) {
-		return fmt.Errorf("no %s in %s: point --pki at the deployment's PKI (`certs init --dir DIR` makes one), or copy the broker's files there from the machine that holds it "+
-			"(ca.crt, broker.crt, broker.key, gateway-ca.crt, gateway-crl.pem, app-token.pub, revoked-tokens); --dev-pki makes a throwaway development PKI",
-			pki.FileCA, cfg.PKI)
+	noCA, err := missingCA(cfg.PKI, d.PKI, *devPKI)
+	if err != nil {
+		return err
 	}
 	if *check {
 		if noCA {
@@ -143,6 +137,23 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	log.Info("shutting down")
 	return b.Close()
+}
+
+// missingCA reports whether the PKI directory dir lacks ca.crt, and refuses
+// it then, unless it is the default directory or a development PKI was
+// asked for (--dev-pki): a mistyped --pki must not start a broker that no
+// gateway trusts.
+func missingCA(dir, defaultDir string, devPKI bool) (bool, error) {
+	_, err := os.Stat(filepath.Join(dir, pki.FileCA))
+	if !errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if !devPKI && filepath.Clean(dir) != filepath.Clean(defaultDir) {
+		return true, fmt.Errorf("no %s in %s: point --pki at the deployment's PKI (`certs init --dir DIR` makes one), or copy the broker's files there from the machine that holds it "+
+			"(ca.crt, broker.crt, broker.key, gateway-ca.crt, gateway-crl.pem, app-token.pub, revoked-tokens); --dev-pki makes a throwaway development PKI",
+			pki.FileCA, dir)
+	}
+	return true, nil
 }
 
 // watch runs the reference consumer ([cloud.Watch]) until ctx is done.
