@@ -263,7 +263,7 @@ func testEscaped(t *testing.T, e *env) {
 	const unit = `<img src=x onerror="window.pwned=2">`
 	e.sendRecord(record{site: "site1", dev: "oxi-00001", kind: "spo2", seq: 200,
 		obs: []telemetry.Observation{obs(spo2, "%", 97), obs(pulse, "/min", 66), obs(code, unit, 1)}})
-	ev := `{"v":1,"ts":1764806400000,"gw":"gw1","dev":"oxi-00001","verdict":"<b>bad_signature</b>","detail":"<img src=x onerror=\"window.pwned=3\">","remote":"192.0.2.7:1"}`
+	ev := `{"v":1,"ts":1764806400000,"gw":"<i>gw1</i>","dev":"<u onmouseover=\"window.pwned=4\">oxi</u>","verdict":"<b>bad_signature</b>","detail":"<img src=x onerror=\"window.pwned=3\">","remote":"192.0.2.7:1"}`
 	e.publish("site1", "security/site1/gw1", false, []byte(ev))
 	tb.waitJS(t, "field with markup shown", cell("oxi-00001", code)+` !== undefined && `+cell("oxi-00001", code)+` !== null`)
 	tb.waitJS(t, "event shown", `document.querySelector("#events li") !== null`)
@@ -273,10 +273,11 @@ func testEscaped(t *testing.T, e *env) {
 	if got := tb.text(t, cell("oxi-00001", code)+`.textContent`); !strings.Contains(got, unit) {
 		t.Errorf("unit shown as %q, want the text %q", got, unit)
 	}
-	if got := tb.text(t, `document.querySelector("#events li").textContent`); !strings.Contains(got, "<b>bad_signature</b>") || !strings.Contains(got, "onerror") {
+	if got := tb.text(t, `document.querySelector("#events li").textContent`); !strings.Contains(got, "<b>bad_signature</b>") || !strings.Contains(got, "onerror") ||
+		!strings.Contains(got, "<i>gw1</i>") || !strings.Contains(got, "<u onmouseover") {
 		t.Errorf("event shown as %q, want its markup as text", got)
 	}
-	if got := tb.text(t, `String(window.pwned) + " " + document.querySelectorAll("main script, main img, main b").length`); got != "undefined 0" {
+	if got := tb.text(t, `String(window.pwned) + " " + document.querySelectorAll("main script, main img, main b, main i, main u").length`); got != "undefined 0" {
 		t.Errorf("markup in a field ran or became elements: %s", got)
 	}
 }
