@@ -18,8 +18,10 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/vitalgate/vitalgate/internal/cloud/cloudtest"
+	"github.com/vitalgate/vitalgate/internal/envelope"
 	"github.com/vitalgate/vitalgate/internal/fhirexport/fhirtest"
 	"github.com/vitalgate/vitalgate/internal/pki"
+	"github.com/vitalgate/vitalgate/internal/telemetry"
 	"github.com/vitalgate/vitalgate/internal/testutil"
 )
 
@@ -223,5 +225,103 @@ func TestStandaloneServesMetrics(t *testing.T) {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("/metrics lacks %q", want)
 		}
+	}
+}
+
+// `broker fhir` against NATS server with MQTT (JetStream keeps the
+// sessions), a deployment whose cloud is not a VitalGate broker: records
+// published there are exported once each, with their Provenance and
+// patient, and their Bundles are published back on fhir/site1/{device};
+// a device the patient map lacks is exported without a subject and
+// reported in a no_patient event on security/site1/{client ID}.
+func TestStandaloneExporterAtNATS(t *testing.T) {
+	dir := testPKI(t)
+	nats := cloudtest.StartNATS(t, dir, 1)[0]
+	srv := fhirtest.Start(t, "s3cret")
+	srv.FailNext(2)
+
+	// NATS takes MQTT CONNECTs once JetStream is ready.
+	var gw paho.Client
+	testutil.Eventually(t, exportWait, "a client connected to NATS", func() bool {
+		c, err := pahoConnect(nats.URL(), gatewayTLS(t, dir), "gw1", "", "", true)
+		gw = c
+		return err == nil
+	})
+	t.Cleanup(func() { gw.Disconnect(100) })
+	in, events := newInbox(), newInbox()
+	reader := pahoClient(t, nats.URL(), gatewayTLS(t, dir), "fhir-reader", "", "", true)
+	wait(t, reader.Subscribe("fhir/site1/#", 1, in.handler), "subscribe fhir/")
+	wait(t, reader.Subscribe("security/site1/#", 1, events.handler), "subscribe security/")
+
+	cfg := DefaultFHIRStandalone()
+	cfg.URL, cfg.PKI, cfg.ClientID = nats.URL(), dir, "fx-nats"
+	cfg.Cert, cfg.Key = filepath.Join(dir, pki.FileGatewayClient), filepath.Join(dir, pki.FileGatewayClientKey)
+	cfg.FHIR = fhirConfig(t, srv)
+	lb := &logBuf{}
+	startStandalone(t, cfg, lb)
+	testutil.Eventually(t, exportWait, "subscribed", func() bool {
+		return strings.Contains(lb.String(), "filter=telemetry/site1/#")
+	})
+
+	const n = 10
+	publishRange(t, gw, dir, 1, n)
+	publishRange(t, gw, dir, 1, 2) // redeliveries
+	other, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unknown := signedBy(t, other, 1, 95)
+	unknown.Rec.Dev = "dev-00002"
+	if unknown.Raw, err = telemetry.Encode(unknown.Rec); err != nil {
+		t.Fatal(err)
+	}
+	if unknown.Sig, err = envelope.Sign(other, "dev-00002", unknown.Raw); err != nil {
+		t.Fatal(err)
+	}
+	publishAccepted(t, gw, unknown)
+
+	testutil.Eventually(t, exportWait, "every record at the FHIR server", func() bool {
+		return len(srv.Resources("Provenance")) >= n && len(srv.Resources("Observation")) >= 2*n+1
+	})
+	for seq := uint64(1); seq <= n; seq++ {
+		for _, mdc := range []string{"150456", "149530"} {
+			if got := srv.Count("Observation", obsIdent("dev-00001", seq, mdc)); got != 1 {
+				t.Errorf("record %d code %s: %d Observations, want 1", seq, mdc, got)
+			}
+		}
+	}
+	if got := len(srv.Resources("Provenance")); got != n {
+		t.Errorf("%d Provenances, want one per verified record (%d)", got, n)
+	}
+	mapped, unmapped := 0, 0
+	for _, o := range srv.Resources("Observation") {
+		switch ob := string(o); {
+		case strings.Contains(ob, `"value":"dev-00002:1"`):
+			unmapped++
+			if strings.Contains(ob, `"subject"`) {
+				t.Errorf("the unmapped device's Observation has a subject: %.300s", ob)
+			}
+		case strings.Contains(ob, `"value":"dev-00001:`):
+			mapped++
+			if !strings.Contains(ob, `"reference":"Patient/p-1"`) {
+				t.Errorf("an Observation of dev-00001 without its patient: %.300s", ob)
+			}
+		}
+	}
+	if mapped != 2*n || unmapped != 2 {
+		t.Errorf("%d Observations of dev-00001 (want %d), %d of dev-00002 (want 2)", mapped, 2*n, unmapped)
+	}
+	if got := srv.Count("Observation", obsIdent("dev-00002", 1, "150456")); got != 1 {
+		t.Errorf("the unmapped device's record: %d Observations, want 1 (exported without a subject)", got)
+	}
+	checkBundlesRead(t, in, n)
+	select {
+	case m := <-events.ch:
+		if m.Topic() != "security/site1/fx-nats" || !strings.Contains(string(m.Payload()), `"verdict":"no_patient"`) ||
+			!strings.Contains(string(m.Payload()), `"dev":"dev-00002"`) {
+			t.Errorf("event on %s: %s", m.Topic(), m.Payload())
+		}
+	case <-time.After(waitFor):
+		t.Error("no no_patient event at NATS")
 	}
 }
