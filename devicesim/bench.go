@@ -99,7 +99,7 @@ func parseBench(args []string, helpOut io.Writer) (bench.Config, benchOpts, erro
 		duration = fs.Duration("duration", 10*time.Second, "length of each throughput phase (peak, latency, each baseline)")
 		rate     = fs.Float64("rate", 0, "total msg/s of the latency phase (0: half the measured peak)")
 		idle     = fs.Int("idle", 10000, "idle mTLS connections held for the memory figure (0: skip)")
-		storm    = fs.Duration("storm", 5*time.Second, "length of each reconnect storm, full and resumed (0: skip)")
+		storm    = fs.Duration("storm", 5*time.Second, "length of each reconnect storm, full and resumed (0: skip; also the storm under load, which lasts --duration)")
 		workers  = fs.Int("workers", 64, "concurrent clients of the reconnect storm")
 		pprof    = fs.Bool("pprof", false, "serve the gateway's /debug/pprof/ (address printed) to profile it during the run")
 		window   = fs.Int("relay-window", 0, "gateway relay.window, QoS 1 messages in flight to the cloud (0: the gateway's default)")

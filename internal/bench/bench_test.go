@@ -146,7 +146,10 @@ func TestResultJSON(t *testing.T) {
 		"latency_rate_msgs_per_s", "latency_p50_ms", "latency_p99_ms", "idle_connections",
 		"gateway_rss_idle_bytes", "gateway_rss_per_conn_bytes", "gateway_heap_idle_bytes",
 		"handshakes_full_per_s", "handshakes_resumed_per_s", "baseline_mochi_msgs_per_s", "validated_vs_baseline",
-		"baseline_mochi_per_cpu_s", "validated_vs_baseline_per_cpu_s", "validated_vs_baseline_min", "validated_vs_baseline_max"} {
+		"baseline_mochi_per_cpu_s", "validated_vs_baseline_per_cpu_s", "validated_vs_baseline_min", "validated_vs_baseline_max",
+		"gateway_cpus", "runs", "ratio_min", "ratio_max", "latency_p99_ms_min", "latency_p99_ms_max",
+		"storm_connected_msgs_per_s", "storm_connected_ack_p99_ms", "storm_connected_handshakes_full_per_s",
+		"storm_connected_ack_p99_ms_min", "storm_connected_ack_p99_ms_max"} {
 		if _, ok := m[k]; !ok {
 			t.Errorf("JSON line lacks %q", k)
 		}

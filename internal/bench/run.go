@@ -88,6 +88,14 @@ type Result struct {
 	ResumedCPUus float64 `json:"gateway_cpu_us_per_resumed_handshake"`
 	StormFailed  uint64  `json:"storm_failed"`
 	StormError   string  `json:"storm_first_error,omitempty"`
+	// The storm under load: the full-handshake storm again, from identities
+	// of their own, while the connected fleet sends at the latency phase's
+	// rate; what the connected devices see (PUBLISH to PUBACK) and what the
+	// storm gets meanwhile.
+	StormLoadRate       float64 `json:"storm_connected_msgs_per_s"`
+	StormLoadAckP50     float64 `json:"storm_connected_ack_p50_ms"`
+	StormLoadAckP99     float64 `json:"storm_connected_ack_p99_ms"`
+	StormLoadHandshakes float64 `json:"storm_connected_handshakes_full_per_s"`
 	// The baselines: the same fleet and messages through the setups a user
 	// would pick instead, each its own process on the gateway's CPUs (the
 	// gateway stopped), mutual TLS from the devices, QoS 1 on to the cloud
@@ -257,7 +265,11 @@ func (r *run) all(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	if err := r.latency(ctx, devices, fleetDevs, peak, uint64(len(peakMsgs[0]))+1); err != nil {
+	next, err := r.latency(ctx, devices, fleetDevs, peak, uint64(len(peakMsgs[0]))+1)
+	if err == nil && cfg.Storm > 0 {
+		err = r.stormUnderLoad(ctx, roots, devices, fleetDevs, next)
+	}
+	if err != nil {
 		return err
 	}
 	r.fleet.Store(nil)
@@ -266,12 +278,7 @@ func (r *run) all(ctx context.Context) (err error) {
 	if err := r.gw.Stop(); err != nil && !isSignalExit(err) {
 		return fmt.Errorf("gateway exit: %w", err)
 	}
-	nb := len(fleetDevs)
-	if limit := int(min(r.files, 1<<20)); nb+1000 > limit {
-		nb = max(1, limit-1000)
-	}
-	r.res.BaselineDevs = nb
-	return r.baselines(ctx, roots, fleetDevs[:nb], peakMsgs[:nb])
+	return r.baselines(ctx, roots, fleetDevs, peakMsgs)
 }
 
 // startCPUs are the CPUs this process could use when it started, before any pinning.
@@ -299,6 +306,9 @@ func (r *run) issue() (*x509.CertPool, error) {
 		return nil, fmt.Errorf("pki: %w", err)
 	}
 	n := max(r.cfg.Devices, r.cfg.Idle, r.cfg.Workers)
+	if r.cfg.Storm > 0 {
+		n = max(n, r.cfg.Devices+r.cfg.Workers) // the storm under load takes identities the fleet does not hold
+	}
 	ids, err := pki.IssueDevices(pkiDir, n, "bench", cmp.Or(r.cfg.Key, pki.P256))
 	if err != nil {
 		return nil, fmt.Errorf("issue devices: %w", err)
@@ -463,7 +473,7 @@ func (r *run) peak(ctx context.Context, devices *Devices, msgs [][]Msg) (phaseRe
 
 // latency drives devices (connected for fleetDevs) at cfg.Rate, or at half the peak, with messages numbered from
 // firstSeq, and records the latencies: at the app, of the PUBACKs and of the gateway's own histograms.
-func (r *run) latency(ctx context.Context, devices *Devices, fleetDevs []*Identity, peak phaseResult, firstSeq uint64) error {
+func (r *run) latency(ctx context.Context, devices *Devices, fleetDevs []*Identity, peak phaseResult, firstSeq uint64) (next uint64, err error) {
 	cfg := r.cfg
 	rate := cfg.Rate
 	if rate == 0 {
@@ -474,7 +484,7 @@ func (r *run) latency(ctx context.Context, devices *Devices, fleetDevs []*Identi
 	r.phase(fmt.Sprintf("signing %d messages", per*cfg.Devices))
 	halfMsgs, err := PreSign(fleetDevs, cfg.Kinds, per, firstSeq, cfg.Seed)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	acks := NewLatencies(1 << 20)
 	var pub0, pub1, com0, com1 []float64 // the gateway's histogram buckets
@@ -491,7 +501,7 @@ func (r *run) latency(ctx context.Context, devices *Devices, fleetDevs []*Identi
 	}
 	half, err := r.drive(ctx, "latency", devices, halfMsgs, rate, r.sub.Count, r.gw.Pid(), measure)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	r.res.HalfAchieve = round(half.rate, 0)
 	r.res.HalfGateway, r.res.HalfHarness, r.res.HalfCloud = round(half.childShare, 3), round(half.selfShare, 3), round(half.cloudShare, 3)
@@ -502,6 +512,46 @@ func (r *run) latency(ctx context.Context, devices *Devices, fleetDevs []*Identi
 	r.res.AckP50, r.res.AckP99 = ms(p50), ms(p99)
 	r.res.PublishP99 = bucketQuantileMS(latencyBuckets, pub0, pub1, 0.99)
 	r.res.CommitP99 = bucketQuantileMS(latencyBuckets, com0, com1, 0.99)
+	return firstSeq + uint64(per), nil
+}
+
+// stormUnderLoad runs the full-handshake storm from cfg.Workers identities
+// the fleet does not hold while the connected fleet sends at the latency
+// phase's rate (records from firstSeq on), for cfg.Duration, and records
+// the fleet's PUBACK latency and the storm's rate.
+func (r *run) stormUnderLoad(ctx context.Context, roots *x509.CertPool, devices *Devices, fleetDevs []*Identity, firstSeq uint64) error {
+	cfg := r.cfg
+	workers := r.devs[cfg.Devices : cfg.Devices+cfg.Workers]
+	rate := r.res.HalfRate
+	per := int(math.Ceil(rate*cfg.Duration.Seconds()/float64(cfg.Devices))) + 1
+	r.phase(fmt.Sprintf("signing %d messages", per*cfg.Devices))
+	msgs, err := PreSign(fleetDevs, cfg.Kinds, per, firstSeq, cfg.Seed)
+	if err != nil {
+		return err
+	}
+	acks := NewLatencies(1 << 20)
+	stormCtx, stopStorm := context.WithCancel(ctx)
+	defer stopStorm()
+	var storm StormResult
+	var wg sync.WaitGroup
+	measure := func(on bool) {
+		devices.MeasureAcks(on, acks)
+		if on {
+			wg.Go(func() { storm = Storm(stormCtx, r.gw.DeviceAddr(), roots, workers, false, cfg.Duration) })
+		}
+	}
+	res, err := r.drive(ctx, "storm under load", devices, msgs, rate, r.sub.Count, r.gw.Pid(), measure)
+	stopStorm()
+	wg.Wait()
+	if err != nil {
+		return err
+	}
+	r.res.Undelivered += res.undelivered
+	r.res.StormFailed += storm.Failed
+	r.res.StormLoadRate = round(res.rate, 0)
+	_, p50, p99 := acks.Summary()
+	r.res.StormLoadAckP50, r.res.StormLoadAckP99 = ms(p50), ms(p99)
+	r.res.StormLoadHandshakes = round(storm.PerSecond(), 0)
 	return nil
 }
 

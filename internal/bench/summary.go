@@ -26,6 +26,8 @@ type Spread struct {
 	FullMax         float64 `json:"handshakes_full_per_s_max"`
 	ResumedMin      float64 `json:"handshakes_resumed_per_s_min"`
 	ResumedMax      float64 `json:"handshakes_resumed_per_s_max"`
+	StormAckP99Min  float64 `json:"storm_connected_ack_p99_ms_min"`
+	StormAckP99Max  float64 `json:"storm_connected_ack_p99_ms_max"`
 	BaselineMin     float64 `json:"baseline_mochi_msgs_per_s_min"`
 	BaselineMax     float64 `json:"baseline_mochi_msgs_per_s_max"`
 	VsBaselineMin   float64 `json:"validated_vs_baseline_min"`
@@ -50,6 +52,7 @@ func spreadOf(r *Result) [][3]*float64 {
 		{&r.RSSPerConn, &s.RSSPerConnMin, &s.RSSPerConnMax},
 		{&r.FullPerS, &s.FullMin, &s.FullMax},
 		{&r.ResumedPerS, &s.ResumedMin, &s.ResumedMax},
+		{&r.StormLoadAckP99, &s.StormAckP99Min, &s.StormAckP99Max},
 		{&r.Baseline, &s.BaselineMin, &s.BaselineMax},
 		{&r.VsBaseline, &s.VsBaselineMin, &s.VsBaselineMax},
 		{&r.Mosquitto, &s.MosquittoMin, &s.MosquittoMax},
