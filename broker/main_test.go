@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -9,7 +8,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -24,22 +22,8 @@ import (
 	"github.com/vitalgate/vitalgate/internal/wire"
 )
 
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuf collects a run's output while the test reads it.
+type syncBuf = testutil.SyncBuffer
 
 // TestMain lets the tests run the real command (clitest.Run).
 func TestMain(m *testing.M) { clitest.Main(m, "BROKER_TEST_MAIN", main) }

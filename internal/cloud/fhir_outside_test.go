@@ -18,10 +18,8 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/vitalgate/vitalgate/internal/cloud/cloudtest"
-	"github.com/vitalgate/vitalgate/internal/envelope"
 	"github.com/vitalgate/vitalgate/internal/fhirexport/fhirtest"
 	"github.com/vitalgate/vitalgate/internal/pki"
-	"github.com/vitalgate/vitalgate/internal/telemetry"
 	"github.com/vitalgate/vitalgate/internal/testutil"
 )
 
@@ -270,15 +268,7 @@ func TestStandaloneExporterAtNATS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	unknown := signedBy(t, other, 1, 95)
-	unknown.Rec.Dev = "dev-00002"
-	if unknown.Raw, err = telemetry.Encode(unknown.Rec); err != nil {
-		t.Fatal(err)
-	}
-	if unknown.Sig, err = envelope.Sign(other, "dev-00002", unknown.Raw); err != nil {
-		t.Fatal(err)
-	}
-	publishAccepted(t, gw, unknown)
+	publishAccepted(t, gw, unknownDevice(t, other))
 
 	testutil.Eventually(t, exportWait, "every record at the FHIR server", func() bool {
 		return len(srv.Resources("Provenance")) >= n && len(srv.Resources("Observation")) >= 2*n+1

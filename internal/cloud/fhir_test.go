@@ -1,6 +1,7 @@
 package cloud
 
 import (
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -99,15 +100,7 @@ func TestBrokerExportsFHIR(t *testing.T) {
 		t.Fatal(err)
 	}
 	publishAccepted(t, gw, signedBy(t, other, 6, 97)) // forged: not the device's key
-	unknown := signedBy(t, other, 1, 95)              // a device without a certificate or patient
-	unknown.Rec.Dev = "dev-00002"
-	if unknown.Raw, err = telemetry.Encode(unknown.Rec); err != nil {
-		t.Fatal(err)
-	}
-	if unknown.Sig, err = envelope.Sign(other, "dev-00002", unknown.Raw); err != nil {
-		t.Fatal(err)
-	}
-	publishAccepted(t, gw, unknown)
+	publishAccepted(t, gw, unknownDevice(t, other))   // a device without a certificate or patient
 	wait(t, gw.Publish("telemetry/site1/dev-00001/spo2", 1, false, []byte("garbage")), "publish garbage")
 
 	want := map[string]float64{"verified": 6, "unverified": 1, "rejected": 1, "malformed": 1}
@@ -368,4 +361,20 @@ func TestBrokerExportsEveryKind(t *testing.T) {
 	if n := len(strings.Fields(ecg.ValueSampledData.Data)); n < 100 || ecg.ValueSampledData.Period == "" {
 		t.Errorf("the ECG arrived with %d samples, period %q", n, ecg.ValueSampledData.Period)
 	}
+}
+
+// unknownDevice is record 1 of dev-00002, a device with no certificate and
+// no patient, signed with key.
+func unknownDevice(t *testing.T, key crypto.Signer) *wire.Accepted {
+	t.Helper()
+	a := signedBy(t, key, 1, 95)
+	a.Rec.Dev = "dev-00002"
+	var err error
+	if a.Raw, err = telemetry.Encode(a.Rec); err != nil {
+		t.Fatal(err)
+	}
+	if a.Sig, err = envelope.Sign(key, "dev-00002", a.Raw); err != nil {
+		t.Fatal(err)
+	}
+	return a
 }

@@ -19,11 +19,12 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
-	"github.com/prometheus/client_golang/prometheus/testutil"
+	promtest "github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/vitalgate/vitalgate/internal/fhir"
 	"github.com/vitalgate/vitalgate/internal/fhirexport/fhirtest"
 	"github.com/vitalgate/vitalgate/internal/telemetry"
+	"github.com/vitalgate/vitalgate/internal/testutil"
 	"github.com/vitalgate/vitalgate/internal/wire"
 )
 
@@ -293,11 +294,11 @@ func TestPoisonRecordIsolated(t *testing.T) {
 		t.Errorf("stored %v", srv.Resources("Observation"))
 	}
 	for r, n := range map[string]float64{resultUnverified: 2, resultRefused: 1, resultMalformed: 1} {
-		if got := testutil.ToFloat64(e.m.exported.WithLabelValues(r)); got != n {
+		if got := promtest.ToFloat64(e.m.exported.WithLabelValues(r)); got != n {
 			t.Errorf("result %s: %v, want %v", r, got, n)
 		}
 	}
-	if got := testutil.ToFloat64(e.m.noPatient); got != 3 {
+	if got := promtest.ToFloat64(e.m.noPatient); got != 3 {
 		t.Errorf("no patient: %v, want 3", got)
 	}
 	if n := strings.Count(logs.String(), "device not in the site's patient map"); n != 3 {
@@ -351,7 +352,7 @@ func TestHostileIdentifiersNotExported(t *testing.T) {
 			t.Errorf("%s acknowledged %d times, want once", m.topic, m.acked)
 		}
 	}
-	if got := testutil.ToFloat64(e.m.exported.WithLabelValues(resultMalformed)); got != 3 {
+	if got := promtest.ToFloat64(e.m.exported.WithLabelValues(resultMalformed)); got != 3 {
 		t.Errorf("malformed: %v, want 3", got)
 	}
 	if n := srv.Requests(); n != 0 {
@@ -407,7 +408,7 @@ func TestWrongTokenLosesNothing(t *testing.T) {
 	if err := os.WriteFile(cfg.ServerTokenFile, []byte("expired\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	e, err := New(cfg, Options{Conn: Conn{URL: "ssl://unused:1", ClientID: "x"}, Checker: okChecker{},
 		Log: slog.New(slog.NewTextHandler(&logs, nil))})
 	if err != nil {
@@ -451,10 +452,10 @@ func TestWrongTokenLosesNothing(t *testing.T) {
 			t.Errorf("record %d: %d Observations", seq+1, n)
 		}
 	}
-	if got := testutil.ToFloat64(e.m.exported.WithLabelValues(resultRefused)); got != 0 {
+	if got := promtest.ToFloat64(e.m.exported.WithLabelValues(resultRefused)); got != 0 {
 		t.Errorf("%v records counted refused", got)
 	}
-	if got := testutil.ToFloat64(e.m.retries.WithLabelValues("server")); got < 3 {
+	if got := promtest.ToFloat64(e.m.retries.WithLabelValues("server")); got < 3 {
 		t.Errorf("%v retries counted", got)
 	}
 	if l := logs.String(); !strings.Contains(l, "401") || strings.Contains(l, "expired") || strings.Contains(l, srv.Token) {
@@ -473,22 +474,4 @@ func tempMessage(t *testing.T, dev string, seq uint64) []byte {
 		t.Fatal(err)
 	}
 	return p
-}
-
-// syncBuffer is a bytes.Buffer safe for a logger and a test to share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -1,8 +1,11 @@
 // Package testutil holds what the project's tests share: polling for a
-// condition with a deadline instead of sleeping for a result.
+// condition with a deadline instead of sleeping for a result, and a buffer
+// a logger and a test can share.
 package testutil
 
 import (
+	"bytes"
+	"sync"
 	"testing"
 	"time"
 )
@@ -30,4 +33,24 @@ func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bo
 	if !Poll(timeout, cond) {
 		t.Fatalf("timed out after %v waiting for %s", timeout, what)
 	}
+}
+
+// SyncBuffer is a bytes.Buffer that a logger and a test may share: its
+// methods are safe for concurrent use.
+type SyncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *SyncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+// String returns what was written so far.
+func (s *SyncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
