@@ -22,7 +22,7 @@ import (
 // counts what arrives. Devices beyond the open-file limit less 1,000 are
 // left out (baseline_devices says how many drove).
 func (r *run) baselines(ctx context.Context, roots *x509.CertPool, devs []*Identity, msgs [][]Msg) error {
-	if limit := int(min(r.files, 1<<20)); len(devs)+1000 > limit {
+	if limit := int(min(r.files, 1<<20)); r.files > 0 && len(devs)+1000 > limit {
 		n := max(1, limit-1000)
 		devs, msgs = devs[:n], msgs[:n]
 	}
