@@ -480,9 +480,7 @@ func (r *run) latency(ctx context.Context, devices *Devices, fleetDevs []*Identi
 		rate = peak.rate / 2
 	}
 	r.res.HalfRate = round(rate, 0)
-	per := int(math.Ceil(rate*cfg.Duration.Seconds()/float64(cfg.Devices))) + 1
-	r.phase(fmt.Sprintf("signing %d messages", per*cfg.Devices))
-	halfMsgs, err := PreSign(fleetDevs, cfg.Kinds, per, firstSeq, cfg.Seed)
+	halfMsgs, err := r.presignPhase(fleetDevs, rate, firstSeq)
 	if err != nil {
 		return 0, err
 	}
@@ -512,7 +510,15 @@ func (r *run) latency(ctx context.Context, devices *Devices, fleetDevs []*Identi
 	r.res.AckP50, r.res.AckP99 = ms(p50), ms(p99)
 	r.res.PublishP99 = bucketQuantileMS(latencyBuckets, pub0, pub1, 0.99)
 	r.res.CommitP99 = bucketQuantileMS(latencyBuckets, com0, com1, 0.99)
-	return firstSeq + uint64(per), nil
+	return firstSeq + uint64(len(halfMsgs[0])), nil
+}
+
+// presignPhase signs fleetDevs' messages, numbered from firstSeq, for a
+// phase of cfg.Duration at rate msg/s over the fleet (and one more each).
+func (r *run) presignPhase(fleetDevs []*Identity, rate float64, firstSeq uint64) ([][]Msg, error) {
+	per := int(math.Ceil(rate*r.cfg.Duration.Seconds()/float64(r.cfg.Devices))) + 1
+	r.phase(fmt.Sprintf("signing %d messages", per*r.cfg.Devices))
+	return PreSign(fleetDevs, r.cfg.Kinds, per, firstSeq, r.cfg.Seed)
 }
 
 // stormUnderLoad runs the full-handshake storm from cfg.Workers identities
@@ -523,9 +529,7 @@ func (r *run) stormUnderLoad(ctx context.Context, roots *x509.CertPool, devices 
 	cfg := r.cfg
 	workers := r.devs[cfg.Devices : cfg.Devices+cfg.Workers]
 	rate := r.res.HalfRate
-	per := int(math.Ceil(rate*cfg.Duration.Seconds()/float64(cfg.Devices))) + 1
-	r.phase(fmt.Sprintf("signing %d messages", per*cfg.Devices))
-	msgs, err := PreSign(fleetDevs, cfg.Kinds, per, firstSeq, cfg.Seed)
+	msgs, err := r.presignPhase(fleetDevs, rate, firstSeq)
 	if err != nil {
 		return err
 	}

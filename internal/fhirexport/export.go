@@ -143,8 +143,9 @@ const VerdictNoPatient = "no_patient"
 func EventTopic(site, clientID string) string { return "security/" + site + "/" + clientID }
 
 // event publishes a security event (QoS 1, not retained) without waiting
-// for its acknowledgement: the client's session resends it after a
-// reconnection, and the export does not wait on monitoring.
+// for its acknowledgement: the export does not wait on monitoring. One
+// published while the connection is down is kept only while paho is
+// reconnecting; the log line and the metric have it in any case.
 func (e *Exporter) event(site, dev, verdict, detail string) {
 	if !e.cfg.Publish || e.client == nil || strings.ContainsAny(e.o.Conn.ClientID, "/+#") {
 		return

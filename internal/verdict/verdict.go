@@ -9,6 +9,7 @@ package verdict
 import (
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/mochi-mqtt/server/v2/packets"
 )
@@ -121,15 +122,5 @@ func Events() []string {
 // IsEventName reports whether name can be a security event's `verdict`: a
 // rejection verdict or one of [Events].
 func IsEventName(name string) bool {
-	for _, v := range Rejections() {
-		if string(v) == name {
-			return true
-		}
-	}
-	for _, e := range Events() {
-		if e == name {
-			return true
-		}
-	}
-	return false
+	return slices.Contains(Rejections(), Verdict(name)) || slices.Contains(Events(), name)
 }

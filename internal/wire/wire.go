@@ -28,6 +28,13 @@
 // a NUL byte, then the payload. [Entry] builds it for an [Accepted] record
 // (in one allocation for CBOR) and [Unframe] splits it again for the relay,
 // which publishes the payload unchanged.
+//
+// # Security events
+//
+// [Event] is the format of a security event, the other message of the
+// contract with apps (docs/apps.md#security-events): what the gateways
+// publish on security/{site}/{gateway} and append to their audit logs, and
+// what a FHIR exporter publishes on security/{site}/{its client ID}.
 package wire
 
 import (
